@@ -1,0 +1,1 @@
+"""Prefect flows of pdata-sync: ``sync-clinic`` and ``retrieve-patient-images``."""

@@ -1,0 +1,170 @@
+"""Flow ``sync-clinic``: one clinic's PDATA -> S3 under images/{patientGuid}/ (SPEC section 2).
+
+Thin orchestration: each step is a task over a pure core function. Uploads are mapped over
+batches (hundreds of images each), never one task run per image: see
+docs/adr/0002-task-granularity.md.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pdata_sync.config import ClinicConfig
+from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
+from pdata_sync.report import RunSummary
+from tasks.resolve import resolve_card_ids
+from tasks.source import check_source, lookup_media, query_patients, scan_pdata
+from tasks.upload import check_destination, upload_batch
+
+# Enough threads for config.transfer.parallel_batches (max 16); the flow itself keeps the
+# number of batches in flight at parallel_batches.
+_TASK_RUNNER = ThreadPoolTaskRunner(max_workers=16)
+
+
+def artifact_key(kind: str, clinic_id: str) -> str:
+    """Artifact keys allow lower-case letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", clinic_id.lower()).strip("-")
+    return f"{kind}-{slug}"
+
+
+def _problems_markdown(summary: RunSummary) -> str:
+    data = summary.to_dict()
+    lines = [f"# Sync of clinic {summary.clinic_id}: files not uploaded", ""]
+    for label in ("failed", "rejected"):
+        items = data[label]
+        lines.append(f"## {label.capitalize()} ({len(items)})")
+        lines.append("")
+        if items:
+            lines += ["| path | reason |", "|---|---|"]
+            lines += [f"| `{p['path']}` | {p['reason'].replace('|', '/')} |" for p in items]
+        else:
+            lines.append("none")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@flow(
+    name="sync-clinic",
+    task_runner=_TASK_RUNNER,
+    persist_result=False,
+    log_prints=False,
+)
+def sync_clinic(config: ClinicConfig) -> Any:
+    """Copy every image of every resolvable patient of one clinic to S3.
+
+    Returns the run summary (a dict). The run ends Failed (with the summary as its data)
+    when any image failed; rejected bad input is reported but does not fail the run.
+    """
+    logger = get_run_logger()
+    summary = RunSummary(clinic_id=config.clinic_id)
+
+    # Configuration problems stop the run here, before any work.
+    check_source(config)
+    check_destination(config)
+
+    scan = scan_pdata(config)
+    summary.folders = len(scan.folders)
+    summary.images_found = len(scan.images)
+    summary.skipped.update(scan.skipped)
+    summary.rejected.extend(scan.problems)
+
+    patient_ids = sorted({f.patient_id for f in scan.folders})
+    lookup = query_patients(config, patient_ids)
+    summary.patients_in_database = len(patient_ids) - sum(
+        1 for r in lookup.skipped.values() if r == "patients_not_in_database"
+    )
+    summary.skipped.update(lookup.skipped.values())
+
+    card_ids = sorted({c for cards in lookup.card_ids.values() for c in cards})
+    resolved = resolve_card_ids(config, card_ids)
+    summary.resolver_calls = resolved.calls
+    summary.resolver_cache_hits = resolved.from_cache
+    guids = guids_per_patient(lookup.card_ids, resolved.mapping)
+    failed_patients = {
+        pid: f"patientGuid not resolved: {resolved.failed[c]}"
+        for pid, cards in lookup.card_ids.items()
+        for c in cards
+        if c in resolved.failed
+    }
+    unresolved = [pid for pid in lookup.card_ids if pid not in guids and pid not in failed_patients]
+    summary.skipped[SKIP_PATIENT_UNRESOLVED] += len(unresolved)
+    summary.patients_resolved = len(guids)
+
+    wanted = [i for i in scan.images if i.patient_id in guids or i.patient_id in failed_patients]
+    media = lookup_media(config, [i.image_id for i in wanted if i.patient_id in guids])
+    plan = build_plan(
+        images=wanted,
+        patient_guids=guids,
+        failed_patients=failed_patients,
+        media=media,
+        clinic_id=config.clinic_id,
+        key_template=config.s3.key_template,
+    )
+    summary.skipped.update(plan.skipped)
+    summary.notes.extend(plan.notes)
+    summary.failed.extend(plan.failed)
+    summary.objects_planned = len(plan.images)
+
+    batches = make_batches(plan.images, config.transfer.batch_size)
+    summary.batches = len(batches)
+    logger.info(
+        "clinic %s: %d folders, %d patients resolved, %d objects in %d batches",
+        config.clinic_id,
+        summary.folders,
+        summary.patients_resolved,
+        summary.objects_planned,
+        len(batches),
+    )
+    progress_id = create_progress_artifact(
+        progress=0.0,
+        key=artifact_key("sync-progress", config.clinic_id),
+        description=f"Batches done of {len(batches)} for clinic {config.clinic_id}",
+    )
+    done = 0
+    in_flight: list[PrefectFuture] = []
+    queue = list(batches)
+    while queue or in_flight:
+        while queue and len(in_flight) < config.transfer.parallel_batches:
+            in_flight.append(upload_batch.submit(config, queue.pop(0)))
+        finished = next(as_completed(in_flight))
+        in_flight.remove(finished)
+        summary.add_outcomes(finished.result())
+        done += 1
+        update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
+    if not batches:
+        update_progress_artifact(progress_id, progress=100.0)
+
+    create_table_artifact(
+        key=artifact_key("sync-summary", config.clinic_id),
+        table=summary.counts_table(),
+        description=f"Sync of clinic {config.clinic_id}: counts by outcome and reason",
+    )
+    create_markdown_artifact(
+        key=artifact_key("sync-problems", config.clinic_id),
+        markdown=_problems_markdown(summary),
+        description=f"Files of clinic {config.clinic_id} not uploaded, with reasons",
+    )
+    result = summary.to_dict()
+    logger.info(
+        "clinic %s: uploaded %d, unchanged %d, rejected %d, failed %d",
+        config.clinic_id,
+        result["uploaded"],
+        result["unchanged"],
+        len(result["rejected"]),
+        len(result["failed"]),
+    )
+    if not summary.ok:
+        return Failed(message=f"{len(result['failed'])} image(s) failed", data=result)
+    return Completed(message="all images synced", data=result)

@@ -1,0 +1,242 @@
+"""Command line: ``pdata-sync sync | retrieve | check-config | demo``.
+
+Exit codes: 0 nothing failed; 1 some images failed (or the run crashed); 2 the input was
+refused (bad config, bad patient GUID, bad option). With ``--json`` stdout holds exactly
+one JSON document and everything else (logs) goes to stderr.
+
+The flows are imported lazily: this module is the only one in :mod:`pdata_sync` that starts
+Prefect, and only when a command needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .config import ClinicConfig, load_config
+from .errors import ConfigError, PdataSyncError, describe
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+
+
+def _prepare_prefect_env() -> None:
+    """Settings that must be in place before Prefect is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pdata_sync")
+    # No phoning home from clinic machines (and its heartbeat contends for the ephemeral
+    # server's SQLite lock).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
+    """While active, anything written to fd 1 (by us, Prefect or a child) goes to stderr.
+    Yields a text stream on the original stdout."""
+    if not enabled:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real_stdout = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real_stdout
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        real_stdout.flush()
+
+
+def _refuse(message: str) -> int:
+    print(f"pdata-sync: {message}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _state_data(state: Any) -> Any:
+    return state.result(raise_on_failure=False)
+
+
+def run_sync(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``sync-clinic`` flow; return (summary, error)."""
+    _prepare_prefect_env()
+    from flows.sync import sync_clinic
+
+    state = sync_clinic(config=config, return_state=True)
+    data = _state_data(state)
+    if isinstance(data, BaseException):
+        return None, data
+    return data, None
+
+
+def run_retrieve(
+    config: ClinicConfig, guid: str, presign: int | None, download: str | None
+) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
+    """Run the ``retrieve-patient-images`` flow; return (images, error)."""
+    _prepare_prefect_env()
+    from flows.retrieve import retrieve_patient_images
+
+    state = retrieve_patient_images(
+        patient_guid=guid,
+        s3=config.s3,
+        presign_seconds=presign,
+        download_dir=download,
+        return_state=True,
+    )
+    data = _state_data(state)
+    if isinstance(data, BaseException):
+        return None, data
+    return data, None
+
+
+def _print_summary(summary: dict[str, Any], out: Any) -> None:
+    print(
+        f"clinic {summary['clinic_id']}: {summary['uploaded']} uploaded, "
+        f"{summary['unchanged']} unchanged, {len(summary['rejected'])} rejected, "
+        f"{len(summary['failed'])} failed "
+        f"({summary['folders']} folders, {summary['patients_resolved']} patients resolved, "
+        f"{summary['objects_planned']} objects)",
+        file=out,
+    )
+    for reason, count in summary["skipped"].items():
+        print(f"  skipped {count:>6}  {reason}", file=out)
+    for label in ("rejected", "failed"):
+        for item in summary[label]:
+            print(f"  {label}: {item['path']}: {item['reason']}", file=out)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    with _stdout_to_stderr(args.json) as out:
+        summary, error = run_sync(config)
+    if error is not None:
+        if isinstance(error, ConfigError):
+            return _refuse(str(error))
+        print(f"pdata-sync: sync failed: {describe(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    assert summary is not None
+    if args.json:
+        print(json.dumps(summary, indent=2), file=out)
+        out.flush()
+    else:
+        _print_summary(summary, sys.stdout)
+    if summary["failed"]:
+        print(f"pdata-sync: {len(summary['failed'])} image(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from .retrieval import validate_expiry, validate_guid
+
+    try:
+        config = load_config(args.config)
+        validate_guid(args.patient_guid)
+        if args.presign is not None:
+            validate_expiry(args.presign)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    with _stdout_to_stderr(args.json) as out:
+        images, error = run_retrieve(config, args.patient_guid, args.presign, args.download)
+    if error is not None:
+        if isinstance(error, ConfigError):
+            return _refuse(str(error))
+        print(f"pdata-sync: retrieve failed: {describe(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    assert images is not None
+    if args.json:
+        print(json.dumps(images, indent=2), file=out)
+        out.flush()
+    else:
+        for img in images:
+            print(f"{img['key']}  {img['size']} bytes  {img['last_modified']}")
+            if "url" in img:
+                print(f"  {img['url']}")
+        print(f"{len(images)} image(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    print(f"{args.config}: valid config for clinic {config.clinic_id}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(workdir=args.workdir, fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdata-sync",
+        description="Copy a Sidexis PDATA archive to S3 under images/{patientGuid}/.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sync", help="sync one clinic's PDATA to S3")
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
+    p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")
+    p.add_argument("--patient-guid", required=True, help="the patient's GUID (canonical UUID)")
+    p.add_argument("--presign", type=int, metavar="SECONDS", help="add presigned GET URLs")
+    p.add_argument("--download", metavar="DIR", help="download the images into DIR")
+    p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("check-config", help="validate a clinic config file and exit")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("demo", help="run a generated demo clinic end to end on this machine")
+    p.add_argument("--workdir", default=".demo", help="where the demo keeps its data")
+    p.add_argument("--fresh", action="store_true", help="start from an empty demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per HTTP request to the Prefect API drowns what matters.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return args.func(args)
+    except PdataSyncError as exc:
+        return _refuse(str(exc)) if isinstance(exc, ConfigError) else _fail(exc)
+    except KeyboardInterrupt:
+        print("pdata-sync: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"pdata-sync: {describe(exc)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

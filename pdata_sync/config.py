@@ -1,0 +1,306 @@
+"""Per-clinic configuration: one pydantic model, loaded from YAML or filled in the Prefect UI.
+
+Nothing here reads the environment at import time. Secrets never live in this model: the
+database password and AWS keys come from Prefect blocks (named here) or the environment.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+DEFAULT_KEY_TEMPLATE = "images/{patient_guid}/{clinic_id}_{image_id}_{name}.dcm"
+KEY_PLACEHOLDERS = {"patient_guid", "clinic_id", "image_id", "name"}
+KEY_PREFIX = "images/{patient_guid}/"
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$#@ ]{0,127}$")
+_CLINIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def _sql_identifier(value: str) -> str:
+    if not _IDENT.match(value):
+        raise ValueError(
+            f"{value!r} is not a plain SQL table or column name "
+            "(letters, digits and underscores, starting with a letter)"
+        )
+    return value
+
+
+def _block_name(value: str | None) -> str | None:
+    if value is not None and not _BLOCK_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a Prefect block name (lower-case letters, digits and dashes)"
+        )
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class DatabaseConfig(_Model):
+    """Where the Sidexis SQL Server database is, and which tables and columns to read."""
+
+    url: str = Field(
+        description=(
+            "SQLAlchemy URL of the Sidexis database, without a password, e.g. "
+            "mssql+pyodbc://sidexis@sidexis-host/SIDEXIS?driver=ODBC+Driver+18+for+SQL+Server"
+        )
+    )
+    db_schema: str | None = Field(
+        default="dbo",
+        alias="schema",
+        description="Schema of the Sidexis tables (dbo on SQL Server; empty for SQLite).",
+    )
+    password_secret_block: str | None = Field(
+        default=None,
+        description=(
+            "Name of a Prefect Secret block holding the database password. Without it, the "
+            "password is taken from the PDATA_SYNC_DB_PASSWORD environment variable, if set."
+        ),
+    )
+    patient_table: str = Field("Patient", description="Sidexis patient table.")
+    patient_id_column: str = Field("PatientId", description="Patient id (the P_ folder number).")
+    card_id_column: str = Field("CardId", description="PMS chart number (CardId).")
+    patient_deleted_column: str | None = Field(
+        "IsDeleted", description="Deleted flag on patient rows; empty if the table has none."
+    )
+    media_table: str = Field("MediaBase", description="Sidexis media (image) table.")
+    media_id_column: str = Field("MediaBaseId", description="Image id (the number in file names).")
+    media_name_column: str = Field("Name", description="Image name.")
+    media_deleted_column: str | None = Field(
+        "IsDeleted", description="Deleted flag on media rows; empty if the table has none."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_sqlalchemy_without_password(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
+        if url.password:
+            raise ValueError(
+                "the URL contains a password; remove it and store the password in a Prefect "
+                "Secret block (database.password_secret_block) or PDATA_SYNC_DB_PASSWORD"
+            )
+        return value
+
+    @field_validator("db_schema", "patient_deleted_column", "media_deleted_column", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "db_schema",
+        "patient_table",
+        "patient_id_column",
+        "card_id_column",
+        "patient_deleted_column",
+        "media_table",
+        "media_id_column",
+        "media_name_column",
+        "media_deleted_column",
+    )
+    @classmethod
+    def _identifiers(cls, value: str | None) -> str | None:
+        return None if value is None else _sql_identifier(value)
+
+    @field_validator("password_secret_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        return _block_name(value)
+
+
+class ResolverConfig(_Model):
+    """The platform's CardId -> patientGuid resolver (SPEC section 5)."""
+
+    url: str = Field(
+        description="Full URL of the resolver, e.g. "
+        "https://platform.example/api/app/patient-pms-resolver/resolve"
+    )
+    batch_size: int = Field(100, ge=1, le=1000, description="CardIds per resolver call.")
+    timeout_seconds: float = Field(30.0, gt=0, le=600, description="Timeout of one call.")
+    max_attempts: int = Field(6, ge=1, le=20, description="Tries per call on transient errors.")
+    cache_ttl_hours: float = Field(
+        24.0, ge=0, description="How long a resolution is reused across runs; 0 disables."
+    )
+    verify_tls: bool = Field(
+        True, description="Verify the resolver's TLS certificate. Turn off only for testing."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class S3Config(_Model):
+    """Destination bucket and object naming."""
+
+    bucket: str = Field(description="S3 bucket name.")
+    region: str = Field("eu-central-1", description="AWS region of the bucket.")
+    endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server; empty for AWS S3."
+    )
+    key_template: str = Field(
+        DEFAULT_KEY_TEMPLATE,
+        description="Object key; must start with images/{patient_guid}/. Placeholders: "
+        "{patient_guid}, {clinic_id}, {image_id}, {name}.",
+    )
+    aws_credentials_block: str | None = Field(
+        None,
+        description="Name of a Prefect AwsCredentials block. Without it, the standard AWS "
+        "chain is used (environment variables, profile, instance role).",
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not _BUCKET.match(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not a valid bucket name (3-63 lower-case letters, digits, "
+                "dots and dashes)"
+            )
+        return value
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _endpoint(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", str(value)):
+            raise ValueError("must be an http:// or https:// URL with no path")
+        return value
+
+    @field_validator("key_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value.startswith(KEY_PREFIX):
+            raise ValueError(f"must start with {KEY_PREFIX!r}")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template: {exc}") from None
+        unknown = fields - KEY_PLACEHOLDERS
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(KEY_PLACEHOLDERS)}"
+            )
+        if "image_id" not in fields:
+            raise ValueError("must contain {image_id}, or images would overwrite each other")
+        if value.count("{patient_guid}") != 1:
+            raise ValueError("must contain {patient_guid} exactly once")
+        return value
+
+    @field_validator("aws_credentials_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        return _block_name(value)
+
+
+class TransferConfig(_Model):
+    """How hard to push: concurrency, batching, multipart sizes, retries."""
+
+    batch_size: int = Field(
+        500, ge=1, le=5000, description="Images per upload task (one Prefect task run each)."
+    )
+    parallel_batches: int = Field(2, ge=1, le=16, description="Upload tasks running at once.")
+    upload_concurrency: int = Field(8, ge=1, le=64, description="Uploads at once in one task.")
+    multipart_threshold_mb: int = Field(
+        16, ge=5, le=5120, description="Files larger than this go up in multipart."
+    )
+    part_size_mb: int = Field(8, ge=5, le=5120, description="Multipart part size.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Tries per S3 request.")
+    state_dir: str | None = Field(
+        None,
+        description="Folder for the resolver cache; default ~/.local/state/pdata-sync "
+        "(or PDATA_SYNC_STATE_DIR).",
+    )
+
+
+class ClinicConfig(_Model):
+    """Everything one clinic's sync needs (SPEC section 6)."""
+
+    clinic_id: str = Field(description="Unique id of the clinic; part of every object key.")
+    pdata_root: str = Field(description="Path of the Sidexis PDATA share as the worker sees it.")
+    database: DatabaseConfig
+    resolver: ResolverConfig
+    s3: S3Config
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+
+    @field_validator("clinic_id")
+    @classmethod
+    def _clinic(cls, value: str) -> str:
+        if not _CLINIC_ID.match(value):
+            raise ValueError(
+                f"{value!r}: use 1-64 letters, digits, dots and dashes (it is part of every "
+                "S3 key; no underscores, slashes or spaces)"
+            )
+        return value
+
+    @field_validator("pdata_root")
+    @classmethod
+    def _pdata(cls, value: str) -> str:
+        if not str(value).strip():
+            raise ValueError("must be the path of the PDATA folder")
+        return str(value)
+
+    @model_validator(mode="after")
+    def _parts(self) -> ClinicConfig:
+        if self.transfer.part_size_mb > self.transfer.multipart_threshold_mb:
+            raise ValueError(
+                "transfer.part_size_mb must not exceed transfer.multipart_threshold_mb"
+            )
+        return self
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One readable line per problem: ``source: field.path: message``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required but missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a known setting (check the spelling)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> ClinicConfig:
+    """Validate a mapping into a :class:`ClinicConfig`, raising :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return ClinicConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> ClinicConfig:
+    """Read and validate a clinic's YAML file, raising :class:`ConfigError` naming the field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))

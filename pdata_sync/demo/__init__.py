@@ -1,0 +1,1 @@
+"""Demo clinic: generator, resolver server, S3 server, end-to-end run."""

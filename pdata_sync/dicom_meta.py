@@ -1,0 +1,112 @@
+"""DICOM header (read without pixel data) and content hashes of image files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .errors import BadInputError
+
+UNKNOWN = "unknown"  # some S3 servers drop empty metadata values, so absent fields say this
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    modality: str
+    acquisition_date: str  # YYYYMMDD as in DICOM, or "unknown"
+
+
+def _text(ds: pydicom.Dataset, *keywords: str) -> str:
+    for kw in keywords:
+        value = ds.get(kw)
+        if value not in (None, ""):
+            text = str(value).strip()
+            if text and text.isascii():
+                return text
+    return UNKNOWN
+
+
+def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
+    """Parse the DICOM header of ``source`` (bytes, a path or a binary file).
+
+    Raises :class:`BadInputError` for an empty file or anything that is not DICOM Part 10.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise BadInputError("empty file")
+        fp: BinaryIO | str | Path = io.BytesIO(source)
+    else:
+        fp = source
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False)
+    except InvalidDicomError:
+        raise BadInputError("not a DICOM file (no DICM header)") from None
+    except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        # pydicom raises these on truncated or garbled headers
+        raise BadInputError(f"damaged DICOM header: {type(exc).__name__}") from None
+    if "SOPInstanceUID" not in ds and "SOPInstanceUID" not in getattr(ds, "file_meta", {}):
+        raise BadInputError("DICOM file without a SOP Instance UID")
+    sop = _text(ds, "SOPInstanceUID")
+    if sop == UNKNOWN:
+        sop = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
+    return DicomHeader(
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=sop,
+        modality=_text(ds, "Modality"),
+        acquisition_date=_text(ds, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
+    )
+
+
+def multipart_etag(md5_digests: list[bytes]) -> str:
+    """The ETag S3 gives a multipart object: md5 of the part md5s, dash, part count."""
+    return f"{hashlib.md5(b''.join(md5_digests)).hexdigest()}-{len(md5_digests)}"
+
+
+def expected_etag(path: str | Path, size: int, threshold: int, part_size: int) -> str:
+    """The ETag S3 would report for ``path`` if pdata-sync uploaded it with these sizes.
+
+    Files up to ``threshold`` go up in one PUT (ETag = md5 of the content); larger ones in
+    parts of ``part_size`` (ETag = :func:`multipart_etag`). Reads the file once, streaming.
+    """
+    with open(path, "rb") as fh:
+        if size <= threshold:
+            digest = hashlib.md5()
+            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+        digests = []
+        while True:
+            part = hashlib.md5()
+            remaining = part_size
+            while remaining:
+                chunk = fh.read(min(_HASH_CHUNK, remaining))
+                if not chunk:
+                    break
+                part.update(chunk)
+                remaining -= len(chunk)
+            if remaining == part_size:
+                break
+            digests.append(part.digest())
+            if remaining:
+                break
+        return multipart_etag(digests)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, streaming."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

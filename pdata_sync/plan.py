@@ -1,0 +1,119 @@
+"""Turn what was found (files, patients, resolutions, media rows) into upload work.
+
+Pure functions: no I/O, no Prefect. The batches are the unit of one Prefect task run
+(see docs/adr/0002-task-granularity.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from .keys import render_key
+from .pdata import ImageFile, Problem
+from .sidexis_db import MediaRow
+
+SKIP_MEDIA_DELETED = "images_media_deleted"
+SKIP_PATIENT_UNRESOLVED = "patients_card_id_unknown"
+NOTE_NO_MEDIA_ROW = "no media row in the database; uploaded under the fallback name"
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One object to make sure of: this file under this key."""
+
+    rel_path: str
+    patient_guid: str
+    image_id: int
+    image_name: str | None
+    key: str
+
+
+@dataclass
+class Plan:
+    images: list[PlannedImage]
+    skipped: Counter[str]
+    notes: list[Problem]  # uploaded, but worth telling (e.g. no media row)
+    failed: list[Problem]  # could not be planned (e.g. resolver failed for the patient)
+
+
+def guids_per_patient(
+    card_ids: dict[int, list[str]], mapping: dict[str, str]
+) -> dict[int, list[str]]:
+    """Distinct patientGuids of each patient, in CardId order; patients with none omitted."""
+    result: dict[int, list[str]] = {}
+    for pid, cards in card_ids.items():
+        guids = list(dict.fromkeys(mapping[c] for c in cards if c in mapping))
+        if guids:
+            result[pid] = guids
+    return result
+
+
+def build_plan(
+    *,
+    images: list[ImageFile],
+    patient_guids: dict[int, list[str]],
+    failed_patients: dict[int, str],
+    media: dict[int, MediaRow],
+    clinic_id: str,
+    key_template: str,
+) -> Plan:
+    """Decide the key of every image of every resolved patient.
+
+    ``failed_patients`` holds patients whose CardIds could not be resolved because of an
+    error (not because the platform does not know them): their images are reported failed,
+    so that nothing is silently left behind.
+    """
+    skipped: Counter[str] = Counter()
+    notes: list[Problem] = []
+    failed: list[Problem] = []
+    planned: list[PlannedImage] = []
+    for image in images:
+        if image.patient_id in failed_patients:
+            failed.append(Problem(image.rel_path, failed_patients[image.patient_id]))
+            if image.patient_id not in patient_guids:
+                continue
+        guids = patient_guids.get(image.patient_id)
+        if not guids:
+            continue  # the patient was skipped and counted already
+        row = media.get(image.image_id)
+        if row is not None and row.deleted:
+            skipped[SKIP_MEDIA_DELETED] += 1
+            continue
+        if row is None:
+            notes.append(Problem(image.rel_path, NOTE_NO_MEDIA_ROW))
+        name = row.name if row is not None else None
+        for guid in guids:
+            key = render_key(
+                key_template,
+                patient_guid=guid,
+                clinic_id=clinic_id,
+                image_id=image.image_id,
+                name=name,
+            )
+            planned.append(PlannedImage(image.rel_path, guid, image.image_id, name, key))
+    return Plan(planned, skipped, notes, failed)
+
+
+def make_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:
+    """Pack images into batches of at most ``batch_size``, keeping each patientGuid's images
+    together where they fit, so each batch lists few S3 prefixes."""
+    by_guid: dict[str, list[PlannedImage]] = defaultdict(list)
+    for image in images:
+        by_guid[image.patient_guid].append(image)
+    batches: list[list[PlannedImage]] = []
+    current: list[PlannedImage] = []
+    for guid in sorted(by_guid):
+        group = by_guid[guid]
+        if current and len(current) + len(group) > batch_size:
+            batches.append(current)
+            current = []
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            if len(current) + len(chunk) > batch_size:
+                batches.append(current)
+                current = []
+            current.extend(chunk)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,104 @@
+"""The run summary: counts by outcome and reason, and the files rejected or failed.
+
+Contains no PHI: paths are PDATA-relative (Sidexis ids only), reasons never quote CardIds,
+patient names or birth dates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .pdata import Problem
+from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
+
+
+def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for p in problems:
+        seen.setdefault((p.path, p.reason), None)
+    return [{"path": path, "reason": reason} for path, reason in sorted(seen)]
+
+
+@dataclass
+class RunSummary:
+    """Everything a run reports; :meth:`to_dict` is the CLI's JSON and the artifacts' source."""
+
+    clinic_id: str
+    folders: int = 0
+    patients_in_database: int = 0
+    patients_resolved: int = 0
+    images_found: int = 0
+    objects_planned: int = 0
+    uploaded: int = 0
+    unchanged: int = 0
+    bytes_uploaded: int = 0
+    batches: int = 0
+    resolver_calls: int = 0
+    resolver_cache_hits: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    rejected: list[Problem] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
+
+    def add_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        for o in outcomes:
+            if o.status == UPLOADED:
+                self.uploaded += 1
+                self.bytes_uploaded += o.bytes
+            elif o.status == UNCHANGED:
+                self.unchanged += 1
+            elif o.status == REJECTED:
+                self.rejected.append(Problem(o.path, o.reason))
+            elif o.status == FAILED:
+                self.failed.append(Problem(o.path, o.reason))
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed (rejected bad input is reported, not a failure)."""
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clinic_id": self.clinic_id,
+            "ok": self.ok,
+            "folders": self.folders,
+            "patients_in_database": self.patients_in_database,
+            "patients_resolved": self.patients_resolved,
+            "images_found": self.images_found,
+            "objects_planned": self.objects_planned,
+            "uploaded": self.uploaded,
+            "unchanged": self.unchanged,
+            "bytes_uploaded": self.bytes_uploaded,
+            "batches": self.batches,
+            "resolver_calls": self.resolver_calls,
+            "resolver_cache_hits": self.resolver_cache_hits,
+            "skipped": dict(sorted(self.skipped.items())),
+            "rejected": _dedupe(self.rejected),
+            "failed": _dedupe(self.failed),
+            "notes": _dedupe(self.notes),
+        }
+
+    def counts_table(self) -> list[dict[str, Any]]:
+        """Rows of (outcome, reason, count) for a table artifact."""
+        rows: list[dict[str, Any]] = [
+            {"outcome": "folders", "reason": "patient folders listed", "count": self.folders},
+            {
+                "outcome": "resolved",
+                "reason": "patients with a patientGuid",
+                "count": self.patients_resolved,
+            },
+            {"outcome": "uploaded", "reason": "", "count": self.uploaded},
+            {"outcome": "unchanged", "reason": "already in S3", "count": self.unchanged},
+        ]
+        rows += [
+            {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())
+        ]
+        for label, problems in (("rejected", self.rejected), ("failed", self.failed)):
+            reasons = Counter(p["reason"] for p in _dedupe(problems))
+            rows += [
+                {"outcome": label, "reason": r, "count": n} for r, n in sorted(reasons.items())
+            ]
+        return rows

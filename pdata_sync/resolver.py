@@ -1,0 +1,224 @@
+"""Client of the platform's CardId -> patientGuid resolver (SPEC section 5), with a cache.
+
+CardIds are patient identifiers: they are never logged, and the on-disk cache stores only
+salted SHA-256 hashes of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .config import ResolverConfig
+from .errors import ErrorKind, PermanentError, TransientError, classify, describe
+from .keys import is_canonical_guid
+from .retrying import call_with_retries, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResolveResult:
+    """``mapping``: CardId -> patientGuid; ``unknown``: CardIds the platform does not know;
+    ``failed``: CardId -> reason for CardIds whose batch could not be resolved."""
+
+    mapping: dict[str, str] = field(default_factory=dict)
+    unknown: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    from_cache: int = 0
+    calls: int = 0
+
+
+class ResolutionCache:
+    """Positive resolutions kept across runs for ``ttl_seconds``, keyed by hashed CardId."""
+
+    def __init__(self, path: Path, clinic_id: str, ttl_seconds: float):
+        self.path = path
+        self.ttl = ttl_seconds
+        self._salt = f"pdata-sync:{clinic_id}:"
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._dirty = False
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            now = time.time()
+            self._entries = {
+                k: (v[0], float(v[1]))
+                for k, v in raw.get("entries", {}).items()
+                if float(v[1]) > now and is_canonical_guid(v[0])
+            }
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            log.warning("resolver cache %s is unreadable; starting with an empty cache", path)
+
+    def _key(self, card_id: str) -> str:
+        return hashlib.sha256((self._salt + card_id).encode()).hexdigest()
+
+    def get(self, card_id: str) -> str | None:
+        entry = self._entries.get(self._key(card_id))
+        if entry and entry[1] > time.time():
+            return entry[0]
+        return None
+
+    def put(self, card_id: str, guid: str) -> None:
+        self._entries[self._key(card_id)] = (guid, time.time() + self.ttl)
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".resolver-cache-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "entries": self._entries}, fh)
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The ABP envelope's message, if any (never the request body)."""
+    try:
+        err = response.json().get("error") or {}
+        msg = err.get("message") or err.get("code") or ""
+    except (ValueError, AttributeError):
+        msg = ""
+    return f"HTTP {response.status_code}" + (f" {str(msg)[:200]}" if msg else "")
+
+
+def parse_response(response: httpx.Response, asked: list[str]) -> dict[str, str | None]:
+    """Validate a resolver response; map each CardId asked for to a patientGuid or None.
+
+    Raises :class:`TransientError` for answers that look like a glitch (malformed JSON,
+    wrong content type) so they are retried.
+    """
+    ctype = response.headers.get("content-type", "")
+    if "json" not in ctype.lower():
+        raise TransientError(f"resolver answered with content type {ctype or 'none'!r}, not JSON")
+    try:
+        body = response.json()
+    except ValueError:
+        raise TransientError("resolver answered with malformed JSON") from None
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise TransientError("resolver answer has no 'items' list")
+    wanted = set(asked)
+    result: dict[str, str | None] = dict.fromkeys(asked)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        card = item.get("cardId")
+        guid = item.get("patientGuid")
+        if not isinstance(card, str) or card not in wanted or guid is None:
+            continue
+        guid = str(guid).strip().lower()
+        if is_canonical_guid(guid):
+            result[card] = guid
+        else:
+            log.warning("resolver returned a malformed patientGuid; that CardId is skipped")
+    return result
+
+
+class ResolverClient:
+    """Resolves CardIds in batches, retrying transient errors, reusing cached answers."""
+
+    def __init__(
+        self,
+        cfg: ResolverConfig,
+        clinic_id: str,
+        cache: ResolutionCache | None = None,
+        *,
+        initial_delay: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.cfg = cfg
+        self.clinic_id = clinic_id
+        self.cache = cache
+        self.initial_delay = initial_delay
+        self._client = httpx.Client(
+            timeout=cfg.timeout_seconds,
+            verify=cfg.verify_tls,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "pdata-sync"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ResolverClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, batch: list[str]) -> dict[str, str | None]:
+        try:
+            response = self._client.post(
+                self.cfg.url, json={"clinicId": self.clinic_id, "cardIds": batch}
+            )
+        except httpx.TimeoutException:
+            raise TransientError("resolver timed out") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"resolver unreachable: {type(exc).__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(
+                f"resolver {_error_message(response)}",
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if response.status_code >= 400:
+            raise PermanentError(f"resolver {_error_message(response)}")
+        return parse_response(response, batch)
+
+    def resolve(self, card_ids: list[str]) -> ResolveResult:
+        """Resolve ``card_ids`` (distinct, trimmed). Never raises for a failed batch: its
+        CardIds land in ``failed`` with the reason; the other batches go on."""
+        result = ResolveResult()
+        todo: list[str] = []
+        for card in dict.fromkeys(card_ids):
+            cached = self.cache.get(card) if self.cache else None
+            if cached:
+                result.mapping[card] = cached
+                result.from_cache += 1
+            else:
+                todo.append(card)
+        size = self.cfg.batch_size
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            result.calls += 1
+            try:
+                answer = call_with_retries(
+                    lambda b=batch: self._call(b),
+                    max_attempts=self.cfg.max_attempts,
+                    initial_delay=self.initial_delay,
+                )
+            except Exception as exc:  # noqa: BLE001 - classified and reported per batch
+                kind = classify(exc)
+                reason = (
+                    describe(exc)
+                    if kind is not ErrorKind.TRANSIENT
+                    else (f"{exc} (gave up after {self.cfg.max_attempts} attempts)")
+                )
+                log.warning("resolver batch of %d CardIds failed: %s", len(batch), reason)
+                for card in batch:
+                    result.failed[card] = reason
+                continue
+            for card, guid in answer.items():
+                if guid is None:
+                    result.unknown.add(card)
+                else:
+                    result.mapping[card] = guid
+                    if self.cache:
+                        self.cache.put(card, guid)
+        if self.cache:
+            try:
+                self.cache.save()
+            except OSError as exc:
+                log.warning("could not save the resolver cache: %s", exc.strerror or exc)
+        return result

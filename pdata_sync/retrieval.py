@@ -1,0 +1,80 @@
+"""Retrieval of a patient's images by patientGuid alone (SPEC section 3).
+
+Never reads PDATA, the Sidexis database or the resolver: only ``images/{patientGuid}/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import S3Config
+from .errors import InvalidRequestError
+from .keys import is_canonical_guid, parse_key, patient_prefix
+from .s3_store import download, iter_prefix, presign_get
+
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+DEFAULT_PRESIGN_SECONDS = 3600
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3's own limit for SigV4 presigned URLs
+
+
+def validate_guid(patient_guid: object) -> str:
+    """``patient_guid`` if it is a canonical UUID, else :class:`InvalidRequestError`."""
+    if not is_canonical_guid(patient_guid):
+        raise InvalidRequestError(
+            "patient GUID refused: expected a lower-case UUID like "
+            "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
+        )
+    return str(patient_guid)
+
+
+def validate_expiry(seconds: object) -> int:
+    """A presigned URL's lifetime in seconds: 1 to 7 days, else :class:`InvalidRequestError`."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise InvalidRequestError("presign: the expiry must be a whole number of seconds >= 1")
+    if seconds > MAX_PRESIGN_SECONDS:
+        raise InvalidRequestError(
+            f"presign: {seconds} s is more than the maximum of {MAX_PRESIGN_SECONDS} s (7 days)"
+        )
+    return seconds
+
+
+def list_patient_images(
+    client: Any,
+    s3: S3Config,
+    patient_guid: str,
+    *,
+    presign_seconds: int | None = None,
+    download_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """List every object under ``images/{patientGuid}/``; optionally presign and download.
+
+    The GUID and expiry are validated before S3 is called.
+    """
+    guid = validate_guid(patient_guid)
+    if presign_seconds is not None:
+        validate_expiry(presign_seconds)
+    target = Path(download_dir) if download_dir is not None else None
+    results = []
+    for obj in iter_prefix(client, s3.bucket, patient_prefix(guid)):
+        fields = parse_key(obj.key, s3.key_template) or {}
+        entry: dict[str, Any] = {
+            "key": obj.key,
+            "clinic_id": fields.get("clinic_id"),
+            "image_id": fields.get("image_id"),
+            "name": fields.get("name"),
+            "size": obj.size,
+            "last_modified": obj.last_modified.isoformat(),
+        }
+        if presign_seconds is not None:
+            entry["url"] = presign_get(client, s3.bucket, obj.key, presign_seconds)
+        if target is not None:
+            name = obj.key.rsplit("/", 1)[-1]
+            if not _SAFE_FILE.match(name) or set(name) == {"."}:
+                # an object someone else wrote under the prefix: never let it escape the folder
+                name = "object-" + hashlib.sha256(obj.key.encode()).hexdigest()[:16]
+            entry["path"] = str(download(client, s3.bucket, obj.key, target / name))
+        results.append(entry)
+    return results

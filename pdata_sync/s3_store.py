@@ -1,0 +1,301 @@
+"""S3 side: client, bucket check, prefix listing, checksummed uploads, presigned URLs.
+
+Every upload carries a SHA-256 that S3 verifies on receipt (``x-amz-checksum-sha256``, and
+per part for multipart uploads) plus a Content-MD5, so a body damaged in transit is refused
+by the server. Transient S3 errors are retried by botocore's ``standard`` retry mode
+(exponential backoff with jitter on throttling, 5xx, timeouts and connection errors).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+from .config import S3Config, TransferConfig
+from .dicom_meta import DicomHeader
+from .errors import BadInputError, ConfigError, PermanentError, describe
+from .keys import encode_name_for_metadata
+
+CONTENT_TYPE = "application/dicom"
+MB = 1024 * 1024
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+# Parts of one multipart upload in flight at once (memory: this many parts per file).
+PARTS_IN_FLIGHT = 4
+
+METADATA_KEYS = (
+    "clinic-id",
+    "image-id",
+    "image-name",
+    "sha256",
+    "study-instance-uid",
+    "series-instance-uid",
+    "sop-instance-uid",
+    "modality",
+    "acquisition-date",
+)
+
+
+@dataclass(frozen=True)
+class AwsKeys:
+    """Explicit AWS credentials (from a Prefect AwsCredentials block); repr hides them."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return "AwsKeys(***)"
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: datetime
+
+
+def make_client(
+    cfg: S3Config,
+    transfer: TransferConfig | None = None,
+    keys: AwsKeys | None = None,
+    *,
+    max_pool_connections: int | None = None,
+) -> Any:
+    """A boto3 S3 client for ``cfg``; thread-safe, meant to be shared by a batch's uploads."""
+    transfer = transfer or TransferConfig()
+    pool = max_pool_connections or max(10, transfer.upload_concurrency * (PARTS_IN_FLIGHT + 1))
+    config = Config(
+        region_name=cfg.region,
+        retries={"mode": "standard", "max_attempts": transfer.max_attempts},
+        max_pool_connections=pool,
+        connect_timeout=10,
+        read_timeout=120,
+        # We send our own SHA-256 and MD5; no extra CRC32 trailer (not all servers take it).
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+        user_agent_extra="pdata-sync",
+    )
+    session_kwargs: dict[str, Any] = {}
+    if keys is not None:
+        session_kwargs = {
+            "aws_access_key_id": keys.access_key_id,
+            "aws_secret_access_key": keys.secret_access_key,
+            "aws_session_token": keys.session_token,
+        }
+    session = boto3.session.Session(**session_kwargs)
+    return session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Make sure the bucket exists and these credentials can reach it, else :class:`ConfigError`."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        raise ConfigError(
+            "S3: no AWS credentials found (set s3.aws_credentials_block, or AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY or a profile on the worker)"
+        ) from None
+    except EndpointConnectionError as exc:
+        raise ConfigError(f"S3: cannot connect to {exc.kwargs.get('endpoint_url')}") from None
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            raise ConfigError(f"S3: bucket {bucket!r} does not exist (s3.bucket)") from None
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise ConfigError(
+                f"S3: access to bucket {bucket!r} denied: check the AWS credentials and the "
+                "bucket policy"
+            ) from None
+        raise ConfigError(f"S3: bucket {bucket!r} cannot be checked: {describe(exc)}") from None
+
+
+def iter_prefix(client: Any, bucket: str, prefix: str) -> Iterator[RemoteObject]:
+    """Every object under ``prefix``, all pages."""
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield RemoteObject(
+                key=obj["Key"],
+                size=int(obj["Size"]),
+                etag=str(obj.get("ETag", "")).strip('"'),
+                last_modified=obj["LastModified"],
+            )
+
+
+def list_prefix(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject]:
+    """``key -> RemoteObject`` for every object under ``prefix``."""
+    return {o.key: o for o in iter_prefix(client, bucket, prefix)}
+
+
+def is_md5_etag(etag: str) -> bool:
+    """True if ``etag`` is an MD5 (or multipart MD5) ETag we can reproduce locally."""
+    return bool(_MD5_ETAG.match(etag))
+
+
+def build_metadata(
+    *, clinic_id: str, image_id: int, image_name: str | None, sha256_hex: str, header: DicomHeader
+) -> dict[str, str]:
+    """The object's user metadata: exactly :data:`METADATA_KEYS`, all ASCII."""
+    return {
+        "clinic-id": clinic_id,
+        "image-id": str(image_id),
+        "image-name": encode_name_for_metadata(image_name),
+        "sha256": sha256_hex,
+        "study-instance-uid": header.study_instance_uid,
+        "series-instance-uid": header.series_instance_uid,
+        "sop-instance-uid": header.sop_instance_uid,
+        "modality": header.modality,
+        "acquisition-date": header.acquisition_date,
+    }
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def put_small(client: Any, bucket: str, key: str, data: bytes, metadata: dict[str, str]) -> str:
+    """Upload ``data`` in one PUT with SHA-256 and MD5 checks; returns the ETag."""
+    md5 = hashlib.md5(data).digest()
+    response = client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=data,
+        ContentType=CONTENT_TYPE,
+        ContentMD5=_b64(md5),
+        ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+        Metadata=metadata,
+    )
+    etag = str(response.get("ETag", "")).strip('"')
+    if is_md5_etag(etag) and etag != md5.hex():
+        raise PermanentError(f"S3 stored {key} with ETag {etag}, expected {md5.hex()}")
+    return etag
+
+
+def _read_part(fh: Any, part_size: int) -> bytes:
+    chunks = []
+    remaining = part_size
+    while remaining:
+        chunk = fh.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def put_multipart(
+    client: Any,
+    bucket: str,
+    key: str,
+    path: str | Path,
+    *,
+    part_size: int,
+    expected_sha256: str,
+    expected_size: int,
+    metadata: dict[str, str],
+) -> str:
+    """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
+
+    Memory stays at about ``PARTS_IN_FLIGHT`` parts. The whole file's SHA-256 is
+    recomputed from the bytes sent; if it differs from ``expected_sha256`` (the file
+    changed since it was hashed) the upload is aborted, so no torn object is ever created.
+    Any failure aborts the multipart upload.
+    """
+    created = client.create_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        ContentType=CONTENT_TYPE,
+        ChecksumAlgorithm="SHA256",
+        Metadata=metadata,
+    )
+    upload_id = created["UploadId"]
+    whole = hashlib.sha256()
+    sent = 0
+    parts: dict[int, dict[str, Any]] = {}
+    pending: set[Future[dict[str, Any]]] = set()
+
+    def send(number: int, body: bytes) -> dict[str, Any]:
+        md5 = hashlib.md5(body).digest()
+        sha = _b64(hashlib.sha256(body).digest())
+        r = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentMD5=_b64(md5),
+            ChecksumSHA256=sha,
+        )
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": sha}
+
+    try:
+        with open(path, "rb") as fh, ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+            number = 0
+            while True:
+                body = _read_part(fh, part_size)
+                if not body:
+                    break
+                number += 1
+                whole.update(body)
+                sent += len(body)
+                if len(pending) >= PARTS_IN_FLIGHT:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        part = fut.result()
+                        parts[part["PartNumber"]] = part
+                pending.add(pool.submit(send, number, body))
+                del body
+            for fut in pending:
+                part = fut.result()
+                parts[part["PartNumber"]] = part
+        if sent != expected_size or whole.hexdigest() != expected_sha256:
+            raise BadInputError("file changed while it was being uploaded; not stored")
+        response = client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error matters more
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    return str(response.get("ETag", "")).strip('"')
+
+
+def head_sha256(client: Any, bucket: str, key: str) -> str | None:
+    """The ``sha256`` user metadata of an object, or None."""
+    response = client.head_object(Bucket=bucket, Key=key)
+    return (response.get("Metadata") or {}).get("sha256")
+
+
+def presign_get(client: Any, bucket: str, key: str, expires_in: int) -> str:
+    """A presigned GET URL valid for ``expires_in`` seconds."""
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+    )
+
+
+def download(client: Any, bucket: str, key: str, target: str | Path) -> Path:
+    """Download ``key`` to ``target`` atomically (temp file, then rename)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    client.download_file(bucket, key, str(tmp))
+    os.replace(tmp, target)
+    return target

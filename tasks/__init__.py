@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the pure core in :mod:`pdata_sync`."""

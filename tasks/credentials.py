@@ -1,0 +1,53 @@
+"""Secrets for a run: the database password and AWS keys, from Prefect blocks or the
+environment. Never from the config file; never logged."""
+
+from __future__ import annotations
+
+import os
+
+from pdata_sync.config import DatabaseConfig, S3Config
+from pdata_sync.errors import ConfigError
+from pdata_sync.s3_store import AwsKeys
+
+DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
+
+
+def database_password(cfg: DatabaseConfig) -> str | None:
+    """The password from the named Secret block, else ``PDATA_SYNC_DB_PASSWORD``, else None."""
+    if cfg.password_secret_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = Secret.load(cfg.password_secret_block)
+        except ValueError:
+            raise ConfigError(
+                f"database.password_secret_block: no Prefect Secret block named "
+                f"{cfg.password_secret_block!r}"
+            ) from None
+        return str(secret.get())
+    return os.environ.get(DB_PASSWORD_ENV) or None
+
+
+def aws_keys(cfg: S3Config) -> AwsKeys | None:
+    """Keys from the named AwsCredentials block; None means boto3's standard chain."""
+    if not cfg.aws_credentials_block:
+        return None
+    from prefect_aws import AwsCredentials
+
+    try:
+        block = AwsCredentials.load(cfg.aws_credentials_block)
+    except ValueError:
+        raise ConfigError(
+            f"s3.aws_credentials_block: no Prefect AwsCredentials block named "
+            f"{cfg.aws_credentials_block!r}"
+        ) from None
+    secret = block.aws_secret_access_key
+    if not block.aws_access_key_id or secret is None:
+        raise ConfigError(
+            f"s3.aws_credentials_block {cfg.aws_credentials_block!r} has no access key pair"
+        )
+    return AwsKeys(
+        access_key_id=block.aws_access_key_id,
+        secret_access_key=secret.get_secret_value(),
+        session_token=block.aws_session_token,
+    )

@@ -1,0 +1,26 @@
+"""Tasks on the S3 side: the bucket check and the upload of one batch of images."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pdata_sync.config import ClinicConfig
+from pdata_sync.plan import PlannedImage
+from pdata_sync.s3_store import check_bucket, make_client
+from pdata_sync.uploader import BatchUploader, Outcome
+
+from .credentials import aws_keys
+
+
+@task(name="check-bucket", cache_policy=NO_CACHE, persist_result=False)
+def check_destination(config: ClinicConfig) -> None:
+    """Fail fast if the bucket is missing or the credentials cannot reach it."""
+    check_bucket(make_client(config.s3, config.transfer, aws_keys(config.s3)), config.s3.bucket)
+
+
+@task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)
+def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> list[Outcome]:
+    """Upload one batch concurrently on one shared client; per-image outcomes as data."""
+    client = make_client(config.s3, config.transfer, aws_keys(config.s3))
+    return BatchUploader(config, client).upload_batch(batch)
