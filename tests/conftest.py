@@ -1,0 +1,88 @@
+"""Shared fixtures: small generated clinics, and real servers on 127.0.0.1 (SeaweedFS,
+the resolver, a Prefect server), each started by the test setup and stopped after."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pdata_sync.demo.generate import Manifest, generate_clinic
+from pdata_sync.demo.resolver_server import ResolverServer
+
+BUCKET = "dental-images"
+
+
+def make_clinic(root: Path, **kwargs) -> Manifest:
+    """A small clinic: tiny images, every special case of SPEC section 2."""
+    params = dict(patients=14, images_per_patient=(2, 4), scale=0.05, large_files=0, seed=11)
+    params.update(kwargs)
+    return generate_clinic(root, **params)
+
+
+def load_mapping(manifest: Manifest) -> dict:
+    return json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """(size, mtime_ns, sha256) of every file under ``root``: proof nothing was written."""
+    snap = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            snap[str(path.relative_to(root))] = (
+                st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+            )
+    return snap
+
+
+@pytest.fixture
+def clinic(tmp_path: Path) -> Manifest:
+    return make_clinic(tmp_path / "clinic")
+
+
+@pytest.fixture
+def resolver(clinic: Manifest):
+    with ResolverServer(load_mapping(clinic)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    from pdata_sync.demo.seaweed import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed"), buckets=(BUCKET,)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    from pdata_sync.demo.prefect_server import PrefectServer
+
+    with PrefectServer(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Fake credentials for moto; never real ones."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

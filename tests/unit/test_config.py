@@ -1,0 +1,98 @@
+"""Config validation: a clear message naming the field, secrets refused in the file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pdata_sync.config import ClinicConfig, load_config, parse_config
+from pdata_sync.errors import ConfigError
+
+VALID = {
+    "clinic_id": "clinic-001",
+    "pdata_root": "/mnt/pdata",
+    "database": {
+        "url": "mssql+pyodbc://sidexis@sidexis-host/SIDEXIS?driver=ODBC+Driver+18+for+SQL+Server",
+        "schema": "dbo",
+        "patient_table": "Patient",
+        "media_table": "MediaBase",
+    },
+    "resolver": {
+        "url": "https://platform.example/api/app/patient-pms-resolver/resolve",
+        "batch_size": 100,
+    },
+    "s3": {
+        "bucket": "dental-images",
+        "region": "eu-central-1",
+        "endpoint_url": None,
+        "key_template": "images/{patient_guid}/{clinic_id}_{image_id}_{name}.dcm",
+    },
+}
+
+
+def with_change(path: str, value):
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    node = data
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+def test_issue_example_loads_from_yaml_with_defaults(tmp_path: Path):
+    path = tmp_path / "clinic.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    cfg = load_config(path)
+    assert isinstance(cfg, ClinicConfig)
+    assert cfg.database.db_schema == "dbo"
+    assert cfg.database.card_id_column == "CardId"
+    assert cfg.database.media_id_column == "MediaBaseId"
+    assert cfg.resolver.verify_tls is True
+    assert cfg.transfer.batch_size == 500
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("clinic_id", "clinic_001", "clinic_id"),
+        ("clinic_id", KeyError, "clinic_id: is required"),
+        ("s3.bucket", "Dental_Images", "s3.bucket"),
+        ("s3.key_template", "patients/{patient_guid}/{image_id}.dcm", "s3.key_template"),
+        ("s3.key_template", "images/{patient_guid}/{name}.dcm", "image_id"),
+        ("s3.key_template", "images/{patient_guid}/{image_id}_{tenant}.dcm", "tenant"),
+        ("s3.bucekt", "x", "s3.bucekt: is not a known setting"),
+        ("resolver.url", "ftp://x", "resolver.url"),
+        ("resolver.batch_size", 0, "resolver.batch_size"),
+        ("database.url", "mssql+pyodbc://sa:hunter2@host/SIDEXIS", "database.url"),
+        ("database.url", "not a url", "database.url"),
+        ("database.card_id_column", "CardId; DROP TABLE x", "database.card_id_column"),
+    ],
+)
+def test_invalid_config_names_the_field(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_change(path, value), source="clinic.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("clinic.yaml: ")
+    assert "hunter2" not in str(err.value)
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("clinic_id: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_empty_schema_means_none():
+    cfg = parse_config(with_change("database.schema", ""))
+    assert cfg.database.db_schema is None

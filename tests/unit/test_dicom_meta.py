@@ -1,0 +1,63 @@
+"""DICOM header reading without pixels, bad files, and the ETags S3 would compute."""
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from pdata_sync.dicom_meta import UNKNOWN, expected_etag, multipart_etag, read_header
+from pdata_sync.demo.generate import write_dicom
+from pdata_sync.errors import BadInputError
+
+
+@pytest.fixture
+def dicom_file(tmp_path: Path) -> Path:
+    path = tmp_path / "0000_5.dcm"
+    write_dicom(path, rng=random.Random(1), clinic_id="c", patient_id=1, patient_name="A^B",
+                birth_date="19700101", image_id=5, modality="IO", rows=16, cols=16)
+    return path
+
+
+def test_header_fields(dicom_file: Path):
+    for source in (dicom_file, dicom_file.read_bytes()):
+        h = read_header(source)
+        assert h.modality == "IO"
+        assert h.sop_instance_uid.startswith("2.25.") or h.sop_instance_uid.count(".") > 3
+        assert h.study_instance_uid != h.series_instance_uid
+        assert len(h.acquisition_date) == 8 and h.acquisition_date.isdigit()
+
+
+def test_missing_fields_say_unknown(tmp_path: Path, dicom_file: Path):
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_file)
+    del ds.AcquisitionDate, ds.StudyDate, ds.Modality
+    ds.save_as(tmp_path / "x.dcm")
+    h = read_header(tmp_path / "x.dcm")
+    assert h.acquisition_date == UNKNOWN and h.modality == UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"this is not a DICOM file\n" * 20, "not a DICOM file"),
+        (b"\x00" * 128 + b"DICM" + b"\x02\x00", "DICOM"),
+    ],
+)
+def test_bad_files_are_bad_input(data, message):
+    with pytest.raises(BadInputError, match=message):
+        read_header(data)
+
+
+def test_expected_etag_single_and_multipart(tmp_path: Path):
+    data = random.Random(3).randbytes(11 * 1024 + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert expected_etag(path, len(data), threshold=len(data), part_size=4096) == hashlib.md5(
+        data).hexdigest()
+    parts = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    expected = multipart_etag([hashlib.md5(p).digest() for p in parts])
+    assert expected_etag(path, len(data), threshold=4096, part_size=4096) == expected
+    assert expected.endswith("-3")

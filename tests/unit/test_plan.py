@@ -1,0 +1,69 @@
+"""Planning: which file goes under which key, and how images are packed into batches."""
+
+from collections import Counter
+
+from pdata_sync.config import DEFAULT_KEY_TEMPLATE
+from pdata_sync.pdata import ImageFile
+from pdata_sync.plan import (
+    NOTE_NO_MEDIA_ROW,
+    SKIP_MEDIA_DELETED,
+    PlannedImage,
+    build_plan,
+    guids_per_patient,
+    make_batches,
+)
+from pdata_sync.sidexis_db import MediaRow
+
+G1 = "11111111-1111-4111-8111-111111111111"
+G2 = "22222222-2222-4222-8222-222222222222"
+
+
+def img(pid, iid):
+    return ImageFile(pid, iid, f"P_{pid}/0000_{iid}.dcm", 10, 0)
+
+
+def test_guids_per_patient_dedupes_and_drops_unresolved():
+    cards = {1: ["A", "B"], 2: ["C"], 3: ["D", "E"]}
+    mapping = {"A": G1, "B": G1, "D": G1, "E": G2}
+    assert guids_per_patient(cards, mapping) == {1: [G1], 3: [G1, G2]}
+
+
+def test_plan_images_under_each_guid_and_reports_media_cases():
+    plan = build_plan(
+        images=[img(1, 10), img(1, 11), img(1, 12), img(3, 30), img(4, 40)],
+        patient_guids={1: [G1], 3: [G1, G2]},
+        failed_patients={4: "patientGuid not resolved: resolver HTTP 503"},
+        media={10: MediaRow("OPG", False), 11: MediaRow("x", True), 30: MediaRow(None, False)},
+        clinic_id="c-1",
+        key_template=DEFAULT_KEY_TEMPLATE,
+    )
+    keys = [p.key for p in plan.images]
+    assert keys == [
+        f"images/{G1}/c-1_10_OPG.dcm",
+        f"images/{G1}/c-1_12_unnamed.dcm",
+        f"images/{G1}/c-1_30_unnamed.dcm",
+        f"images/{G2}/c-1_30_unnamed.dcm",
+    ]
+    assert plan.skipped == Counter({SKIP_MEDIA_DELETED: 1})
+    assert [(n.path, n.reason) for n in plan.notes] == [("P_1/0000_12.dcm", NOTE_NO_MEDIA_ROW)]
+    assert [f.path for f in plan.failed] == ["P_4/0000_40.dcm"]
+
+
+def planned(guid, n):
+    return [PlannedImage(f"p/{guid}/{i}", guid, i, None, f"k/{guid}/{i}") for i in range(n)]
+
+
+def test_batches_bounded_and_keep_patients_together():
+    guids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(30)]
+    images = [im for i, g in enumerate(guids) for im in planned(g, 1 + i % 7)]
+    batches = make_batches(images, 20)
+    assert sorted(im.key for b in batches for im in b) == sorted(im.key for im in images)
+    assert all(0 < len(b) <= 20 for b in batches)
+    # a patient with <= 20 images is never split over two batches
+    for g in guids:
+        assert sum(1 for b in batches if any(im.patient_guid == g for im in b)) == 1
+
+
+def test_big_patient_is_split():
+    batches = make_batches(planned(G1, 1200), 500)
+    assert [len(b) for b in batches] == [500, 500, 200]

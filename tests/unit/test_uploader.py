@@ -1,0 +1,119 @@
+"""Uploading a batch against moto (fast; moto does not verify checksums, so integrity is
+tested against SeaweedFS in tests/integration)."""
+
+import hashlib
+import random
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pdata_sync.config import parse_config
+from pdata_sync.demo.generate import write_dicom
+from pdata_sync.keys import decode_name_from_metadata
+from pdata_sync.plan import PlannedImage
+from pdata_sync.s3_store import METADATA_KEYS, make_client
+from pdata_sync.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, BatchUploader
+
+G1 = "11111111-1111-4111-8111-111111111111"
+G2 = "22222222-2222-4222-8222-222222222222"
+
+
+def config(root: Path, bucket: str = "dental-images", **transfer):
+    return parse_config({
+        "clinic_id": "c-1",
+        "pdata_root": str(root),
+        "database": {"url": "sqlite:////nonexistent.db", "schema": None},
+        "resolver": {"url": "http://127.0.0.1:9/x"},
+        "s3": {"bucket": bucket, "region": "us-east-1"},
+        "transfer": {"max_attempts": 1, **transfer},
+    })
+
+
+def dcm(root: Path, rel: str, image_id: int, frames: int = 1, seed: int = 0) -> Path:
+    path = root / rel
+    write_dicom(path, rng=random.Random(seed + image_id), clinic_id="c-1", patient_id=1,
+                patient_name="Muster^Anna", birth_date="19800101", image_id=image_id,
+                modality="IO", rows=64, cols=64, frames=frames)
+    return path
+
+
+def item(rel, guid, image_id, name="OPG"):
+    return PlannedImage(rel, guid, image_id, name, f"images/{guid}/c-1_{image_id}_x.dcm")
+
+
+@pytest.fixture
+def s3(aws_env):
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="dental-images")
+        yield client
+
+
+def test_upload_then_unchanged_then_changed(tmp_path, s3):
+    cfg = config(tmp_path)
+    p1 = dcm(tmp_path, "P_1/0000_10.dcm", 10)
+    dcm(tmp_path, "P_1/0000_11.dcm", 11)
+    items = [item("P_1/0000_10.dcm", G1, 10, "Bissflügel links"), item("P_1/0000_11.dcm", G1, 11),
+             item("P_1/0000_11.dcm", G2, 11)]
+    up = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer))
+
+    first = up.upload_batch(items)
+    assert [o.status for o in first] == [UPLOADED] * 3
+    head = s3.head_object(Bucket="dental-images", Key=items[0].key)
+    assert head["ContentType"] == "application/dicom"
+    assert set(head["Metadata"]) == set(METADATA_KEYS)
+    assert head["Metadata"]["sha256"] == hashlib.sha256(p1.read_bytes()).hexdigest()
+    assert decode_name_from_metadata(head["Metadata"]["image-name"]) == "Bissflügel links"
+    assert head["Metadata"]["image-id"] == "10" and head["Metadata"]["modality"] == "IO"
+    body = s3.get_object(Bucket="dental-images", Key=items[0].key)["Body"].read()
+    assert body == p1.read_bytes()
+
+    second = up.upload_batch(items)
+    assert [o.status for o in second] == [UNCHANGED] * 3
+
+    dcm(tmp_path, "P_1/0000_10.dcm", 10, seed=99)  # same size, new content
+    third = up.upload_batch(items)
+    assert [o.status for o in third] == [UPLOADED, UNCHANGED, UNCHANGED]
+    body = s3.get_object(Bucket="dental-images", Key=items[0].key)["Body"].read()
+    assert body == p1.read_bytes()
+
+
+def test_bad_files_rejected_and_the_rest_goes_on(tmp_path, s3):
+    cfg = config(tmp_path)
+    (tmp_path / "P_1").mkdir()
+    (tmp_path / "P_1/0000_1.dcm").write_bytes(b"")
+    (tmp_path / "P_1/0000_2.dcm").write_text("not dicom" * 50)
+    dcm(tmp_path, "P_1/0000_3.dcm", 3)
+    items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2),
+             item("P_1/0000_3.dcm", G1, 3), item("P_1/0000_4.dcm", G1, 4)]
+    out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert [(o.status, o.reason.split(" (")[0]) for o in out[:3]] == [
+        (REJECTED, "empty file"), (REJECTED, "not a DICOM file"), (UPLOADED, "")]
+    assert out[3].status == REJECTED and "FileNotFoundError" in out[3].reason
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dental-images").get("Contents", [])]
+    assert keys == [items[2].key]
+
+
+def test_multipart_for_large_files_round_trips_and_is_unchanged_after(tmp_path, s3):
+    cfg = config(tmp_path, multipart_threshold_mb=5, part_size_mb=5)
+    path = dcm(tmp_path, "P_1/0000_7.dcm", 7, frames=700)  # 64*64*2*700 = 5.7 MB
+    assert path.stat().st_size > 5 * 1024 * 1024
+    items = [item("P_1/0000_7.dcm", G1, 7)]
+    up = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer))
+    assert up.upload_batch(items)[0].status == UPLOADED
+    listed = s3.list_objects_v2(Bucket="dental-images")["Contents"][0]
+    assert listed["ETag"].strip('"').endswith("-2")
+    body = s3.get_object(Bucket="dental-images", Key=items[0].key)["Body"].read()
+    assert body == path.read_bytes()
+    assert up.upload_batch(items)[0].status == UNCHANGED
+    assert s3.list_multipart_uploads(Bucket="dental-images").get("Uploads", []) == []
+
+
+def test_missing_bucket_fails_each_image_with_the_reason(tmp_path, s3):
+    cfg = config(tmp_path, bucket="no-such-bucket")
+    dcm(tmp_path, "P_1/0000_3.dcm", 3)
+    out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(
+        [item("P_1/0000_3.dcm", G1, 3)])
+    assert out[0].status == FAILED and "NoSuchBucket" in out[0].reason
