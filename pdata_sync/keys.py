@@ -49,8 +49,11 @@ def safe_name(name: str | None) -> str:
 
 
 def encode_name_for_metadata(name: str | None) -> str:
-    """Percent-encode the original name (UTF-8) for an S3 metadata header, within 1 KB."""
-    text = name or ""
+    """Percent-encode the original name (UTF-8) for an S3 metadata header, within 1 KB.
+
+    A missing or empty name is stored as ``unnamed``: some S3 servers drop empty values.
+    """
+    text = name if name and name.strip() else FALLBACK_NAME
     encoded = quote(text, safe="")
     while len(encoded) > NAME_METADATA_MAX:
         text = text[: max(0, len(text) - max(1, (len(encoded) - NAME_METADATA_MAX) // 9))]

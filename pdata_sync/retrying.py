@@ -56,9 +56,7 @@ def call_with_retries(
     A :class:`TransientError` carrying ``retry_after`` waits that long instead (capped).
     Non-transient errors and the last transient one are raised unchanged.
     """
-    backoff = wait_exponential_jitter(
-        multiplier=initial_delay, max=max_delay, jitter=initial_delay
-    )
+    backoff = wait_exponential_jitter(multiplier=initial_delay, max=max_delay, jitter=initial_delay)
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

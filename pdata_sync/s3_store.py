@@ -88,6 +88,9 @@ def make_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+        # SigV4 everywhere: presigned URLs otherwise fall back to SigV2 on custom endpoints
+        # (no bounded X-Amz-Expires, refused by newer AWS regions).
+        signature_version="s3v4",
         user_agent_extra="pdata-sync",
     )
     session_kwargs: dict[str, Any] = {}

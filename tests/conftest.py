@@ -34,7 +34,9 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
         if path.is_file():
             st = path.stat()
             snap[str(path.relative_to(root))] = (
-                st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+                st.st_size,
+                st.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
             )
     return snap
 

@@ -94,6 +94,7 @@ def write_dicom(
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: patient names like Łukasz Şahin
     ds.SOPClassUID = SOP_CLASS[modality]
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[clinic_id, str(patient_id), "study"])

@@ -6,16 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.dicom_meta import UNKNOWN, expected_etag, multipart_etag, read_header
 from pdata_sync.demo.generate import write_dicom
+from pdata_sync.dicom_meta import UNKNOWN, expected_etag, multipart_etag, read_header
 from pdata_sync.errors import BadInputError
 
 
 @pytest.fixture
 def dicom_file(tmp_path: Path) -> Path:
     path = tmp_path / "0000_5.dcm"
-    write_dicom(path, rng=random.Random(1), clinic_id="c", patient_id=1, patient_name="A^B",
-                birth_date="19700101", image_id=5, modality="IO", rows=16, cols=16)
+    write_dicom(
+        path,
+        rng=random.Random(1),
+        clinic_id="c",
+        patient_id=1,
+        patient_name="A^B",
+        birth_date="19700101",
+        image_id=5,
+        modality="IO",
+        rows=16,
+        cols=16,
+    )
     return path
 
 
@@ -55,9 +65,11 @@ def test_expected_etag_single_and_multipart(tmp_path: Path):
     data = random.Random(3).randbytes(11 * 1024 + 5)
     path = tmp_path / "f"
     path.write_bytes(data)
-    assert expected_etag(path, len(data), threshold=len(data), part_size=4096) == hashlib.md5(
-        data).hexdigest()
-    parts = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    assert (
+        expected_etag(path, len(data), threshold=len(data), part_size=4096)
+        == hashlib.md5(data).hexdigest()
+    )
+    parts = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     expected = multipart_etag([hashlib.md5(p).digest() for p in parts])
     assert expected_etag(path, len(data), threshold=4096, part_size=4096) == expected
     assert expected.endswith("-3")

@@ -53,15 +53,19 @@ def test_safe_name_bounds(raw):
 
 def test_render_default_key():
     key = render_key(
-        DEFAULT_KEY_TEMPLATE, patient_guid=GUID, clinic_id="clinic-001", image_id=42,
+        DEFAULT_KEY_TEMPLATE,
+        patient_guid=GUID,
+        clinic_id="clinic-001",
+        image_id=42,
         name="Bissflügel links",
     )
     assert key == f"images/{GUID}/clinic-001_42_Bissflugel_links.dcm"
 
 
 def test_render_key_drops_zero_padding_and_refuses_bad_guid():
-    key = render_key(DEFAULT_KEY_TEMPLATE, patient_guid=GUID, clinic_id="c", image_id=int("007"),
-                     name="x")
+    key = render_key(
+        DEFAULT_KEY_TEMPLATE, patient_guid=GUID, clinic_id="c", image_id=int("007"), name="x"
+    )
     assert key.endswith("/c_7_x.dcm")
     with pytest.raises(ValueError):
         render_key(DEFAULT_KEY_TEMPLATE, patient_guid="../x", clinic_id="c", image_id=1, name="x")
@@ -72,14 +76,20 @@ def test_custom_template_round_trip():
     key = render_key(template, patient_guid=GUID, clinic_id="site.7", image_id=9, name="OPG 1")
     assert key == f"images/{GUID}/site.7/9-OPG_1.dcm"
     assert parse_key(key, template) == {
-        "patient_guid": GUID, "clinic_id": "site.7", "image_id": 9, "name": "OPG_1"
+        "patient_guid": GUID,
+        "clinic_id": "site.7",
+        "image_id": 9,
+        "name": "OPG_1",
     }
 
 
 def test_parse_default_key_and_foreign_key():
     key = f"images/{GUID}/clinic-001_42_a.b_c.dcm"
     assert parse_key(key) == {
-        "patient_guid": GUID, "clinic_id": "clinic-001", "image_id": 42, "name": "a.b_c"
+        "patient_guid": GUID,
+        "clinic_id": "clinic-001",
+        "image_id": 42,
+        "name": "a.b_c",
     }
     assert parse_key(f"images/{GUID}/something-else.txt") is None
 
@@ -107,6 +117,7 @@ def test_canonical_guid(value, ok):
 
 def test_metadata_name_round_trip_and_bound():
     assert decode_name_from_metadata(encode_name_for_metadata("Röntgen 11/21")) == "Röntgen 11/21"
+    assert encode_name_for_metadata(None) == encode_name_for_metadata("  ") == "unnamed"
     encoded = encode_name_for_metadata("ä" * 300)
     assert encoded.isascii() and len(encoded) <= 1024
     assert decode_name_from_metadata(encoded) == "ä" * len(decode_name_from_metadata(encoded))

@@ -85,7 +85,9 @@ def test_timeouts_are_transient():
         attempts.append(1)
         if len(attempts) < 3:
             raise httpx.ReadTimeout("slow", request=request)
-        return httpx.Response(200, json={"items": [{"cardId": "A-1001", "patientGuid": G1.upper()}]})
+        return httpx.Response(
+            200, json={"items": [{"cardId": "A-1001", "patientGuid": G1.upper()}]}
+        )
 
     with client_for("http://resolver.test/x", transport=httpx.MockTransport(handler)) as c:
         result = c.resolve(["A-1001"])
@@ -95,9 +97,16 @@ def test_timeouts_are_transient():
 
 def test_null_and_malformed_guids_are_unknown():
     def handler(request):
-        return httpx.Response(200, json={"items": [
-            {"cardId": "A", "patientGuid": None}, {"cardId": "B", "patientGuid": "../x"},
-            {"cardId": "NOT-ASKED", "patientGuid": G1}]})
+        return httpx.Response(
+            200,
+            json={
+                "items": [
+                    {"cardId": "A", "patientGuid": None},
+                    {"cardId": "B", "patientGuid": "../x"},
+                    {"cardId": "NOT-ASKED", "patientGuid": G1},
+                ]
+            },
+        )
 
     with client_for("http://resolver.test/x", transport=httpx.MockTransport(handler)) as c:
         result = c.resolve(["A", "B"])

@@ -89,8 +89,11 @@ def test_more_ids_than_sql_server_allows_in_one_statement(tmp_path: Path):
     statements = []
     from sqlalchemy import event
 
-    event.listen(engine, "before_cursor_execute",
-                 lambda conn, cur, stmt, params, ctx, many: statements.append(len(params)))
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cur, stmt, params, ctx, many: statements.append(len(params)),
+    )
     lookup = fetch_patients(engine, cfg, range(1, 4501))
     assert len(lookup.card_ids) == 4500
     assert len(statements) == 3 and max(statements) <= 2000

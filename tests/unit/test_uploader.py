@@ -21,21 +21,33 @@ G2 = "22222222-2222-4222-8222-222222222222"
 
 
 def config(root: Path, bucket: str = "dental-images", **transfer):
-    return parse_config({
-        "clinic_id": "c-1",
-        "pdata_root": str(root),
-        "database": {"url": "sqlite:////nonexistent.db", "schema": None},
-        "resolver": {"url": "http://127.0.0.1:9/x"},
-        "s3": {"bucket": bucket, "region": "us-east-1"},
-        "transfer": {"max_attempts": 1, **transfer},
-    })
+    return parse_config(
+        {
+            "clinic_id": "c-1",
+            "pdata_root": str(root),
+            "database": {"url": "sqlite:////nonexistent.db", "schema": None},
+            "resolver": {"url": "http://127.0.0.1:9/x"},
+            "s3": {"bucket": bucket, "region": "us-east-1"},
+            "transfer": {"max_attempts": 1, **transfer},
+        }
+    )
 
 
 def dcm(root: Path, rel: str, image_id: int, frames: int = 1, seed: int = 0) -> Path:
     path = root / rel
-    write_dicom(path, rng=random.Random(seed + image_id), clinic_id="c-1", patient_id=1,
-                patient_name="Muster^Anna", birth_date="19800101", image_id=image_id,
-                modality="IO", rows=64, cols=64, frames=frames)
+    write_dicom(
+        path,
+        rng=random.Random(seed + image_id),
+        clinic_id="c-1",
+        patient_id=1,
+        patient_name="Muster^Anna",
+        birth_date="19800101",
+        image_id=image_id,
+        modality="IO",
+        rows=64,
+        cols=64,
+        frames=frames,
+    )
     return path
 
 
@@ -55,8 +67,11 @@ def test_upload_then_unchanged_then_changed(tmp_path, s3):
     cfg = config(tmp_path)
     p1 = dcm(tmp_path, "P_1/0000_10.dcm", 10)
     dcm(tmp_path, "P_1/0000_11.dcm", 11)
-    items = [item("P_1/0000_10.dcm", G1, 10, "Bissflügel links"), item("P_1/0000_11.dcm", G1, 11),
-             item("P_1/0000_11.dcm", G2, 11)]
+    items = [
+        item("P_1/0000_10.dcm", G1, 10, "Bissflügel links"),
+        item("P_1/0000_11.dcm", G1, 11),
+        item("P_1/0000_11.dcm", G2, 11),
+    ]
     up = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer))
 
     first = up.upload_batch(items)
@@ -86,11 +101,18 @@ def test_bad_files_rejected_and_the_rest_goes_on(tmp_path, s3):
     (tmp_path / "P_1/0000_1.dcm").write_bytes(b"")
     (tmp_path / "P_1/0000_2.dcm").write_text("not dicom" * 50)
     dcm(tmp_path, "P_1/0000_3.dcm", 3)
-    items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2),
-             item("P_1/0000_3.dcm", G1, 3), item("P_1/0000_4.dcm", G1, 4)]
+    items = [
+        item("P_1/0000_1.dcm", G1, 1),
+        item("P_1/0000_2.dcm", G1, 2),
+        item("P_1/0000_3.dcm", G1, 3),
+        item("P_1/0000_4.dcm", G1, 4),
+    ]
     out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
     assert [(o.status, o.reason.split(" (")[0]) for o in out[:3]] == [
-        (REJECTED, "empty file"), (REJECTED, "not a DICOM file"), (UPLOADED, "")]
+        (REJECTED, "empty file"),
+        (REJECTED, "not a DICOM file"),
+        (UPLOADED, ""),
+    ]
     assert out[3].status == REJECTED and "FileNotFoundError" in out[3].reason
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dental-images").get("Contents", [])]
     assert keys == [items[2].key]
@@ -115,5 +137,6 @@ def test_missing_bucket_fails_each_image_with_the_reason(tmp_path, s3):
     cfg = config(tmp_path, bucket="no-such-bucket")
     dcm(tmp_path, "P_1/0000_3.dcm", 3)
     out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(
-        [item("P_1/0000_3.dcm", G1, 3)])
+        [item("P_1/0000_3.dcm", G1, 3)]
+    )
     assert out[0].status == FAILED and "NoSuchBucket" in out[0].reason

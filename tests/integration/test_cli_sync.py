@@ -1,0 +1,335 @@
+"""End to end: ``pdata-sync sync --json`` / ``retrieve`` as subprocesses against a real
+SeaweedFS S3 server, a real resolver HTTP server (503, then 429, then answers), a real
+SQLite database file and a real Prefect server, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pdata_sync.demo.generate import write_dicom
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.keys import decode_name_from_metadata
+from pdata_sync.s3_store import METADATA_KEYS
+from tests.conftest import BUCKET, load_mapping, make_clinic, tree_snapshot
+
+REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
+CLI = str(Path(sys.executable).parent / "pdata-sync")
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: int = 240):
+    return subprocess.run(
+        [CLI, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def all_objects(client, prefix: str = "images/") -> dict[str, dict]:
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o
+    return out
+
+
+def clear_bucket(client) -> None:
+    for key in all_objects(client, ""):
+        client.delete_object(Bucket=BUCKET, Key=key)
+
+
+@pytest.fixture
+def setup(tmp_path, seaweed, prefect_server):
+    clinic = make_clinic(tmp_path / "clinic", large_files=1, large_mb=6)
+    client = seaweed.client()
+    clear_bucket(client)
+    with ResolverServer(load_mapping(clinic), fail_first=[503, 429]) as resolver:
+        config = write_config(
+            tmp_path / "clinic.yaml",
+            clinic,
+            resolver_url=resolver.url,
+            endpoint=seaweed.endpoint,
+            state_dir=tmp_path / "state",
+            multipart_threshold_mb=5,
+            part_size_mb=5,
+            batch_size=7,
+        )
+        env = {**prefect_server.env(), **seaweed.env(), "PREFECT_LOGGING_LEVEL": "INFO"}
+        yield clinic, client, resolver, config, env
+    clear_bucket(client)
+
+
+def expected_objects(clinic) -> dict[str, dict]:
+    """patient prefix + clinic + image id -> the file that must be there."""
+    return {
+        f"images/{e['patient_guid']}/{clinic.clinic_id}_{e['image_id']}_": e
+        for e in clinic.expected
+    }
+
+
+def match(expected: dict[str, dict], keys) -> dict[str, str]:
+    """expected prefix -> the one key that has it."""
+    found: dict[str, str] = {}
+    for key in keys:
+        hits = [p for p in expected if key.startswith(p)]
+        assert len(hits) == 1, f"unexpected object {key}"
+        assert hits[0] not in found, f"two objects for {hits[0]}"
+        found[hits[0]] = key
+    return found
+
+
+def test_sync_end_to_end(setup):
+    clinic, client, resolver, config, env = setup
+    pdata = Path(clinic.pdata_root)
+    before = tree_snapshot(pdata)
+    db_before = hashlib.sha256(Path(clinic.database_path).read_bytes()).hexdigest()
+
+    # --- first run: everything uploads, through the resolver's 503 and 429 ---
+    first = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)  # stdout is exactly one JSON document
+    assert resolver.state.statuses[:3] == [503, 429, 200]
+
+    expected = expected_objects(clinic)
+    objects = all_objects(client)
+    found = match(expected, objects)
+    assert set(found) == set(expected)
+    assert summary["uploaded"] == len(expected) and summary["unchanged"] == 0
+    assert summary["failed"] == []
+    assert sorted(r["path"] for r in summary["rejected"]) == sorted(clinic.rejected_paths)
+    assert {r["reason"] for r in summary["rejected"]} == {
+        "empty file",
+        "not a DICOM file (no DICM header)",
+    }
+    assert summary["skipped"] == clinic.skipped
+    assert sorted(n["path"] for n in summary["notes"]) == sorted(clinic.no_media_row_paths)
+
+    # every object byte-identical, with exactly the metadata of the issue
+    sizes = []
+    for prefix, key in found.items():
+        source = (pdata / expected[prefix]["path"]).read_bytes()
+        sizes.append(len(source))
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        assert head["ContentType"] == "application/dicom"
+        meta = head["Metadata"]
+        assert set(meta) == set(METADATA_KEYS), key
+        assert meta["sha256"] == hashlib.sha256(source).hexdigest()
+        assert meta["clinic-id"] == clinic.clinic_id
+        assert meta["image-id"] == str(expected[prefix]["image_id"])
+        decode_name_from_metadata(meta["image-name"])
+        assert meta["modality"] in {"IO", "PX", "CT"}
+        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == source
+    assert max(sizes) > 5 * 1024 * 1024  # the multipart path was exercised
+    assert any(o["ETag"].strip('"').endswith("-2") for o in objects.values())
+
+    # --- second run: nothing uploaded ---
+    second = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads(second.stdout)
+    assert again["uploaded"] == 0 and again["unchanged"] == len(expected)
+
+    # --- a changed source file is uploaded again, and only it ---
+    changed = next(e for e in clinic.expected if e["path"] not in clinic.no_media_row_paths)
+    path = pdata / changed["path"]
+    write_dicom(
+        path,
+        rng=random.Random(12345),
+        clinic_id=clinic.clinic_id,
+        patient_id=1,
+        patient_name="X^Y",
+        birth_date="19900101",
+        image_id=changed["image_id"],
+        modality="IO",
+        rows=20,
+        cols=20,
+    )
+    copies = sum(1 for e in clinic.expected if e["path"] == changed["path"])
+    third = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    after_change = json.loads(third.stdout)
+    assert after_change["uploaded"] == copies
+    assert after_change["unchanged"] == len(expected) - copies
+    key = found[f"images/{changed['patient_guid']}/{clinic.clinic_id}_{changed['image_id']}_"]
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == path.read_bytes()
+
+    # PDATA and the database were never written (apart from the file this test changed)
+    after = tree_snapshot(pdata)
+    rel = str(path.relative_to(pdata))
+    assert {k: v for k, v in after.items() if k != rel} == {
+        k: v for k, v in before.items() if k != rel
+    }
+    assert hashlib.sha256(Path(clinic.database_path).read_bytes()).hexdigest() == db_before
+
+    # no patient data in anything the runs printed, nor in any key
+    printed = first.stdout + first.stderr + second.stderr + third.stderr
+    for value in clinic.phi:
+        if len(value) >= 4:
+            assert value not in printed, "PHI in output"
+            assert not any(value in k for k in objects), "PHI in a key"
+
+
+def test_retrieve_lists_presigns_and_downloads(setup, tmp_path):
+    clinic, client, resolver, config, env = setup
+    assert run_cli(["sync", "--config", str(config), "--json"], env).returncode == 0
+    guid = clinic.expected[0]["patient_guid"]
+    mine = [e for e in clinic.expected if e["patient_guid"] == guid]
+
+    out = run_cli(
+        [
+            "retrieve",
+            "--config",
+            str(config),
+            "--patient-guid",
+            guid,
+            "--presign",
+            "600",
+            "--download",
+            str(tmp_path / "dl"),
+            "--json",
+        ],
+        env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    images = json.loads(out.stdout)
+    assert sorted(i["image_id"] for i in images) == sorted(e["image_id"] for e in mine)
+    for image in images:
+        assert set(image) >= {
+            "key",
+            "clinic_id",
+            "image_id",
+            "name",
+            "size",
+            "last_modified",
+            "url",
+            "path",
+        }
+        assert image["clinic_id"] == clinic.clinic_id
+        source = next(
+            Path(clinic.pdata_root, e["path"]) for e in mine if e["image_id"] == image["image_id"]
+        )
+        assert Path(image["path"]).read_bytes() == source.read_bytes()
+        assert image["size"] == source.stat().st_size
+        assert "X-Amz-Expires=600" in image["url"]
+        assert httpx.get(image["url"]).content == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "guid",
+    [
+        "",
+        "images",
+        "../x",
+        "x/..",
+        "*",
+        "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71x",
+        "3F2C8A54-1B7E-4C1E-9A3D-2B6F0C9E8D71",
+    ],
+)
+def test_retrieve_refuses_non_canonical_guid_before_s3(tmp_path, guid, prefect_server):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "clinic_id: c\npdata_root: /nonexistent\n"
+        "database: {url: 'sqlite:////nonexistent.db'}\n"
+        "resolver: {url: 'http://127.0.0.1:9/x'}\n"
+        # nothing listens on port 9: calling S3 would fail differently and slowly
+        "s3: {bucket: dental-images, endpoint_url: 'http://127.0.0.1:9'}\n"
+    )
+    out = run_cli(
+        ["retrieve", "--config", str(config), "--patient-guid", guid, "--json"],
+        prefect_server.env(),
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "patient GUID refused" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_refused_with_the_field_named(tmp_path, prefect_server):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "clinic_id: c\npdata_root: /x\ndatabase: {url: 'sqlite:///x.db'}\n"
+        "resolver: {url: 'http://127.0.0.1:9/x'}\ns3: {bucket: A_B}\n"
+    )
+    out = run_cli(["sync", "--config", str(config), "--json"], prefect_server.env(), timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "s3.bucket" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_bucket_fails_fast_before_any_work(setup):
+    clinic, client, resolver, config, env = setup
+    text = config.read_text().replace(f"bucket: {BUCKET}", "bucket: no-such-bucket")
+    config.write_text(text)
+    out = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "bucket 'no-such-bucket' does not exist" in out.stderr.strip().splitlines()[-1]
+    assert resolver.state.requests == 0  # nothing else was touched
+
+
+def test_wrong_checksum_is_refused_by_the_server(setup):
+    """Integrity: a body damaged between client and server never lands (SeaweedFS checks
+    the SHA-256 / MD5 we send; moto would not)."""
+    from pdata_sync.config import load_config
+    from pdata_sync.s3_store import make_client, put_multipart, put_small
+
+    clinic, client, resolver, config, env = setup
+    cfg = load_config(config)
+    os.environ.update(env)
+    evil = make_client(cfg.s3, cfg.transfer.model_copy(update={"max_attempts": 2}))
+
+    damaged = []
+
+    def corrupt(request, **kwargs):
+        """Damage the body in transit: one byte flipped after the request was signed."""
+        body = request.body
+        data = body.read() if hasattr(body, "read") else bytes(body or b"")
+        if len(data) > 100:
+            request.body = data[:50] + bytes([data[50] ^ 0xFF]) + data[51:]
+            damaged.append(len(data))
+
+    evil.meta.events.register("before-send.s3.PutObject", corrupt)
+    evil.meta.events.register("before-send.s3.UploadPart", corrupt)
+    data = Path(clinic.pdata_root, clinic.expected[0]["path"]).read_bytes()
+    with pytest.raises(Exception, match=REFUSED):
+        put_small(evil, BUCKET, "images/x/corrupt.dcm", data, {"sha256": "x"})
+    big = Path(clinic.pdata_root) / "big.bin"
+    try:
+        big.write_bytes(random.Random(1).randbytes(6 * 1024 * 1024))
+        sha = hashlib.sha256(big.read_bytes()).hexdigest()
+        with pytest.raises(Exception, match=REFUSED):
+            put_multipart(
+                evil,
+                BUCKET,
+                "images/x/corrupt-big.dcm",
+                big,
+                part_size=5 * 1024 * 1024,
+                expected_sha256=sha,
+                expected_size=big.stat().st_size,
+                metadata={},
+            )
+    finally:
+        big.unlink()
+    assert len(damaged) >= 2  # both paths really sent damaged bodies
+    # and an intact body with a wrong SHA-256 is refused: the server checks our checksum
+    with pytest.raises(Exception, match="BadDigest"):
+        client.put_object(
+            Bucket=BUCKET,
+            Key="images/x/wrong-sha.dcm",
+            Body=data,
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(b"x").digest()).decode(),
+        )
+    assert all_objects(client, "images/x/") == {}
+    assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
