@@ -50,9 +50,9 @@ def test_gives_up_after_max_attempts_and_reports_the_batch_failed():
 
 
 def test_other_4xx_is_permanent_for_that_batch_not_retried():
-    with ResolverServer(MAPPING) as server:
-        with client_for(server.url.replace("/resolve", "/wrong")) as c:
-            result = c.resolve(["A-1001"])
+    server = ResolverServer(MAPPING)
+    with server, client_for(server.url.replace("/resolve", "/wrong")) as c:
+        result = c.resolve(["A-1001"])
     assert server.state.requests == 1
     assert "404" in result.failed["A-1001"]
 
