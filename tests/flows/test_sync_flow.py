@@ -1,0 +1,184 @@
+"""The flows under prefect_test_harness, with S3 on moto (in-process) and the resolver as a
+real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pdata_sync.config import load_config
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.errors import ConfigError, InvalidRequestError
+from tests.conftest import BUCKET, load_mapping, make_clinic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def s3(aws_env):
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
+    path = write_config(
+        tmp_path / "clinic.yaml",
+        clinic,
+        resolver_url=resolver_url,
+        endpoint="",
+        state_dir=tmp_path / "state",
+        **transfer,
+    )
+    return load_config(path)
+
+
+def task_runs_of(flow_run_id, expected: int | None = None, timeout: float = 30.0):
+    """Task runs recorded for a flow run (waits for the event pipeline to catch up)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+            )
+        if expected is None or len(runs) >= expected or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def artifacts_of(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3):
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = config_for(tmp_path, clinic, resolver.url)
+        state = sync_clinic(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["uploaded"] == len(clinic.expected)
+    assert summary["skipped"] == clinic.skipped
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert len(keys) == len(clinic.expected)
+
+    flow_run_id = state.state_details.flow_run_id
+    artifacts = {a.key: a for a in artifacts_of(flow_run_id) if a.key}
+    table = artifacts[f"sync-summary-{clinic.clinic_id}"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    uploaded_row = next(r for r in rows if r["outcome"] == "uploaded")
+    assert uploaded_row["count"] == len(clinic.expected)
+    problems = artifacts[f"sync-problems-{clinic.clinic_id}"].data
+    for path in clinic.rejected_paths:
+        assert path in problems
+    progress = artifacts[f"sync-progress-{clinic.clinic_id}"]
+    assert float(progress.data) == 100.0
+    everything = json.dumps(summary) + str(table.data) + problems
+    for value in clinic.phi:
+        assert value not in everything
+
+
+def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
+    """ADR 0002: upload tasks are batches, not images."""
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic", patients=200, images_per_patient=(10, 10), scale=0.02)
+    assert len(clinic.expected) >= 1800
+    images = sum(1 for _ in Path(clinic.pdata_root).rglob("*.dcm"))
+    assert images >= 2000
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = config_for(tmp_path, clinic, resolver.url, batch_size=500)
+        state = sync_clinic(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["uploaded"] == len(clinic.expected)
+    expected_runs = 6 + summary["batches"]  # checks, scan, patients, resolve, media + batches
+    assert summary["batches"] == -(-len(clinic.expected) // 500)
+    runs = task_runs_of(state.state_details.flow_run_id, expected_runs)
+    assert len(runs) == expected_runs
+    assert all(r.state_type.value == "COMPLETED" for r in runs)
+    assert sum(1 for r in runs if r.name.startswith("upload-batch")) == summary["batches"]
+
+
+def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    with ResolverServer(load_mapping(clinic), fail_first=[503] * 1000) as resolver:
+        config = config_for(tmp_path, clinic, resolver.url)
+        config = config.model_copy(
+            update={"resolver": config.resolver.model_copy(update={"max_attempts": 2})}
+        )
+        state = sync_clinic(config=config, return_state=True)
+    assert state.is_failed()
+    summary = state.result(raise_on_failure=False)
+    assert summary["uploaded"] == 0
+    failed_paths = {f["path"] for f in summary["failed"]}
+    assert {e["path"] for e in clinic.expected} <= failed_paths
+    assert all("503" in f["reason"] for f in summary["failed"])
+
+
+def test_config_error_stops_before_any_work(tmp_path, s3):
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = config_for(tmp_path, clinic, resolver.url)
+        config = config.model_copy(update={"pdata_root": str(tmp_path / "missing")})
+        state = sync_clinic(config=config, return_state=True)
+        assert resolver.state.requests == 0
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConfigError) and "missing" in str(error)
+    runs = task_runs_of(state.state_details.flow_run_id, 1)
+    assert [r.name.split("-")[0:2] for r in runs] == [["check", "source"]]
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(tmp_path, s3):
+    from flows.retrieve import retrieve_patient_images
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = config_for(tmp_path, clinic, resolver.url)
+        assert sync_clinic(config=config, return_state=True).is_completed()
+    guid = clinic.expected[0]["patient_guid"]
+    images = retrieve_patient_images(patient_guid=guid, s3=config.s3)
+    assert sorted(i["image_id"] for i in images) == sorted(
+        e["image_id"] for e in clinic.expected if e["patient_guid"] == guid
+    )
+
+    state = retrieve_patient_images(patient_guid="../x", s3=config.s3, return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.result(raise_on_failure=False), InvalidRequestError)
+    assert task_runs_of(state.state_details.flow_run_id) == []  # S3 was never listed
+    state = retrieve_patient_images(
+        patient_guid=guid, s3=config.s3, presign_seconds=8 * 86400, return_state=True
+    )
+    assert isinstance(state.result(raise_on_failure=False), InvalidRequestError)
