@@ -198,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
     p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")
     p.add_argument("--patient-guid", required=True, help="the patient's GUID (canonical UUID)")
-    p.add_argument("--presign", type=int, metavar="SECONDS", help="add presigned GET URLs")
+    p.add_argument(
+        "--presign",
+        type=int,
+        nargs="?",
+        const=3600,
+        metavar="SECONDS",
+        help="add presigned GET URLs valid this long (default 3600, at most 604800)",
+    )
     p.add_argument("--download", metavar="DIR", help="download the images into DIR")
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)
