@@ -176,6 +176,72 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deployments_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .deployments import render_to
+
+    try:
+        current = render_to(Path(args.folder), Path(args.output), check=args.check)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    if args.check and not current:
+        print(
+            f"pdata-sync: {args.output} is out of date with {args.folder}/; run "
+            "`pdata-sync deployments render`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"{args.output} is up to date with {args.folder}/", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_block_name(name: str) -> str | None:
+    from .config import _block_name
+
+    try:
+        _block_name(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def cmd_blocks_aws(args: argparse.Namespace) -> int:
+    problem = _check_block_name(args.name)
+    if problem:
+        return _refuse(f"--name: {problem}")
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key_id or not secret:
+        return _refuse("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment first")
+    _prepare_prefect_env()
+    from tasks.credentials import save_aws_block
+
+    save_aws_block(args.name, key_id, secret, args.region)
+    print(f"saved AwsCredentials block {args.name!r} (key id ...{key_id[-4:]})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_blocks_db_password(args: argparse.Namespace) -> int:
+    problem = _check_block_name(args.name)
+    if problem:
+        return _refuse(f"--name: {problem}")
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"database password for block {args.name}: ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        return _refuse("no password given (type it at the prompt or pipe it on stdin)")
+    _prepare_prefect_env()
+    from tasks.credentials import save_secret_block
+
+    save_secret_block(args.name, value)
+    print(f"saved Secret block {args.name!r}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
@@ -213,6 +279,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a clinic config file and exit")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("deployments", help="per-clinic deployments and prefect.yaml")
+    dsub = p.add_subparsers(dest="deployments_command", required=True)
+    r = dsub.add_parser("render", help="write prefect.yaml from deployments/*.yaml")
+    r.add_argument("--folder", default="deployments", help="folder of clinic files")
+    r.add_argument("--output", default="prefect.yaml")
+    r.add_argument("--check", action="store_true", help="fail if the output is out of date")
+    r.set_defaults(func=cmd_deployments_render)
+
+    p = sub.add_parser("blocks", help="store secrets in Prefect blocks")
+    bsub = p.add_subparsers(dest="blocks_command", required=True)
+    b = bsub.add_parser(
+        "aws", help="AwsCredentials block from AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY"
+    )
+    b.add_argument("--name", required=True, help="block name, e.g. pdata-sync-aws")
+    b.add_argument("--region", default=None)
+    b.set_defaults(func=cmd_blocks_aws)
+    b = bsub.add_parser("db-password", help="Secret block with the database password (stdin)")
+    b.add_argument("--name", required=True, help="block name, e.g. clinic-001-sidexis-password")
+    b.set_defaults(func=cmd_blocks_db_password)
 
     p = sub.add_parser("demo", help="run a generated demo clinic end to end on this machine")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its data")

@@ -51,3 +51,23 @@ def aws_keys(cfg: S3Config) -> AwsKeys | None:
         secret_access_key=secret.get_secret_value(),
         session_token=block.aws_session_token,
     )
+
+
+def save_aws_block(
+    name: str, access_key_id: str, secret_access_key: str, region: str | None = None
+) -> None:
+    """Store AWS keys in a Prefect AwsCredentials block (overwriting one of that name)."""
+    from prefect_aws import AwsCredentials
+
+    AwsCredentials(
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        region_name=region,
+    ).save(name, overwrite=True)
+
+
+def save_secret_block(name: str, value: str) -> None:
+    """Store a value in a Prefect Secret block (overwriting one of that name)."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=value).save(name, overwrite=True)

@@ -20,6 +20,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SETTINGS_FILE = Path(__file__).resolve().parents[2] / "ops" / "prefect-server.env"
+
+
+def recommended_settings(path: Path = SETTINGS_FILE) -> dict[str, str]:
+    """The server settings pdata-sync documents in ops/prefect-server.env."""
+    settings = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                settings[key.strip()] = value.strip()
+    return settings
+
+
 class PrefectServer:
     """``with PrefectServer(home) as server:`` -> ``server.api_url``, ``server.env()``."""
 
@@ -44,6 +59,7 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
+            **recommended_settings(),
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             # the --port flag alone leaves the UI pointing at 4200
