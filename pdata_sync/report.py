@@ -92,6 +92,7 @@ class RunSummary:
             },
             {"outcome": "uploaded", "reason": "", "count": self.uploaded},
             {"outcome": "unchanged", "reason": "already in S3", "count": self.unchanged},
+            {"outcome": "batches", "reason": "upload task runs", "count": self.batches},
         ]
         rows += [
             {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())

@@ -24,21 +24,28 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def prefect(args: list[str], env: dict[str, str], timeout: int = 180, **kw):
+def _run(cmd: list[str], env: dict[str, str], timeout: int, drop=(), input=None):
+    full_env = {k: v for k, v in {**os.environ, "COLUMNS": "250", **env}.items() if k not in drop}
     out = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", *args],
+        cmd,
         cwd=REPO,
-        env={**os.environ, **env},
+        env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        **kw,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
-    assert out.returncode == 0, (
-        f"prefect {' '.join(args)}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    )
+    assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out
+
+
+def pdata_sync_cli(args: list[str], env: dict[str, str], input=None):
+    return _run([str(BIN / "pdata-sync"), *args], env, 120, input=input)
+
+
+def prefect(args: list[str], env: dict[str, str], timeout: int = 180, drop=()):
+    return _run([str(BIN / "prefect"), "--no-prompt", *args], env, timeout, drop=drop)
 
 
 def api(server):
@@ -83,7 +90,7 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
             schedule = dep.schedules[0].schedule
             assert schedule.cron == spec["schedule"]["cron"]
             assert schedule.timezone == spec["schedule"]["timezone"]
-            assert dep.concurrency_limit == 1
+            assert dep.global_concurrency_limit.limit == 1
             assert dep.concurrency_options.collision_strategy.value == "ENQUEUE"
             assert set(spec["tags"]) <= set(dep.tags)
             # the UI's run form is built from this schema: the clinic config, with descriptions
@@ -103,6 +110,19 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
         for obj in page.get("Contents", []):
             s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
 
+    # secrets go into blocks with the documented commands; the worker below gets no AWS
+    # variables, so S3 access can only come from the block
+    pdata_sync_cli(
+        ["blocks", "aws", "--name", "test-aws", "--region", "us-east-1"],
+        {**deployed, **seaweed.env()},
+    )
+    db_password = "db-Pa55-" + os.urandom(6).hex()
+    pdata_sync_cli(
+        ["blocks", "db-password", "--name", "clinic-001-sidexis-password"],
+        deployed,
+        input=db_password + "\n",
+    )
+
     with ResolverServer(load_mapping(clinic)) as resolver:
         config = load_config(
             write_config(
@@ -113,6 +133,14 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
                 state_dir=tmp_path / "state",
                 batch_size=5,
             )
+        )
+        config = config.model_copy(
+            update={
+                "s3": config.s3.model_copy(update={"aws_credentials_block": "test-aws"}),
+                "database": config.database.model_copy(
+                    update={"password_secret_block": "clinic-001-sidexis-password"}
+                ),
+            }
         )
         override = {"config": config.model_dump(mode="json", by_alias=True)}
         (tmp_path / "params.json").write_text(json.dumps(override))
@@ -130,11 +158,17 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
             line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line
         )
 
-        worker_env = {**deployed, **seaweed.env(), "PDATA_SYNC_HOME": str(REPO)}
+        worker_env = {
+            **deployed,
+            "PDATA_SYNC_HOME": str(REPO),
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        }
         prefect(
             ["worker", "start", "--pool", "pdata-sync", "--work-queue", "clinic-001", "--run-once"],
             worker_env,
             timeout=300,
+            drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
         )
 
         with api(prefect_server) as client:
@@ -172,8 +206,9 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
             assert counts[("uploaded", "")] == len(objects)
             assert counts[("unchanged", "already in S3")] == 0
 
-            batches = -(-len(clinic.expected) // 5)
-            expected_runs = 6 + batches
+            batches = counts[("batches", "upload task runs")]
+            assert batches >= len(clinic.expected) / 5
+            expected_runs = 6 + batches  # checks, scan, patients, resolve, media + batches
             deadline = time.monotonic() + 30
             while True:
                 task_runs = client.read_task_runs(
@@ -184,6 +219,23 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
                 time.sleep(0.5)
             assert len(task_runs) == expected_runs
             assert all(t.state_type.value == "COMPLETED" for t in task_runs)
-            history = json.dumps([a.data for a in artifacts], default=str)
+            assert sum(t.name.startswith("upload-batch") for t in task_runs) == batches
+            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+            assert any("uploaded" in log.message for log in logs)
+            history = json.dumps([a.data for a in artifacts], default=str) + "\n".join(
+                log.message for log in logs
+            )
             for value in clinic.phi:
                 assert value not in history
+            assert db_password not in history
+            assert seaweed.secret_key not in history
+
+    # the history as an operator reads it (README, Operations)
+    listing = prefect(["flow-run", "ls", "--flow-name", "sync-clinic", "--limit", "50"], deployed)
+    assert run.name in listing.stdout
+    inspected = prefect(["artifact", "inspect", "sync-summary-clinic-001"], deployed)
+    assert "uploaded" in inspected.stdout and str(len(objects)) in inspected.stdout
