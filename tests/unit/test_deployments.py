@@ -1,0 +1,81 @@
+"""Per-clinic deployment files and the prefect.yaml rendered from them."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pdata_sync.cli import main
+from pdata_sync.deployments import load_all, render, render_to
+from pdata_sync.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_committed_prefect_yaml_is_rendered_from_the_clinic_files():
+    assert render_to(REPO / "deployments", REPO / "prefect.yaml", check=True), (
+        "prefect.yaml is stale: run `pdata-sync deployments render`"
+    )
+
+
+def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    for p in (REPO / "deployments").glob("*.yaml"):
+        (folder / p.name).write_text(p.read_text())
+    spec = yaml.safe_load((folder / "clinic-001.yaml").read_text())
+    spec["config"]["clinic_id"] = "clinic-003"
+    spec["config"]["pdata_root"] = "/mnt/pdata/clinic-003"
+    spec["schedule"] = {"cron": "0 3 * * *", "timezone": "Europe/Zurich"}
+    spec["work_queue"] = "clinic-003"
+    (folder / "clinic-003.yaml").write_text(yaml.safe_dump(spec))
+
+    target = tmp_path / "prefect.yaml"
+    assert main(["deployments", "render", "--folder", str(folder), "--output", str(target)]) == 0
+    document = yaml.safe_load(target.read_text())
+    names = [d["name"] for d in document["deployments"]]
+    assert names == ["clinic-001", "clinic-002", "clinic-003", "retrieve"]
+    new = document["deployments"][2]
+    assert new["schedules"] == [{"cron": "0 3 * * *", "timezone": "Europe/Zurich", "active": True}]
+    assert new["work_pool"] == {"name": "pdata-sync", "work_queue_name": "clinic-003"}
+    assert new["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert new["parameters"]["config"]["clinic_id"] == "clinic-003"
+    assert new["entrypoint"] == "flows/sync.py:sync_clinic"
+    assert main(["deployments", "render", "--folder", str(folder), "--output", str(target),
+                 "--check"]) == 0
+    (folder / "clinic-003.yaml").unlink()
+    assert main(["deployments", "render", "--folder", str(folder), "--output", str(target),
+                 "--check"]) == 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schedule": {"cron": "every night", "timezone": "UTC"}}, "schedule.cron"),
+        ({"schedule": {"cron": "0 1 * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone"),
+        ({"work_pool": "Pool With Spaces"}, "work_pool"),
+        ({"shedule": {}}, "shedule: is not a known setting"),
+    ],
+)
+def test_bad_deployment_files_name_file_and_field(tmp_path: Path, change, message):
+    spec = yaml.safe_load((REPO / "deployments" / "clinic-001.yaml").read_text())
+    spec.update(change)
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        load_all(tmp_path)
+    assert "x.yaml" in str(err.value) and message in str(err.value)
+
+
+def test_duplicate_clinic_ids_refused(tmp_path: Path):
+    text = (REPO / "deployments" / "clinic-001.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="used by two files"):
+        load_all(tmp_path)
+
+
+def test_no_secret_values_in_rendered_yaml():
+    text = render(load_all(REPO / "deployments"))
+    assert "password_secret_block" in text and "aws_credentials_block" in text
+    for word in ("aws_secret_access_key", "password:", "AKIA"):
+        assert word not in text
