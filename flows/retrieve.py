@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pdata_sync.config import S3Config
+from pdata_sync.logsafety import protect_logs
 from pdata_sync.retrieval import list_patient_images, validate_expiry, validate_guid
 from pdata_sync.s3_store import make_client
 from tasks.credentials import aws_keys
@@ -36,6 +37,7 @@ def retrieve_patient_images(
 
     A patientGuid that is not a canonical UUID is refused before S3 is called.
     """
+    protect_logs()
     validate_guid(patient_guid)
     if presign_seconds is not None:
         validate_expiry(presign_seconds)

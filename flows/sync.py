@@ -18,10 +18,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pdata_sync.config import ClinicConfig
+from pdata_sync.logsafety import protect_logs
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
 from pdata_sync.report import RunSummary
 from tasks.resolve import resolve_card_ids
@@ -67,8 +69,9 @@ def sync_clinic(config: ClinicConfig) -> Any:
     Returns the run summary (a dict). The run ends Failed (with the summary as its data)
     when any image failed; rejected bad input is reported but does not fail the run.
     """
+    protect_logs()
     logger = get_run_logger()
-    summary = RunSummary(clinic_id=config.clinic_id)
+    summary = RunSummary(clinic_id=config.clinic_id, flow_run_id=flow_run.get_id())
 
     # Configuration problems stop the run here, before any work.
     check_source(config)

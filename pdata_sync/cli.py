@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import ClinicConfig, load_config
 from .errors import ConfigError, PdataSyncError, describe
+from .logsafety import protect_logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # One line per HTTP request to the Prefect API drowns what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    protect_logs()
     try:
         return args.func(args)
     except PdataSyncError as exc:

@@ -27,6 +27,7 @@ class RunSummary:
     """Everything a run reports; :meth:`to_dict` is the CLI's JSON and the artifacts' source."""
 
     clinic_id: str
+    flow_run_id: str | None = None
     folders: int = 0
     patients_in_database: int = 0
     patients_resolved: int = 0
@@ -63,6 +64,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "clinic_id": self.clinic_id,
+            "flow_run_id": self.flow_run_id,
             "ok": self.ok,
             "folders": self.folders,
             "patients_in_database": self.patients_in_database,

@@ -41,11 +41,15 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
     assert new["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert new["parameters"]["config"]["clinic_id"] == "clinic-003"
     assert new["entrypoint"] == "flows/sync.py:sync_clinic"
-    assert main(["deployments", "render", "--folder", str(folder), "--output", str(target),
-                 "--check"]) == 0
+    assert (
+        main(["deployments", "render", "--folder", str(folder), "--output", str(target), "--check"])
+        == 0
+    )
     (folder / "clinic-003.yaml").unlink()
-    assert main(["deployments", "render", "--folder", str(folder), "--output", str(target),
-                 "--check"]) == 1
+    assert (
+        main(["deployments", "render", "--folder", str(folder), "--output", str(target), "--check"])
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
