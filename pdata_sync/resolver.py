@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from .config import ResolverConfig
-from .errors import ErrorKind, PermanentError, TransientError, classify, describe
+from .errors import ConfigError, ErrorKind, PermanentError, TransientError, classify, describe
 from .keys import is_canonical_guid
 from .retrying import call_with_retries, parse_retry_after
 
@@ -81,6 +82,20 @@ class ResolutionCache:
             json.dump({"version": 1, "entries": self._entries}, fh)
         os.replace(tmp, self.path)
         self._dirty = False
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The certificate verification failure behind ``exc``, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or "certificate verify failed"
+        if "CERTIFICATE_VERIFY_FAILED" in str(current):
+            return "certificate verify failed"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -166,6 +181,13 @@ class ResolverClient:
         except httpx.TimeoutException:
             raise TransientError("resolver timed out") from None
         except httpx.TransportError as exc:
+            tls = _tls_problem(exc)
+            if tls:
+                host = httpx.URL(self.cfg.url).host
+                raise ConfigError(
+                    f"resolver {host}: TLS certificate not trusted ({tls}); install the "
+                    "right CA on the worker, or for testing only set resolver.verify_tls: false"
+                ) from None
             raise TransientError(f"resolver unreachable: {type(exc).__name__}") from None
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(
@@ -198,6 +220,8 @@ class ResolverClient:
                     max_attempts=self.cfg.max_attempts,
                     initial_delay=self.initial_delay,
                 )
+            except ConfigError:
+                raise  # wrong set-up (e.g. TLS): stop the run, do not report per batch
             except Exception as exc:  # noqa: BLE001 - classified and reported per batch
                 kind = classify(exc)
                 reason = (

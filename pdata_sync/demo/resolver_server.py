@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,16 +94,21 @@ class ResolverServer:
         *,
         port: int = 0,
         fail_first: list[int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.state = ResolverState(mapping, fail_first)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self.state))
+        self.scheme = "http"
+        if ssl_context is not None:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{RESOLVE_PATH}"
+        return f"{self.scheme}://{host}:{port}{RESOLVE_PATH}"
 
     def __enter__(self) -> ResolverServer:
         self._thread.start()
