@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pdata_sync.config import ClinicConfig
+from pdata_sync.errors import ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
 from pdata_sync.report import RunSummary
@@ -138,12 +139,16 @@ def sync_clinic(config: ClinicConfig) -> Any:
     done = 0
     in_flight: list[PrefectFuture] = []
     queue = list(batches)
-    while queue or in_flight:
-        while queue and len(in_flight) < config.transfer.parallel_batches:
+    fatal: str | None = None
+    while (queue and not fatal) or in_flight:
+        while queue and not fatal and len(in_flight) < config.transfer.parallel_batches:
             in_flight.append(upload_batch.submit(config, queue.pop(0)))
         finished = next(as_completed(in_flight))
         in_flight.remove(finished)
-        summary.add_outcomes(finished.result())
+        outcomes = finished.result()
+        summary.add_outcomes(outcomes)
+        # a wrong set-up (access denied, bucket gone) fails every image alike: stop here
+        fatal = fatal or next((o.reason for o in outcomes if o.fatal), None)
         done += 1
         update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
     if not batches:
@@ -168,6 +173,8 @@ def sync_clinic(config: ClinicConfig) -> Any:
         len(result["rejected"]),
         len(result["failed"]),
     )
+    if fatal:
+        raise ConfigError(fatal.removeprefix("not attempted: "))
     if not summary.ok:
         return Failed(message=f"{len(result['failed'])} image(s) failed", data=result)
     return Completed(message="all images synced", data=result)

@@ -44,6 +44,10 @@ class TransientError(PdataSyncError):
         self.retry_after = retry_after
 
 
+class SourceChangedError(TransientError):
+    """A source file changed while it was being read or uploaded (still being written?)."""
+
+
 class PermanentError(PdataSyncError):
     """A failure that retrying will not fix, limited to one operation."""
 

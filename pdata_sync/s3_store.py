@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 
 from .config import S3Config, TransferConfig
 from .dicom_meta import DicomHeader
-from .errors import BadInputError, ConfigError, PermanentError, describe
+from .errors import ConfigError, PermanentError, SourceChangedError, describe
 from .keys import encode_name_for_metadata
 
 CONTENT_TYPE = "application/dicom"
@@ -211,13 +211,15 @@ def put_multipart(
     expected_sha256: str,
     expected_size: int,
     metadata: dict[str, str],
+    expected_mtime_ns: int | None = None,
 ) -> str:
     """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
 
-    Memory stays at about ``PARTS_IN_FLIGHT`` parts. The whole file's SHA-256 is
-    recomputed from the bytes sent; if it differs from ``expected_sha256`` (the file
-    changed since it was hashed) the upload is aborted, so no torn object is ever created.
-    Any failure aborts the multipart upload.
+    Memory stays at about ``PARTS_IN_FLIGHT`` parts. Before completing, the whole file's
+    SHA-256 is recomputed from the bytes sent and the file is stat'ed again; if either
+    differs from what was expected (the file changed since it was hashed, e.g. it is still
+    being written) the upload is aborted, so no torn object is ever created. Any failure
+    aborts the multipart upload.
     """
     created = client.create_multipart_upload(
         Bucket=bucket,
@@ -266,8 +268,14 @@ def put_multipart(
             for fut in pending:
                 part = fut.result()
                 parts[part["PartNumber"]] = part
-        if sent != expected_size or whole.hexdigest() != expected_sha256:
-            raise BadInputError("file changed while it was being uploaded; not stored")
+        after = os.stat(path)
+        if (
+            sent != expected_size
+            or whole.hexdigest() != expected_sha256
+            or after.st_size != expected_size
+            or (expected_mtime_ns is not None and after.st_mtime_ns != expected_mtime_ns)
+        ):
+            raise SourceChangedError("file changed while it was being uploaded; not stored")
         response = client.complete_multipart_upload(
             Bucket=bucket,
             Key=key,

@@ -64,6 +64,9 @@ class SeaweedS3:
         self.buckets = buckets
         self.access_key = "PDS" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(30)
+        # a second identity that may read and list but not write, for access tests
+        self.reader_key = "PDR" + secrets.token_hex(8).upper()
+        self.reader_secret = secrets.token_urlsafe(30)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -77,6 +80,14 @@ class SeaweedS3:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def reader_env(self) -> dict[str, str]:
+        """Like :meth:`env`, for the identity that may read and list but not write."""
+        return {
+            **self.env(),
+            "AWS_ACCESS_KEY_ID": self.reader_key,
+            "AWS_SECRET_ACCESS_KEY": self.reader_secret,
         }
 
     def client(self) -> Any:
@@ -104,7 +115,14 @@ class SeaweedS3:
                     "name": "pdata-sync",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [
+                        {"accessKey": self.reader_key, "secretKey": self.reader_secret}
+                    ],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         config_path = self.data_dir / "s3-identities.json"

@@ -98,3 +98,43 @@ def test_missing_root_is_a_config_error_naming_the_path(tmp_path: Path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         check_root(tmp_path / "file")
+
+
+def test_unreadable_root_is_a_config_error_naming_it(tmp_path: Path, monkeypatch):
+    import os
+
+    real_scandir = os.scandir
+
+    def denied(path="."):
+        # root ignores file modes; answer as the OS does for the worker's user
+        if str(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(ConfigError) as err:
+        check_root(tmp_path)
+    assert str(tmp_path) in str(err.value) and "not readable" in str(err.value)
+
+
+def test_unlistable_patient_folder_is_reported_and_the_rest_goes_on(tmp_path: Path, monkeypatch):
+    import os
+
+    for name in ("P_1", "P_2"):
+        (tmp_path / name).mkdir()
+        (
+            tmp_path / name / "0000_5.dcm" if name == "P_1" else tmp_path / name / "0000_6.dcm"
+        ).write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def denied(path="."):
+        if str(path).endswith("P_1"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    images, _, problems = scan_images(tmp_path, [PatientFolder(1, "P_1"), PatientFolder(2, "P_2")])
+    assert [i.rel_path for i in images] == ["P_2/0000_6.dcm"]
+    assert [(p.path, p.reason) for p in problems] == [
+        ("P_1", "folder cannot be listed: Permission denied")
+    ]

@@ -60,9 +60,9 @@ def test_untrusted_certificate_is_a_config_error_not_retried(self_signed):
     with ResolverServer({"c": {"A": GUID}}, ssl_context=self_signed) as server:
         assert server.url.startswith("https://127.0.0.1:")
         cfg = ResolverConfig(url=server.url, max_attempts=5)
-        with ResolverClient(cfg, "c", initial_delay=0.01) as client:
-            with pytest.raises(ConfigError) as err:
-                client.resolve(["A"])
+        client = ResolverClient(cfg, "c", initial_delay=0.01)
+        with client, pytest.raises(ConfigError) as err:
+            client.resolve(["A"])
     message = str(err.value)
     assert "resolver 127.0.0.1" in message and "certificate" in message
     assert "verify_tls" in message

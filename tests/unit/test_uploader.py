@@ -133,10 +133,13 @@ def test_multipart_for_large_files_round_trips_and_is_unchanged_after(tmp_path, 
     assert s3.list_multipart_uploads(Bucket="dental-images").get("Uploads", []) == []
 
 
-def test_missing_bucket_fails_each_image_with_the_reason(tmp_path, s3):
-    cfg = config(tmp_path, bucket="no-such-bucket")
-    dcm(tmp_path, "P_1/0000_3.dcm", 3)
+def test_missing_bucket_stops_the_batch_with_one_clear_reason(tmp_path, s3):
+    cfg = config(tmp_path, bucket="no-such-bucket", upload_concurrency=1)
+    for i in (3, 4, 5):
+        dcm(tmp_path, f"P_1/0000_{i}.dcm", i)
     out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(
-        [item("P_1/0000_3.dcm", G1, 3)]
+        [item(f"P_1/0000_{i}.dcm", G1, i) for i in (3, 4, 5)]
     )
-    assert out[0].status == FAILED and "NoSuchBucket" in out[0].reason
+    assert all(o.status == FAILED and o.fatal for o in out)
+    assert out[0].reason == "S3: bucket 'no-such-bucket' does not exist (s3.bucket)"
+    assert all(o.reason.startswith("not attempted: S3: bucket") for o in out[1:])
