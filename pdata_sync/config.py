@@ -225,6 +225,10 @@ class TransferConfig(_Model):
     )
     part_size_mb: int = Field(8, ge=5, le=5120, description="Multipart part size.")
     max_attempts: int = Field(5, ge=1, le=20, description="Tries per S3 request.")
+    connect_timeout_seconds: float = Field(10, gt=0, le=300, description="S3 connect timeout.")
+    read_timeout_seconds: float = Field(
+        60, gt=0, le=3600, description="S3 read timeout (no answer for this long: retried)."
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache; default ~/.local/state/pdata-sync "

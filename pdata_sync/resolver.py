@@ -210,6 +210,21 @@ class ResolverClient:
                 result.from_cache += 1
             else:
                 todo.append(card)
+        self._resolve_batches(todo, result)
+        # A CardId missing from an answer is "unknown" by contract, but a truncated answer
+        # looks the same: ask once more for those before reporting them unknown.
+        if result.unknown:
+            first_pass = sorted(result.unknown)
+            result.unknown = set()
+            self._resolve_batches(first_pass, result)
+        if self.cache:
+            try:
+                self.cache.save()
+            except OSError as exc:
+                log.warning("could not save the resolver cache: %s", exc.strerror or exc)
+        return result
+
+    def _resolve_batches(self, todo: list[str], result: ResolveResult) -> None:
         size = self.cfg.batch_size
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]
@@ -240,9 +255,3 @@ class ResolverClient:
                     result.mapping[card] = guid
                     if self.cache:
                         self.cache.put(card, guid)
-        if self.cache:
-            try:
-                self.cache.save()
-            except OSError as exc:
-                log.warning("could not save the resolver cache: %s", exc.strerror or exc)
-        return result

@@ -82,8 +82,8 @@ def make_client(
         region_name=cfg.region,
         retries={"mode": "standard", "max_attempts": transfer.max_attempts},
         max_pool_connections=pool,
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=transfer.connect_timeout_seconds,
+        read_timeout=transfer.read_timeout_seconds,
         # We send our own SHA-256 and MD5; no extra CRC32 trailer (not all servers take it).
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

@@ -81,6 +81,28 @@ def aws_env(monkeypatch):
     yield
 
 
+# rows of the fault-injection table: (fault, times fired, runs to converge, images lost,
+# images corrupted, unexpected objects); printed at the end of the session
+FAULT_ROWS: list[tuple[str, int, int, int, int, int]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FAULT_ROWS:
+        return
+    tr = terminalreporter
+    tr.section("fault injection: nothing lost, nothing corrupted")
+    header = ("fault", "fired", "runs", "lost", "corrupted", "unexpected")
+    width = max(len(r[0]) for r in FAULT_ROWS)
+    tr.write_line(
+        f"{header[0]:<{width}}  {header[1]:>5}  {header[2]:>4}  {header[3]:>4}  "
+        f"{header[4]:>9}  {header[5]:>10}"
+    )
+    for row in FAULT_ROWS:
+        tr.write_line(
+            f"{row[0]:<{width}}  {row[1]:>5}  {row[2]:>4}  {row[3]:>4}  {row[4]:>9}  {row[5]:>10}"
+        )
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in str(item.fspath):

@@ -27,7 +27,8 @@ def test_resolves_in_batches_and_reports_unknown():
     assert result.mapping == {"A-1001": G1, "000457": G2}
     assert result.unknown == {"UNKNOWN", "457"}  # leading zeros matter
     assert result.failed == {}
-    assert result.calls == 2 and server.state.requests == 2
+    # two batches, then one more call to confirm the two unknown CardIds
+    assert result.calls == 3 and server.state.requests == 3
 
 
 def test_retries_503_then_429_honouring_retry_after():
@@ -123,7 +124,8 @@ def test_cache_is_used_across_runs_and_holds_no_card_ids(tmp_path: Path):
             second = c.resolve(["A-1001", "UNKNOWN"])
     assert first.mapping == second.mapping == {"A-1001": G1}
     assert second.from_cache == 1
-    assert server.state.card_ids_seen == 3  # A-1001 once, UNKNOWN twice (not cached)
+    # A-1001 once (then cached); UNKNOWN asked and confirmed on each run (never cached)
+    assert server.state.card_ids_seen == 5
     text = path.read_text()
     assert "A-1001" not in text and G1 in text
 
@@ -134,3 +136,24 @@ def test_expired_cache_entries_are_not_used(tmp_path: Path):
     cache.put("A-1001", G1)
     cache.save()
     assert ResolutionCache(path, "clinic-001", 3600).get("A-1001") is None
+
+
+def test_truncated_answer_is_recovered_by_asking_again():
+    calls = []
+
+    def handler(request):
+        import json
+
+        asked = json.loads(request.content)["cardIds"]
+        calls.append(asked)
+        known = {"A": G1, "B": G2}
+        items = [{"cardId": c, "patientGuid": known[c]} for c in asked if c in known]
+        if len(calls) == 1:
+            items = items[:1]  # the first answer lost an item
+        return httpx.Response(200, json={"items": items})
+
+    with client_for("http://resolver.test/x", transport=httpx.MockTransport(handler)) as c:
+        result = c.resolve(["A", "B", "C"])
+    assert result.mapping == {"A": G1, "B": G2}
+    assert result.unknown == {"C"}
+    assert calls == [["A", "B", "C"], ["B", "C"]]

@@ -1,0 +1,144 @@
+"""Fault injection with real processes: a fault proxy on 127.0.0.1 between pdata-sync and the
+real S3 server (SeaweedFS), and between pdata-sync and the real resolver server.
+
+For each fault: the run either succeeds through retries, or ends with every affected image
+in ``failed`` with its reason (never silently missing, never corrupted); after the fault is
+removed, one more run converges to exactly the expected S3 contents, byte-identical.
+The table of results is printed at the end of the test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdata_sync.demo.fault_proxy import Fault, FaultProxy
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from tests.conftest import BUCKET, FAULT_ROWS, load_mapping, make_clinic
+
+CLI = str(Path(sys.executable).parent / "pdata-sync")
+
+
+def is_put(method: str, path: str) -> bool:
+    return method == "PUT"
+
+
+S3_FAULTS = {
+    "S3 500 InternalError, every 3rd request": Fault("status", status=500, every=3),
+    "S3 503 SlowDown, every 2nd request": Fault("status", status=503, every=2),
+    "S3 503 SlowDown on every PUT (outage)": Fault("status", status=503, match=is_put),
+    "S3 reset mid-request body, every 3rd PUT": Fault("reset-request", every=3, match=is_put),
+    "S3 reset mid-response body, every 3rd request": Fault("reset-response", every=3),
+    "S3 delay beyond the read timeout, every 4th": Fault("delay", every=4, delay=4.0),
+}
+RESOLVER_FAULTS = {
+    "resolver 503, every request (outage)": Fault("status", status=503),
+    "resolver 500, every 2nd request": Fault("status", status=500, every=2),
+    "resolver reset mid-response, every 2nd": Fault("reset-response", every=2),
+    "resolver delay beyond the timeout, every 2nd": Fault("delay", every=2, delay=3.0),
+    "resolver malformed JSON, every 2nd": Fault("malformed-json", every=2),
+    "resolver wrong content type, every 2nd": Fault("wrong-content-type", every=2),
+    "resolver partial items list, every 2nd": Fault("partial-items", every=2),
+}
+
+
+def s3_state(client, clinic) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(key -> stored bytes, key -> source bytes) for everything under images/."""
+    stored = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="images/"):
+        for obj in page.get("Contents", []):
+            stored[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return stored
+
+
+def expected_by_prefix(clinic) -> dict[str, dict]:
+    return {
+        f"images/{e['patient_guid']}/{clinic.clinic_id}_{e['image_id']}_": e
+        for e in clinic.expected
+    }
+
+
+@pytest.mark.parametrize("name", list(S3_FAULTS) + list(RESOLVER_FAULTS))
+def test_fault(name, tmp_path, seaweed, prefect_server):
+    fault = S3_FAULTS.get(name) or RESOLVER_FAULTS[name]
+    on_s3 = name in S3_FAULTS
+    clinic = make_clinic(tmp_path / "clinic", patients=12, images_per_patient=(1, 2))
+    client = seaweed.client()
+    for key in s3_state(client, clinic):
+        client.delete_object(Bucket=BUCKET, Key=key)
+    pdata = Path(clinic.pdata_root)
+    expected = expected_by_prefix(clinic)
+
+    with (
+        ResolverServer(load_mapping(clinic)) as resolver,
+        FaultProxy(seaweed.endpoint, "s3") as s3_proxy,
+        FaultProxy(resolver.url, "resolver") as resolver_proxy,
+    ):
+        config = write_config(
+            tmp_path / "c.yaml",
+            clinic,
+            resolver_url=resolver_proxy.url,
+            endpoint=s3_proxy.url,
+            state_dir=tmp_path / "state",
+            max_attempts=4,
+            read_timeout_seconds=2,
+            connect_timeout_seconds=2,
+        )
+        text = config.read_text().replace(
+            "batch_size: 10",
+            "batch_size: 4\n  timeout_seconds: 1.5\n  max_attempts: 4\n  cache_ttl_hours: 0",
+        )
+        config.write_text(text)
+        env = {**os.environ, **prefect_server.env(), **seaweed.env()}
+
+        def sync():
+            out = subprocess.run(
+                [CLI, "sync", "--config", str(config), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert out.returncode in (0, 1), out.stderr[-3000:]
+            return out.returncode, json.loads(out.stdout)
+
+        (s3_proxy if on_s3 else resolver_proxy).set(fault)
+        code, summary = sync()
+        fired = (s3_proxy if on_s3 else resolver_proxy).state.faults_fired
+        assert fired > 0, "the fault never fired"
+        (s3_proxy if on_s3 else resolver_proxy).clear()
+
+        # with the fault: every expected object is there and intact, or its file is in failed
+        stored = s3_state(client, clinic)
+        failed_paths = {f["path"] for f in summary["failed"]}
+        assert all(f["reason"] for f in summary["failed"])
+        assert (code == 1) == bool(summary["failed"])
+        corrupted_during = 0
+        for prefix, entry in expected.items():
+            keys = [k for k in stored if k.startswith(prefix)]
+            if keys:
+                corrupted_during += stored[keys[0]] != (pdata / entry["path"]).read_bytes()
+            else:
+                assert entry["path"] in failed_paths, f"{entry['path']} silently missing"
+        runs = 1 if code == 0 else 2  # runs until S3 held everything
+        code, summary = sync()  # the fault is gone: one more run
+        assert code == 0 and summary["failed"] == []
+        # converged: exactly the expected objects, byte-identical
+        stored = s3_state(client, clinic)
+        lost = corrupted = 0
+        for prefix, entry in expected.items():
+            keys = [k for k in stored if k.startswith(prefix)]
+            if not keys:
+                lost += 1
+            elif stored[keys[0]] != (pdata / entry["path"]).read_bytes():
+                corrupted += 1
+        unexpected = [k for k in stored if not any(k.startswith(p) for p in expected)]
+        assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+    FAULT_ROWS.append((name, fired, runs, lost, corrupted + corrupted_during, len(unexpected)))
+    assert lost == 0 and corrupted == 0 and corrupted_during == 0 and unexpected == []
