@@ -27,6 +27,7 @@ from pdata_sync.errors import ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
 from pdata_sync.report import RunSummary
+from tasks.catalog import prepare_catalog
 from tasks.resolve import resolve_card_ids
 from tasks.source import check_source, lookup_media, query_patients, scan_pdata
 from tasks.upload import check_destination, upload_batch
@@ -34,6 +35,10 @@ from tasks.upload import check_destination, upload_batch
 # Enough threads for config.transfer.parallel_batches (max 16); the flow itself keeps the
 # number of batches in flight at parallel_batches.
 _TASK_RUNNER = ThreadPoolTaskRunner(max_workers=16)
+
+# Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
+# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media.
+BOOKKEEPING_TASKS = 7
 
 
 def artifact_key(kind: str, clinic_id: str) -> str:
@@ -77,6 +82,7 @@ def sync_clinic(config: ClinicConfig) -> Any:
     # Configuration problems stop the run here, before any work.
     check_source(config)
     check_destination(config)
+    summary.interrupted_uploads_aborted = prepare_catalog(config)
 
     scan = scan_pdata(config)
     summary.folders = len(scan.folders)

@@ -231,9 +231,54 @@ class TransferConfig(_Model):
     )
     state_dir: str | None = Field(
         None,
-        description="Folder for the resolver cache; default ~/.local/state/pdata-sync "
+        description="Folder for the resolver cache and the default catalog; default "
+        "~/.local/state/pdata-sync "
         "(or PDATA_SYNC_STATE_DIR).",
     )
+
+
+class CatalogConfig(_Model):
+    """The image catalog: what was uploaded and verified, when, by which flow run."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the catalog database, without a password. Empty: an "
+        "SQLite file catalog.sqlite in the state folder (transfer.state_dir). PostgreSQL: "
+        "postgresql+psycopg://user@host/dbname.",
+    )
+    password_secret_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the catalog database password. "
+        "Without it, PDATA_SYNC_CATALOG_PASSWORD is used, if set.",
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_url(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("url")
+    @classmethod
+    def _catalog_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
+        if url.password:
+            raise ValueError(
+                "the URL contains a password; remove it and store the password in a Prefect "
+                "Secret block (catalog.password_secret_block) or PDATA_SYNC_CATALOG_PASSWORD"
+            )
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("the catalog runs on SQLite or PostgreSQL")
+        return value
+
+    @field_validator("password_secret_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        return _block_name(value)
 
 
 class ClinicConfig(_Model):
@@ -245,6 +290,7 @@ class ClinicConfig(_Model):
     resolver: ResolverConfig
     s3: S3Config
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @field_validator("clinic_id")
     @classmethod

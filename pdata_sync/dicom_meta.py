@@ -73,34 +73,44 @@ def multipart_etag(md5_digests: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(md5_digests)).hexdigest()}-{len(md5_digests)}"
 
 
-def expected_etag(path: str | Path, size: int, threshold: int, part_size: int) -> str:
-    """The ETag S3 would report for ``path`` if pdata-sync uploaded it with these sizes.
+def file_digests(path: str | Path, size: int, threshold: int, part_size: int) -> tuple[str, str]:
+    """``(etag, sha256_hex)`` of ``path`` in one streaming read.
 
-    Files up to ``threshold`` go up in one PUT (ETag = md5 of the content); larger ones in
-    parts of ``part_size`` (ETag = :func:`multipart_etag`). Reads the file once, streaming.
+    The ETag is the one S3 reports if pdata-sync uploaded the file with these sizes: files up
+    to ``threshold`` go up in one PUT (ETag = md5 of the content); larger ones in parts of
+    ``part_size`` (ETag = :func:`multipart_etag`).
     """
+    whole_sha = hashlib.sha256()
+    whole_md5 = hashlib.md5()
+    part_md5s: list[bytes] = []
+    part = hashlib.md5()
+    in_part = 0
     with open(path, "rb") as fh:
-        if size <= threshold:
-            digest = hashlib.md5()
-            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
-        digests = []
-        while True:
-            part = hashlib.md5()
-            remaining = part_size
-            while remaining:
-                chunk = fh.read(min(_HASH_CHUNK, remaining))
-                if not chunk:
-                    break
-                part.update(chunk)
-                remaining -= len(chunk)
-            if remaining == part_size:
-                break
-            digests.append(part.digest())
-            if remaining:
-                break
-        return multipart_etag(digests)
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            whole_sha.update(chunk)
+            if size <= threshold:
+                whole_md5.update(chunk)
+                continue
+            view = memoryview(chunk)
+            while view:
+                take = min(part_size - in_part, len(view))
+                part.update(view[:take])
+                in_part += take
+                view = view[take:]
+                if in_part == part_size:
+                    part_md5s.append(part.digest())
+                    part, in_part = hashlib.md5(), 0
+    if size <= threshold:
+        return whole_md5.hexdigest(), whole_sha.hexdigest()
+    if in_part:
+        part_md5s.append(part.digest())
+    return multipart_etag(part_md5s), whole_sha.hexdigest()
+
+
+def expected_etag(path: str | Path, size: int, threshold: int, part_size: int) -> str:
+    """The ETag S3 would report for ``path`` if pdata-sync uploaded it (see
+    :func:`file_digests`)."""
+    return file_digests(path, size, threshold, part_size)[0]
 
 
 def sha256_file(path: str | Path) -> str:

@@ -39,6 +39,7 @@ class RunSummary:
     batches: int = 0
     resolver_calls: int = 0
     resolver_cache_hits: int = 0
+    interrupted_uploads_aborted: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     rejected: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
@@ -77,6 +78,7 @@ class RunSummary:
             "batches": self.batches,
             "resolver_calls": self.resolver_calls,
             "resolver_cache_hits": self.resolver_cache_hits,
+            "interrupted_uploads_aborted": self.interrupted_uploads_aborted,
             "skipped": dict(sorted(self.skipped.items())),
             "rejected": _dedupe(self.rejected),
             "failed": _dedupe(self.failed),

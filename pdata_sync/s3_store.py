@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from .config import S3Config, TransferConfig
-from .dicom_meta import DicomHeader
+from .dicom_meta import DicomHeader, multipart_etag
 from .errors import ConfigError, PermanentError, SourceChangedError, describe
 from .keys import encode_name_for_metadata
 
@@ -58,6 +58,16 @@ class AwsKeys:
 
     def __repr__(self) -> str:
         return "AwsKeys(***)"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one upload sent: the ETag S3 answered and the checksums of the bytes sent."""
+
+    etag: str  # as S3 answered, without quotes
+    sent_etag: str  # MD5 ETag of the bytes sent (multipart: md5 of the part md5s, -N)
+    sent_sha256: str  # base64 SHA-256 (multipart: composite of the part SHA-256s, -N)
+    size: int
 
 
 @dataclass(frozen=True)
@@ -171,22 +181,23 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def put_small(client: Any, bucket: str, key: str, data: bytes, metadata: dict[str, str]) -> str:
-    """Upload ``data`` in one PUT with SHA-256 and MD5 checks; returns the ETag."""
+def put_small(client: Any, bucket: str, key: str, data: bytes, metadata: dict[str, str]) -> Stored:
+    """Upload ``data`` in one PUT with SHA-256 and MD5 checks."""
     md5 = hashlib.md5(data).digest()
+    sha = _b64(hashlib.sha256(data).digest())
     response = client.put_object(
         Bucket=bucket,
         Key=key,
         Body=data,
         ContentType=CONTENT_TYPE,
         ContentMD5=_b64(md5),
-        ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+        ChecksumSHA256=sha,
         Metadata=metadata,
     )
     etag = str(response.get("ETag", "")).strip('"')
     if is_md5_etag(etag) and etag != md5.hex():
         raise PermanentError(f"S3 stored {key} with ETag {etag}, expected {md5.hex()}")
-    return etag
+    return Stored(etag=etag, sent_etag=md5.hex(), sent_sha256=sha, size=len(data))
 
 
 def _read_part(fh: Any, part_size: int) -> bytes:
@@ -212,14 +223,15 @@ def put_multipart(
     expected_size: int,
     metadata: dict[str, str],
     expected_mtime_ns: int | None = None,
-) -> str:
+    on_created: Callable[[str], None] | None = None,
+) -> Stored:
     """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
 
     Memory stays at about ``PARTS_IN_FLIGHT`` parts. Before completing, the whole file's
     SHA-256 is recomputed from the bytes sent and the file is stat'ed again; if either
     differs from what was expected (the file changed since it was hashed, e.g. it is still
     being written) the upload is aborted, so no torn object is ever created. Any failure
-    aborts the multipart upload.
+    aborts the multipart upload. ``on_created`` is called with the upload id first.
     """
     created = client.create_multipart_upload(
         Bucket=bucket,
@@ -229,6 +241,8 @@ def put_multipart(
         Metadata=metadata,
     )
     upload_id = created["UploadId"]
+    if on_created is not None:
+        on_created(upload_id)
     whole = hashlib.sha256()
     sent = 0
     parts: dict[int, dict[str, Any]] = {}
@@ -246,7 +260,13 @@ def put_multipart(
             ContentMD5=_b64(md5),
             ChecksumSHA256=sha,
         )
-        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": sha}
+        return {
+            "PartNumber": number,
+            "ETag": r["ETag"],
+            "ChecksumSHA256": sha,
+            "_md5": md5,
+            "_sha": base64.b64decode(sha),
+        }
 
     try:
         with open(path, "rb") as fh, ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
@@ -280,13 +300,81 @@ def put_multipart(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
+            MultipartUpload={
+                "Parts": [
+                    {k: v for k, v in parts[n].items() if not k.startswith("_")}
+                    for n in sorted(parts)
+                ]
+            },
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the original error matters more
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
-    return str(response.get("ETag", "")).strip('"')
+    ordered = [parts[n] for n in sorted(parts)]
+    return Stored(
+        etag=str(response.get("ETag", "")).strip('"'),
+        sent_etag=multipart_etag([p["_md5"] for p in ordered]),
+        sent_sha256=f"{_b64(hashlib.sha256(b''.join(p['_sha'] for p in ordered)).digest())}"
+        f"-{len(ordered)}",
+        size=sent,
+    )
+
+
+def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
+    """Ask S3 what it stores under ``key`` and check it is what was sent; returns the ETag.
+
+    The size must match, and the checksum S3 computed must match ours: its MD5 ETag, or,
+    where the ETag is not an MD5 (e.g. SSE-KMS), the SHA-256 checksum it recorded. Raises
+    :class:`PermanentError` otherwise: such an object is never marked verified.
+    """
+    response = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    length = int(response.get("ContentLength", -1))
+    etag = str(response.get("ETag", "")).strip('"')
+    if length != stored.size:
+        raise PermanentError(
+            f"S3 reports {length} bytes for {key} after the upload, {stored.size} were sent; "
+            "not verified"
+        )
+    if is_md5_etag(etag):
+        if etag != stored.sent_etag:
+            raise PermanentError(
+                f"S3 reports ETag {etag} for {key} after the upload, the bytes sent give "
+                f"{stored.sent_etag}; not verified"
+            )
+        return etag
+    checksum = response.get("ChecksumSHA256")
+    if checksum:
+        if checksum.split("-")[0] != stored.sent_sha256.split("-")[0]:
+            raise PermanentError(
+                f"S3 reports SHA-256 {checksum} for {key} after the upload, the bytes sent give "
+                f"{stored.sent_sha256}; not verified"
+            )
+        return etag
+    raise PermanentError(
+        f"S3 reports neither an MD5 ETag nor a SHA-256 checksum for {key}; cannot verify it"
+    )
+
+
+def abort_interrupted_uploads(
+    client: Any, bucket: str, prefix: str, belongs: Callable[[str], bool]
+) -> int:
+    """Abort every open multipart upload under ``prefix`` whose key ``belongs`` to us.
+
+    Left behind by a worker killed mid-upload; they are invisible but cost storage. Returns
+    how many were aborted.
+    """
+    aborted = 0
+    paginator = client.get_paginator("list_multipart_uploads")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []) or []:
+            if belongs(upload["Key"]):
+                with contextlib.suppress(ClientError):  # already completed or aborted
+                    client.abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+    return aborted
 
 
 def head_sha256(client: Any, bucket: str, key: str) -> str | None:

@@ -1,9 +1,13 @@
 """Upload one batch of planned images: compare with S3, upload what is new or changed.
 
-Per batch, each patient prefix is listed once; an image whose object has the same size and
-the ETag its bytes would produce is *unchanged* (no HEAD, no upload). Everything else is
-read, checked to be DICOM, hashed and uploaded with checksums S3 verifies. Uploads run
-concurrently on one shared boto3 client; each image's outcome is returned as data.
+Per batch, each patient prefix is listed once and the catalog rows of the batch are read in
+one query. An image is *unchanged* without reading the file when its catalog row is verified
+with the same path, size and mtime and the listing shows the same size and ETag; without a
+row (a new worker), when the object has the size and ETag its bytes would produce.
+Everything else is read, checked to be DICOM, hashed, recorded *pending*, uploaded with
+checksums S3 verifies (*uploaded*), then confirmed by asking S3 for the size and checksum it
+stores (*verified*). Uploads run concurrently on one shared boto3 client; each image's
+outcome is returned as data.
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .catalog import VERIFIED, Catalog, CatalogRow, SourceInfo
 from .config import ClinicConfig
-from .dicom_meta import expected_etag, read_header, sha256_file
+from .dicom_meta import DicomHeader, file_digests, read_header, sha256_file
 from .errors import BadInputError, ErrorKind, SourceChangedError, classify, describe
 from .keys import patient_prefix
 from .plan import PlannedImage
 from .s3_store import (
     MB,
     RemoteObject,
+    Stored,
     build_metadata,
+    confirm_object,
     head_sha256,
     is_md5_etag,
     list_prefix,
@@ -97,29 +104,37 @@ def config_error_message(exc: BaseException, bucket: str) -> str:
 class BatchUploader:
     """Uploads planned images of one clinic with a shared S3 client."""
 
-    def __init__(self, config: ClinicConfig, client: Any):
+    def __init__(
+        self,
+        config: ClinicConfig,
+        client: Any,
+        catalog: Catalog | None = None,
+        flow_run_id: str | None = None,
+    ):
         self.config = config
         self.client = client
+        self.catalog = catalog
+        self.flow_run_id = flow_run_id
         self.root = Path(config.pdata_root)
         self.threshold = config.transfer.multipart_threshold_mb * MB
         self.part_size = config.transfer.part_size_mb * MB
         self.fatal: str | None = None  # first configuration error seen; stops the batch
 
-    def _is_unchanged(self, path: Path, size: int, remote: RemoteObject | None) -> bool:
-        if remote is None or remote.size != size:
-            return False
+    def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
+        """True if the object has the content whose ETag / SHA-256 are given."""
         if is_md5_etag(remote.etag):
-            local = expected_etag(path, size, self.threshold, self.part_size)
-            if local == remote.etag:
+            if remote.etag == etag:
                 return True
             if "-" not in remote.etag:
                 return False  # a single-part MD5 ETag that differs: content differs
         # An ETag we cannot reproduce (other part size, SSE-KMS): compare the SHA-256
         # we stored in the object's metadata.
-        return head_sha256(self.client, self.config.s3.bucket, remote.key) == sha256_file(path)
+        return head_sha256(self.client, self.config.s3.bucket, remote.key) == sha
 
-    def process(self, item: PlannedImage, remote: RemoteObject | None) -> Outcome:
-        """Make sure ``item`` is in S3 with the file's current content.
+    def process(
+        self, item: PlannedImage, remote: RemoteObject | None, row: CatalogRow | None = None
+    ) -> Outcome:
+        """Make sure ``item`` is in S3 with the file's current content, and verified.
 
         A file that changes while it is read or uploaded is tried again (it may be being
         written); if it keeps changing, :class:`SourceChangedError` is raised and nothing
@@ -127,7 +142,7 @@ class BatchUploader:
         """
         for attempt in range(1, SOURCE_CHANGE_ATTEMPTS + 1):
             try:
-                return self._process_once(item, remote)
+                return self._process_once(item, remote, row)
             except SourceChangedError as exc:
                 if attempt == SOURCE_CHANGE_ATTEMPTS:
                     raise SourceChangedError(
@@ -136,54 +151,113 @@ class BatchUploader:
                 time.sleep(SOURCE_CHANGE_PAUSE * attempt)
         raise AssertionError("unreachable")
 
-    def _process_once(self, item: PlannedImage, remote: RemoteObject | None) -> Outcome:
+    def _process_once(
+        self, item: PlannedImage, remote: RemoteObject | None, row: CatalogRow | None
+    ) -> Outcome:
         path = self.root / item.rel_path
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        size = st.st_size
         if size == 0:
             raise BadInputError("empty file")
-        if self._is_unchanged(path, size, remote):
-            return Outcome(UNCHANGED, item.rel_path, item.key)
-        bucket = self.config.s3.bucket
+        if (
+            row is not None
+            and row.state == VERIFIED
+            and remote is not None
+            and row.rel_path == item.rel_path
+            and row.size == size == remote.size
+            and row.mtime_ns == st.st_mtime_ns
+            and row.etag == remote.etag
+        ):
+            return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
+        if remote is not None and remote.size == size:
+            etag, sha = file_digests(path, size, self.threshold, self.part_size)
+            if self._same_content(remote, etag, sha):
+                if self.catalog is not None:
+                    info = self._info(item, size, st.st_mtime_ns, sha, read_header(path))
+                    self.catalog.record_verified(
+                        self.config.clinic_id, item.key, info, remote.etag, self.flow_run_id
+                    )
+                return Outcome(UNCHANGED, item.rel_path, item.key)
         if size <= self.threshold:
-            data, st = _read_stable(path)
-            header = read_header(data)
-            metadata = self._metadata(item, hashlib.sha256(data).hexdigest(), header)
-            put_small(self.client, bucket, item.key, data, metadata)
-            after = os.stat(path)
-            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                # what we stored was read from a file that was still being written:
-                # try again (the new upload replaces it)
-                raise SourceChangedError("file changed while it was being uploaded")
-            return Outcome(UPLOADED, item.rel_path, item.key, bytes=len(data))
+            return self._upload_small(item, path)
+        return self._upload_multipart(item, path)
+
+    def _upload_small(self, item: PlannedImage, path: Path) -> Outcome:
+        data, st = _read_stable(path)
+        sha = hashlib.sha256(data).hexdigest()
+        info = self._info(item, st.st_size, st.st_mtime_ns, sha, read_header(data))
+        self._pending(item, info)
+        stored = put_small(
+            self.client, self.config.s3.bucket, item.key, data, self._metadata(item, info)
+        )
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            # what we stored was read from a file that was still being written:
+            # try again (the new upload replaces it); the row stays pending
+            raise SourceChangedError("file changed while it was being uploaded")
+        self._confirm(item, info, stored)
+        return Outcome(UPLOADED, item.rel_path, item.key, bytes=len(data))
+
+    def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
         header = read_header(path)
         before = os.stat(path)
         sha = sha256_file(path)
-        metadata = self._metadata(item, sha, header)
-        put_multipart(
+        info = self._info(item, before.st_size, before.st_mtime_ns, sha, header)
+        self._pending(item, info)
+        stored = put_multipart(
             self.client,
-            bucket,
+            self.config.s3.bucket,
             item.key,
             path,
             part_size=self.part_size,
             expected_sha256=sha,
             expected_size=before.st_size,
             expected_mtime_ns=before.st_mtime_ns,
-            metadata=metadata,
+            metadata=self._metadata(item, info),
         )
+        self._confirm(item, info, stored)
         return Outcome(UPLOADED, item.rel_path, item.key, bytes=before.st_size)
 
-    def _metadata(self, item: PlannedImage, sha: str, header: Any) -> dict[str, str]:
+    def _info(
+        self, item: PlannedImage, size: int, mtime_ns: int, sha: str, header: DicomHeader
+    ) -> SourceInfo:
+        return SourceInfo(
+            rel_path=item.rel_path,
+            image_id=item.image_id,
+            patient_guid=item.patient_guid,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha,
+            header=header,
+        )
+
+    def _pending(self, item: PlannedImage, info: SourceInfo) -> None:
+        if self.catalog is not None:
+            self.catalog.mark_pending(self.config.clinic_id, item.key, info, self.flow_run_id)
+
+    def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
+        """S3 accepted the body: record it, ask S3 what it stores, and only then verify."""
+        clinic = self.config.clinic_id
+        if self.catalog is not None:
+            self.catalog.mark_uploaded(clinic, item.key, info.sha256, stored.etag, self.flow_run_id)
+        etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
+        if self.catalog is not None:
+            self.catalog.mark_verified(clinic, item.key, info.sha256, etag, self.flow_run_id)
+
+    def _metadata(self, item: PlannedImage, info: SourceInfo) -> dict[str, str]:
         return build_metadata(
             clinic_id=self.config.clinic_id,
             image_id=item.image_id,
             image_name=item.image_name,
-            sha256_hex=sha,
-            header=header,
+            sha256_hex=info.sha256,
+            header=info.header,
         )
 
-    def _safe_process(self, item: PlannedImage, remote: RemoteObject | None) -> Outcome:
+    def _safe_process(
+        self, item: PlannedImage, remote: RemoteObject | None, row: CatalogRow | None
+    ) -> Outcome:
         try:
-            return self.process(item, remote)
+            return self.process(item, remote, row)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
             kind = classify(exc)
             if kind is ErrorKind.BAD_INPUT:
@@ -196,6 +270,9 @@ class BatchUploader:
 
     def upload_batch(self, items: list[PlannedImage]) -> list[Outcome]:
         """Process ``items``: list each patient prefix once, then upload concurrently."""
+        rows: dict[str, CatalogRow] = {}
+        if self.catalog is not None:
+            rows = self.catalog.lookup(self.config.clinic_id, [i.key for i in items])
         listings: dict[str, dict[str, RemoteObject] | Exception] = {}
         for guid in dict.fromkeys(i.patient_guid for i in items):
             prefix = patient_prefix(guid)
@@ -215,7 +292,7 @@ class BatchUploader:
                     return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
                 reason = f"cannot list {patient_prefix(item.patient_guid)}: {describe(listing)}"
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason)
-            return self._safe_process(item, listing.get(item.key))
+            return self._safe_process(item, listing.get(item.key), rows.get(item.key))
 
         workers = min(self.config.transfer.upload_concurrency, max(1, len(items)))
         with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:

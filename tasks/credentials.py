@@ -5,27 +5,34 @@ from __future__ import annotations
 
 import os
 
-from pdata_sync.config import DatabaseConfig, S3Config
+from pdata_sync.config import CatalogConfig, DatabaseConfig, S3Config
 from pdata_sync.errors import ConfigError
 from pdata_sync.s3_store import AwsKeys
 
 DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
+CATALOG_PASSWORD_ENV = "PDATA_SYNC_CATALOG_PASSWORD"
+
+
+def _secret(block_name: str | None, field: str, env: str) -> str | None:
+    if block_name:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = Secret.load(block_name)
+        except ValueError:
+            raise ConfigError(f"{field}: no Prefect Secret block named {block_name!r}") from None
+        return str(secret.get())
+    return os.environ.get(env) or None
 
 
 def database_password(cfg: DatabaseConfig) -> str | None:
     """The password from the named Secret block, else ``PDATA_SYNC_DB_PASSWORD``, else None."""
-    if cfg.password_secret_block:
-        from prefect.blocks.system import Secret
+    return _secret(cfg.password_secret_block, "database.password_secret_block", DB_PASSWORD_ENV)
 
-        try:
-            secret = Secret.load(cfg.password_secret_block)
-        except ValueError:
-            raise ConfigError(
-                f"database.password_secret_block: no Prefect Secret block named "
-                f"{cfg.password_secret_block!r}"
-            ) from None
-        return str(secret.get())
-    return os.environ.get(DB_PASSWORD_ENV) or None
+
+def catalog_password(cfg: CatalogConfig) -> str | None:
+    """The catalog database's password: Secret block, else ``PDATA_SYNC_CATALOG_PASSWORD``."""
+    return _secret(cfg.password_secret_block, "catalog.password_secret_block", CATALOG_PASSWORD_ENV)
 
 
 def aws_keys(cfg: S3Config) -> AwsKeys | None:

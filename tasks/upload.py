@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from pdata_sync.config import ClinicConfig
 from pdata_sync.plan import PlannedImage
 from pdata_sync.s3_store import check_bucket, make_client
 from pdata_sync.uploader import BatchUploader, Outcome
 
+from .catalog import open_catalog
 from .credentials import aws_keys
 
 
@@ -21,6 +23,9 @@ def check_destination(config: ClinicConfig) -> None:
 
 @task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)
 def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> list[Outcome]:
-    """Upload one batch concurrently on one shared client; per-image outcomes as data."""
+    """Upload one batch concurrently on one shared client; per-image outcomes as data.
+
+    Every upload is recorded in the catalog and verified against what S3 reports."""
     client = make_client(config.s3, config.transfer, aws_keys(config.s3))
-    return BatchUploader(config, client).upload_batch(batch)
+    uploader = BatchUploader(config, client, open_catalog(config), flow_run.get_id())
+    return uploader.upload_batch(batch)

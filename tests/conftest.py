@@ -61,6 +61,15 @@ def seaweed(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the whole session."""
+    from pdata_sync.demo.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     from pdata_sync.demo.prefect_server import PrefectServer
 

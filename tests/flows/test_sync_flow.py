@@ -105,7 +105,7 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3):
 
 def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
     """ADR 0002: upload tasks are batches, not images."""
-    from flows.sync import sync_clinic
+    from flows.sync import BOOKKEEPING_TASKS, sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic", patients=200, images_per_patient=(10, 10), scale=0.02)
     assert len(clinic.expected) >= 1800
@@ -117,7 +117,7 @@ def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["uploaded"] == len(clinic.expected)
-    expected_runs = 6 + summary["batches"]  # checks, scan, patients, resolve, media + batches
+    expected_runs = BOOKKEEPING_TASKS + summary["batches"]
     assert summary["batches"] == -(-len(clinic.expected) // 500)
     runs = task_runs_of(state.state_details.flow_run_id, expected_runs)
     assert len(runs) == expected_runs

@@ -258,6 +258,22 @@ def test_retrieve_refuses_non_canonical_guid_before_s3(tmp_path, guid, prefect_s
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_retrieve_refuses_presign_over_seven_days_before_s3(tmp_path, prefect_server):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "clinic_id: c\npdata_root: /nonexistent\n"
+        "database: {url: 'sqlite:////nonexistent.db'}\n"
+        "resolver: {url: 'http://127.0.0.1:9/x'}\n"
+        "s3: {bucket: dental-images, endpoint_url: 'http://127.0.0.1:9'}\n"
+    )
+    guid = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
+    args = ["retrieve", "--config", str(config), "--patient-guid", guid, "--json"]
+    out = run_cli([*args, "--presign", "604801"], prefect_server.env(), timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "604801" in out.stderr and "7 days" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_bad_config_is_refused_with_the_field_named(tmp_path, prefect_server):
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -3,6 +3,7 @@ at fault (exit 2), and leaves no partial work behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,60 @@ def test_wrong_secret_key(case, seaweed):
     assert "bucket 'dental-images'" in line and "denied" in line
     assert "not-the-secret" not in out.stderr
     assert written == set() and resolver.state.requests == 0
+
+
+def _copy_sidexis_to_postgres(clinic, postgres, password: str) -> str:
+    """The generated Sidexis tables, copied into a real PostgreSQL database (schema dbo)."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    url = postgres.create_database("sidexis", "sidexis_reader", password)
+    postgres.execute(
+        "CREATE SCHEMA dbo AUTHORIZATION sidexis_reader",
+        'CREATE TABLE dbo."Patient" ("PatientId" int NOT NULL, "CardId" varchar(50), '
+        '"IsDeleted" int NOT NULL DEFAULT 0, "LastName" text, "FirstName" text, '
+        '"BirthDate" text)',
+        'CREATE TABLE dbo."MediaBase" ("MediaBaseId" int PRIMARY KEY, '
+        '"PatientId" int NOT NULL, "Name" text, "IsDeleted" int NOT NULL DEFAULT 0)',
+        "GRANT USAGE ON SCHEMA dbo TO sidexis_reader",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA dbo TO sidexis_reader",
+        database="sidexis",
+    )
+    src = sqlite3.connect(clinic.database_path)
+    engine = sa.create_engine(postgres.admin_url("sidexis"))
+    with engine.begin() as conn:
+        for table in ("Patient", "MediaBase"):
+            cur = src.execute(f"SELECT * FROM {table}")
+            cols = [d[0] for d in cur.description]
+            target = sa.table(table, *(sa.column(c) for c in cols), schema="dbo")
+            rows = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            conn.execute(sa.insert(target), rows)
+    engine.dispose()
+    src.close()
+    return url
+
+
+def test_database_on_a_real_server_wrong_password(case, postgres):
+    """A real database server (PostgreSQL here; SQL Server in production goes through the
+    same code): the right password syncs, a wrong one stops the run naming the database and
+    user, without printing the password."""
+    run, resolver, clinic = case
+    url = _copy_sidexis_to_postgres(clinic, postgres, "right-Pa55")
+
+    def use_pg(d):
+        d["database"].update(url=url, schema="dbo")
+
+    out, written = run(use_pg, env={"PDATA_SYNC_DB_PASSWORD": "wrong-Pa55"})
+    line = one_line(out)
+    assert "database" in line and "cannot connect" in line
+    assert "sidexis_reader" in line and f":{postgres.port}/sidexis" in line
+    assert "password authentication failed" in line
+    assert "wrong-Pa55" not in out.stderr and "right-Pa55" not in out.stderr
+    assert written == set() and resolver.state.requests == 0
+
+    out, written = run(env={"PDATA_SYNC_DB_PASSWORD": "right-Pa55"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["uploaded"] + result["unchanged"] == len(clinic.expected)
+    assert result["failed"] == [] and result["patients_resolved"] > 0

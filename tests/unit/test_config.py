@@ -96,3 +96,41 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path):
 def test_empty_schema_means_none():
     cfg = parse_config(with_change("database.schema", ""))
     assert cfg.database.db_schema is None
+
+
+def test_password_in_database_url_is_refused_without_echoing_it():
+    data = with_change("database.url", "mssql+pyodbc://sidexis:Hunter2-secret@host/SIDEXIS")
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "database.url" in str(err.value) and "password" in str(err.value)
+    assert "Hunter2-secret" not in str(err.value)
+
+
+def test_reprs_hold_no_secrets(monkeypatch):
+    """The config has no secret fields (they live in blocks / the environment); the
+    credential objects that do carry secrets mask them in repr."""
+    from pdata_sync.s3_store import AwsKeys
+
+    monkeypatch.setenv("PDATA_SYNC_DB_PASSWORD", "Hunter2-secret")
+    config = ClinicConfig.model_validate(VALID)
+    assert not any(
+        f == "password" or f == "secret_access_key" for f in type(config.database).model_fields
+    )
+    assert "Hunter2-secret" not in repr(config) + str(config.model_dump())
+    keys = AwsKeys("AKIAEXAMPLE", "wJalrXUtnFEMI-secret", "token-secret")
+    assert "secret" not in repr(keys) and "AKIAEXAMPLE" not in repr(keys)
+    assert "secret" not in str(keys)
+
+
+def test_presign_defaults_to_one_hour_and_refuses_more_than_seven_days():
+    from pdata_sync.cli import build_parser
+    from pdata_sync.errors import InvalidRequestError
+    from pdata_sync.retrieval import validate_expiry
+
+    base = ["retrieve", "--config", "c.yaml", "--patient-guid", "g"]
+    assert build_parser().parse_args([*base, "--presign"]).presign == 3600
+    assert build_parser().parse_args(base).presign is None
+    validate_expiry(7 * 24 * 3600)
+    for bad in (0, -1, 7 * 24 * 3600 + 1):
+        with pytest.raises(InvalidRequestError, match="presign"):
+            validate_expiry(bad)
