@@ -1,8 +1,8 @@
-"""Command line: ``pdata-sync sync | retrieve | check-config | demo``.
+"""Command line: ``pdata-sync sync | retrieve | verify | check-config | demo``.
 
-Exit codes: 0 nothing failed; 1 some images failed (or the run crashed); 2 the input was
-refused (bad config, bad patient GUID, bad option). With ``--json`` stdout holds exactly
-one JSON document and everything else (logs) goes to stderr.
+Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
+crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
+``--json`` stdout holds exactly one JSON document and everything else (logs) goes to stderr.
 
 The flows are imported lazily: this module is the only one in :mod:`pdata_sync` that starts
 Prefect, and only when a command needs it.
@@ -96,6 +96,54 @@ def run_retrieve(
     if isinstance(data, BaseException):
         return None, data
     return data, None
+
+
+def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``verify-clinic`` flow; return (findings, error)."""
+    _prepare_prefect_env()
+    from flows.verify import verify_clinic
+
+    state = verify_clinic(config=config, return_state=True)
+    data = _state_data(state)
+    if isinstance(data, BaseException):
+        return None, data
+    return data, None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    with _stdout_to_stderr(args.json) as out:
+        result, error = run_verify(config)
+    if error is not None:
+        if isinstance(error, ConfigError):
+            return _refuse(str(error))
+        print(f"pdata-sync: verify failed: {describe(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    assert result is not None
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+        out.flush()
+    else:
+        print(
+            f"clinic {result['clinic_id']}: {result['rows']} catalog rows, "
+            f"{result['verified_ok']} verified and intact in S3"
+        )
+        for key in result["missing"]:
+            print(f"  missing: {key}")
+        for item in result["changed"]:
+            print(f"  changed: {item['key']}: {item['reason']}")
+        for key in result["unknown"]:
+            print(f"  unknown: {key}")
+        for key in result["unverified"]:
+            print(f"  not yet verified: {key}")
+    if not result["ok"]:
+        drift = len(result["missing"]) + len(result["changed"]) + len(result["unknown"])
+        print(f"pdata-sync: {drift} object(s) differ from the catalog", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
@@ -276,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", metavar="DIR", help="download the images into DIR")
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("verify", help="re-check S3 against the catalog (changes nothing)")
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("check-config", help="validate a clinic config file and exit")
     p.add_argument("--config", required=True)

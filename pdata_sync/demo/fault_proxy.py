@@ -7,6 +7,8 @@ unchanged (the Host header too, so S3 signatures stay valid) and, when told to, 
 * ``reset-request`` - read part of the request body, then reset the connection
 * ``reset-response`` - forward, then reset the connection halfway through the response body
 * ``delay`` - hold the request longer than the client's timeout, then forward it
+* ``corrupt-body`` - flip one byte in the middle of the request body, then forward it (the
+  damage a bad NIC or middlebox does; the server must refuse it by its checksum)
 * ``malformed-json`` / ``wrong-content-type`` / ``partial-items`` - resolver answers that are
   broken JSON, not JSON, or missing half of their ``items``
 
@@ -32,6 +34,7 @@ KINDS = {
     "reset-request",
     "reset-response",
     "delay",
+    "corrupt-body",
     "malformed-json",
     "wrong-content-type",
     "partial-items",
@@ -158,6 +161,9 @@ class _Handler(socketserver.BaseRequestHandler):
         if kind == "delay":
             assert fault is not None
             time.sleep(fault.delay)
+        if kind == "corrupt-body" and body:
+            middle = len(body) // 2
+            body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
 
         try:
             status, reason, resp_headers, resp_body = self._forward(method, target, headers, body)
@@ -191,11 +197,11 @@ class _Handler(socketserver.BaseRequestHandler):
             conn.endheaders(body if body else None)
             resp = conn.getresponse()
             resp_body = resp.read()
-            resp_headers = [
-                (k, v)
-                for k, v in resp.getheaders()
-                if k.lower() not in ("transfer-encoding", "connection", "content-length")
-            ]
+            # A HEAD answer has no body but the object's Content-Length: keep it.
+            dropped = ("transfer-encoding", "connection")
+            if method != "HEAD":
+                dropped += ("content-length",)
+            resp_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in dropped]
             return resp.status, resp.reason, resp_headers, resp_body
         finally:
             conn.close()
@@ -203,8 +209,10 @@ class _Handler(socketserver.BaseRequestHandler):
     @staticmethod
     def _send(sock, status, headers, body, *, reason="", cut=False):
         lines = [f"HTTP/1.1 {status} {reason or http.client.responses.get(status, '')}"]
-        lines += [f"{k}: {v}" for k, v in headers if k.lower() != "content-length"]
-        lines += [f"Content-Length: {len(body)}", "Connection: close"]
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        lines += [f"{k}: {v}" for k, v in headers]
+        lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
             if cut:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url
 from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
@@ -35,6 +36,7 @@ S3_FAULTS = {
     "S3 reset mid-request body, every 3rd PUT": Fault("reset-request", every=3, match=is_put),
     "S3 reset mid-response body, every 3rd request": Fault("reset-response", every=3),
     "S3 delay beyond the read timeout, every 4th": Fault("delay", every=4, delay=4.0),
+    "S3 body corrupted in transit, every 2nd PUT": Fault("corrupt-body", every=2, match=is_put),
 }
 RESOLVER_FAULTS = {
     "resolver 503, every request (outage)": Fault("status", status=503),
@@ -118,6 +120,10 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         failed_paths = {f["path"] for f in summary["failed"]}
         assert all(f["reason"] for f in summary["failed"])
         assert (code == 1) == bool(summary["failed"])
+        catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
+        rows = {r.rel_path: r for r in catalog.rows(clinic.clinic_id)}
+        for path in failed_paths:  # S3 did not confirm it: never verified
+            assert path not in rows or rows[path].state != VERIFIED, path
         corrupted_during = 0
         for prefix, entry in expected.items():
             keys = [k for k in stored if k.startswith(prefix)]
@@ -127,7 +133,7 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
                 assert entry["path"] in failed_paths, f"{entry['path']} silently missing"
         runs = 1 if code == 0 else 2  # runs until S3 held everything
         code, summary = sync()  # the fault is gone: one more run
-        assert code == 0 and summary["failed"] == []
+        assert code == 0 and summary["failed"] == [], summary["failed"]
         # converged: exactly the expected objects, byte-identical
         stored = s3_state(client, clinic)
         lost = corrupted = 0
@@ -139,6 +145,9 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
                 corrupted += 1
         unexpected = [k for k in stored if not any(k.startswith(p) for p in expected)]
         assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+        rows = catalog.rows(clinic.clinic_id)
+        assert len(rows) == len(expected) and all(r.state == VERIFIED for r in rows)
+        catalog.close()
 
     FAULT_ROWS.append((name, fired, runs, lost, corrupted + corrupted_during, len(unexpected)))
     assert lost == 0 and corrupted == 0 and corrupted_during == 0 and unexpected == []

@@ -1,0 +1,96 @@
+"""Audit: re-check S3 against the catalog without changing anything.
+
+Every verified row must have its object, with the size and ETag (S3's own checksum of the
+content) recorded when it was verified. Objects under the listed patient prefixes that
+belong to the clinic (by their key) but have no catalog row are *unknown*. Rows not yet
+verified (an interrupted or failing upload) are reported as *unverified*, not as drift:
+the next sync finishes them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import VERIFIED, Catalog
+from .keys import patient_prefix
+from .s3_store import RemoteObject, list_prefix
+
+LIST_WORKERS = 16
+
+
+@dataclass
+class Drift:
+    """What ``verify`` found; ``ok`` when S3 holds exactly what the catalog says."""
+
+    clinic_id: str
+    rows: int = 0
+    verified_ok: int = 0
+    prefixes_listed: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed: list[dict[str, str]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.changed or self.unknown)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clinic_id": self.clinic_id,
+            "ok": self.ok,
+            "rows": self.rows,
+            "verified_ok": self.verified_ok,
+            "prefixes_listed": self.prefixes_listed,
+            "missing": sorted(self.missing),
+            "changed": sorted(self.changed, key=lambda c: c["key"]),
+            "unknown": sorted(self.unknown),
+            "unverified": sorted(self.unverified),
+        }
+
+
+def verify_catalog(
+    catalog: Catalog,
+    client: Any,
+    bucket: str,
+    clinic_id: str,
+    belongs: Callable[[str], bool],
+) -> Drift:
+    """Compare every catalog row of ``clinic_id`` with what S3 lists; read-only."""
+    rows = catalog.rows(clinic_id)
+    drift = Drift(clinic_id=clinic_id, rows=len(rows))
+    guids = sorted({r.patient_guid for r in rows})
+    with ThreadPoolExecutor(LIST_WORKERS) as pool:
+        listings = dict(
+            zip(
+                guids,
+                pool.map(lambda g: list_prefix(client, bucket, patient_prefix(g)), guids),
+                strict=True,
+            )
+        )
+    drift.prefixes_listed = len(listings)
+    known: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        known[row.patient_guid].add(row.key)
+        obj: RemoteObject | None = listings[row.patient_guid].get(row.key)
+        if row.state != VERIFIED:
+            drift.unverified.append(row.key)
+        elif obj is None:
+            drift.missing.append(row.key)
+        elif obj.size != row.size:
+            drift.changed.append(
+                {"key": row.key, "reason": f"size {obj.size} in S3, {row.size} verified"}
+            )
+        elif obj.etag != row.etag:
+            drift.changed.append(
+                {"key": row.key, "reason": f"ETag {obj.etag} in S3, {row.etag} verified"}
+            )
+        else:
+            drift.verified_ok += 1
+    for guid, listing in listings.items():
+        drift.unknown += [k for k in listing if k not in known[guid] and belongs(k)]
+    return drift
