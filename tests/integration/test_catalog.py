@@ -101,7 +101,9 @@ def test_changed_source_keeps_its_history(catalog):
     assert [(h["sha256"], h["source_size"], h["etag"], h["state"]) for h in history] == [
         ("a" * 64, 100, "e1", VERIFIED)
     ]
-    assert history[0]["verified_at"] is not None and history[0]["replaced_by_flow_run_id"] == "run-2"
+    assert (
+        history[0]["verified_at"] is not None and history[0]["replaced_by_flow_run_id"] == "run-2"
+    )
     row = catalog.lookup("c1", [key])[key]
     assert (row.sha256, row.size, row.state) == ("b" * 64, 120, VERIFIED)
     # re-recording the same content adds no history
