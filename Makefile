@@ -1,11 +1,17 @@
 # Two commands do everything on a fresh machine with Python 3.11 and make:
 #   make demo   - set up, then run the demo clinic end to end
 #   make test   - set up, then run the whole test suite
+# Benchmarks (not tests; each prints its figures):
+#   make bench        - pdata-sync against s5cmd, rclone, aws s3 sync (bench/compare_tools.py)
+#   make bench-scale  - 100,000 images in 10,000 patient folders (bench/scale.py)
+#   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint clean
+BENCH_STAMP := .bench-venv/.installed
+
+.PHONY: demo test setup lint clean bench bench-setup bench-scale bench-huge
 
 setup: $(STAMP)
 
@@ -19,8 +25,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
+bench-setup: $(STAMP) $(BENCH_STAMP)
+
+$(BENCH_STAMP): bench/requirements.txt .ci/bench-setup
+	PYTHON=$(PYTHON) bash .ci/bench-setup
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(VENV)/bin/python bench/compare_tools.py
+
+bench-scale: $(STAMP)
+	$(VENV)/bin/python bench/scale.py
+
+bench-huge: $(STAMP)
+	$(VENV)/bin/python bench/huge_file.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .bench-venv .bench .demo .pytest_cache

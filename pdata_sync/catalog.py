@@ -295,6 +295,17 @@ class Catalog:
         If the row held other content that S3 had accepted, that content moves to the
         history first.
         """
+        self._record(clinic_id, key, info, flow_run_id, PENDING, None)
+
+    def _record(
+        self,
+        clinic_id: str,
+        key: str,
+        info: SourceInfo,
+        flow_run_id: str | None,
+        state: str,
+        etag: str | None,
+    ) -> None:
         series_id = self._series_id(clinic_id, info.header)
         t = now()
         values = {
@@ -304,15 +315,15 @@ class Catalog:
             "source_size": info.size,
             "source_mtime_ns": info.mtime_ns,
             "sha256": info.sha256,
-            "etag": None,
+            "etag": etag,
             "series_id": series_id,
             "sop_instance_uid": info.header.sop_instance_uid,
             "modality": info.header.modality,
             "acquisition_date": info.header.acquisition_date,
-            "state": PENDING,
+            "state": state,
             "pending_at": t,
             "uploaded_at": None,
-            "verified_at": None,
+            "verified_at": t if state == VERIFIED else None,
             "flow_run_id": flow_run_id,
             "updated_at": t,
         }
@@ -347,6 +358,7 @@ class Catalog:
         state: str,
         etag: str,
         flow_run_id: str | None,
+        uploaded_at: datetime | None = None,
     ) -> None:
         t = now()
         values: dict[str, Any] = {
@@ -356,6 +368,8 @@ class Catalog:
             "updated_at": t,
             f"{state}_at": t,
         }
+        if uploaded_at is not None:
+            values["uploaded_at"] = uploaded_at
         with self._begin() as conn:
             result = conn.execute(
                 sa.update(images)
@@ -376,17 +390,28 @@ class Catalog:
         self._set_state(clinic_id, key, sha256, UPLOADED, etag, flow_run_id)
 
     def mark_verified(
-        self, clinic_id: str, key: str, sha256: str, etag: str, flow_run_id: str | None
+        self,
+        clinic_id: str,
+        key: str,
+        sha256: str,
+        etag: str,
+        flow_run_id: str | None,
+        uploaded_at: datetime | None = None,
     ) -> None:
-        """S3 reported a size and checksum matching the local file."""
-        self._set_state(clinic_id, key, sha256, VERIFIED, etag, flow_run_id)
+        """S3 reported a size and checksum matching the local file.
+
+        ``uploaded_at``: when S3 accepted the body, if it was not recorded separately (the
+        uploader writes *uploaded* on its own only when the confirmation fails, saving a
+        write per image; a crash in between leaves the row *pending*, which the next run
+        settles by comparing contents)."""
+        self._set_state(clinic_id, key, sha256, VERIFIED, etag, flow_run_id, uploaded_at)
 
     def record_verified(
         self, clinic_id: str, key: str, info: SourceInfo, etag: str, flow_run_id: str | None
     ) -> None:
-        """An object found in S3 already matching the file (e.g. a new worker, no catalog)."""
-        self.mark_pending(clinic_id, key, info, flow_run_id)
-        self.mark_verified(clinic_id, key, info.sha256, etag, flow_run_id)
+        """An object found in S3 already matching the file (e.g. a new worker, no catalog):
+        recorded verified in one write."""
+        self._record(clinic_id, key, info, flow_run_id, VERIFIED, etag)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import VERIFIED, Catalog, CatalogRow, SourceInfo
+from .catalog import VERIFIED, Catalog, CatalogRow, SourceInfo, now
 from .config import ClinicConfig
 from .dicom_meta import DicomHeader, file_digests, read_header, sha256_file
 from .errors import BadInputError, ErrorKind, SourceChangedError, classify, describe
@@ -236,13 +236,23 @@ class BatchUploader:
             self.catalog.mark_pending(self.config.clinic_id, item.key, info, self.flow_run_id)
 
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
-        """S3 accepted the body: record it, ask S3 what it stores, and only then verify."""
+        """S3 accepted the body: ask S3 what it stores, and only then mark it verified.
+
+        If S3 does not confirm, the row is left *uploaded* and the error propagates."""
         clinic = self.config.clinic_id
+        accepted_at = now()
+        try:
+            etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
+        except Exception:
+            if self.catalog is not None:
+                self.catalog.mark_uploaded(
+                    clinic, item.key, info.sha256, stored.etag, self.flow_run_id
+                )
+            raise
         if self.catalog is not None:
-            self.catalog.mark_uploaded(clinic, item.key, info.sha256, stored.etag, self.flow_run_id)
-        etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
-        if self.catalog is not None:
-            self.catalog.mark_verified(clinic, item.key, info.sha256, etag, self.flow_run_id)
+            self.catalog.mark_verified(
+                clinic, item.key, info.sha256, etag, self.flow_run_id, uploaded_at=accepted_at
+            )
 
     def _metadata(self, item: PlannedImage, info: SourceInfo) -> dict[str, str]:
         return build_metadata(

@@ -197,6 +197,8 @@ def test_verify_reports_drift_and_changes_nothing(
         assert report["unknown"] == [unknown]
         assert report["verified_ok"] == len(clinic.expected) - 2
         assert objects(client) == before  # verify changed nothing
+        if backend == "postgresql":
+            return  # the catalog backend matters up to here; the rest is the same code
 
         # a same-size overwrite is caught by the ETag (S3's checksum of the content)
         body = before[keys[2]]

@@ -143,3 +143,61 @@ def test_missing_bucket_stops_the_batch_with_one_clear_reason(tmp_path, s3):
     assert all(o.status == FAILED and o.fatal for o in out)
     assert out[0].reason == "S3: bucket 'no-such-bucket' does not exist (s3.bucket)"
     assert all(o.reason.startswith("not attempted: S3: bucket") for o in out[1:])
+
+
+class _LyingHead:
+    """A client whose HEAD reports one byte less than S3 stores: S3 did not confirm."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def head_object(self, **kwargs):
+        response = self._client.head_object(**kwargs)
+        return {**response, "ContentLength": response["ContentLength"] - 1}
+
+
+def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files(
+    tmp_path, s3, monkeypatch
+):
+    from pdata_sync.catalog import PENDING, UPLOADED as ROW_UPLOADED, VERIFIED, Catalog
+
+    root = tmp_path / "PDATA"
+    dcm(root, "P_1/0000_1.dcm", 1)
+    dcm(root, "P_1/0000_2.dcm", 2)
+    items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
+    cfg = config(root)
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    client = make_client(cfg.s3, cfg.transfer)
+
+    lying = BatchUploader(cfg, _LyingHead(client), catalog, "run-1").upload_batch(items)
+    assert [o.status for o in lying] == [FAILED, FAILED]
+    assert all("not verified" in o.reason for o in lying)
+    rows = catalog.lookup("c-1", [i.key for i in items])
+    assert {r.state for r in rows.values()} == {ROW_UPLOADED}  # accepted, never verified
+
+    done = BatchUploader(cfg, client, catalog, "run-2").upload_batch(items)
+    assert [o.status for o in done] == [UNCHANGED, UNCHANGED]  # content already there
+    rows = catalog.lookup("c-1", [i.key for i in items])
+    assert {r.state for r in rows.values()} == {VERIFIED}
+
+    # a verified row with the same path, size and mtime: the file is not read again
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a verified, unchanged file was read")
+
+    monkeypatch.setattr("pdata_sync.uploader.file_digests", no_reading)
+    monkeypatch.setattr("pdata_sync.uploader._read_stable", no_reading)
+    again = BatchUploader(cfg, client, catalog, "run-3").upload_batch(items)
+    assert [o.status for o in again] == [UNCHANGED, UNCHANGED]
+    monkeypatch.undo()
+
+    # a changed file goes pending -> verified again, with the old content in the history
+    dcm(root, "P_1/0000_1.dcm", 1, seed=99)
+    changed = BatchUploader(cfg, client, catalog, "run-4").upload_batch(items[:1])
+    assert [o.status for o in changed] == [UPLOADED]
+    row = catalog.lookup("c-1", [items[0].key])[items[0].key]
+    assert row.state == VERIFIED and row.state != PENDING
+    assert len(catalog.history("c-1", items[0].key)) == 1
+    catalog.close()

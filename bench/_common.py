@@ -1,0 +1,222 @@
+"""Shared helpers of the benchmark scripts: real servers on 127.0.0.1, the CLI run as a
+child process with its wall time and peak RSS, and big DICOM files written by streaming."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLI = str(Path(sys.executable).parent / "pdata-sync")
+MB = 1024 * 1024
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_measured(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> Measured:
+    """Run ``cmd`` to completion; wall time and the child's own peak RSS (``wait4``)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = "", ""
+    # communicate() would reap the child itself; read the pipes, then wait4 for its rusage
+    with proc.stdout, proc.stderr:  # type: ignore[union-attr]
+        out = proc.stdout.read()  # type: ignore[union-attr]
+        err = proc.stderr.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def servers(workdir: Path) -> Iterator[tuple[object, object]]:
+    """SeaweedFS (bucket dental-images) and a Prefect server, both on 127.0.0.1."""
+    from pdata_sync.demo.prefect_server import PrefectServer
+    from pdata_sync.demo.seaweed import SeaweedS3
+
+    with (
+        SeaweedS3(workdir / "seaweed", buckets=("dental-images",)) as s3,
+        PrefectServer(workdir / "prefect-home") as prefect,
+    ):
+        yield s3, prefect
+
+
+def machine() -> str:
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, {platform.system()} {platform.machine()}"
+
+
+def write_big_dicom(template: Path, target: Path, size: int, chunk: int = 8 * MB) -> None:
+    """Rewrite ``target`` as a real DICOM file of about ``size`` bytes: the header of
+    ``template`` and a PixelData element of noise, written in chunks (never all in memory)."""
+    ds = pydicom.dcmread(template, stop_before_pixels=True)
+    head = io.BytesIO()
+    ds.save_as(head, enforce_file_format=True)
+    header = head.getvalue()
+    pixels = max(2, (size - len(header) - 12) // 2 * 2)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(header)
+        # (7FE0,0010) OW, explicit VR little endian: tag, VR, 2 reserved bytes, 4-byte length
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixels))
+        block = os.urandom(chunk)
+        left = pixels
+        while left:
+            n = min(left, chunk)
+            fh.write(block[:n])
+            left -= n
+    os.replace(tmp, target)
+
+
+@dataclass
+class Tree:
+    """A generated clinic for benchmarks: every file valid, every patient resolvable."""
+
+    clinic_id: str
+    pdata_root: str
+    database_path: str
+    mapping_path: str
+    files: int
+    bytes: int
+
+
+def make_tree(
+    root: Path,
+    *,
+    patients: int,
+    files_per_patient: int,
+    file_bytes: int,
+    clinic_id: str = "bench-clinic",
+    seed: int = 1,
+) -> Tree:
+    """Deterministic PDATA tree of real DICOM files (16-bit noise), a Sidexis SQLite database
+    and the resolver mapping. Reused when ``root`` already holds the same tree."""
+    import json as _json
+    import random
+    import sqlite3
+
+    from pdata_sync.demo.generate import guid_for, write_dicom
+
+    stamp = root / "tree.json"
+    spec = {
+        "patients": patients,
+        "files_per_patient": files_per_patient,
+        "file_bytes": file_bytes,
+        "clinic_id": clinic_id,
+        "seed": seed,
+    }
+    if stamp.exists():
+        saved = _json.loads(stamp.read_text())
+        if saved["spec"] == spec:
+            return Tree(**saved["tree"])
+    pdata = root / "PDATA"
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    pdata.mkdir(parents=True)
+    db_path = root / "sidexis.db"
+    db = sqlite3.connect(db_path)
+    db.executescript(
+        "CREATE TABLE Patient (PatientId INTEGER NOT NULL, CardId NVARCHAR(50) NULL,"
+        " IsDeleted BIT NOT NULL DEFAULT 0);"
+        "CREATE TABLE MediaBase (MediaBaseId INTEGER PRIMARY KEY, PatientId INTEGER NOT NULL,"
+        " Name NVARCHAR(300), IsDeleted BIT NOT NULL DEFAULT 0);"
+    )
+    rng = random.Random(seed)
+    pixels = max(64, file_bytes // 2)
+    frames = max(1, pixels // (512 * 512))
+    rows = 512 if frames > 1 else 256
+    cols = pixels // (rows * frames)
+    mapping: dict[str, str] = {}
+    image_id = 1
+    total = 0
+    for p in range(patients):
+        pid = 1000 + p
+        card = f"C{pid:07d}"
+        mapping[card] = guid_for(clinic_id, card)
+        db.execute("INSERT INTO Patient (PatientId, CardId) VALUES (?, ?)", (pid, card))
+        for _ in range(files_per_patient):
+            path = pdata / f"P_{pid}" / f"0000_{image_id}.dcm"
+            write_dicom(
+                path,
+                rng=rng,
+                clinic_id=clinic_id,
+                patient_id=pid,
+                patient_name="Bench^Patient",
+                birth_date="19700101",
+                image_id=image_id,
+                modality="CT" if frames > 1 else "IO",
+                rows=rows,
+                cols=cols,
+                frames=frames,
+            )
+            db.execute(
+                "INSERT INTO MediaBase (MediaBaseId, PatientId, Name) VALUES (?, ?, ?)",
+                (image_id, pid, "Bitewing"),
+            )
+            total += path.stat().st_size
+            image_id += 1
+    db.commit()
+    db.close()
+    mapping_path = root / "resolver-mapping.json"
+    mapping_path.write_text(_json.dumps(mapping))
+    tree = Tree(clinic_id, str(pdata), str(db_path), str(mapping_path), image_id - 1, total)
+    stamp.write_text(_json.dumps({"spec": spec, "tree": tree.__dict__}))
+    return tree
+
+
+def write_tree_config(
+    path: Path, tree: Tree, *, resolver_url: str, endpoint: str, state_dir: Path, **transfer: object
+) -> Path:
+    """A clinic config for a benchmark tree."""
+    import yaml
+
+    data = {
+        "clinic_id": tree.clinic_id,
+        "pdata_root": tree.pdata_root,
+        "database": {"url": f"sqlite:///{tree.database_path}", "schema": None},
+        "resolver": {"url": resolver_url, "batch_size": 500},
+        "s3": {"bucket": "dental-images", "region": "us-east-1", "endpoint_url": endpoint},
+        "transfer": {"state_dir": str(state_dir), **transfer},
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def empty_bucket(client: object, bucket: str = "dental-images", prefix: str = "") -> None:
+    """Delete every object (and open multipart upload) under ``prefix``."""
+    paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            client.delete_objects(  # type: ignore[attr-defined]
+                Bucket=bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
+            )

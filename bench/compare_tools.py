@@ -1,0 +1,185 @@
+"""pdata-sync against s5cmd, rclone and aws s3 sync: same machine, same SeaweedFS, same run.
+
+    make bench            # or: .venv/bin/python bench/compare_tools.py [--runs 3]
+
+For each case (2,000 x ~300 KB and 20 x ~40 MB real DICOM files) and each round, the tools
+run in a rotating order: an initial upload into an empty prefix, then a no-change re-run.
+pdata-sync runs as in production: the whole ``pdata-sync sync`` process against a running
+Prefect server, with its database, resolver, DICOM header reads, checksums and catalog (its
+state is wiped before each initial run). Prints medians, min-max, files/s, MB/s, peak RSS
+and pdata-sync / s5cmd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from _common import (
+    CLI,
+    MB,
+    ROOT,
+    Measured,
+    empty_bucket,
+    machine,
+    make_tree,
+    run_measured,
+    servers,
+    write_tree_config,
+)
+
+from pdata_sync.demo.resolver_server import ResolverServer
+
+BUCKET = "dental-images"
+BENCH_BIN = ROOT / ".bench-venv" / "bin"
+TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws")
+CASES = {
+    "small": {"patients": 200, "files_per_patient": 10, "file_bytes": 315 * 1024},
+    "large": {"patients": 4, "files_per_patient": 5, "file_bytes": 42 * MB},
+}
+
+
+def tool_paths() -> dict[str, str]:
+    paths = {
+        "s5cmd": str(BENCH_BIN / "s5cmd"),
+        "aws": str(BENCH_BIN / "aws"),
+        "rclone": shutil.which("rclone") or "/usr/bin/rclone",
+    }
+    missing = [name for name, path in paths.items() if not Path(path).exists()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run `make bench-setup` first")
+    return paths
+
+
+def command(tool: str, paths: dict[str, str], src: str, s3: object, config: Path) -> list[str]:
+    endpoint = s3.endpoint  # type: ignore[attr-defined]
+    target = f"{BUCKET}/{tool}/"
+    if tool == "pdata-sync":
+        return [CLI, "sync", "--config", str(config), "--json"]
+    if tool == "s5cmd":
+        return [paths["s5cmd"], "--endpoint-url", endpoint, "sync", f"{src}/", f"s3://{target}"]
+    if tool == "aws":
+        return [paths["aws"], "--endpoint-url", endpoint, "s3", "sync", src, f"s3://{target}"]
+    return [paths["rclone"], "sync", src, f"bench:{target}"]
+
+
+def tool_env(base: dict[str, str], s3: object) -> dict[str, str]:
+    return {
+        **base,
+        **s3.env(),  # type: ignore[attr-defined]
+        "RCLONE_CONFIG_BENCH_TYPE": "s3",
+        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ENV_AUTH": "true",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": s3.endpoint,  # type: ignore[attr-defined]
+        "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):7.2f} s ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cases", default="small,large")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--workdir", default=".bench/compare")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    paths = tool_paths()
+    tools = [t for t in TOOLS if t in args.tools.split(",")]
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+
+    with servers(work / "servers") as (s3, prefect):
+        client = s3.client()  # type: ignore[attr-defined]
+        env = tool_env({**os.environ, **prefect.env()}, s3)  # type: ignore[attr-defined]
+        for case in args.cases.split(","):
+            tree = make_tree(work / f"tree-{case}", **CASES[case])
+            mapping = json.loads(Path(tree.mapping_path).read_text())
+            results[case] = {t: {"initial": [], "nochange": [], "rss": []} for t in tools}
+            with ResolverServer(mapping) as resolver:
+                state = work / f"state-{case}"
+                config = write_tree_config(
+                    work / f"{case}.yaml",
+                    tree,
+                    resolver_url=resolver.url,
+                    endpoint=s3.endpoint,  # type: ignore[attr-defined]
+                    state_dir=state,
+                )
+                for round_ in range(args.runs):
+                    order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
+                    for tool in order:
+                        prefix = "images/" if tool == "pdata-sync" else f"{tool}/"
+                        empty_bucket(client, BUCKET, prefix)
+                        shutil.rmtree(state, ignore_errors=True)
+                        cmd = command(tool, paths, tree.pdata_root, s3, config)
+                        first = run_measured(cmd, env)
+                        again = run_measured(cmd, env)
+                        for m in (first, again):
+                            if m.returncode != 0:
+                                print(m.stderr[-2000:], file=sys.stderr)
+                                sys.exit(f"{tool} failed on {case}")
+                        check(tool, first, again, tree.files)
+                        r = results[case][tool]
+                        r["initial"].append(first.seconds)
+                        r["nochange"].append(again.seconds)
+                        r["rss"].append(max(first.peak_rss_mb, again.peak_rss_mb))
+                        print(
+                            f"  {case:5} round {round_ + 1} {tool:10} "
+                            f"initial {first.seconds:6.2f} s  no-change {again.seconds:5.2f} s",
+                            file=sys.stderr,
+                        )
+            report(case, tree, results[case])
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"date": datetime.now(UTC).isoformat(), "machine": machine(), "results": results},
+                indent=1,
+            )
+        )
+    return 0
+
+
+def check(tool: str, first: Measured, again: Measured, files: int) -> None:
+    """pdata-sync must really have uploaded everything, then nothing."""
+    if tool != "pdata-sync":
+        return
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    if a["uploaded"] != files or b["unchanged"] != files or b["uploaded"] != 0:
+        sys.exit(f"pdata-sync: unexpected summaries {a['uploaded']} / {b['unchanged']}")
+
+
+def report(case: str, tree, results: dict[str, dict[str, list[float]]]) -> None:
+    mb = tree.bytes / MB
+    print(f"\n{case}: {tree.files} files, {mb:.0f} MB  ({machine()})")
+    print(
+        f"{'tool':11} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
+        f"{'no-change':24} {'peak RSS':>9}"
+    )
+    for tool, r in results.items():
+        med = statistics.median(r["initial"])
+        print(
+            f"{tool:11} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
+            f"{fmt(r['nochange']):24} {max(r['rss']):6.0f} MB"
+        )
+    if "pdata-sync" in results and "s5cmd" in results:
+        p, s = results["pdata-sync"], results["s5cmd"]
+        print(
+            f"pdata-sync / s5cmd: initial "
+            f"{statistics.median(p['initial']) / statistics.median(s['initial']):.2f}x, "
+            f"no-change {statistics.median(p['nochange']) / statistics.median(s['nochange']):.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
