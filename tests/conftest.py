@@ -92,21 +92,47 @@ def aws_env(monkeypatch):
 
 # rows of the fault-injection table: (fault, times fired, runs to converge, images lost,
 # images corrupted, unexpected objects); printed at the end of the session
-FAULT_ROWS: list[tuple[str, int, int, int, int, int]] = []
+# The fault suite's table. Tests may run in pytest-xdist workers, so rows go through a file
+# that the main process creates (workers inherit its path) and prints at the end.
+FAULT_ROWS_ENV = "PDATA_SYNC_TEST_FAULT_ROWS"
+
+
+def record_fault_row(row: tuple[str, int, int, int, int, int]) -> None:
+    path = os.environ.get(FAULT_ROWS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the main process set the path
+    path = Path(config.rootpath) / ".pytest_cache" / "fault-rows.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("")
+    os.environ[FAULT_ROWS_ENV] = str(path)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not FAULT_ROWS:
+    path = os.environ.get(FAULT_ROWS_ENV)
+    if not path or not Path(path).exists():
+        return
+    rows = sorted(
+        tuple(json.loads(line))
+        for line in Path(path).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    )
+    if not rows:
         return
     tr = terminalreporter
     tr.section("fault injection: nothing lost, nothing corrupted")
     header = ("fault", "fired", "runs", "lost", "corrupted", "unexpected")
-    width = max(len(r[0]) for r in FAULT_ROWS)
+    width = max(len(r[0]) for r in rows)
     tr.write_line(
         f"{header[0]:<{width}}  {header[1]:>5}  {header[2]:>4}  {header[3]:>4}  "
         f"{header[4]:>9}  {header[5]:>10}"
     )
-    for row in FAULT_ROWS:
+    for row in rows:
         tr.write_line(
             f"{row[0]:<{width}}  {row[1]:>5}  {row[2]:>4}  {row[3]:>4}  {row[4]:>9}  {row[5]:>10}"
         )

@@ -20,7 +20,7 @@ from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url
 from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, FAULT_ROWS, load_mapping, make_clinic
+from tests.conftest import BUCKET, load_mapping, make_clinic, record_fault_row
 
 CLI = str(Path(sys.executable).parent / "pdata-sync")
 
@@ -149,5 +149,5 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         assert len(rows) == len(expected) and all(r.state == VERIFIED for r in rows)
         catalog.close()
 
-    FAULT_ROWS.append((name, fired, runs, lost, corrupted + corrupted_during, len(unexpected)))
+    record_fault_row((name, fired, runs, lost, corrupted + corrupted_during, len(unexpected)))
     assert lost == 0 and corrupted == 0 and corrupted_during == 0 and unexpected == []
