@@ -162,7 +162,8 @@ class _LyingHead:
 def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files(
     tmp_path, s3, monkeypatch
 ):
-    from pdata_sync.catalog import PENDING, UPLOADED as ROW_UPLOADED, VERIFIED, Catalog
+    from pdata_sync.catalog import PENDING, VERIFIED, Catalog
+    from pdata_sync.catalog import UPLOADED as ROW_UPLOADED
 
     root = tmp_path / "PDATA"
     dcm(root, "P_1/0000_1.dcm", 1)
