@@ -29,6 +29,7 @@ class Measured:
     seconds: float
     peak_rss_mb: float
     returncode: int
+    cpu_seconds: float
     stdout: str
     stderr: str
 
@@ -52,7 +53,8 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: str | None = None) ->
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
-    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, out, err)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, cpu, out, err)
 
 
 @contextlib.contextmanager
@@ -187,7 +189,7 @@ def make_tree(
     db.commit()
     db.close()
     mapping_path = root / "resolver-mapping.json"
-    mapping_path.write_text(_json.dumps(mapping))
+    mapping_path.write_text(_json.dumps({clinic_id: mapping}))
     tree = Tree(clinic_id, str(pdata), str(db_path), str(mapping_path), image_id - 1, total)
     stamp.write_text(_json.dumps({"spec": spec, "tree": tree.__dict__}))
     return tree

@@ -19,11 +19,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from _common import CLI, MB, machine, run_measured, servers, write_big_dicom
+from _common import (
+    CLI,
+    MB,
+    machine,
+    make_tree,
+    run_measured,
+    servers,
+    write_big_dicom,
+    write_tree_config,
+)
 
-from pdata_sync.demo.generate import generate_clinic
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 
 TARGET_MB = 300
 
@@ -37,19 +44,16 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    clinic = generate_clinic(
-        work / "clinic", patients=3, images_per_patient=(1, 1), scale=0.05, large_files=0
-    )
-    big = clinic.expected[0]
-    big_path = Path(clinic.pdata_root) / big["path"]
+    tree = make_tree(work / "clinic", patients=3, files_per_patient=2, file_bytes=64 * 1024)
+    big_path = Path(tree.pdata_root) / "P_1000" / "0000_1.dcm"
     write_big_dicom(big_path, big_path, args.size_mb * MB)
     size = big_path.stat().st_size
-    mapping = json.loads(Path(clinic.mapping_path).read_text())
+    mapping = json.loads(Path(tree.mapping_path).read_text())
 
     with servers(work) as (s3, prefect), ResolverServer(mapping) as resolver:
-        config = write_config(
+        config = write_tree_config(
             work / "clinic.yaml",
-            clinic,
+            tree,
             resolver_url=resolver.url,
             endpoint=s3.endpoint,
             state_dir=work / "state",
@@ -62,12 +66,18 @@ def main() -> int:
             return 1
         again = run_measured(cmd, env)
         summary = json.loads(first.stdout)
+        print(
+            json.dumps(
+                {k: summary[k] for k in ("uploaded", "unchanged", "rejected", "failed", "skipped")}
+            ),
+            file=sys.stderr,
+        )
         head = s3.client().head_object(
             Bucket="dental-images",
             Key=next(
                 o["Key"]
                 for o in s3.client().list_objects_v2(Bucket="dental-images")["Contents"]
-                if f"_{big['image_id']}_" in o["Key"]
+                if "_1_" in o["Key"].rsplit("/", 1)[1]
             ),
         )
     ok = head["ContentLength"] == size and first.peak_rss_mb < TARGET_MB

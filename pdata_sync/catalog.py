@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .dicom_meta import UNKNOWN, DicomHeader
 from .errors import ConfigError
@@ -36,6 +36,25 @@ STATES = (PENDING, UPLOADED, VERIFIED)
 VERSION_TABLE = "pdata_sync_catalog_version"
 MIGRATIONS = Path(__file__).parent / "catalog_migrations"
 _LOOKUP_CHUNK = 500
+# the columns :meth:`Catalog.settle` writes
+_SETTLED_COLUMNS = (
+    "image_id",
+    "patient_guid",
+    "rel_path",
+    "source_size",
+    "source_mtime_ns",
+    "sha256",
+    "etag",
+    "series_id",
+    "sop_instance_uid",
+    "modality",
+    "acquisition_date",
+    "state",
+    "uploaded_at",
+    "verified_at",
+    "flow_run_id",
+    "updated_at",
+)
 
 metadata = sa.MetaData()
 
@@ -69,14 +88,15 @@ images = sa.Table(
     sa.Column("image_id", sa.BigInteger, nullable=False),
     sa.Column("patient_guid", sa.String(36), nullable=False),
     sa.Column("rel_path", sa.String(1024), nullable=False),
-    sa.Column("source_size", sa.BigInteger, nullable=False),
-    sa.Column("source_mtime_ns", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
+    # content columns stay empty while a new key is only pending
+    sa.Column("source_size", sa.BigInteger, nullable=True),
+    sa.Column("source_mtime_ns", sa.BigInteger, nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
     sa.Column("etag", sa.String(80), nullable=True),
     sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), nullable=True),
-    sa.Column("sop_instance_uid", sa.String(64), nullable=False),
-    sa.Column("modality", sa.String(16), nullable=False),
-    sa.Column("acquisition_date", sa.String(16), nullable=False),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=True),
+    sa.Column("modality", sa.String(16), nullable=True),
+    sa.Column("acquisition_date", sa.String(16), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("pending_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("uploaded_at", sa.DateTime(timezone=True), nullable=True),
@@ -119,17 +139,44 @@ class SourceInfo:
 
 
 @dataclass(frozen=True)
+class PendingItem:
+    """A key about to be uploaded, and where from."""
+
+    key: str
+    rel_path: str
+    image_id: int
+    patient_guid: str
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of one key: S3 accepted (*uploaded*) or confirmed (*verified*) it."""
+
+    key: str
+    info: SourceInfo
+    state: str  # UPLOADED or VERIFIED
+    etag: str
+    uploaded_at: datetime | None
+    verified_at: datetime | None
+
+
+@dataclass(frozen=True)
 class CatalogRow:
     """One image row as the uploader and ``verify`` need it."""
 
     key: str
     rel_path: str
     patient_guid: str
-    size: int
-    mtime_ns: int
-    sha256: str
+    size: int | None  # None until the first content is settled
+    mtime_ns: int | None
+    sha256: str | None
     etag: str | None
     state: str
+
+
+def _chunks(values: list[Any], size: int = _LOOKUP_CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def now() -> datetime:
@@ -145,8 +192,8 @@ def _row(r: Any) -> CatalogRow:
         key=r.key,
         rel_path=r.rel_path,
         patient_guid=r.patient_guid,
-        size=int(r.source_size),
-        mtime_ns=int(r.source_mtime_ns),
+        size=None if r.source_size is None else int(r.source_size),
+        mtime_ns=None if r.source_mtime_ns is None else int(r.source_mtime_ns),
         sha256=r.sha256,
         etag=r.etag,
         state=r.state,
@@ -174,7 +221,7 @@ class Catalog:
         sa_url = make_url(url)
         if password:
             sa_url = sa_url.set(password=password)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if sa_url.get_backend_name() == "sqlite":
             path = sa_url.database or ""
             if not path or path == ":memory:":
@@ -187,7 +234,7 @@ class Catalog:
                 ) from None
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
-            kwargs["pool_size"] = 20
+            kwargs.update(pool_size=20, pool_pre_ping=True)
         try:
             engine = sa.create_engine(sa_url, **kwargs)
         except (SQLAlchemyError, ImportError) as exc:
@@ -232,186 +279,232 @@ class Catalog:
             with self._write_lock, self.engine.begin() as conn:
                 yield conn
 
-    def _series_id(self, clinic_id: str, header: DicomHeader) -> int | None:
-        """The series row of ``header`` (created with its study if new); None if unknown."""
-        if UNKNOWN in (header.study_instance_uid, header.series_instance_uid):
-            return None
-        cache_key = (clinic_id, header.study_instance_uid, header.series_instance_uid)
-        if cache_key in self._series_cache:
-            return self._series_cache[cache_key]
-        found_id = self._find_or_create_series(clinic_id, header)
-        self._series_cache[cache_key] = found_id
-        return found_id
+    def _insert_ignore(self, table: sa.Table, index: list[str]) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in this database's dialect."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table).on_conflict_do_nothing(index_elements=index)
 
-    def _find_or_create_series(self, clinic_id: str, header: DicomHeader) -> int:
-        for _ in range(3):
-            with self.engine.connect() as conn:
-                found = conn.execute(
-                    sa.select(series.c.id)
-                    .join(studies, series.c.study_id == studies.c.id)
-                    .where(
-                        studies.c.clinic_id == clinic_id,
-                        studies.c.study_instance_uid == header.study_instance_uid,
-                        series.c.series_instance_uid == header.series_instance_uid,
+    def _series_ids(self, clinic_id: str, headers: Iterable[DicomHeader]) -> None:
+        """Make sure a study and series row exists for every header with known UIDs
+        (filling ``self._series_cache``); safe against concurrent writers."""
+        wanted: dict[tuple[str, str], str] = {}
+        for h in headers:
+            if UNKNOWN in (h.study_instance_uid, h.series_instance_uid):
+                continue
+            cache_key = (clinic_id, h.study_instance_uid, h.series_instance_uid)
+            if cache_key not in self._series_cache:
+                wanted[(h.study_instance_uid, h.series_instance_uid)] = h.modality
+        if not wanted:
+            return
+        t = now()
+        study_uids = sorted({study for study, _ in wanted})
+        with self._begin() as conn:
+            conn.execute(
+                self._insert_ignore(studies, ["clinic_id", "study_instance_uid"]),
+                [
+                    {"clinic_id": clinic_id, "study_instance_uid": u, "created_at": t}
+                    for u in study_uids
+                ],
+            )
+            study_ids: dict[str, int] = {}
+            for chunk in _chunks(study_uids):
+                for r in conn.execute(
+                    sa.select(studies.c.id, studies.c.study_instance_uid).where(
+                        studies.c.clinic_id == clinic_id, studies.c.study_instance_uid.in_(chunk)
                     )
-                ).scalar()
-            if found is not None:
-                return int(found)
-            try:
-                with self._begin() as conn:
-                    study_id = conn.execute(
-                        sa.select(studies.c.id).where(
-                            studies.c.clinic_id == clinic_id,
-                            studies.c.study_instance_uid == header.study_instance_uid,
-                        )
-                    ).scalar()
-                    if study_id is None:
-                        study_id = conn.execute(
-                            sa.insert(studies).values(
-                                clinic_id=clinic_id,
-                                study_instance_uid=header.study_instance_uid,
-                                created_at=now(),
-                            )
-                        ).inserted_primary_key[0]
-                    return int(
-                        conn.execute(
-                            sa.insert(series).values(
-                                study_id=study_id,
-                                series_instance_uid=header.series_instance_uid,
-                                modality=header.modality,
-                                created_at=now(),
-                            )
-                        ).inserted_primary_key[0]
+                ):
+                    study_ids[r.study_instance_uid] = int(r.id)
+            conn.execute(
+                self._insert_ignore(series, ["study_id", "series_instance_uid"]),
+                [
+                    {
+                        "study_id": study_ids[study],
+                        "series_instance_uid": ser,
+                        "modality": modality,
+                        "created_at": t,
+                    }
+                    for (study, ser), modality in wanted.items()
+                ],
+            )
+            by_study: dict[int, str] = {v: k for k, v in study_ids.items()}
+            for chunk in _chunks(sorted({ser for _, ser in wanted})):
+                for r in conn.execute(
+                    sa.select(series.c.id, series.c.study_id, series.c.series_instance_uid).where(
+                        series.c.study_id.in_(list(by_study)),
+                        series.c.series_instance_uid.in_(chunk),
                     )
-            except IntegrityError:
-                continue  # another thread or worker created it first: read it
-        raise RuntimeError("catalog: could not record the series")
+                ):
+                    study_uid = by_study[int(r.study_id)]
+                    self._series_cache[(clinic_id, study_uid, r.series_instance_uid)] = int(r.id)
+
+    def _series_of(self, clinic_id: str, header: DicomHeader) -> int | None:
+        return self._series_cache.get(
+            (clinic_id, header.study_instance_uid, header.series_instance_uid)
+        )
 
     def mark_pending(
-        self, clinic_id: str, key: str, info: SourceInfo, flow_run_id: str | None
+        self, clinic_id: str, items: list[PendingItem], flow_run_id: str | None
     ) -> None:
-        """Record that ``key`` is about to be uploaded from ``info`` (before any byte goes).
+        """Record that these keys are about to be uploaded (before any of their bytes go).
 
-        If the row held other content that S3 had accepted, that content moves to the
-        history first.
+        A new key gets a row with no content yet; an existing row keeps its last accepted
+        content (checksum, size, ETag, times) until the new content is settled, so that
+        content can still move to the history then.
         """
-        self._record(clinic_id, key, info, flow_run_id, PENDING, None)
-
-    def _record(
-        self,
-        clinic_id: str,
-        key: str,
-        info: SourceInfo,
-        flow_run_id: str | None,
-        state: str,
-        etag: str | None,
-    ) -> None:
-        series_id = self._series_id(clinic_id, info.header)
+        if not items:
+            return
         t = now()
-        values = {
-            "image_id": info.image_id,
-            "patient_guid": info.patient_guid,
-            "rel_path": info.rel_path,
-            "source_size": info.size,
-            "source_mtime_ns": info.mtime_ns,
-            "sha256": info.sha256,
-            "etag": etag,
-            "series_id": series_id,
-            "sop_instance_uid": info.header.sop_instance_uid,
-            "modality": info.header.modality,
-            "acquisition_date": info.header.acquisition_date,
-            "state": state,
-            "pending_at": t,
-            "uploaded_at": None,
-            "verified_at": t if state == VERIFIED else None,
-            "flow_run_id": flow_run_id,
-            "updated_at": t,
-        }
         with self._begin() as conn:
-            old = conn.execute(
-                sa.select(images).where(images.c.clinic_id == clinic_id, images.c.key == key)
-            ).first()
-            if old is None:
-                conn.execute(sa.insert(images).values(clinic_id=clinic_id, key=key, **values))
-                return
-            if old.sha256 != info.sha256 and old.state in (UPLOADED, VERIFIED):
+            existing: dict[str, int] = {}
+            for chunk in _chunks([i.key for i in items]):
+                for r in conn.execute(
+                    sa.select(images.c.id, images.c.key).where(
+                        images.c.clinic_id == clinic_id, images.c.key.in_(chunk)
+                    )
+                ):
+                    existing[r.key] = int(r.id)
+            new = [
+                {
+                    "clinic_id": clinic_id,
+                    "key": i.key,
+                    "image_id": i.image_id,
+                    "patient_guid": i.patient_guid,
+                    "rel_path": i.rel_path,
+                    "state": PENDING,
+                    "pending_at": t,
+                    "flow_run_id": flow_run_id,
+                    "updated_at": t,
+                }
+                for i in items
+                if i.key not in existing
+            ]
+            if new:
+                conn.execute(sa.insert(images), new)
+            old = [
+                {"row_id": existing[i.key], "p_rel_path": i.rel_path}
+                for i in items
+                if i.key in existing
+            ]
+            if old:
                 conn.execute(
-                    sa.insert(image_history).values(
-                        image_row_id=old.id,
-                        sha256=old.sha256,
-                        source_size=old.source_size,
-                        source_mtime_ns=old.source_mtime_ns,
-                        etag=old.etag,
-                        state=old.state,
-                        verified_at=old.verified_at,
-                        replaced_at=t,
-                        replaced_by_flow_run_id=flow_run_id,
+                    sa.update(images)
+                    .where(images.c.id == sa.bindparam("row_id"))
+                    .values(
+                        state=PENDING,
+                        rel_path=sa.bindparam("p_rel_path"),
+                        pending_at=t,
+                        flow_run_id=flow_run_id,
+                        updated_at=t,
+                    ),
+                    old,
+                )
+
+    def release_pending(self, clinic_id: str, keys: list[str]) -> None:
+        """Undo :meth:`mark_pending` for keys that will not be uploaded (bad input): a row
+        that never had content goes; one that had keeps its last accepted content and
+        state."""
+        if not keys:
+            return
+        t = now()
+        with self._begin() as conn:
+            for chunk in _chunks(keys):
+                mine = sa.and_(
+                    images.c.clinic_id == clinic_id,
+                    images.c.key.in_(chunk),
+                    images.c.state == PENDING,
+                )
+                conn.execute(sa.delete(images).where(mine, images.c.sha256.is_(None)))
+                conn.execute(
+                    sa.update(images)
+                    .where(mine)
+                    .values(
+                        state=sa.case(
+                            (images.c.verified_at.is_not(None), VERIFIED), else_=UPLOADED
+                        ),
+                        updated_at=t,
                     )
                 )
-            conn.execute(sa.update(images).where(images.c.id == old.id).values(**values))
 
-    def _set_state(
-        self,
-        clinic_id: str,
-        key: str,
-        sha256: str,
-        state: str,
-        etag: str,
-        flow_run_id: str | None,
-        uploaded_at: datetime | None = None,
-    ) -> None:
+    def settle(self, clinic_id: str, records: list[Settled], flow_run_id: str | None) -> None:
+        """Record what S3 accepted (*uploaded*) or confirmed (*verified*), in one transaction.
+
+        A row whose previously accepted content had another checksum keeps that content in
+        ``image_history``. Keys without a row (content found in S3 already) get one.
+        """
+        if not records:
+            return
+        self._series_ids(clinic_id, [r.info.header for r in records])
         t = now()
-        values: dict[str, Any] = {
-            "state": state,
-            "etag": etag,
-            "flow_run_id": flow_run_id,
-            "updated_at": t,
-            f"{state}_at": t,
-        }
-        if uploaded_at is not None:
-            values["uploaded_at"] = uploaded_at
         with self._begin() as conn:
-            result = conn.execute(
-                sa.update(images)
-                .where(
-                    images.c.clinic_id == clinic_id,
-                    images.c.key == key,
-                    images.c.sha256 == sha256,  # only the content this call is about
+            old: dict[str, Any] = {}
+            for chunk in _chunks([r.key for r in records]):
+                for row in conn.execute(
+                    sa.select(images).where(
+                        images.c.clinic_id == clinic_id, images.c.key.in_(chunk)
+                    )
+                ):
+                    old[row.key] = row
+            history = []
+            inserts = []
+            updates = []
+            for rec in records:
+                info = rec.info
+                values = {
+                    "image_id": info.image_id,
+                    "patient_guid": info.patient_guid,
+                    "rel_path": info.rel_path,
+                    "source_size": info.size,
+                    "source_mtime_ns": info.mtime_ns,
+                    "sha256": info.sha256,
+                    "etag": rec.etag,
+                    "series_id": self._series_of(clinic_id, info.header),
+                    "sop_instance_uid": info.header.sop_instance_uid,
+                    "modality": info.header.modality,
+                    "acquisition_date": info.header.acquisition_date,
+                    "state": rec.state,
+                    "uploaded_at": rec.uploaded_at,
+                    "verified_at": rec.verified_at,
+                    "flow_run_id": flow_run_id,
+                    "updated_at": t,
+                }
+                prev = old.get(rec.key)
+                if prev is None:
+                    inserts.append(
+                        {"clinic_id": clinic_id, "key": rec.key, "pending_at": t, **values}
+                    )
+                    continue
+                accepted = prev.verified_at is not None or prev.uploaded_at is not None
+                if prev.sha256 is not None and prev.sha256 != info.sha256 and accepted:
+                    history.append(
+                        {
+                            "image_row_id": prev.id,
+                            "sha256": prev.sha256,
+                            "source_size": prev.source_size,
+                            "source_mtime_ns": prev.source_mtime_ns,
+                            "etag": prev.etag,
+                            "state": VERIFIED if prev.verified_at is not None else UPLOADED,
+                            "verified_at": prev.verified_at,
+                            "replaced_at": t,
+                            "replaced_by_flow_run_id": flow_run_id,
+                        }
+                    )
+                updates.append(
+                    {"row_id": prev.id, **{f"v_{name}": values[name] for name in _SETTLED_COLUMNS}}
                 )
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                raise RuntimeError(f"catalog: no pending row for {key} with this content")
-
-    def mark_uploaded(
-        self, clinic_id: str, key: str, sha256: str, etag: str, flow_run_id: str | None
-    ) -> None:
-        """S3 accepted the body (it checked our SHA-256 and MD5 on receipt)."""
-        self._set_state(clinic_id, key, sha256, UPLOADED, etag, flow_run_id)
-
-    def mark_verified(
-        self,
-        clinic_id: str,
-        key: str,
-        sha256: str,
-        etag: str,
-        flow_run_id: str | None,
-        uploaded_at: datetime | None = None,
-    ) -> None:
-        """S3 reported a size and checksum matching the local file.
-
-        ``uploaded_at``: when S3 accepted the body, if it was not recorded separately (the
-        uploader writes *uploaded* on its own only when the confirmation fails, saving a
-        write per image; a crash in between leaves the row *pending*, which the next run
-        settles by comparing contents)."""
-        self._set_state(clinic_id, key, sha256, VERIFIED, etag, flow_run_id, uploaded_at)
-
-    def record_verified(
-        self, clinic_id: str, key: str, info: SourceInfo, etag: str, flow_run_id: str | None
-    ) -> None:
-        """An object found in S3 already matching the file (e.g. a new worker, no catalog):
-        recorded verified in one write."""
-        self._record(clinic_id, key, info, flow_run_id, VERIFIED, etag)
+            if history:
+                conn.execute(sa.insert(image_history), history)
+            if inserts:
+                conn.execute(sa.insert(images), inserts)
+            if updates:
+                conn.execute(
+                    sa.update(images)
+                    .where(images.c.id == sa.bindparam("row_id"))
+                    .values({name: sa.bindparam(f"v_{name}") for name in _SETTLED_COLUMNS}),
+                    updates,
+                )
 
     # -- reading -------------------------------------------------------------------------
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import VERIFIED, Catalog, CatalogRow, SourceInfo, now
+from .catalog import UPLOADED as ROW_UPLOADED
+from .catalog import VERIFIED, Catalog, CatalogRow, PendingItem, Settled, SourceInfo, now
 from .config import ClinicConfig
 from .dicom_meta import DicomHeader, file_digests, read_header, sha256_file
 from .errors import BadInputError, ErrorKind, SourceChangedError, classify, describe
@@ -48,6 +50,7 @@ REJECTED = "rejected"
 FAILED = "failed"
 
 _STABLE_READ_TRIES = 3
+SETTLE_EVERY = 64  # catalog rows written per transaction while a batch runs
 SOURCE_CHANGE_ATTEMPTS = 3
 SOURCE_CHANGE_PAUSE = 0.5  # seconds, times the attempt number
 
@@ -119,6 +122,9 @@ class BatchUploader:
         self.threshold = config.transfer.multipart_threshold_mb * MB
         self.part_size = config.transfer.part_size_mb * MB
         self.fatal: str | None = None  # first configuration error seen; stops the batch
+        self._settled: list[Settled] = []
+        self._settled_lock = threading.Lock()
+        self._unrecorded: dict[str, str] = {}  # key -> why the catalog could not record it
 
     def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
         """True if the object has the content whose ETag / SHA-256 are given."""
@@ -159,24 +165,15 @@ class BatchUploader:
         size = st.st_size
         if size == 0:
             raise BadInputError("empty file")
-        if (
-            row is not None
-            and row.state == VERIFIED
-            and remote is not None
-            and row.rel_path == item.rel_path
-            and row.size == size == remote.size
-            and row.mtime_ns == st.st_mtime_ns
-            and row.etag == remote.etag
-        ):
+        if verified_unchanged(item, row, remote, st):
             return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
         if remote is not None and remote.size == size:
             etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
                 if self.catalog is not None:
                     info = self._info(item, size, st.st_mtime_ns, sha, read_header(path))
-                    self.catalog.record_verified(
-                        self.config.clinic_id, item.key, info, remote.etag, self.flow_run_id
-                    )
+                    t = now()
+                    self._settle(Settled(item.key, info, VERIFIED, remote.etag, None, t))
                 return Outcome(UNCHANGED, item.rel_path, item.key)
         if size <= self.threshold:
             return self._upload_small(item, path)
@@ -186,7 +183,6 @@ class BatchUploader:
         data, st = _read_stable(path)
         sha = hashlib.sha256(data).hexdigest()
         info = self._info(item, st.st_size, st.st_mtime_ns, sha, read_header(data))
-        self._pending(item, info)
         stored = put_small(
             self.client, self.config.s3.bucket, item.key, data, self._metadata(item, info)
         )
@@ -203,7 +199,6 @@ class BatchUploader:
         before = os.stat(path)
         sha = sha256_file(path)
         info = self._info(item, before.st_size, before.st_mtime_ns, sha, header)
-        self._pending(item, info)
         stored = put_multipart(
             self.client,
             self.config.s3.bucket,
@@ -231,28 +226,44 @@ class BatchUploader:
             header=header,
         )
 
-    def _pending(self, item: PlannedImage, info: SourceInfo) -> None:
-        if self.catalog is not None:
-            self.catalog.mark_pending(self.config.clinic_id, item.key, info, self.flow_run_id)
-
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
         """S3 accepted the body: ask S3 what it stores, and only then mark it verified.
 
-        If S3 does not confirm, the row is left *uploaded* and the error propagates."""
-        clinic = self.config.clinic_id
+        If S3 does not confirm, the row is recorded *uploaded* and the error propagates."""
         accepted_at = now()
         try:
             etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
         except Exception:
-            if self.catalog is not None:
-                self.catalog.mark_uploaded(
-                    clinic, item.key, info.sha256, stored.etag, self.flow_run_id
-                )
+            self._settle(Settled(item.key, info, ROW_UPLOADED, stored.etag, accepted_at, None))
             raise
-        if self.catalog is not None:
-            self.catalog.mark_verified(
-                clinic, item.key, info.sha256, etag, self.flow_run_id, uploaded_at=accepted_at
-            )
+        self._settle(Settled(item.key, info, VERIFIED, etag, accepted_at, now()))
+
+    def _settle(self, record: Settled) -> None:
+        """Queue a catalog record; written every :data:`SETTLE_EVERY` records and at the end
+        of the batch. A crash before that leaves the rows *pending*: the next run compares
+        contents and settles them without uploading again."""
+        if self.catalog is None:
+            return
+        with self._settled_lock:
+            self._settled.append(record)
+            full = len(self._settled) >= SETTLE_EVERY
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued catalog records (one transaction)."""
+        if self.catalog is None:
+            return
+        with self._settled_lock:
+            records, self._settled = self._settled, []
+        if not records:
+            return
+        try:
+            self.catalog.settle(self.config.clinic_id, records, self.flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - those images are reported failed
+            reason = f"in S3, but the catalog could not record it: {describe(exc)}"
+            with self._settled_lock:
+                self._unrecorded.update({r.key: reason for r in records})
 
     def _metadata(self, item: PlannedImage, info: SourceInfo) -> dict[str, str]:
         return build_metadata(
@@ -279,7 +290,8 @@ class BatchUploader:
             return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
 
     def upload_batch(self, items: list[PlannedImage]) -> list[Outcome]:
-        """Process ``items``: list each patient prefix once, then upload concurrently."""
+        """Process ``items``: list each patient prefix once, record what is not verified and
+        unchanged as *pending* (one transaction), then upload concurrently."""
         rows: dict[str, CatalogRow] = {}
         if self.catalog is not None:
             rows = self.catalog.lookup(self.config.clinic_id, [i.key for i in items])
@@ -291,7 +303,39 @@ class BatchUploader:
             except Exception as exc:  # noqa: BLE001 - reported on each image of the prefix
                 listings[guid] = exc
 
+        unchanged: set[str] = set()
+        for item in items:
+            listing = listings[item.patient_guid]
+            if isinstance(listing, Exception):
+                continue
+            try:
+                st = os.stat(self.root / item.rel_path)
+            except OSError:
+                continue  # reported by process()
+            if st.st_size and verified_unchanged(
+                item, rows.get(item.key), listing.get(item.key), st
+            ):
+                unchanged.add(item.key)
+        if self.catalog is not None:
+            pending = [
+                PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid)
+                for i in items
+                if i.key not in unchanged and not isinstance(listings[i.patient_guid], Exception)
+            ]
+            try:
+                self.catalog.mark_pending(self.config.clinic_id, pending, self.flow_run_id)
+            except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
+                reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
+                return [
+                    Outcome(UNCHANGED, i.rel_path, i.key)
+                    if i.key in unchanged
+                    else Outcome(FAILED, i.rel_path, i.key, reason=reason)
+                    for i in items
+                ]
+
         def run(item: PlannedImage) -> Outcome:
+            if item.key in unchanged:
+                return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
             if self.fatal:
                 reason = f"not attempted: {self.fatal}"
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason, fatal=True)
@@ -305,5 +349,36 @@ class BatchUploader:
             return self._safe_process(item, listing.get(item.key), rows.get(item.key))
 
         workers = min(self.config.transfer.upload_concurrency, max(1, len(items)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:
-            return list(pool.map(run, items))
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:
+                outcomes = list(pool.map(run, items))
+        finally:
+            self.flush()
+        rejected = [o.key for o in outcomes if o.status == REJECTED]
+        if self.catalog is not None and rejected:
+            try:
+                self.catalog.release_pending(self.config.clinic_id, rejected)
+            except Exception:  # noqa: BLE001 - a stale pending row is redone next run
+                log.warning("catalog: could not release %d pending row(s)", len(rejected))
+        return [
+            Outcome(FAILED, o.path, o.key, reason=self._unrecorded[o.key])
+            if o.key in self._unrecorded and o.status != FAILED
+            else o
+            for o in outcomes
+        ]
+
+
+def verified_unchanged(
+    item: PlannedImage, row: CatalogRow | None, remote: RemoteObject | None, st: os.stat_result
+) -> bool:
+    """The catalog verified this key from this path with this size and mtime, and S3 lists
+    it with the size and ETag that were verified: no need to read the file."""
+    return (
+        row is not None
+        and row.state == VERIFIED
+        and remote is not None
+        and row.rel_path == item.rel_path
+        and row.size == st.st_size == remote.size
+        and row.mtime_ns == st.st_mtime_ns
+        and row.etag == remote.etag
+    )

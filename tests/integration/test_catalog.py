@@ -18,8 +18,11 @@ from pdata_sync.catalog import (
     VERIFIED,
     VERSION_TABLE,
     Catalog,
+    PendingItem,
+    Settled,
     SourceInfo,
     metadata,
+    now,
     series,
     studies,
 )
@@ -65,62 +68,66 @@ def test_migrations_build_exactly_the_declared_schema(catalog):
     catalog.migrate()  # idempotent
 
 
+KEY = f"images/{GUID}/c1_7_x.dcm"
+
+
+def pending(key=KEY, path="P_1/0000_7.dcm"):
+    return [PendingItem(key, path, 7, GUID)]
+
+
+def settled(state, sha="a" * 64, etag="etag1", key=KEY, **kwargs):
+    t = now()
+    return [Settled(key, info(sha=sha, **kwargs), state, etag, t, t if state == VERIFIED else None)]
+
+
 def test_states_move_forward_with_times_and_flow_run(catalog):
-    key = f"images/{GUID}/c1_7_x.dcm"
-    catalog.mark_pending("c1", key, info(), "run-1")
-    row = catalog.lookup("c1", [key])[key]
-    assert row.state == PENDING and row.etag is None
-    catalog.mark_uploaded("c1", key, "a" * 64, "etag1", "run-1")
-    assert catalog.lookup("c1", [key])[key].state == UPLOADED
-    catalog.mark_verified("c1", key, "a" * 64, "etag1", "run-1")
-    row = catalog.lookup("c1", [key])[key]
+    catalog.mark_pending("c1", pending(), "run-1")
+    row = catalog.lookup("c1", [KEY])[KEY]
+    assert row.state == PENDING and row.etag is None and row.sha256 is None
+    catalog.settle("c1", settled(UPLOADED), "run-1")
+    assert catalog.lookup("c1", [KEY])[KEY].state == UPLOADED
+    catalog.settle("c1", settled(VERIFIED), "run-1")
+    row = catalog.lookup("c1", [KEY])[KEY]
     assert (row.state, row.etag, row.size, row.mtime_ns) == (VERIFIED, "etag1", 100, 1)
     with catalog.engine.connect() as conn:
         r = conn.execute(sa.text("SELECT * FROM images")).mappings().one()
     assert r["pending_at"] <= r["uploaded_at"] <= r["verified_at"]
-    assert r["flow_run_id"] == "run-1" and r["modality"] == "IO"
-    assert catalog.lookup("c2", [key]) == {}  # clinics are separate
+    assert r["flow_run_id"] == "run-1" and r["modality"] == "IO" and r["sha256"] == "a" * 64
+    assert catalog.lookup("c2", [KEY]) == {}  # clinics are separate
     assert catalog.state_counts("c1") == {VERIFIED: 1}
 
 
-def test_verify_refuses_other_content_than_the_pending_one(catalog):
-    key = f"images/{GUID}/c1_7_x.dcm"
-    catalog.mark_pending("c1", key, info(sha="a" * 64), None)
-    with pytest.raises(RuntimeError, match="no pending row"):
-        catalog.mark_verified("c1", key, "b" * 64, "e", None)
-    assert catalog.lookup("c1", [key])[key].state == PENDING
-
-
 def test_changed_source_keeps_its_history(catalog):
-    key = f"images/{GUID}/c1_7_x.dcm"
-    catalog.record_verified("c1", key, info(sha="a" * 64, size=100, mtime=1), "e1", "run-1")
-    catalog.mark_pending("c1", key, info(sha="b" * 64, size=120, mtime=2), "run-2")
-    catalog.mark_uploaded("c1", key, "b" * 64, "e2", "run-2")
-    catalog.mark_verified("c1", key, "b" * 64, "e2", "run-2")
-    history = catalog.history("c1", key)
+    catalog.settle("c1", settled(VERIFIED, sha="a" * 64, etag="e1", size=100), "run-1")
+    catalog.mark_pending("c1", pending(), "run-2")
+    row = catalog.lookup("c1", [KEY])[KEY]
+    assert row.state == PENDING and row.sha256 == "a" * 64  # last accepted content kept
+    catalog.settle("c1", settled(UPLOADED, sha="b" * 64, etag="e2", size=120, mtime=2), "run-2")
+    catalog.settle("c1", settled(VERIFIED, sha="b" * 64, etag="e2", size=120, mtime=2), "run-2")
+    history = catalog.history("c1", KEY)
     assert [(h["sha256"], h["source_size"], h["etag"], h["state"]) for h in history] == [
         ("a" * 64, 100, "e1", VERIFIED)
     ]
-    assert (
-        history[0]["verified_at"] is not None and history[0]["replaced_by_flow_run_id"] == "run-2"
-    )
-    row = catalog.lookup("c1", [key])[key]
+    assert history[0]["verified_at"] is not None
+    assert history[0]["replaced_by_flow_run_id"] == "run-2"
+    row = catalog.lookup("c1", [KEY])[KEY]
     assert (row.sha256, row.size, row.state) == ("b" * 64, 120, VERIFIED)
-    # re-recording the same content adds no history
-    catalog.mark_pending("c1", key, info(sha="b" * 64, size=120, mtime=3), "run-3")
-    assert len(catalog.history("c1", key)) == 1
+    # settling the same content again adds no history
+    catalog.mark_pending("c1", pending(), "run-3")
+    catalog.settle("c1", settled(VERIFIED, sha="b" * 64, etag="e2", size=120, mtime=3), "run-3")
+    assert len(catalog.history("c1", KEY)) == 1
 
 
 def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog):
-    """16 threads record 64 images of 2 studies x 2 series at once: one row per UID."""
+    """16 threads record 64 images of 2 studies x 4 series at once: one row per UID."""
 
     def record(n: int) -> None:
         study = f"1.2.{n % 2}"
         key = f"images/{GUID}/c1_{n}_x.dcm"
+        catalog.mark_pending("c1", pending(key, f"P_1/0000_{n}.dcm"), "run")
+        t = now()
         item = info(path=f"P_1/0000_{n}.dcm", sha=f"{n:064x}", study=study, ser=f"{study}.{n % 4}")
-        catalog.mark_pending("c1", key, item, "run")
-        catalog.mark_uploaded("c1", key, item.sha256, f"e{n}", "run")
-        catalog.mark_verified("c1", key, item.sha256, f"e{n}", "run")
+        catalog.settle("c1", [Settled(key, item, VERIFIED, f"e{n}", t, t)], "run")
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(record, range(64)))
@@ -134,9 +141,17 @@ def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog):
     assert sorted(n for _, n in per_series) == [16, 16, 16, 16]
 
 
+def test_a_second_worker_on_the_same_catalog_reuses_studies_and_series(catalog):
+    """Another process (its own series cache) sees the rows the first one created."""
+    catalog.settle("c1", settled(VERIFIED), "run")
+    other = Catalog(catalog.engine)
+    other.settle("c1", settled(VERIFIED, key=f"images/{GUID}/c1_8_x.dcm"), "run")
+    with catalog.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(series)).scalar() == 1
+
+
 def test_unknown_uids_leave_the_series_empty(catalog):
-    key = f"images/{GUID}/c1_7_x.dcm"
-    catalog.mark_pending("c1", key, info(study=UNKNOWN, ser=UNKNOWN), None)
+    catalog.settle("c1", settled(VERIFIED, study=UNKNOWN, ser=UNKNOWN), None)
     with catalog.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT series_id FROM images")).scalar() is None
 
@@ -149,3 +164,12 @@ def test_unreachable_catalog_is_a_config_error_naming_it(postgres, tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="catalog: cannot create the folder"):
         Catalog.open(f"sqlite:///{blocker / 'sub' / 'catalog.sqlite'}")
+
+
+def test_released_pending_rows_go_or_get_their_last_state_back(catalog):
+    other = f"images/{GUID}/c1_8_x.dcm"
+    catalog.settle("c1", settled(VERIFIED), "run-1")
+    catalog.mark_pending("c1", pending() + pending(other, "P_1/0000_8.dcm"), "run-2")
+    catalog.release_pending("c1", [KEY, other])  # both turned out to be bad input
+    rows = catalog.lookup("c1", [KEY, other])
+    assert set(rows) == {KEY} and rows[KEY].state == VERIFIED and rows[KEY].sha256 == "a" * 64

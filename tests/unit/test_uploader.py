@@ -145,14 +145,18 @@ def test_missing_bucket_stops_the_batch_with_one_clear_reason(tmp_path, s3):
     assert all(o.reason.startswith("not attempted: S3: bucket") for o in out[1:])
 
 
-class _LyingHead:
-    """A client whose HEAD reports one byte less than S3 stores: S3 did not confirm."""
+class _Lying:
+    """A client through which S3's reports differ from what was sent: a PUT answers another
+    ETag, a HEAD one byte less. S3 did not confirm the upload."""
 
     def __init__(self, client):
         self._client = client
 
     def __getattr__(self, name):
         return getattr(self._client, name)
+
+    def put_object(self, **kwargs):
+        return {**self._client.put_object(**kwargs), "ETag": '"' + "0" * 32 + '"'}
 
     def head_object(self, **kwargs):
         response = self._client.head_object(**kwargs)
@@ -167,14 +171,15 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
 
     root = tmp_path / "PDATA"
     dcm(root, "P_1/0000_1.dcm", 1)
-    dcm(root, "P_1/0000_2.dcm", 2)
+    dcm(root, "P_1/0000_2.dcm", 2, frames=700)  # 5.7 MB: multipart, confirmed by HEAD
     items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
-    cfg = config(root)
+    cfg = config(root, multipart_threshold_mb=5, part_size_mb=5)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     client = make_client(cfg.s3, cfg.transfer)
 
-    lying = BatchUploader(cfg, _LyingHead(client), catalog, "run-1").upload_batch(items)
+    lying = BatchUploader(cfg, _Lying(client), catalog, "run-1").upload_batch(items)
     assert [o.status for o in lying] == [FAILED, FAILED]
+    assert "answered ETag" in lying[0].reason and "bytes for" in lying[1].reason
     assert all("not verified" in o.reason for o in lying)
     rows = catalog.lookup("c-1", [i.key for i in items])
     assert {r.state for r in rows.values()} == {ROW_UPLOADED}  # accepted, never verified
@@ -196,8 +201,12 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
 
     # a changed file goes pending -> verified again, with the old content in the history
     dcm(root, "P_1/0000_1.dcm", 1, seed=99)
-    changed = BatchUploader(cfg, client, catalog, "run-4").upload_batch(items[:1])
-    assert [o.status for o in changed] == [UPLOADED]
+    changed = BatchUploader(cfg, _Lying(client), catalog, "run-4").upload_batch(items[:1])
+    assert [o.status for o in changed] == [FAILED]
+    assert catalog.lookup("c-1", [items[0].key])[items[0].key].state == "uploaded"
+    # S3 holds the new content (it just did not say so): the next run settles it, no upload
+    changed = BatchUploader(cfg, client, catalog, "run-5").upload_batch(items[:1])
+    assert [o.status for o in changed] == [UNCHANGED]
     row = catalog.lookup("c-1", [items[0].key])[items[0].key]
     assert row.state == VERIFIED and row.state != PENDING
     assert len(catalog.history("c-1", items[0].key)) == 1
