@@ -12,15 +12,14 @@ from prefect.cache_policies import NO_CACHE
 from pdata_sync.config import S3Config
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.retrieval import list_patient_images, validate_expiry, validate_guid
-from pdata_sync.s3_store import make_client
-from tasks.credentials import aws_keys
+from tasks.credentials import s3_client
 
 
 @task(name="list-patient-images", cache_policy=NO_CACHE, persist_result=False)
 def list_images_task(
     s3: S3Config, patient_guid: str, presign_seconds: int | None, download_dir: str | None
 ) -> list[dict[str, Any]]:
-    client = make_client(s3, keys=aws_keys(s3))
+    client = s3_client(s3)
     return list_patient_images(
         client, s3, patient_guid, presign_seconds=presign_seconds, download_dir=download_dir
     )

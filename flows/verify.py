@@ -12,17 +12,17 @@ from prefect.cache_policies import NO_CACHE
 
 from pdata_sync.config import ClinicConfig
 from pdata_sync.logsafety import protect_logs
-from pdata_sync.s3_store import check_bucket, make_client
+from pdata_sync.s3_store import check_bucket
 from pdata_sync.verify import verify_catalog
 from tasks.catalog import belongs_to_clinic, open_catalog
-from tasks.credentials import aws_keys
+from tasks.credentials import s3_client
 
 from .sync import artifact_key
 
 
 @task(name="verify-catalog", cache_policy=NO_CACHE, persist_result=False)
 def verify_task(config: ClinicConfig) -> dict[str, Any]:
-    client = make_client(config.s3, config.transfer, aws_keys(config.s3))
+    client = s3_client(config.s3, config.transfer)
     check_bucket(client, config.s3.bucket)
     drift = verify_catalog(
         open_catalog(config),

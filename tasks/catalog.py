@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from pdata_sync.catalog import Catalog, default_catalog_url
 from pdata_sync.config import ClinicConfig
 from pdata_sync.keys import parse_key
-from pdata_sync.s3_store import abort_interrupted_uploads, make_client
+from pdata_sync.s3_store import abort_interrupted_uploads
 
-from .credentials import aws_keys, catalog_password
+from .credentials import catalog_password, s3_client
 from .resolve import state_dir
 
 _OPEN: dict[str, Catalog] = {}
@@ -49,7 +49,7 @@ def prepare_catalog(config: ClinicConfig) -> int:
     """Open (create or upgrade) the catalog, and abort multipart uploads that an earlier,
     interrupted run of this clinic left open. Returns how many were aborted."""
     open_catalog(config)
-    client = make_client(config.s3, config.transfer, aws_keys(config.s3))
+    client = s3_client(config.s3, config.transfer)
     aborted = abort_interrupted_uploads(
         client, config.s3.bucket, "images/", belongs_to_clinic(config)
     )

@@ -3,11 +3,13 @@ environment. Never from the config file; never logged."""
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
-from pdata_sync.config import CatalogConfig, DatabaseConfig, S3Config
+from pdata_sync.config import CatalogConfig, DatabaseConfig, S3Config, TransferConfig
 from pdata_sync.errors import ConfigError
-from pdata_sync.s3_store import AwsKeys
+from pdata_sync.s3_store import AwsKeys, make_client
 
 DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
 CATALOG_PASSWORD_ENV = "PDATA_SYNC_CATALOG_PASSWORD"
@@ -78,3 +80,14 @@ def save_secret_block(name: str, value: str) -> None:
     from prefect.blocks.system import Secret
 
     Secret(value=value).save(name, overwrite=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_client(s3: S3Config, transfer: TransferConfig, keys: AwsKeys | None) -> Any:
+    return make_client(s3, transfer, keys)
+
+
+def s3_client(s3: S3Config, transfer: TransferConfig | None = None) -> Any:
+    """The process's S3 client for these settings and credentials (boto3 clients are
+    thread-safe; building one loads botocore's models, about 0.1 s of CPU)."""
+    return _cached_client(s3, transfer or TransferConfig(), aws_keys(s3))

@@ -8,17 +8,17 @@ from prefect.runtime import flow_run
 
 from pdata_sync.config import ClinicConfig
 from pdata_sync.plan import PlannedImage
-from pdata_sync.s3_store import check_bucket, make_client
+from pdata_sync.s3_store import check_bucket
 from pdata_sync.uploader import BatchUploader, Outcome
 
 from .catalog import open_catalog
-from .credentials import aws_keys
+from .credentials import s3_client
 
 
 @task(name="check-bucket", cache_policy=NO_CACHE, persist_result=False)
 def check_destination(config: ClinicConfig) -> None:
     """Fail fast if the bucket is missing or the credentials cannot reach it."""
-    check_bucket(make_client(config.s3, config.transfer, aws_keys(config.s3)), config.s3.bucket)
+    check_bucket(s3_client(config.s3, config.transfer), config.s3.bucket)
 
 
 @task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)
@@ -26,6 +26,6 @@ def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> list[Outcom
     """Upload one batch concurrently on one shared client; per-image outcomes as data.
 
     Every upload is recorded in the catalog and verified against what S3 reports."""
-    client = make_client(config.s3, config.transfer, aws_keys(config.s3))
+    client = s3_client(config.s3, config.transfer)
     uploader = BatchUploader(config, client, open_catalog(config), flow_run.get_id())
     return uploader.upload_batch(batch)
