@@ -6,10 +6,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import pydicom
-from pydicom.errors import InvalidDicomError
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import BadInputError
 
@@ -26,7 +23,11 @@ class DicomHeader:
     acquisition_date: str  # YYYYMMDD as in DICOM, or "unknown"
 
 
-def _text(ds: pydicom.Dataset, *keywords: str) -> str:
+if TYPE_CHECKING:  # pydicom is imported when a header is read: a no-change run never does
+    import pydicom
+
+
+def _text(ds: pydicom.Dataset | Any, *keywords: str) -> str:
     for kw in keywords:
         value = ds.get(kw)
         if value not in (None, ""):
@@ -47,6 +48,9 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
         fp: BinaryIO | str | Path = io.BytesIO(source)
     else:
         fp = source
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False)
     except InvalidDicomError:
