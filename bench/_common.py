@@ -7,6 +7,8 @@ import contextlib
 import io
 import os
 import platform
+import resource
+import shutil
 import struct
 import subprocess
 import sys
@@ -22,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 CLI = str(Path(sys.executable).parent / "pdata-sync")
 MB = 1024 * 1024
+TIME = shutil.which("time", path="/usr/bin:/bin")  # GNU time, for peak RSS
 
 
 @dataclass
@@ -35,26 +38,26 @@ class Measured:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> Measured:
-    """Run ``cmd`` to completion; wall time and the child's own peak RSS (``wait4``)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out, err = "", ""
-    # communicate() would reap the child itself; read the pipes, then wait4 for its rusage
-    with proc.stdout, proc.stderr:  # type: ignore[union-attr]
-        out = proc.stdout.read()  # type: ignore[union-attr]
-        err = proc.stderr.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    cpu = usage.ru_utime + usage.ru_stime
-    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, cpu, out, err)
+    """Run ``cmd`` to completion: wall time, CPU time and peak RSS of the command itself.
+
+    The peak RSS comes from GNU time (``/usr/bin/time``): a child forked straight from this
+    (large) Python process would count this process's pages as its own peak until it execs.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        wrapped = [TIME, "-f", "%M %U %S", "-o", rss.name, *cmd] if TIME else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.run(wrapped, env=env, cwd=cwd, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        figures = rss.read().split() if TIME else []
+    if len(figures) >= 3:
+        peak_mb = int(figures[-3]) / 1024
+        cpu = float(figures[-2]) + float(figures[-1])
+    else:  # no GNU time: an upper bound (includes this process's pages before exec)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_mb, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return Measured(seconds, peak_mb, proc.returncode, cpu, proc.stdout, proc.stderr)
 
 
 @contextlib.contextmanager

@@ -70,6 +70,9 @@ def command(tool: str, paths: dict[str, str], src: str, s3: object, config: Path
 
 
 def tool_env(base: dict[str, str], s3: object) -> dict[str, str]:
+    # The server is plain http on 127.0.0.1; a CA bundle in the environment only breaks
+    # rclone 1.60 ("LoadCustomCABundleError"), so no tool gets one.
+    base = {k: v for k, v in base.items() if k != "AWS_CA_BUNDLE"}
     return {
         **base,
         **s3.env(),  # type: ignore[attr-defined]
