@@ -111,6 +111,29 @@ def file_digests(path: str | Path, size: int, threshold: int, part_size: int) ->
     return multipart_etag(part_md5s), whole_sha.hexdigest()
 
 
+def part_digests(path: str | Path, part_size: int) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """``(sha256_hex, [(md5, sha256) of each part])`` of ``path`` in one streaming read."""
+    whole = hashlib.sha256()
+    parts: list[tuple[bytes, bytes]] = []
+    md5, sha, filled = hashlib.md5(), hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            whole.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                take = min(part_size - filled, len(view))
+                md5.update(view[:take])
+                sha.update(view[:take])
+                filled += take
+                view = view[take:]
+                if filled == part_size:
+                    parts.append((md5.digest(), sha.digest()))
+                    md5, sha, filled = hashlib.md5(), hashlib.sha256(), 0
+    if filled:
+        parts.append((md5.digest(), sha.digest()))
+    return whole.hexdigest(), parts
+
+
 def expected_etag(path: str | Path, size: int, threshold: int, part_size: int) -> str:
     """The ETag S3 would report for ``path`` if pdata-sync uploaded it (see
     :func:`file_digests`)."""

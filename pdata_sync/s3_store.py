@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ MB = 1024 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 # Parts of one multipart upload in flight at once (memory: this many parts per file).
 PARTS_IN_FLIGHT = 4
+# Part buffers held at once by the whole process, across concurrent multipart uploads:
+# memory stays under about this many part sizes (12 x 8 MB) however many files go up.
+MAX_PARTS_IN_MEMORY = 12
+_PART_SLOTS = threading.BoundedSemaphore(MAX_PARTS_IN_MEMORY)
 
 METADATA_KEYS = (
     "clinic-id",
@@ -235,14 +240,19 @@ def put_multipart(
     metadata: dict[str, str],
     expected_mtime_ns: int | None = None,
     on_created: Callable[[str], None] | None = None,
+    digests: list[tuple[bytes, bytes]] | None = None,
 ) -> Stored:
     """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
 
-    Memory stays at about ``PARTS_IN_FLIGHT`` parts. Before completing, the whole file's
-    SHA-256 is recomputed from the bytes sent and the file is stat'ed again; if either
-    differs from what was expected (the file changed since it was hashed, e.g. it is still
-    being written) the upload is aborted, so no torn object is ever created. Any failure
-    aborts the multipart upload. ``on_created`` is called with the upload id first.
+    ``digests``: the (MD5, SHA-256) of every part, computed in the same pass as
+    ``expected_sha256`` (:func:`pdata_sync.dicom_meta.part_digests`); S3 refuses any part
+    whose bytes no longer match them, so the parts need not be hashed again. Without them,
+    each part is hashed as it is sent and the whole file's SHA-256 is recomputed from the
+    bytes sent. Either way the file is stat'ed again before completing; if it changed
+    (e.g. it is still being written) the upload is aborted, so no torn object is ever
+    created. Memory: at most ``PARTS_IN_FLIGHT`` parts per file and
+    ``MAX_PARTS_IN_MEMORY`` in the process. Any failure aborts the multipart upload.
+    ``on_created`` is called with the upload id first.
     """
     created = client.create_multipart_upload(
         Bucket=bucket,
@@ -260,17 +270,35 @@ def put_multipart(
     pending: set[Future[dict[str, Any]]] = set()
 
     def send(number: int, body: bytes) -> dict[str, Any]:
-        md5 = hashlib.md5(body).digest()
-        sha = _b64(hashlib.sha256(body).digest())
-        r = client.upload_part(
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=body,
-            ContentMD5=_b64(md5),
-            ChecksumSHA256=sha,
-        )
+        try:
+            if digests is not None:
+                md5, sha_raw = digests[number - 1]
+                if len(body) != min(part_size, expected_size - (number - 1) * part_size):
+                    raise SourceChangedError("file changed while it was being uploaded")
+            else:
+                md5, sha_raw = hashlib.md5(body).digest(), hashlib.sha256(body).digest()
+            sha = _b64(sha_raw)
+            try:
+                r = client.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentMD5=_b64(md5),
+                    ChecksumSHA256=sha,
+                )
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if (
+                    digests is not None
+                    and code in _DIGEST_CODES
+                    and _changed(path, expected_size, expected_mtime_ns)
+                ):
+                    raise SourceChangedError("file changed while it was being uploaded") from None
+                raise
+        finally:
+            _PART_SLOTS.release()
         return {
             "PartNumber": number,
             "ETag": r["ETag"],
@@ -283,17 +311,24 @@ def put_multipart(
         with open(path, "rb") as fh, ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
             number = 0
             while True:
-                body = _read_part(fh, part_size)
-                if not body:
-                    break
-                number += 1
-                whole.update(body)
-                sent += len(body)
                 if len(pending) >= PARTS_IN_FLIGHT:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         part = fut.result()
                         parts[part["PartNumber"]] = part
+                _PART_SLOTS.acquire()  # released by send(), whatever happens
+                try:
+                    body = _read_part(fh, part_size)
+                except BaseException:
+                    _PART_SLOTS.release()
+                    raise
+                if not body:
+                    _PART_SLOTS.release()
+                    break
+                number += 1
+                if digests is None:
+                    whole.update(body)
+                sent += len(body)
                 pending.add(pool.submit(send, number, body))
                 del body
             for fut in pending:
@@ -302,7 +337,8 @@ def put_multipart(
         after = os.stat(path)
         if (
             sent != expected_size
-            or whole.hexdigest() != expected_sha256
+            or (digests is None and whole.hexdigest() != expected_sha256)
+            or (digests is not None and number != len(digests))
             or after.st_size != expected_size
             or (expected_mtime_ns is not None and after.st_mtime_ns != expected_mtime_ns)
         ):
@@ -332,6 +368,17 @@ def put_multipart(
         multipart=True,
         answered_sha256=response.get("ChecksumSHA256"),
     )
+
+
+_DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidRequest"}
+
+
+def _changed(path: str | Path, size: int, mtime_ns: int | None) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns)
 
 
 def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from .catalog import UPLOADED as ROW_UPLOADED
 from .catalog import VERIFIED, Catalog, CatalogRow, PendingItem, Settled, SourceInfo, now
 from .config import ClinicConfig
-from .dicom_meta import DicomHeader, file_digests, read_header, sha256_file
+from .dicom_meta import DicomHeader, file_digests, part_digests, read_header
 from .errors import BadInputError, ErrorKind, SourceChangedError, classify, describe
 from .keys import patient_prefix
 from .plan import PlannedImage
@@ -197,7 +197,7 @@ class BatchUploader:
     def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
         header = read_header(path)
         before = os.stat(path)
-        sha = sha256_file(path)
+        sha, digests = part_digests(path, self.part_size)
         info = self._info(item, before.st_size, before.st_mtime_ns, sha, header)
         stored = put_multipart(
             self.client,
@@ -209,6 +209,7 @@ class BatchUploader:
             expected_size=before.st_size,
             expected_mtime_ns=before.st_mtime_ns,
             metadata=self._metadata(item, info),
+            digests=digests,
         )
         self._confirm(item, info, stored)
         return Outcome(UPLOADED, item.rel_path, item.key, bytes=before.st_size)

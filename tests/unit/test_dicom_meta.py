@@ -73,3 +73,21 @@ def test_expected_etag_single_and_multipart(tmp_path: Path):
     expected = multipart_etag([hashlib.md5(p).digest() for p in parts])
     assert expected_etag(path, len(data), threshold=4096, part_size=4096) == expected
     assert expected.endswith("-3")
+
+
+def test_part_digests_agree_with_the_streaming_hashes(tmp_path):
+    import hashlib
+    import random
+
+    from pdata_sync.dicom_meta import expected_etag, multipart_etag, part_digests, sha256_file
+
+    path = tmp_path / "f.bin"
+    for size in (5 * 1024 * 1024, 5 * 1024 * 1024 + 1, 12 * 1024 * 1024 + 7):
+        data = random.Random(size).randbytes(size)
+        path.write_bytes(data)
+        sha, parts = part_digests(path, 5 * 1024 * 1024)
+        assert sha == sha256_file(path)
+        assert len(parts) == -(-size // (5 * 1024 * 1024))
+        assert parts[-1][1] == hashlib.sha256(data[(len(parts) - 1) * 5 * 1024 * 1024 :]).digest()
+        etag = multipart_etag([md5 for md5, _ in parts])
+        assert etag == expected_etag(path, size, 4 * 1024 * 1024, 5 * 1024 * 1024)
