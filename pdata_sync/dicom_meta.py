@@ -132,18 +132,3 @@ def part_digests(path: str | Path, part_size: int) -> tuple[str, list[tuple[byte
     if filled:
         parts.append((md5.digest(), sha.digest()))
     return whole.hexdigest(), parts
-
-
-def expected_etag(path: str | Path, size: int, threshold: int, part_size: int) -> str:
-    """The ETag S3 would report for ``path`` if pdata-sync uploaded it (see
-    :func:`file_digests`)."""
-    return file_digests(path, size, threshold, part_size)[0]
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, streaming."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -235,24 +235,19 @@ def put_multipart(
     path: str | Path,
     *,
     part_size: int,
-    expected_sha256: str,
+    digests: list[tuple[bytes, bytes]],
     expected_size: int,
     metadata: dict[str, str],
     expected_mtime_ns: int | None = None,
-    on_created: Callable[[str], None] | None = None,
-    digests: list[tuple[bytes, bytes]] | None = None,
 ) -> Stored:
     """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
 
-    ``digests``: the (MD5, SHA-256) of every part, computed in the same pass as
-    ``expected_sha256`` (:func:`pdata_sync.dicom_meta.part_digests`); S3 refuses any part
-    whose bytes no longer match them, so the parts need not be hashed again. Without them,
-    each part is hashed as it is sent and the whole file's SHA-256 is recomputed from the
-    bytes sent. Either way the file is stat'ed again before completing; if it changed
-    (e.g. it is still being written) the upload is aborted, so no torn object is ever
-    created. Memory: at most ``PARTS_IN_FLIGHT`` parts per file and
-    ``MAX_PARTS_IN_MEMORY`` in the process. Any failure aborts the multipart upload.
-    ``on_created`` is called with the upload id first.
+    ``digests``: the (MD5, SHA-256) of every part, computed when the file was hashed
+    (:func:`pdata_sync.dicom_meta.part_digests`). S3 refuses any part whose bytes no longer
+    match them, so the parts need not be hashed again; the file is stat'ed again before
+    completing, and if it changed (e.g. it is still being written) the upload is aborted,
+    so no torn object is ever created. Memory: at most ``PARTS_IN_FLIGHT`` parts per file
+    and ``MAX_PARTS_IN_MEMORY`` in the process. Any failure aborts the multipart upload.
     """
     created = client.create_multipart_upload(
         Bucket=bucket,
@@ -262,22 +257,14 @@ def put_multipart(
         Metadata=metadata,
     )
     upload_id = created["UploadId"]
-    if on_created is not None:
-        on_created(upload_id)
-    whole = hashlib.sha256()
-    sent = 0
     parts: dict[int, dict[str, Any]] = {}
     pending: set[Future[dict[str, Any]]] = set()
 
     def send(number: int, body: bytes) -> dict[str, Any]:
         try:
-            if digests is not None:
-                md5, sha_raw = digests[number - 1]
-                if len(body) != min(part_size, expected_size - (number - 1) * part_size):
-                    raise SourceChangedError("file changed while it was being uploaded")
-            else:
-                md5, sha_raw = hashlib.md5(body).digest(), hashlib.sha256(body).digest()
-            sha = _b64(sha_raw)
+            if len(body) != min(part_size, expected_size - (number - 1) * part_size):
+                raise SourceChangedError("file changed while it was being uploaded")
+            md5, sha = digests[number - 1]
             try:
                 r = client.upload_part(
                     Bucket=bucket,
@@ -286,31 +273,20 @@ def put_multipart(
                     PartNumber=number,
                     Body=body,
                     ContentMD5=_b64(md5),
-                    ChecksumSHA256=sha,
+                    ChecksumSHA256=_b64(sha),
                 )
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
-                if (
-                    digests is not None
-                    and code in _DIGEST_CODES
-                    and _changed(path, expected_size, expected_mtime_ns)
-                ):
+                if code in _DIGEST_CODES and _changed(path, expected_size, expected_mtime_ns):
                     raise SourceChangedError("file changed while it was being uploaded") from None
                 raise
         finally:
             _PART_SLOTS.release()
-        return {
-            "PartNumber": number,
-            "ETag": r["ETag"],
-            "ChecksumSHA256": sha,
-            "_md5": md5,
-            "_sha": base64.b64decode(sha),
-        }
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": _b64(sha)}
 
     try:
         with open(path, "rb") as fh, ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
-            number = 0
-            while True:
+            for number in range(1, len(digests) + 1):
                 if len(pending) >= PARTS_IN_FLIGHT:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
@@ -322,49 +298,32 @@ def put_multipart(
                 except BaseException:
                     _PART_SLOTS.release()
                     raise
-                if not body:
-                    _PART_SLOTS.release()
-                    break
-                number += 1
-                if digests is None:
-                    whole.update(body)
-                sent += len(body)
                 pending.add(pool.submit(send, number, body))
                 del body
             for fut in pending:
                 part = fut.result()
                 parts[part["PartNumber"]] = part
         after = os.stat(path)
-        if (
-            sent != expected_size
-            or (digests is None and whole.hexdigest() != expected_sha256)
-            or (digests is not None and number != len(digests))
-            or after.st_size != expected_size
-            or (expected_mtime_ns is not None and after.st_mtime_ns != expected_mtime_ns)
+        if after.st_size != expected_size or (
+            expected_mtime_ns is not None and after.st_mtime_ns != expected_mtime_ns
         ):
             raise SourceChangedError("file changed while it was being uploaded; not stored")
         response = client.complete_multipart_upload(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [
-                    {k: v for k, v in parts[n].items() if not k.startswith("_")}
-                    for n in sorted(parts)
-                ]
-            },
+            MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]},
         )
     except BaseException:
         with contextlib.suppress(Exception):  # the original error matters more
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise
-    ordered = [parts[n] for n in sorted(parts)]
     return Stored(
         etag=str(response.get("ETag", "")).strip('"'),
-        sent_etag=multipart_etag([p["_md5"] for p in ordered]),
-        sent_sha256=f"{_b64(hashlib.sha256(b''.join(p['_sha'] for p in ordered)).digest())}"
-        f"-{len(ordered)}",
-        size=sent,
+        sent_etag=multipart_etag([md5 for md5, _ in digests]),
+        sent_sha256=f"{_b64(hashlib.sha256(b''.join(sha for _, sha in digests)).digest())}"
+        f"-{len(digests)}",
+        size=expected_size,
         multipart=True,
         answered_sha256=response.get("ChecksumSHA256"),
     )

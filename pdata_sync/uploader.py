@@ -205,7 +205,6 @@ class BatchUploader:
             item.key,
             path,
             part_size=self.part_size,
-            expected_sha256=sha,
             expected_size=before.st_size,
             expected_mtime_ns=before.st_mtime_ns,
             metadata=self._metadata(item, info),

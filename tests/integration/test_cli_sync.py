@@ -299,6 +299,7 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
     """Integrity: a body damaged between client and server never lands (SeaweedFS checks
     the SHA-256 / MD5 we send; moto would not)."""
     from pdata_sync.config import load_config
+    from pdata_sync.dicom_meta import part_digests
     from pdata_sync.s3_store import make_client, put_multipart, put_small
 
     clinic, client, resolver, config, env = setup
@@ -324,7 +325,7 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
     big = Path(clinic.pdata_root) / "big.bin"
     try:
         big.write_bytes(random.Random(1).randbytes(6 * 1024 * 1024))
-        sha = hashlib.sha256(big.read_bytes()).hexdigest()
+        _, digests = part_digests(big, 5 * 1024 * 1024)
         with pytest.raises(Exception, match=REFUSED):
             put_multipart(
                 evil,
@@ -332,7 +333,7 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
                 "images/x/corrupt-big.dcm",
                 big,
                 part_size=5 * 1024 * 1024,
-                expected_sha256=sha,
+                digests=digests,
                 expected_size=big.stat().st_size,
                 metadata={},
             )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.dicom_meta import UNKNOWN, expected_etag, multipart_etag, read_header
+from pdata_sync.dicom_meta import UNKNOWN, file_digests, multipart_etag, read_header
 from pdata_sync.errors import BadInputError
 
 
@@ -66,12 +66,12 @@ def test_expected_etag_single_and_multipart(tmp_path: Path):
     path = tmp_path / "f"
     path.write_bytes(data)
     assert (
-        expected_etag(path, len(data), threshold=len(data), part_size=4096)
+        file_digests(path, len(data), threshold=len(data), part_size=4096)[0]
         == hashlib.md5(data).hexdigest()
     )
     parts = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     expected = multipart_etag([hashlib.md5(p).digest() for p in parts])
-    assert expected_etag(path, len(data), threshold=4096, part_size=4096) == expected
+    assert file_digests(path, len(data), threshold=4096, part_size=4096)[0] == expected
     assert expected.endswith("-3")
 
 
@@ -79,15 +79,15 @@ def test_part_digests_agree_with_the_streaming_hashes(tmp_path):
     import hashlib
     import random
 
-    from pdata_sync.dicom_meta import expected_etag, multipart_etag, part_digests, sha256_file
+    from pdata_sync.dicom_meta import multipart_etag, part_digests
 
     path = tmp_path / "f.bin"
     for size in (5 * 1024 * 1024, 5 * 1024 * 1024 + 1, 12 * 1024 * 1024 + 7):
         data = random.Random(size).randbytes(size)
         path.write_bytes(data)
         sha, parts = part_digests(path, 5 * 1024 * 1024)
-        assert sha == sha256_file(path)
+        assert sha == hashlib.sha256(data).hexdigest()
         assert len(parts) == -(-size // (5 * 1024 * 1024))
         assert parts[-1][1] == hashlib.sha256(data[(len(parts) - 1) * 5 * 1024 * 1024 :]).digest()
         etag = multipart_etag([md5 for md5, _ in parts])
-        assert etag == expected_etag(path, size, 4 * 1024 * 1024, 5 * 1024 * 1024)
+        assert (etag, sha) == file_digests(path, size, 4 * 1024 * 1024, 5 * 1024 * 1024)
