@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import ClinicConfig, load_config
@@ -62,8 +62,35 @@ def _refuse(message: str) -> int:
     return EXIT_REFUSED
 
 
-def _state_data(state: Any) -> Any:
-    return state.result(raise_on_failure=False)
+def _outcome(state: Any) -> tuple[Any, BaseException | None]:
+    """A flow run's (result, None), or (None, the error it ended with)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        return None, data
+    return data, None
+
+
+def _run_and_print(
+    args: argparse.Namespace,
+    label: str,
+    run: Callable[[], tuple[Any, BaseException | None]],
+    print_text: Callable[[Any], None],
+) -> tuple[Any, int | None]:
+    """Run a flow (its output kept off stdout with ``--json``) and print its result as JSON
+    or text. Returns (result, None), or (None, the exit code) when the run ended in error."""
+    with _stdout_to_stderr(args.json) as out:
+        result, error = run()
+    if error is not None:
+        if isinstance(error, ConfigError):
+            return None, _refuse(str(error))
+        print(f"pdata-sync: {label} failed: {describe(error)}", file=sys.stderr)
+        return None, EXIT_FAILED
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+        out.flush()
+    else:
+        print_text(result)
+    return result, None
 
 
 def run_sync(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -71,11 +98,7 @@ def run_sync(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException
     _prepare_prefect_env()
     from flows.sync import sync_clinic
 
-    state = sync_clinic(config=config, return_state=True)
-    data = _state_data(state)
-    if isinstance(data, BaseException):
-        return None, data
-    return data, None
+    return _outcome(sync_clinic(config=config, return_state=True))
 
 
 def run_retrieve(
@@ -92,10 +115,7 @@ def run_retrieve(
         download_dir=download,
         return_state=True,
     )
-    data = _state_data(state)
-    if isinstance(data, BaseException):
-        return None, data
-    return data, None
+    return _outcome(state)
 
 
 def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -103,11 +123,7 @@ def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseExcepti
     _prepare_prefect_env()
     from flows.verify import verify_clinic
 
-    state = verify_clinic(config=config, return_state=True)
-    data = _state_data(state)
-    if isinstance(data, BaseException):
-        return None, data
-    return data, None
+    return _outcome(verify_clinic(config=config, return_state=True))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -115,35 +131,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _refuse(str(exc))
-    with _stdout_to_stderr(args.json) as out:
-        result, error = run_verify(config)
-    if error is not None:
-        if isinstance(error, ConfigError):
-            return _refuse(str(error))
-        print(f"pdata-sync: verify failed: {describe(error)}", file=sys.stderr)
-        return EXIT_FAILED
-    assert result is not None
-    if args.json:
-        print(json.dumps(result, indent=2), file=out)
-        out.flush()
-    else:
-        print(
-            f"clinic {result['clinic_id']}: {result['rows']} catalog rows, "
-            f"{result['verified_ok']} verified and intact in S3"
-        )
-        for key in result["missing"]:
-            print(f"  missing: {key}")
-        for item in result["changed"]:
-            print(f"  changed: {item['key']}: {item['reason']}")
-        for key in result["unknown"]:
-            print(f"  unknown: {key}")
-        for key in result["unverified"]:
-            print(f"  not yet verified: {key}")
+    result, code = _run_and_print(args, "verify", lambda: run_verify(config), _print_drift)
+    if code is not None:
+        return code
     if not result["ok"]:
         drift = len(result["missing"]) + len(result["changed"]) + len(result["unknown"])
         print(f"pdata-sync: {drift} object(s) differ from the catalog", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _print_drift(result: dict[str, Any]) -> None:
+    print(
+        f"clinic {result['clinic_id']}: {result['rows']} catalog rows, "
+        f"{result['verified_ok']} verified and intact in S3"
+    )
+    for key in result["missing"]:
+        print(f"  missing: {key}")
+    for item in result["changed"]:
+        print(f"  changed: {item['key']}: {item['reason']}")
+    for key in result["unknown"]:
+        print(f"  unknown: {key}")
+    for key in result["unverified"]:
+        print(f"  not yet verified: {key}")
+
+
+def _print_images(images: list[dict[str, Any]]) -> None:
+    for img in images:
+        print(f"{img['key']}  {img['size']} bytes  {img['last_modified']}")
+        if "url" in img:
+            print(f"  {img['url']}")
+    print(f"{len(images)} image(s)", file=sys.stderr)
 
 
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
@@ -167,19 +185,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _refuse(str(exc))
-    with _stdout_to_stderr(args.json) as out:
-        summary, error = run_sync(config)
-    if error is not None:
-        if isinstance(error, ConfigError):
-            return _refuse(str(error))
-        print(f"pdata-sync: sync failed: {describe(error)}", file=sys.stderr)
-        return EXIT_FAILED
-    assert summary is not None
-    if args.json:
-        print(json.dumps(summary, indent=2), file=out)
-        out.flush()
-    else:
-        _print_summary(summary, sys.stdout)
+    summary, code = _run_and_print(
+        args, "sync", lambda: run_sync(config), lambda s: _print_summary(s, sys.stdout)
+    )
+    if code is not None:
+        return code
     if summary["failed"]:
         print(f"pdata-sync: {len(summary['failed'])} image(s) failed", file=sys.stderr)
         return EXIT_FAILED
@@ -196,24 +206,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
             validate_expiry(args.presign)
     except ConfigError as exc:
         return _refuse(str(exc))
-    with _stdout_to_stderr(args.json) as out:
-        images, error = run_retrieve(config, args.patient_guid, args.presign, args.download)
-    if error is not None:
-        if isinstance(error, ConfigError):
-            return _refuse(str(error))
-        print(f"pdata-sync: retrieve failed: {describe(error)}", file=sys.stderr)
-        return EXIT_FAILED
-    assert images is not None
-    if args.json:
-        print(json.dumps(images, indent=2), file=out)
-        out.flush()
-    else:
-        for img in images:
-            print(f"{img['key']}  {img['size']} bytes  {img['last_modified']}")
-            if "url" in img:
-                print(f"  {img['url']}")
-        print(f"{len(images)} image(s)", file=sys.stderr)
-    return EXIT_OK
+    _, code = _run_and_print(
+        args,
+        "retrieve",
+        lambda: run_retrieve(config, args.patient_guid, args.presign, args.download),
+        _print_images,
+    )
+    return EXIT_OK if code is None else code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
@@ -43,6 +43,21 @@ def _block_name(value: str | None) -> str | None:
             f"{value!r} is not a Prefect block name (lower-case letters, digits and dashes)"
         )
     return value
+
+
+def _url_without_password(value: str, block_field: str, env: str) -> URL:
+    """Parse a SQLAlchemy URL, refusing one that carries a password (secrets never live in
+    the config); the message names where the password belongs instead."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
+    if url.password:
+        raise ValueError(
+            "the URL contains a password; remove it and store the password in a Prefect "
+            f"Secret block ({block_field}) or {env}"
+        )
+    return url
 
 
 class _Model(BaseModel):
@@ -86,15 +101,7 @@ class DatabaseConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url_is_sqlalchemy_without_password(cls, value: str) -> str:
-        try:
-            url = make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
-        if url.password:
-            raise ValueError(
-                "the URL contains a password; remove it and store the password in a Prefect "
-                "Secret block (database.password_secret_block) or PDATA_SYNC_DB_PASSWORD"
-            )
+        _url_without_password(value, "database.password_secret_block", "PDATA_SYNC_DB_PASSWORD")
         return value
 
     @field_validator("db_schema", "patient_deleted_column", "media_deleted_column", mode="before")
@@ -262,15 +269,9 @@ class CatalogConfig(_Model):
     def _catalog_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            url = make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
-        if url.password:
-            raise ValueError(
-                "the URL contains a password; remove it and store the password in a Prefect "
-                "Secret block (catalog.password_secret_block) or PDATA_SYNC_CATALOG_PASSWORD"
-            )
+        url = _url_without_password(
+            value, "catalog.password_secret_block", "PDATA_SYNC_CATALOG_PASSWORD"
+        )
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("the catalog runs on SQLite or PostgreSQL")
         return value

@@ -134,3 +134,14 @@ def test_presign_defaults_to_one_hour_and_refuses_more_than_seven_days():
     for bad in (0, -1, 7 * 24 * 3600 + 1):
         with pytest.raises(InvalidRequestError, match="presign"):
             validate_expiry(bad)
+
+
+def test_catalog_url_refuses_a_password_and_other_databases():
+    data = with_change("catalog", {"url": "postgresql+psycopg://cat:Hunter2-secret@h/db"})
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "catalog.url" in str(err.value) and "PDATA_SYNC_CATALOG_PASSWORD" in str(err.value)
+    assert "Hunter2-secret" not in str(err.value)
+    with pytest.raises(ConfigError, match="SQLite or PostgreSQL"):
+        parse_config(with_change("catalog", {"url": "mssql+pyodbc://u@h/db"}))
+    assert parse_config(with_change("catalog", {"url": " "})).catalog.url is None
