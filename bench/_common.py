@@ -196,32 +196,3 @@ def make_tree(
     tree = Tree(clinic_id, str(pdata), str(db_path), str(mapping_path), image_id - 1, total)
     stamp.write_text(_json.dumps({"spec": spec, "tree": tree.__dict__}))
     return tree
-
-
-def write_tree_config(
-    path: Path, tree: Tree, *, resolver_url: str, endpoint: str, state_dir: Path, **transfer: object
-) -> Path:
-    """A clinic config for a benchmark tree."""
-    import yaml
-
-    data = {
-        "clinic_id": tree.clinic_id,
-        "pdata_root": tree.pdata_root,
-        "database": {"url": f"sqlite:///{tree.database_path}", "schema": None},
-        "resolver": {"url": resolver_url, "batch_size": 500},
-        "s3": {"bucket": "dental-images", "region": "us-east-1", "endpoint_url": endpoint},
-        "transfer": {"state_dir": str(state_dir), **transfer},
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def empty_bucket(client: object, bucket: str = "dental-images", prefix: str = "") -> None:
-    """Delete every object (and open multipart upload) under ``prefix``."""
-    paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        for start in range(0, len(keys), 1000):
-            client.delete_objects(  # type: ignore[attr-defined]
-                Bucket=bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True}
-            )

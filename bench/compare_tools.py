@@ -26,15 +26,15 @@ from _common import (
     MB,
     ROOT,
     Measured,
-    empty_bucket,
     machine,
     make_tree,
     run_measured,
     servers,
-    write_tree_config,
 )
 
 from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
 
 BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"
@@ -112,9 +112,10 @@ def main() -> int:
             results[case] = {t: {"initial": [], "nochange": [], "rss": []} for t in tools}
             with ResolverServer(mapping) as resolver:
                 state = work / f"state-{case}"
-                config = write_tree_config(
+                config = write_config(
                     work / f"{case}.yaml",
                     tree,
+                    resolver_batch_size=500,
                     resolver_url=resolver.url,
                     endpoint=s3.endpoint,  # type: ignore[attr-defined]
                     state_dir=state,

@@ -27,10 +27,10 @@ from _common import (
     run_measured,
     servers,
     write_big_dicom,
-    write_tree_config,
 )
 
 from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
 
 TARGET_MB = 300
 
@@ -51,9 +51,10 @@ def main() -> int:
     mapping = json.loads(Path(tree.mapping_path).read_text())
 
     with servers(work) as (s3, prefect), ResolverServer(mapping) as resolver:
-        config = write_tree_config(
+        config = write_config(
             work / "clinic.yaml",
             tree,
+            resolver_batch_size=500,
             resolver_url=resolver.url,
             endpoint=s3.endpoint,
             state_dir=work / "state",

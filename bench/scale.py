@@ -20,15 +20,15 @@ from pathlib import Path
 from _common import (
     CLI,
     MB,
-    empty_bucket,
     machine,
     make_tree,
     run_measured,
     servers,
-    write_tree_config,
 )
 
 from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
 
 
 def task_runs(api_url: str, flow_run_id: str) -> dict[str, int]:
@@ -78,14 +78,15 @@ def main() -> int:
     print(f"tree: {tree.files} files, {tree.bytes / MB:.0f} MB ({time.perf_counter() - t0:.0f} s)")
     mapping = json.loads(Path(tree.mapping_path).read_text())
     with servers(work / "servers") as (s3, prefect), ResolverServer(mapping) as resolver:
-        empty_bucket(s3.client())  # type: ignore[attr-defined]
+        empty_bucket(s3.client(), "dental-images")  # type: ignore[attr-defined]
         state = work / "state"
         import shutil
 
         shutil.rmtree(state, ignore_errors=True)
-        config = write_tree_config(
+        config = write_config(
             work / "scale.yaml",
             tree,
+            resolver_batch_size=500,
             resolver_url=resolver.url,
             endpoint=s3.endpoint,  # type: ignore[attr-defined]
             state_dir=state,

@@ -41,6 +41,15 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     return snap
 
 
+def stored_objects(client, prefix: str = "images/") -> dict[str, bytes]:
+    """key -> stored bytes of every object under ``prefix`` in the test bucket."""
+    stored = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            stored[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return stored
+
+
 @pytest.fixture
 def clinic(tmp_path: Path) -> Manifest:
     return make_clinic(tmp_path / "clinic")

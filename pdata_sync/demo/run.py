@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,19 +28,21 @@ BUCKET = "dental-images"
 
 def write_config(
     path: Path,
-    manifest: Manifest,
+    manifest: Manifest | Any,
     *,
     resolver_url: str,
     endpoint: str,
     state_dir: Path,
+    resolver_batch_size: int = 10,
     **transfer: object,
 ) -> Path:
-    """A clinic config file for a generated clinic (used by the demo and the tests)."""
+    """A clinic config file for a generated clinic (the demo, the tests, the benchmarks):
+    ``manifest`` is anything with ``clinic_id``, ``pdata_root`` and ``database_path``."""
     data = {
         "clinic_id": manifest.clinic_id,
         "pdata_root": manifest.pdata_root,
         "database": {"url": f"sqlite:///{manifest.database_path}", "schema": None},
-        "resolver": {"url": resolver_url, "batch_size": 10},
+        "resolver": {"url": resolver_url, "batch_size": resolver_batch_size},
         "s3": {"bucket": BUCKET, "region": "us-east-1", "endpoint_url": endpoint},
         "transfer": {"state_dir": str(state_dir), **transfer},
     }

@@ -19,6 +19,7 @@ import pytest
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import decode_name_from_metadata
 from pdata_sync.s3_store import METADATA_KEYS
 from tests.conftest import BUCKET, load_mapping, make_clinic, tree_snapshot
@@ -46,16 +47,11 @@ def all_objects(client, prefix: str = "images/") -> dict[str, dict]:
     return out
 
 
-def clear_bucket(client) -> None:
-    for key in all_objects(client, ""):
-        client.delete_object(Bucket=BUCKET, Key=key)
-
-
 @pytest.fixture
 def setup(tmp_path, seaweed, prefect_server):
     clinic = make_clinic(tmp_path / "clinic", large_files=1, large_mb=6)
     client = seaweed.client()
-    clear_bucket(client)
+    empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic), fail_first=[503, 429]) as resolver:
         config = write_config(
             tmp_path / "clinic.yaml",
@@ -69,7 +65,7 @@ def setup(tmp_path, seaweed, prefect_server):
         )
         env = {**prefect_server.env(), **seaweed.env(), "PREFECT_LOGGING_LEVEL": "INFO"}
         yield clinic, client, resolver, config, env
-    clear_bucket(client)
+    empty_bucket(client, BUCKET)
 
 
 def expected_objects(clinic) -> dict[str, dict]:

@@ -20,7 +20,8 @@ from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url
 from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, load_mapping, make_clinic, record_fault_row
+from pdata_sync.demo.seaweed import empty_bucket
+from tests.conftest import BUCKET, load_mapping, make_clinic, record_fault_row, stored_objects
 
 CLI = str(Path(sys.executable).parent / "pdata-sync")
 
@@ -49,15 +50,6 @@ RESOLVER_FAULTS = {
 }
 
 
-def s3_state(client, clinic) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """(key -> stored bytes, key -> source bytes) for everything under images/."""
-    stored = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="images/"):
-        for obj in page.get("Contents", []):
-            stored[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-    return stored
-
-
 def expected_by_prefix(clinic) -> dict[str, dict]:
     return {
         f"images/{e['patient_guid']}/{clinic.clinic_id}_{e['image_id']}_": e
@@ -71,8 +63,7 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
     on_s3 = name in S3_FAULTS
     clinic = make_clinic(tmp_path / "clinic", patients=12, images_per_patient=(1, 2))
     client = seaweed.client()
-    for key in s3_state(client, clinic):
-        client.delete_object(Bucket=BUCKET, Key=key)
+    empty_bucket(client, BUCKET)
     pdata = Path(clinic.pdata_root)
     expected = expected_by_prefix(clinic)
 
@@ -116,7 +107,7 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         (s3_proxy if on_s3 else resolver_proxy).clear()
 
         # with the fault: every expected object is there and intact, or its file is in failed
-        stored = s3_state(client, clinic)
+        stored = stored_objects(client)
         failed_paths = {f["path"] for f in summary["failed"]}
         assert all(f["reason"] for f in summary["failed"])
         assert (code == 1) == bool(summary["failed"])
@@ -138,7 +129,7 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         code, summary = sync()  # the fault is gone: one more run
         assert code == 0 and summary["failed"] == [], summary["failed"]
         # converged: exactly the expected objects, byte-identical
-        stored = s3_state(client, clinic)
+        stored = stored_objects(client)
         lost = corrupted = 0
         for prefix, entry in expected.items():
             keys = [k for k in stored if k.startswith(prefix)]

@@ -20,33 +20,19 @@ from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url
 from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, load_mapping, make_clinic
+from pdata_sync.demo.seaweed import empty_bucket
+from tests.conftest import BUCKET, load_mapping, make_clinic, stored_objects
 
 CLI = str(Path(sys.executable).parent / "pdata-sync")
-
-
-def objects(client) -> dict[str, bytes]:
-    stored = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="images/"):
-        for obj in page.get("Contents", []):
-            stored[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-    return stored
 
 
 def open_uploads(client) -> list[dict]:
     return client.list_multipart_uploads(Bucket=BUCKET, Prefix="images/").get("Uploads", [])
 
 
-def empty_bucket(client) -> None:
-    for key in objects(client):
-        client.delete_object(Bucket=BUCKET, Key=key)
-    for upload in open_uploads(client):
-        client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
-
-
 def assert_exactly_expected(client, clinic) -> dict[str, str]:
     """Every expected object once, byte-identical, nothing else; returns prefix -> key."""
-    stored = objects(client)
+    stored = stored_objects(client)
     found: dict[str, str] = {}
     for entry in clinic.expected:
         prefix = f"images/{entry['patient_guid']}/{clinic.clinic_id}_{entry['image_id']}_"
@@ -60,7 +46,7 @@ def assert_exactly_expected(client, clinic) -> dict[str, str]:
 
 def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_server):
     client = seaweed.client()
-    empty_bucket(client)
+    empty_bucket(client, BUCKET)
     clinic = make_clinic(tmp_path / "clinic", patients=12, large_files=1, large_mb=24)
     big = max(clinic.expected, key=lambda e: Path(clinic.pdata_root, e["path"]).stat().st_size)
     assert Path(clinic.pdata_root, big["path"]).stat().st_size > 20 * 1024 * 1024
@@ -102,7 +88,7 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
 
         # Killed mid-multipart: the upload is open, no partial object is visible.
         assert open_uploads(client), "no multipart upload was open at the kill"
-        landed = objects(client)
+        landed = stored_objects(client)
         assert 3 <= len(landed) < len(clinic.expected)
         prefix = f"images/{big['patient_guid']}/{clinic.clinic_id}_{big['image_id']}_"
         assert not any(k.startswith(prefix) for k in landed)
@@ -139,7 +125,7 @@ def test_verify_reports_drift_and_changes_nothing(
     backend, request, tmp_path, seaweed, prefect_server
 ):
     client = seaweed.client()
-    empty_bucket(client)
+    empty_bucket(client, BUCKET)
     clinic = make_clinic(tmp_path / "clinic", patients=8)
     env = {**os.environ, **prefect_server.env(), **seaweed.env()}
     with ResolverServer(load_mapping(clinic)) as resolver:
@@ -187,7 +173,7 @@ def test_verify_reports_drift_and_changes_nothing(
         client.put_object(Bucket=BUCKET, Key=overwritten, Body=b"DICM overwritten")
         client.put_object(Bucket=BUCKET, Key=unknown, Body=b"stray")
         client.put_object(Bucket=BUCKET, Key=foreign, Body=b"theirs")
-        before = objects(client)
+        before = stored_objects(client)
 
         code, report = cli("verify")
         assert code == 1 and not report["ok"]
@@ -196,7 +182,7 @@ def test_verify_reports_drift_and_changes_nothing(
         assert "size" in report["changed"][0]["reason"]
         assert report["unknown"] == [unknown]
         assert report["verified_ok"] == len(clinic.expected) - 2
-        assert objects(client) == before  # verify changed nothing
+        assert stored_objects(client) == before  # verify changed nothing
         if backend == "postgresql":
             return  # the catalog backend matters up to here; the rest is the same code
 
