@@ -12,6 +12,17 @@ from .errors import BadInputError
 
 UNKNOWN = "unknown"  # some S3 servers drop empty metadata values, so absent fields say this
 _HASH_CHUNK = 1024 * 1024
+# The elements a header read needs; pydicom converts only these (a real header has hundreds).
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "AcquisitionDate",
+    "ContentDate",
+    "SeriesDate",
+    "StudyDate",
+]
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False, specific_tags=_HEADER_TAGS)
     except InvalidDicomError:
         raise BadInputError("not a DICOM file (no DICM header)") from None
     except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:

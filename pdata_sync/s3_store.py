@@ -194,10 +194,18 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def put_small(client: Any, bucket: str, key: str, data: bytes, metadata: dict[str, str]) -> Stored:
-    """Upload ``data`` in one PUT with SHA-256 and MD5 checks."""
+def put_small(
+    client: Any,
+    bucket: str,
+    key: str,
+    data: bytes,
+    metadata: dict[str, str],
+    sha256_digest: bytes | None = None,
+) -> Stored:
+    """Upload ``data`` in one PUT with SHA-256 and MD5 checks (``sha256_digest``: the
+    caller's SHA-256 of ``data``, if it has it already)."""
     md5 = hashlib.md5(data).digest()
-    sha = _b64(hashlib.sha256(data).digest())
+    sha = _b64(sha256_digest or hashlib.sha256(data).digest())
     response = client.put_object(
         Bucket=bucket,
         Key=key,
