@@ -1,6 +1,7 @@
-"""Flow ``verify-clinic``: re-check S3 against the image catalog, changing nothing
-(docs/adr/0004-catalog-and-acknowledged-uploads.md). Runs in Prefect so every audit is in
-the run history, with its findings as a table artifact."""
+"""Flow ``verify-clinic``: re-check S3 against the image catalog, changing nothing in S3
+(docs/adr/0004-catalog-and-acknowledged-uploads.md); drift it finds is recorded in the
+catalog so the next sync repairs it (docs/adr/0005-trusted-no-change-runs.md). Runs in
+Prefect so every audit is in the run history, with its findings as a table artifact."""
 
 from __future__ import annotations
 

@@ -4,8 +4,10 @@ One row per object (clinic id + key), grouped into series and studies by the DIC
 An image row moves ``pending -> uploaded -> verified``: *pending* is written before the
 upload starts, *uploaded* when S3 accepted the body (its checksum checked by S3), *verified*
 only after S3 reported back the size and checksum of what it stores and they matched the
-local file (docs/adr/0004-catalog-and-acknowledged-uploads.md). A source that changes keeps
-its history: the previous checksum, size and times go to ``image_history``.
+local file (docs/adr/0004-catalog-and-acknowledged-uploads.md). ``checked_at`` is the last
+time a listing showed the object with that size and ETag again; ``verify`` marks a row
+*drifted* when S3 no longer holds what was verified (docs/adr/0005). A source that changes
+keeps its history: the previous checksum, size and times go to ``image_history``.
 
 SQLite (default, one file per worker) or PostgreSQL; the schema is created and upgraded by
 Alembic migrations (``pdata_sync/catalog_migrations``) when the catalog is opened.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +33,13 @@ from .errors import ConfigError
 PENDING = "pending"
 UPLOADED = "uploaded"
 VERIFIED = "verified"
-STATES = (PENDING, UPLOADED, VERIFIED)
+DRIFTED = "drifted"  # was verified; S3 no longer holds that content (found by verify)
+STATES = (PENDING, UPLOADED, VERIFIED, DRIFTED)
 
 VERSION_TABLE = "pdata_sync_catalog_version"
+# The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
+# tests/integration/test_catalog.py checks it against the migration scripts.
+HEAD_REVISION = "0002"
 MIGRATIONS = Path(__file__).parent / "catalog_migrations"
 _LOOKUP_CHUNK = 500
 # the columns :meth:`Catalog.settle` writes
@@ -103,8 +109,11 @@ images = sa.Table(
     sa.Column("verified_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("clinic_id", "key", name="uq_images_clinic_key"),
-    sa.CheckConstraint("state IN ('pending', 'uploaded', 'verified')", name="ck_images_state"),
+    sa.CheckConstraint(
+        "state IN ('pending', 'uploaded', 'verified', 'drifted')", name="ck_images_state"
+    ),
 )
 sa.Index("ix_images_clinic_state", images.c.clinic_id, images.c.state)
 
@@ -172,6 +181,8 @@ class CatalogRow:
     sha256: str | None
     etag: str | None
     state: str
+    # the last time S3 confirmed this content: by the upload's answer or a later listing
+    confirmed_at: datetime | None = None
 
 
 def _chunks(values: list[Any], size: int = _LOOKUP_CHUNK) -> Iterator[list[Any]]:
@@ -187,7 +198,15 @@ def _safe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything the catalog writes is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 def _row(r: Any) -> CatalogRow:
+    times = [t for t in (_aware(r.verified_at), _aware(r.checked_at)) if t is not None]
     return CatalogRow(
         key=r.key,
         rel_path=r.rel_path,
@@ -197,6 +216,7 @@ def _row(r: Any) -> CatalogRow:
         sha256=r.sha256,
         etag=r.etag,
         state=r.state,
+        confirmed_at=max(times) if times else None,
     )
 
 
@@ -253,8 +273,17 @@ class Catalog:
             catalog.migrate()
         return catalog
 
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None for a new (empty) catalog."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(VERSION_TABLE):
+                return None
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest Alembic revision."""
+        if self.schema_revision() == HEAD_REVISION:
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -505,6 +534,31 @@ class Catalog:
                     .values({name: sa.bindparam(f"v_{name}") for name in _SETTLED_COLUMNS}),
                     updates,
                 )
+
+    def record_check(
+        self, clinic_id: str, confirmed: Sequence[str], drifted: Sequence[str] = ()
+    ) -> None:
+        """Record what a listing of S3 showed: ``confirmed`` keys hold the verified size and
+        ETag (state back to *verified*, ``checked_at`` now); ``drifted`` keys do not (a
+        *verified* row becomes *drifted*, and the next sync uploads it again)."""
+        if not confirmed and not drifted:
+            return
+        t = now()
+        with self._begin() as conn:
+            for keys, state, was in (
+                (list(confirmed), VERIFIED, (VERIFIED, DRIFTED)),
+                (list(drifted), DRIFTED, (VERIFIED, DRIFTED)),
+            ):
+                for chunk in _chunks(keys):
+                    conn.execute(
+                        sa.update(images)
+                        .where(
+                            images.c.clinic_id == clinic_id,
+                            images.c.key.in_(chunk),
+                            images.c.state.in_(was),
+                        )
+                        .values(state=state, checked_at=t, updated_at=t)
+                    )
 
     # -- reading -------------------------------------------------------------------------
 

@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)
 
-    p = sub.add_parser("verify", help="re-check S3 against the catalog (changes nothing)")
+    p = sub.add_parser(
+        "verify", help="re-check S3 against the catalog (reads S3; records drift in the catalog)"
+    )
     p.add_argument("--config", required=True, help="clinic config YAML file")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_verify)

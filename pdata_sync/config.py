@@ -236,6 +236,15 @@ class TransferConfig(_Model):
     read_timeout_seconds: float = Field(
         60, gt=0, le=3600, description="S3 read timeout (no answer for this long: retried)."
     )
+    recheck_days: int = Field(
+        7,
+        ge=0,
+        le=365,
+        description="Days an upload S3 confirmed is trusted without asking S3 again: a re-run "
+        "does not list a patient's S3 folder when all of its files are unchanged and were "
+        "confirmed (by the upload, a sync's listing or verify) within this many days. 0: "
+        "list every patient on every run.",
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache and the default catalog; default "

@@ -1,9 +1,12 @@
 """Upload one batch of planned images: compare with S3, upload what is new or changed.
 
-Per batch, each patient prefix is listed once and the catalog rows of the batch are read in
-one query. An image is *unchanged* without reading the file when its catalog row is verified
-with the same path, size and mtime and the listing shows the same size and ETag; without a
-row (a new worker), when the object has the size and ETag its bytes would produce.
+Per batch, the catalog rows of the batch are read in one query. An image is *unchanged*
+without asking S3 or reading the file when its catalog row is verified with the same path,
+size and mtime and S3 confirmed it within ``transfer.recheck_days`` (docs/adr/0005). The
+S3 prefix of every other patient of the batch is listed once: an image is unchanged without
+reading the file when its verified row matches the file and the listing shows the verified
+size and ETag (the row's ``checked_at`` is renewed); without a row (a new worker), when the
+object has the size and ETag its bytes would produce.
 Everything else is read, checked to be DICOM, hashed, recorded *pending*, uploaded with
 checksums S3 verifies (*uploaded*), then confirmed by asking S3 for the size and checksum it
 stores (*verified*). Uploads run concurrently on one shared boto3 client; each image's
@@ -12,6 +15,7 @@ outcome is returned as data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,7 @@ class Outcome:
     reason: str = ""
     bytes: int = 0
     fatal: bool = False  # the set-up is wrong (e.g. access denied): the run must stop
+    trusted: bool = False  # unchanged by the catalog alone: S3 was not asked this run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +125,12 @@ class BatchUploader:
         self.catalog = catalog
         self.flow_run_id = flow_run_id
         self.root = Path(config.pdata_root)
+        # a verified row confirmed by S3 since then is trusted without listing its prefix
+        self.trusted_since: datetime | None = (
+            now() - timedelta(days=config.transfer.recheck_days)
+            if catalog is not None and config.transfer.recheck_days > 0
+            else None
+        )
         self.threshold = config.transfer.multipart_threshold_mb * MB
         self.part_size = config.transfer.part_size_mb * MB
         self.fatal: str | None = None  # first configuration error seen; stops the batch
@@ -181,10 +193,15 @@ class BatchUploader:
 
     def _upload_small(self, item: PlannedImage, path: Path) -> Outcome:
         data, st = _read_stable(path)
-        sha = hashlib.sha256(data).hexdigest()
-        info = self._info(item, st.st_size, st.st_mtime_ns, sha, read_header(data))
+        digest = hashlib.sha256(data).digest()
+        info = self._info(item, st.st_size, st.st_mtime_ns, digest.hex(), read_header(data))
         stored = put_small(
-            self.client, self.config.s3.bucket, item.key, data, self._metadata(item, info)
+            self.client,
+            self.config.s3.bucket,
+            item.key,
+            data,
+            self._metadata(item, info),
+            sha256_digest=digest,
         )
         after = os.stat(path)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -290,50 +307,73 @@ class BatchUploader:
             return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
 
     def upload_batch(self, items: list[PlannedImage]) -> list[Outcome]:
-        """Process ``items``: list each patient prefix once, record what is not verified and
-        unchanged as *pending* (one transaction), then upload concurrently."""
+        """Process ``items``: skip what the catalog vouches for, list the prefix of every
+        other patient once, record what is not verified and unchanged as *pending* (one
+        transaction), then upload concurrently."""
         rows: dict[str, CatalogRow] = {}
         if self.catalog is not None:
             rows = self.catalog.lookup(self.config.clinic_id, [i.key for i in items])
+        stats: dict[str, os.stat_result] = {}
+        for item in items:
+            with contextlib.suppress(OSError):  # reported by process()
+                stats[item.key] = os.stat(self.root / item.rel_path)
+        trusted = {
+            i.key
+            for i in items
+            if i.key in stats
+            and trusted_unchanged(i, rows.get(i.key), stats[i.key], self.trusted_since)
+        }
         listings: dict[str, dict[str, RemoteObject] | Exception] = {}
-        for guid in dict.fromkeys(i.patient_guid for i in items):
+        for guid in dict.fromkeys(i.patient_guid for i in items if i.key not in trusted):
             prefix = patient_prefix(guid)
             try:
                 listings[guid] = list_prefix(self.client, self.config.s3.bucket, prefix)
             except Exception as exc:  # noqa: BLE001 - reported on each image of the prefix
                 listings[guid] = exc
 
-        unchanged: set[str] = set()
+        unchanged: set[str] = set()  # confirmed by this run's listing
         for item in items:
-            listing = listings[item.patient_guid]
-            if isinstance(listing, Exception):
+            listing = listings.get(item.patient_guid)
+            if item.key in trusted or listing is None or isinstance(listing, Exception):
                 continue
-            try:
-                st = os.stat(self.root / item.rel_path)
-            except OSError:
-                continue  # reported by process()
-            if st.st_size and verified_unchanged(
-                item, rows.get(item.key), listing.get(item.key), st
+            st = stats.get(item.key)
+            if (
+                st is not None
+                and st.st_size
+                and verified_unchanged(item, rows.get(item.key), listing.get(item.key), st)
             ):
                 unchanged.add(item.key)
+        if self.catalog is not None and unchanged:
+            try:
+                self.catalog.record_check(self.config.clinic_id, sorted(unchanged))
+            except Exception as exc:  # noqa: BLE001 - only the trust window is not renewed
+                log.warning(
+                    "catalog: could not record %d confirmation(s): %s",
+                    len(unchanged),
+                    describe(exc),
+                )
         if self.catalog is not None:
             pending = [
                 PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid)
                 for i in items
-                if i.key not in unchanged and not isinstance(listings[i.patient_guid], Exception)
+                if i.key not in unchanged
+                and i.key not in trusted
+                and not isinstance(listings[i.patient_guid], Exception)
             ]
             try:
                 self.catalog.mark_pending(self.config.clinic_id, pending, self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
                 reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
                 return [
-                    Outcome(UNCHANGED, i.rel_path, i.key)
-                    if i.key in unchanged
+                    Outcome(UNCHANGED, i.rel_path, i.key, trusted=i.key in trusted)
+                    if i.key in unchanged or i.key in trusted
                     else Outcome(FAILED, i.rel_path, i.key, reason=reason)
                     for i in items
                 ]
 
         def run(item: PlannedImage) -> Outcome:
+            if item.key in trusted:
+                return Outcome(UNCHANGED, item.rel_path, item.key, trusted=True)
             if item.key in unchanged:
                 return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
             if self.fatal:
@@ -366,6 +406,24 @@ class BatchUploader:
             else o
             for o in outcomes
         ]
+
+
+def trusted_unchanged(
+    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
+) -> bool:
+    """The catalog verified this key from this path with this size and mtime, and S3
+    confirmed it at or after ``since``: neither S3 nor the file needs to be asked."""
+    return (
+        since is not None
+        and row is not None
+        and row.state == VERIFIED
+        and row.rel_path == item.rel_path
+        and st.st_size > 0
+        and row.size == st.st_size
+        and row.mtime_ns == st.st_mtime_ns
+        and row.confirmed_at is not None
+        and row.confirmed_at >= since
+    )
 
 
 def verified_unchanged(

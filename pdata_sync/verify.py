@@ -1,10 +1,15 @@
-"""Audit: re-check S3 against the catalog without changing anything.
+"""Audit: re-check S3 against the catalog; S3 is never changed.
 
 Every verified row must have its object, with the size and ETag (S3's own checksum of the
 content) recorded when it was verified. Objects under the listed patient prefixes that
 belong to the clinic (by their key) but have no catalog row are *unknown*. Rows not yet
 verified (an interrupted or failing upload) are reported as *unverified*, not as drift:
 the next sync finishes them.
+
+What the listing showed is recorded in the catalog: a row whose object is missing or
+changed becomes *drifted* (so the next sync uploads it again, however recently it was
+confirmed), a row whose object matches gets ``checked_at`` renewed (a drifted row whose
+object is back becomes *verified* again).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import VERIFIED, Catalog
+from .catalog import DRIFTED, VERIFIED, Catalog
 from .keys import patient_prefix
 from .s3_store import RemoteObject, list_prefix
 
@@ -60,7 +65,8 @@ def verify_catalog(
     clinic_id: str,
     belongs: Callable[[str], bool],
 ) -> Drift:
-    """Compare every catalog row of ``clinic_id`` with what S3 lists; read-only."""
+    """Compare every catalog row of ``clinic_id`` with what S3 lists, and record the
+    result in the catalog (S3 is only read)."""
     rows = catalog.rows(clinic_id)
     drift = Drift(clinic_id=clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})
@@ -74,10 +80,11 @@ def verify_catalog(
         )
     drift.prefixes_listed = len(listings)
     known: dict[str, set[str]] = defaultdict(set)
+    confirmed: list[str] = []
     for row in rows:
         known[row.patient_guid].add(row.key)
         obj: RemoteObject | None = listings[row.patient_guid].get(row.key)
-        if row.state != VERIFIED:
+        if row.state not in (VERIFIED, DRIFTED):
             drift.unverified.append(row.key)
         elif obj is None:
             drift.missing.append(row.key)
@@ -91,6 +98,8 @@ def verify_catalog(
             )
         else:
             drift.verified_ok += 1
+            confirmed.append(row.key)
     for guid, listing in listings.items():
         drift.unknown += [k for k in listing if k not in known[guid] and belongs(k)]
+    catalog.record_check(clinic_id, confirmed, drift.missing + [c["key"] for c in drift.changed])
     return drift

@@ -9,10 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from pdata_sync.catalog import (
+    DRIFTED,
+    HEAD_REVISION,
+    MIGRATIONS,
     PENDING,
     UPLOADED,
     VERIFIED,
@@ -33,15 +39,19 @@ GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def catalog(request, tmp_path):
+def catalog_db(request, tmp_path):
+    """(url, password) of an empty catalog database."""
     if request.param == "sqlite":
-        cat = Catalog.open(f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}")
-    else:
-        pg = request.getfixturevalue("postgres")
-        name = f"catalog_{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(12)
-        url = pg.create_database(name, f"owner_{name}", password)
-        cat = Catalog.open(url, password)
+        return f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}", None
+    pg = request.getfixturevalue("postgres")
+    name = f"catalog_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(12)
+    return pg.create_database(name, f"owner_{name}", password), password
+
+
+@pytest.fixture
+def catalog(catalog_db):
+    cat = Catalog.open(*catalog_db)
     yield cat
     cat.close()
 
@@ -64,8 +74,65 @@ def test_migrations_build_exactly_the_declared_schema(catalog):
         )
         version = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
     assert diff == []
-    assert version == "0001"
+    # the constant that lets an up-to-date catalog skip Alembic names the newest script
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert version == HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head()
     catalog.migrate()  # idempotent
+    assert catalog.schema_revision() == HEAD_REVISION
+
+
+def test_an_older_catalog_is_upgraded_keeping_its_rows(catalog_db):
+    """A catalog at 0001 with a verified row: opening it migrates (SQLite copies the table
+    to change its CHECK constraint) and the row keeps its content."""
+    old = Catalog.open(*catalog_db, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        t = now()
+        conn.execute(  # as a 0001 release wrote it (today's code knows newer columns)
+            sa.text(
+                "INSERT INTO images (clinic_id, key, image_id, patient_guid, rel_path,"
+                " source_size, source_mtime_ns, sha256, etag, state, verified_at, updated_at)"
+                " VALUES ('c1', :key, 7, :guid, 'P_1/0000_7.dcm', 100, 1, :sha, 'etag1',"
+                " 'verified', :t, :t)"
+            ),
+            {"key": KEY, "guid": GUID, "sha": "a" * 64, "t": t},
+        )
+    assert old.schema_revision() == "0001"
+    old.close()
+
+    cat = Catalog.open(*catalog_db)
+    try:
+        assert cat.schema_revision() == HEAD_REVISION
+        row = cat.lookup("c1", [KEY])[KEY]
+        assert (row.state, row.etag, row.size, row.sha256) == (VERIFIED, "etag1", 100, "a" * 64)
+        assert row.confirmed_at is not None  # its verified_at
+        cat.record_check("c1", [], [KEY])
+        assert cat.lookup("c1", [KEY])[KEY].state == DRIFTED  # the new state is allowed
+        with pytest.raises(sa.exc.IntegrityError), cat.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE images SET state = 'lost'"))
+    finally:
+        cat.close()
+
+
+def test_a_listing_confirms_or_marks_drift_and_only_on_settled_rows(catalog):
+    other = f"images/{GUID}/c1_8_x.dcm"
+    catalog.settle("c1", settled(VERIFIED), "run-1")
+    catalog.mark_pending("c1", pending(other, "P_1/0000_8.dcm"), "run-1")
+    first = catalog.lookup("c1", [KEY])[KEY].confirmed_at
+
+    catalog.record_check("c1", [], [KEY, other])  # verify: both missing from S3
+    rows = catalog.lookup("c1", [KEY, other])
+    assert rows[KEY].state == DRIFTED and rows[KEY].confirmed_at > first
+    assert rows[other].state == PENDING  # not verified yet: not drift, left as it is
+
+    catalog.record_check("c1", [KEY, other], [])  # the object is back as verified
+    rows = catalog.lookup("c1", [KEY, other])
+    assert rows[KEY].state == VERIFIED and rows[other].state == PENDING
+    assert catalog.state_counts("c1") == {VERIFIED: 1, PENDING: 1}
 
 
 KEY = f"images/{GUID}/c1_7_x.dcm"

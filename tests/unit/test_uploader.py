@@ -211,3 +211,80 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     assert row.state == VERIFIED and row.state != PENDING
     assert len(catalog.history("c-1", items[0].key)) == 1
     catalog.close()
+
+
+def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(tmp_path, s3):
+    """A no-change run sends S3 nothing while the catalog's confirmations are fresh; an
+    object deleted behind pdata-sync's back is found by verify (or once the window ends)
+    and uploaded again, listing only the prefixes that need it."""
+    import sqlalchemy as sa
+
+    from pdata_sync.catalog import DRIFTED, VERIFIED, Catalog
+    from pdata_sync.keys import patient_prefix
+    from pdata_sync.report import RunSummary
+    from pdata_sync.verify import verify_catalog
+
+    root = tmp_path / "PDATA"
+    for n in (1, 2, 3):
+        dcm(root, f"P_1/0000_{n}.dcm", n)
+    items = [
+        item("P_1/0000_1.dcm", G1, 1),
+        item("P_1/0000_2.dcm", G1, 2),
+        item("P_1/0000_3.dcm", G2, 3),
+    ]
+    cfg = config(root)
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    client = make_client(cfg.s3, cfg.transfer)
+    calls: list[tuple[str, str | None]] = []
+    client.meta.events.register(
+        "provide-client-params.s3",
+        lambda model, params, **_: calls.append((model.name, params.get("Prefix"))),
+    )
+
+    def run(transfer_cfg=cfg):
+        calls.clear()
+        return BatchUploader(transfer_cfg, client, catalog, "run").upload_batch(items)
+
+    assert [o.status for o in run()] == [UPLOADED] * 3
+    again = run()
+    assert [(o.status, o.trusted) for o in again] == [(UNCHANGED, True)] * 3
+    assert calls == []  # not one request
+    summary = RunSummary(clinic_id="c-1")
+    summary.add_outcomes(again)
+    assert (summary.unchanged, summary.unchanged_by_catalog) == (3, 3)
+
+    # deleted behind our back: inside the window the catalog still vouches for it ...
+    s3.delete_object(Bucket="dental-images", Key=items[0].key)
+    assert [o.status for o in run()] == [UNCHANGED] * 3 and calls == []
+    # ... verify finds it and marks it drifted; the next sync lists G1 only and repairs it
+    drift = verify_catalog(catalog, client, "dental-images", "c-1", lambda key: True)
+    assert drift.missing == [items[0].key]
+    assert catalog.lookup("c-1", [items[0].key])[items[0].key].state == DRIFTED
+    repaired = run()
+    assert [(o.status, o.trusted) for o in repaired] == [
+        (UPLOADED, False),
+        (UNCHANGED, True),
+        (UNCHANGED, True),
+    ]
+    assert [c for c in calls if c[0] == "ListObjectsV2"] == [("ListObjectsV2", patient_prefix(G1))]
+    assert s3.head_object(Bucket="dental-images", Key=items[0].key)["ContentLength"] > 0
+    assert {r.state for r in catalog.rows("c-1")} == {VERIFIED}
+
+    # a confirmation older than the window: listed again, confirmed, trusted afterwards
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE images SET verified_at = '2020-01-01 00:00:00', checked_at = NULL")
+        )
+    s3.delete_object(Bucket="dental-images", Key=items[2].key)
+    stale = run()
+    assert [o.status for o in stale] == [UNCHANGED, UNCHANGED, UPLOADED]
+    assert sorted(p for name, p in calls if name == "ListObjectsV2") == sorted(
+        [patient_prefix(G1), patient_prefix(G2)]
+    )
+    assert [o.trusted for o in run()] == [True] * 3 and calls == []
+
+    # recheck_days 0: every run lists every patient
+    strict = config(root, recheck_days=0)
+    assert [(o.status, o.trusted) for o in run(strict)] == [(UNCHANGED, False)] * 3
+    assert len([c for c in calls if c[0] == "ListObjectsV2"]) == 2
+    catalog.close()
