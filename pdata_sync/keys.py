@@ -39,7 +39,7 @@ def safe_name(name: str | None) -> str:
     """
     if not name:
         return FALLBACK_NAME
-    text = unidecode(name)
+    text = name if name.isascii() else unidecode(name)  # unidecode loads its tables once
     text = _UNSAFE.sub("_", text)
     text = _DOTS.sub(".", text)
     text = _UNDERSCORES.sub("_", text)
