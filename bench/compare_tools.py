@@ -8,6 +8,11 @@ pdata-sync runs as in production: the whole ``pdata-sync sync`` process against 
 Prefect server, with its database, resolver, DICOM header reads, checksums and catalog (its
 state is wiped before each initial run). Prints medians, min-max, files/s, MB/s, peak RSS
 and pdata-sync / s5cmd.
+
+    .venv/bin/python bench/compare_tools.py --link 20:100 --cases wan
+
+puts a shaped link (bench/_link.py: 20 ms round trip, 100 Mbit/s up, shared) between every
+tool and the server: a clinic's uplink instead of loopback.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from _common import (
     run_measured,
     servers,
 )
+from _link import maybe_link
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
@@ -42,6 +48,8 @@ TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws")
 CASES = {
     "small": {"patients": 200, "files_per_patient": 10, "file_bytes": 315 * 1024},
     "large": {"patients": 4, "files_per_patient": 5, "file_bytes": 42 * MB},
+    # for --link: 500 x 315 KB (155 MB) is about 12 s at 100 Mbit/s
+    "wan": {"patients": 100, "files_per_patient": 5, "file_bytes": 315 * 1024},
 }
 
 
@@ -57,8 +65,7 @@ def tool_paths() -> dict[str, str]:
     return paths
 
 
-def command(tool: str, paths: dict[str, str], src: str, s3: object, config: Path) -> list[str]:
-    endpoint = s3.endpoint  # type: ignore[attr-defined]
+def command(tool: str, paths: dict[str, str], src: str, endpoint: str, config: Path) -> list[str]:
     target = f"{BUCKET}/{tool}/"
     if tool == "pdata-sync":
         return [CLI, "sync", "--config", str(config), "--json"]
@@ -69,7 +76,7 @@ def command(tool: str, paths: dict[str, str], src: str, s3: object, config: Path
     return [paths["rclone"], "sync", src, f"bench:{target}"]
 
 
-def tool_env(base: dict[str, str], s3: object) -> dict[str, str]:
+def tool_env(base: dict[str, str], s3: object, endpoint: str) -> dict[str, str]:
     # The server is plain http on 127.0.0.1; a CA bundle in the environment only breaks
     # rclone 1.60 ("LoadCustomCABundleError"), so no tool gets one.
     base = {k: v for k, v in base.items() if k != "AWS_CA_BUNDLE"}
@@ -79,7 +86,7 @@ def tool_env(base: dict[str, str], s3: object) -> dict[str, str]:
         "RCLONE_CONFIG_BENCH_TYPE": "s3",
         "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
         "RCLONE_CONFIG_BENCH_ENV_AUTH": "true",
-        "RCLONE_CONFIG_BENCH_ENDPOINT": s3.endpoint,  # type: ignore[attr-defined]
+        "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint,
         "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
@@ -96,6 +103,9 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--workdir", default=".bench/compare")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--link", metavar="RTT_MS:UP_MBIT", help="a shaped link between the tools and the server"
+    )
     args = parser.parse_args()
     paths = tool_paths()
     tools = [t for t in TOOLS if t in args.tools.split(",")]
@@ -103,9 +113,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
 
-    with servers(work / "servers") as (s3, prefect):
+    with (
+        servers(work / "servers") as (s3, prefect),
+        maybe_link(s3.endpoint, args.link) as endpoint,  # type: ignore[attr-defined]
+    ):
         client = s3.client()  # type: ignore[attr-defined]
-        env = tool_env({**os.environ, **prefect.env()}, s3)  # type: ignore[attr-defined]
+        env = tool_env({**os.environ, **prefect.env()}, s3, endpoint)  # type: ignore[attr-defined]
+        if args.link:
+            print(f"shaped link {args.link} (RTT ms : Mbit/s up) at {endpoint}", file=sys.stderr)
         for case in args.cases.split(","):
             tree = make_tree(work / f"tree-{case}", **CASES[case])
             mapping = json.loads(Path(tree.mapping_path).read_text())
@@ -117,7 +132,7 @@ def main() -> int:
                     tree,
                     resolver_batch_size=500,
                     resolver_url=resolver.url,
-                    endpoint=s3.endpoint,  # type: ignore[attr-defined]
+                    endpoint=endpoint,
                     state_dir=state,
                 )
                 for round_ in range(args.runs):
@@ -126,7 +141,7 @@ def main() -> int:
                         prefix = "images/" if tool == "pdata-sync" else f"{tool}/"
                         empty_bucket(client, BUCKET, prefix)
                         shutil.rmtree(state, ignore_errors=True)
-                        cmd = command(tool, paths, tree.pdata_root, s3, config)
+                        cmd = command(tool, paths, tree.pdata_root, endpoint, config)
                         first = run_measured(cmd, env)
                         again = run_measured(cmd, env)
                         for m in (first, again):
@@ -143,7 +158,7 @@ def main() -> int:
                             f"initial {first.seconds:6.2f} s  no-change {again.seconds:5.2f} s",
                             file=sys.stderr,
                         )
-            report(case, tree, results[case])
+            report(case, tree, results[case], args.link)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -163,9 +178,10 @@ def check(tool: str, first: Measured, again: Measured, files: int) -> None:
         sys.exit(f"pdata-sync: unexpected summaries {a['uploaded']} / {b['unchanged']}")
 
 
-def report(case: str, tree, results: dict[str, dict[str, list[float]]]) -> None:
+def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: str | None) -> None:
     mb = tree.bytes / MB
-    print(f"\n{case}: {tree.files} files, {mb:.0f} MB  ({machine()})")
+    via = f", link {link} (RTT ms : Mbit/s up)" if link else ", loopback"
+    print(f"\n{case}: {tree.files} files, {mb:.0f} MB  ({machine()}{via})")
     print(
         f"{'tool':11} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
         f"{'no-change':24} {'peak RSS':>9}"

@@ -1,0 +1,131 @@
+"""A shaped link for benchmarks: a TCP relay on 127.0.0.1 in front of the S3 server that
+behaves like a clinic's uplink to the cloud - a round-trip time, and an upload bandwidth
+shared by every connection (as one uplink is).
+
+Used by ``compare_tools.py --link RTT_MS:UP_MBIT``: on loopback the client's CPU decides
+the race; on a link, the link does, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+CHUNK = 64 * 1024
+
+
+class _Bucket:
+    """Token bucket: ``take(n)`` returns when ``n`` more bytes fit in the rate."""
+
+    def __init__(self, bytes_per_second: float):
+        self.rate = bytes_per_second
+        self.next_free = 0.0
+
+    async def take(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self.next_free)
+        self.next_free = start + n / self.rate
+        if self.next_free - now > 0.001:
+            await asyncio.sleep(self.next_free - now)
+
+
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    one_way: float,
+    bucket: _Bucket | None,
+) -> None:
+    """Copy ``reader`` to ``writer``: each chunk leaves ``one_way`` seconds after it came
+    in (after its turn in ``bucket``), in order."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def deliver() -> None:
+        while True:
+            due, data = await queue.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+    sender = asyncio.create_task(deliver())
+    try:
+        while True:
+            data = await reader.read(CHUNK)
+            if data and bucket is not None:
+                await bucket.take(len(data))
+            await queue.put((loop.time() + one_way, data))
+            if not data:
+                break
+        await sender
+    except (ConnectionError, OSError):
+        sender.cancel()
+
+
+class ShapedLink:
+    """``with ShapedLink("127.0.0.1", 8333, rtt_ms=20, up_mbit=100) as link: link.url``"""
+
+    def __init__(self, host: str, port: int, *, rtt_ms: float, up_mbit: float):
+        self.upstream = (host, port)
+        self.one_way = rtt_ms / 2000
+        self.up = _Bucket(up_mbit * 1e6 / 8)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shaped-link", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            _pump(reader, up_writer, self.one_way, self.up),
+            _pump(up_reader, writer, self.one_way, None),
+        )
+        for w in (writer, up_writer):
+            w.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=CHUNK)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def __enter__(self) -> ShapedLink:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def maybe_link(endpoint: str, spec: str | None) -> Iterator[str]:
+    """The endpoint to give the tools: ``endpoint`` itself, or a shaped link in front of it
+    (``spec`` = ``RTT_MS:UP_MBIT``, e.g. ``20:100``)."""
+    if not spec:
+        yield endpoint
+        return
+    rtt, mbit = (float(x) for x in spec.split(":"))
+    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+    with ShapedLink(host, int(port), rtt_ms=rtt, up_mbit=mbit) as link:
+        yield link.url
