@@ -44,7 +44,17 @@ from pdata_sync.demo.seaweed import empty_bucket
 
 BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"
-TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws")
+TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws", "prefect-floor")
+# The least any Prefect flow run costs as a whole process on this machine, against the same
+# server: import Prefect, run a flow with one task, exit. No sync, no S3.
+PREFECT_FLOOR = """
+from prefect import flow, task
+@task
+def one(): return 1
+@flow
+def floor(): return one()
+floor()
+"""
 CASES = {
     "small": {"patients": 200, "files_per_patient": 10, "file_bytes": 315 * 1024},
     "large": {"patients": 4, "files_per_patient": 5, "file_bytes": 42 * MB},
@@ -69,6 +79,8 @@ def command(tool: str, paths: dict[str, str], src: str, endpoint: str, config: P
     target = f"{BUCKET}/{tool}/"
     if tool == "pdata-sync":
         return [CLI, "sync", "--config", str(config), "--json"]
+    if tool == "prefect-floor":
+        return [sys.executable, "-c", PREFECT_FLOOR]
     if tool == "s5cmd":
         return [paths["s5cmd"], "--endpoint-url", endpoint, "sync", f"{src}/", f"s3://{target}"]
     if tool == "aws":
@@ -191,6 +203,15 @@ def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: st
         print(
             f"{tool:11} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
             f"{fmt(r['nochange']):24} {max(r['rss']):6.0f} MB"
+        )
+    if "pdata-sync" in results and "prefect-floor" in results:
+        floor = statistics.median(
+            results["prefect-floor"]["initial"] + results["prefect-floor"]["nochange"]
+        )
+        nochange = statistics.median(results["pdata-sync"]["nochange"])
+        print(
+            f"Prefect floor (one flow, one task, whole process): {floor:.2f} s; pdata-sync "
+            f"no-change spends {nochange - floor:.2f} s above it"
         )
     if "pdata-sync" in results and "s5cmd" in results:
         p, s = results["pdata-sync"], results["s5cmd"]
