@@ -93,6 +93,12 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
             assert dep.global_concurrency_limit.limit == 1
             assert dep.concurrency_options.collision_strategy.value == "ENQUEUE"
             assert set(spec["tags"]) <= set(dep.tags)
+            if "verify_schedule" in spec:  # the weekly audit runs on the clinic's own queue
+                audit = client.read_deployment_by_name(f"verify-clinic/{clinic_id}-verify")
+                assert audit.entrypoint == "flows/verify.py:verify_clinic"
+                assert audit.work_queue_name == spec["work_queue"]
+                assert audit.schedules[0].schedule.cron == spec["verify_schedule"]["cron"]
+                assert audit.parameters["config"]["clinic_id"] == clinic_id
             # the UI's run form is built from this schema: the clinic config, with descriptions
             schema = dep.parameter_openapi_schema
             clinic = schema["definitions"]["ClinicConfig"]["properties"]

@@ -34,7 +34,20 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
     assert main(["deployments", "render", "--folder", str(folder), "--output", str(target)]) == 0
     document = yaml.safe_load(target.read_text())
     names = [d["name"] for d in document["deployments"]]
-    assert names == ["clinic-001", "clinic-002", "clinic-003", "retrieve"]
+    # clinic-003 is a copy of clinic-001, which also has a weekly verify schedule
+    assert names == [
+        "clinic-001",
+        "clinic-002",
+        "clinic-003",
+        "clinic-001-verify",
+        "clinic-003-verify",
+        "retrieve",
+    ]
+    audit = document["deployments"][4]
+    assert audit["entrypoint"] == "flows/verify.py:verify_clinic"
+    assert audit["schedules"] == [{**spec["verify_schedule"], "active": True}]
+    assert audit["work_pool"] == {"name": "pdata-sync", "work_queue_name": "clinic-003"}
+    assert audit["parameters"]["config"]["clinic_id"] == "clinic-003"
     new = document["deployments"][2]
     assert new["schedules"] == [{"cron": "0 3 * * *", "timezone": "Europe/Zurich", "active": True}]
     assert new["work_pool"] == {"name": "pdata-sync", "work_queue_name": "clinic-003"}
