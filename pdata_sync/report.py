@@ -22,6 +22,36 @@ def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
     return [{"path": path, "reason": reason} for path, reason in sorted(seen)]
 
 
+@dataclass(frozen=True)
+class BatchReport:
+    """What a run needs to know of one upload batch: counts and the problems.
+
+    An upload task returns this rather than one object per image: Prefect links every
+    element of a task's result to its state, which for 500 outcomes per batch cost more
+    CPU than a no-change batch's own work."""
+
+    uploaded: int = 0
+    unchanged: int = 0
+    unchanged_by_catalog: int = 0
+    bytes_uploaded: int = 0
+    rejected: tuple[Problem, ...] = ()
+    failed: tuple[Problem, ...] = ()
+    fatal: str | None = None  # the first reason the set-up is wrong; the run must stop
+
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome]) -> BatchReport:
+        outcomes = list(outcomes)
+        return cls(
+            uploaded=sum(o.status == UPLOADED for o in outcomes),
+            unchanged=sum(o.status == UNCHANGED for o in outcomes),
+            unchanged_by_catalog=sum(o.status == UNCHANGED and o.trusted for o in outcomes),
+            bytes_uploaded=sum(o.bytes for o in outcomes if o.status == UPLOADED),
+            rejected=tuple(Problem(o.path, o.reason) for o in outcomes if o.status == REJECTED),
+            failed=tuple(Problem(o.path, o.reason) for o in outcomes if o.status == FAILED),
+            fatal=next((o.reason for o in outcomes if o.fatal), None),
+        )
+
+
 @dataclass
 class RunSummary:
     """Everything a run reports; :meth:`to_dict` is the CLI's JSON and the artifacts' source."""
@@ -46,18 +76,16 @@ class RunSummary:
     failed: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
 
+    def add_batch(self, report: BatchReport) -> None:
+        self.uploaded += report.uploaded
+        self.bytes_uploaded += report.bytes_uploaded
+        self.unchanged += report.unchanged
+        self.unchanged_by_catalog += report.unchanged_by_catalog
+        self.rejected.extend(report.rejected)
+        self.failed.extend(report.failed)
+
     def add_outcomes(self, outcomes: Iterable[Outcome]) -> None:
-        for o in outcomes:
-            if o.status == UPLOADED:
-                self.uploaded += 1
-                self.bytes_uploaded += o.bytes
-            elif o.status == UNCHANGED:
-                self.unchanged += 1
-                self.unchanged_by_catalog += o.trusted
-            elif o.status == REJECTED:
-                self.rejected.append(Problem(o.path, o.reason))
-            elif o.status == FAILED:
-                self.failed.append(Problem(o.path, o.reason))
+        self.add_batch(BatchReport.of(outcomes))
 
     @property
     def ok(self) -> bool:

@@ -8,8 +8,9 @@ from prefect.runtime import flow_run
 
 from pdata_sync.config import ClinicConfig
 from pdata_sync.plan import PlannedImage
+from pdata_sync.report import BatchReport
 from pdata_sync.s3_store import check_bucket
-from pdata_sync.uploader import BatchUploader, Outcome
+from pdata_sync.uploader import BatchUploader
 
 from .catalog import open_catalog
 from .credentials import s3_client
@@ -22,10 +23,10 @@ def check_destination(config: ClinicConfig) -> None:
 
 
 @task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)
-def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> list[Outcome]:
-    """Upload one batch concurrently on one shared client; per-image outcomes as data.
+def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> BatchReport:
+    """Upload one batch concurrently on one shared client; its counts and problems as data.
 
     Every upload is recorded in the catalog and verified against what S3 reports."""
     client = s3_client(config.s3, config.transfer)
     uploader = BatchUploader(config, client, open_catalog(config), flow_run.get_id())
-    return uploader.upload_batch(batch)
+    return BatchReport.of(uploader.upload_batch(batch))
