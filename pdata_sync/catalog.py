@@ -198,6 +198,24 @@ def _safe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+# what :class:`CatalogRow` needs (a no-change run reads one row per image)
+_ROW_COLUMNS = [
+    images.c[name]
+    for name in (
+        "key",
+        "rel_path",
+        "patient_guid",
+        "source_size",
+        "source_mtime_ns",
+        "sha256",
+        "etag",
+        "state",
+        "verified_at",
+        "checked_at",
+    )
+]
+
+
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything the catalog writes is UTC."""
     if value is None or value.tzinfo is not None:
@@ -570,7 +588,7 @@ class Catalog:
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 for r in conn.execute(
-                    sa.select(images).where(
+                    sa.select(*_ROW_COLUMNS).where(
                         images.c.clinic_id == clinic_id, images.c.key.in_(chunk)
                     )
                 ):
@@ -583,7 +601,9 @@ class Catalog:
             return [
                 _row(r)
                 for r in conn.execute(
-                    sa.select(images).where(images.c.clinic_id == clinic_id).order_by(images.c.key)
+                    sa.select(*_ROW_COLUMNS)
+                    .where(images.c.clinic_id == clinic_id)
+                    .order_by(images.c.key)
                 )
             ]
 

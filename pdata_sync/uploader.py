@@ -400,12 +400,17 @@ class BatchUploader:
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason)
             return self._safe_process(item, listing.get(item.key), rows.get(item.key))
 
-        workers = min(self.config.transfer.upload_concurrency, max(1, len(items)))
+        # only images with work to do go to the pool (a no-change batch needs no threads)
+        work = [i for i in items if i.key not in trusted and i.key not in unchanged]
+        done: dict[str, Outcome] = {}
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:
-                outcomes = list(pool.map(run, items))
+            if work:
+                workers = min(self.config.transfer.upload_concurrency, len(work))
+                with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:
+                    done = {i.key: o for i, o in zip(work, pool.map(run, work), strict=True)}
         finally:
             self.flush()
+        outcomes = [done[i.key] if i.key in done else run(i) for i in items]
         rejected = [o.key for o in outcomes if o.status == REJECTED]
         if self.catalog is not None and rejected:
             try:
