@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Engine
 
 from pdata_sync.config import ClinicConfig
 from pdata_sync.pdata import (
@@ -37,19 +39,26 @@ class Scan:
     problems: list[Problem]
 
 
-def _engine(config: ClinicConfig):
-    return make_engine(config.database, database_password(config.database))
+_ENGINES: dict[tuple[str, str | None], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(config: ClinicConfig) -> Engine:
+    """One engine per database per process: a run's three database tasks share its pooled
+    connection (one SQL Server login instead of three; stale connections are pinged)."""
+    password = database_password(config.database)
+    key = (config.database.url, password)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = make_engine(config.database, password)
+        return _ENGINES[key]
 
 
 @task(name="check-source", cache_policy=NO_CACHE, persist_result=False)
 def check_source(config: ClinicConfig) -> None:
     """Fail fast if PDATA or the database is not usable."""
     check_root(config.pdata_root)
-    engine = _engine(config)
-    try:
-        check_database(engine, config.database)
-    finally:
-        engine.dispose()
+    check_database(_engine(config), config.database)
 
 
 @task(name="scan-pdata", cache_policy=NO_CACHE, persist_result=False)
@@ -64,11 +73,7 @@ def scan_pdata(config: ClinicConfig) -> Scan:
 @task(name="query-patients", cache_policy=NO_CACHE, persist_result=False)
 def query_patients(config: ClinicConfig, patient_ids: list[int]) -> PatientLookup:
     """CardIds of the listed patients; skipped patients with their reasons."""
-    engine = _engine(config)
-    try:
-        return fetch_patients(engine, config.database, patient_ids)
-    finally:
-        engine.dispose()
+    return fetch_patients(_engine(config), config.database, patient_ids)
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,4 @@ class Media:
 @task(name="lookup-media", cache_policy=NO_CACHE, persist_result=False)
 def lookup_media(config: ClinicConfig, image_ids: list[int]) -> Media:
     """Media rows (name, deleted flag) of the images to upload."""
-    engine = _engine(config)
-    try:
-        return Media(fetch_media(engine, config.database, image_ids))
-    finally:
-        engine.dispose()
+    return Media(fetch_media(_engine(config), config.database, image_ids))

@@ -73,14 +73,29 @@ def artifacts_of(flow_run_id):
         )
 
 
-def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3):
+def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
+    import sqlalchemy as sa
+
+    import tasks.source
     from flows.sync import sync_clinic
 
+    engines, logins = [], []
+
+    def counting_engine(*args, **kwargs):
+        engine = real_make_engine(*args, **kwargs)
+        sa.event.listen(engine, "connect", lambda *_: logins.append(1))
+        engines.append(engine)
+        return engine
+
+    real_make_engine = tasks.source.make_engine
+    monkeypatch.setattr(tasks.source, "make_engine", counting_engine)
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic)) as resolver:
         config = config_for(tmp_path, clinic, resolver.url)
         state = sync_clinic(config=config, return_state=True)
     assert state.is_completed(), state.message
+    # the check, the patient query and the media lookup share one engine and one login
+    assert len(engines) == 1 and len(logins) == 1
     summary = state.result()
     assert summary["uploaded"] == len(clinic.expected)
     assert summary["skipped"] == clinic.skipped
