@@ -563,17 +563,14 @@ class Catalog:
             return
         t = now()
         with self._begin() as conn:
-            for keys, state, was in (
-                (list(confirmed), VERIFIED, (VERIFIED, DRIFTED)),
-                (list(drifted), DRIFTED, (VERIFIED, DRIFTED)),
-            ):
-                for chunk in _chunks(keys):
+            for keys, state in ((confirmed, VERIFIED), (drifted, DRIFTED)):
+                for chunk in _chunks(list(keys)):
                     conn.execute(
                         sa.update(images)
                         .where(
                             images.c.clinic_id == clinic_id,
                             images.c.key.in_(chunk),
-                            images.c.state.in_(was),
+                            images.c.state.in_((VERIFIED, DRIFTED)),  # never a pending row
                         )
                         .values(state=state, checked_at=t, updated_at=t)
                     )

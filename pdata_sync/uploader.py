@@ -425,19 +425,28 @@ class BatchUploader:
         ]
 
 
+def _verified_from_this_file(
+    item: PlannedImage, row: CatalogRow | None, st: os.stat_result
+) -> bool:
+    """The catalog verified this key from this path with this size and mtime."""
+    return (
+        row is not None
+        and row.state == VERIFIED
+        and row.rel_path == item.rel_path
+        and row.size == st.st_size
+        and row.mtime_ns == st.st_mtime_ns
+    )
+
+
 def trusted_unchanged(
     item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
 ) -> bool:
-    """The catalog verified this key from this path with this size and mtime, and S3
-    confirmed it at or after ``since``: neither S3 nor the file needs to be asked."""
+    """The catalog verified this key from this file, and S3 confirmed it at or after
+    ``since``: neither S3 nor the file needs to be asked."""
     return (
         since is not None
-        and row is not None
-        and row.state == VERIFIED
-        and row.rel_path == item.rel_path
         and st.st_size > 0
-        and row.size == st.st_size
-        and row.mtime_ns == st.st_mtime_ns
+        and _verified_from_this_file(item, row, st)
         and row.confirmed_at is not None
         and row.confirmed_at >= since
     )
@@ -446,14 +455,11 @@ def trusted_unchanged(
 def verified_unchanged(
     item: PlannedImage, row: CatalogRow | None, remote: RemoteObject | None, st: os.stat_result
 ) -> bool:
-    """The catalog verified this key from this path with this size and mtime, and S3 lists
-    it with the size and ETag that were verified: no need to read the file."""
+    """The catalog verified this key from this file, and S3 lists it with the size and
+    ETag that were verified: no need to read the file."""
     return (
-        row is not None
-        and row.state == VERIFIED
+        _verified_from_this_file(item, row, st)
         and remote is not None
-        and row.rel_path == item.rel_path
-        and row.size == st.st_size == remote.size
-        and row.mtime_ns == st.st_mtime_ns
+        and remote.size == st.st_size
         and row.etag == remote.etag
     )
