@@ -168,6 +168,25 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject
     return {o.key: o for o in iter_prefix(client, bucket, prefix)}
 
 
+def list_prefixes(
+    client: Any, bucket: str, prefixes: list[str], workers: int
+) -> dict[str, dict[str, RemoteObject] | Exception]:
+    """:func:`list_prefix` for each of ``prefixes``, ``workers`` at a time (each listing is
+    a round trip: one after the other, a WAN's latency times the prefixes). A prefix whose
+    listing failed maps to its exception."""
+
+    def listing(prefix: str) -> dict[str, RemoteObject] | Exception:
+        try:
+            return list_prefix(client, bucket, prefix)
+        except Exception as exc:  # noqa: BLE001 - the caller decides per prefix
+            return exc
+
+    if not prefixes:
+        return {}
+    with ThreadPoolExecutor(min(workers, len(prefixes)), thread_name_prefix="s3-list") as pool:
+        return dict(zip(prefixes, pool.map(listing, prefixes), strict=True))
+
+
 def is_md5_etag(etag: str) -> bool:
     """True if ``etag`` is an MD5 (or multipart MD5) ETag we can reproduce locally."""
     return bool(_MD5_ETAG.match(etag))

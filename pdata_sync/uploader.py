@@ -42,7 +42,7 @@ from .s3_store import (
     confirm_object,
     head_sha256,
     is_md5_etag,
-    list_prefix,
+    list_prefixes,
     put_multipart,
     put_small,
 )
@@ -306,22 +306,6 @@ class BatchUploader:
                 return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
             return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
 
-    def _list_patients(self, guids: list[str]) -> dict[str, dict[str, RemoteObject] | Exception]:
-        """List the prefixes of ``guids`` concurrently (each listing is a round trip to S3:
-        one after the other, a WAN's latency times the patients); errors as values."""
-
-        def listing(guid: str) -> dict[str, RemoteObject] | Exception:
-            try:
-                return list_prefix(self.client, self.config.s3.bucket, patient_prefix(guid))
-            except Exception as exc:  # noqa: BLE001 - reported on each image of the prefix
-                return exc
-
-        if not guids:
-            return {}
-        workers = min(self.config.transfer.upload_concurrency, len(guids))
-        with ThreadPoolExecutor(workers, thread_name_prefix="pdata-list") as pool:
-            return dict(zip(guids, pool.map(listing, guids), strict=True))
-
     def upload_batch(self, items: list[PlannedImage]) -> list[Outcome]:
         """Process ``items``: skip what the catalog vouches for, list the prefix of every
         other patient once, record what is not verified and unchanged as *pending* (one
@@ -339,9 +323,14 @@ class BatchUploader:
             if i.key in stats
             and trusted_unchanged(i, rows.get(i.key), stats[i.key], self.trusted_since)
         }
-        listings = self._list_patients(
-            list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
+        guids = list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
+        by_prefix = list_prefixes(
+            self.client,
+            self.config.s3.bucket,
+            [patient_prefix(g) for g in guids],
+            self.config.transfer.upload_concurrency,
         )
+        listings = {g: by_prefix[patient_prefix(g)] for g in guids}
 
         unchanged: set[str] = set()  # confirmed by this run's listing
         for item in items:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .catalog import DRIFTED, VERIFIED, Catalog
 from .keys import patient_prefix
-from .s3_store import RemoteObject, list_prefix
+from .s3_store import RemoteObject, list_prefixes
 
 LIST_WORKERS = 16
 
@@ -70,14 +69,13 @@ def verify_catalog(
     rows = catalog.rows(clinic_id)
     drift = Drift(clinic_id=clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})
-    with ThreadPoolExecutor(LIST_WORKERS) as pool:
-        listings = dict(
-            zip(
-                guids,
-                pool.map(lambda g: list_prefix(client, bucket, patient_prefix(g)), guids),
-                strict=True,
-            )
-        )
+    by_prefix = list_prefixes(client, bucket, [patient_prefix(g) for g in guids], LIST_WORKERS)
+    listings: dict[str, dict[str, RemoteObject]] = {}
+    for guid in guids:
+        listing = by_prefix[patient_prefix(guid)]
+        if isinstance(listing, Exception):
+            raise listing  # an audit with a prefix it could not read is no audit
+        listings[guid] = listing
     drift.prefixes_listed = len(listings)
     known: dict[str, set[str]] = defaultdict(set)
     confirmed: list[str] = []
