@@ -84,9 +84,6 @@ class RunSummary:
         self.rejected.extend(report.rejected)
         self.failed.extend(report.failed)
 
-    def add_outcomes(self, outcomes: Iterable[Outcome]) -> None:
-        self.add_batch(BatchReport.of(outcomes))
-
     @property
     def ok(self) -> bool:
         """True when nothing failed (rejected bad input is reported, not a failure)."""

@@ -221,7 +221,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
 
     from pdata_sync.catalog import DRIFTED, VERIFIED, Catalog
     from pdata_sync.keys import patient_prefix
-    from pdata_sync.report import RunSummary
+    from pdata_sync.report import BatchReport, RunSummary
     from pdata_sync.verify import verify_catalog
 
     root = tmp_path / "PDATA"
@@ -250,7 +250,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     assert [(o.status, o.trusted) for o in again] == [(UNCHANGED, True)] * 3
     assert calls == []  # not one request
     summary = RunSummary(clinic_id="c-1")
-    summary.add_outcomes(again)
+    summary.add_batch(BatchReport.of(again))
     assert (summary.unchanged, summary.unchanged_by_catalog) == (3, 3)
 
     # deleted behind our back: inside the window the catalog still vouches for it ...
