@@ -1,0 +1,50 @@
+"""The CLI skips Python's final garbage-cycle searches at exit (a measured 0.5-0.9 s per run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# An atexit handler registered before main() runs after the CLI's own ones (last registered,
+# first run): by then the objects must be frozen, so the interpreter's final collections skip
+# them; logging must still have been flushed.
+PROBE = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0, flush=True))
+from pdata_sync.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+"""
+
+
+def test_cli_freezes_objects_before_the_final_collections() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "frozen True"
+    assert "usage: pdata-sync" in done.stdout
+
+
+# gc.freeze is looked up when main() registers it, so a counting stand-in sees every call.
+TWICE = """
+import atexit, gc
+calls = []
+real_freeze = gc.freeze
+gc.freeze = lambda: (calls.append(1), real_freeze())
+atexit.register(lambda: print("freezes", len(calls), flush=True))
+from pdata_sync.cli import main
+for _ in range(2):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+"""
+
+
+def test_main_registers_the_freeze_once_however_often_it_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TWICE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "freezes 1"
