@@ -48,8 +48,11 @@ TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws", "prefect-floor")
 # The least a deployable Prefect flow run costs as a whole process on this machine, against
 # the same server: import Prefect, run a flow with one parameter (a pydantic model, as every
 # deployment takes one) and one task, exit. No sync, no S3. The parameter is not free: Prefect
-# imports FastAPI to serialise it and pydantic.v1 to check its type (about 0.4 s here).
+# imports FastAPI to serialise it and pydantic.v1 to check its type (about 0.4 s here). Like
+# the pdata-sync CLI, it skips Python's final garbage-cycle searches (gc.freeze at exit).
 PREFECT_FLOOR = """
+import atexit, gc
+atexit.register(gc.freeze)
 from pydantic import BaseModel
 from prefect import flow, task
 class Settings(BaseModel):
