@@ -369,10 +369,11 @@ def _skip_final_collections() -> None:
 
     At exit Python runs full garbage collections over every object still alive; after
     Prefect, pydantic, SQLAlchemy and boto3 are loaded that costs 0.5-0.9 s of a 4 s
-    no-change run (bench/RESULTS.md). Freezing the objects in the last atexit handler skips
-    it. Nothing is lost: Prefect drains its log and event queues, logging flushes its
-    handlers and temporary folders are removed in atexit handlers registered after this one,
-    so they run before it (last registered, first run); objects are still freed as usual.
+    no-change run (bench/RESULTS.md). Freezing the objects in an atexit handler skips it and
+    takes nothing away: every atexit handler still runs (Prefect's log and event drains,
+    logging.shutdown, finalizers of temporary folders), objects are still freed by reference
+    counting; only cycles still alive at exit are not searched for, and Python does not
+    promise to finalize those anyway.
     """
     atexit.unregister(gc.freeze)  # once per process, also when main() is called again
     atexit.register(gc.freeze)

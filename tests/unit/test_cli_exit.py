@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-# An atexit handler registered before main() runs after the CLI's own ones (last registered,
+# An atexit handler registered before main() runs after the CLI's own one (last registered,
 # first run): by then the objects must be frozen, so the interpreter's final collections skip
-# them; logging must still have been flushed.
+# them.
 PROBE = """
 import atexit, gc, sys
 atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0, flush=True))
