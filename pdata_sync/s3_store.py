@@ -29,7 +29,7 @@ from botocore.handlers import add_expect_header
 from .config import S3Config, TransferConfig
 from .dicom_meta import DicomHeader, multipart_etag
 from .errors import ConfigError, PermanentError, SourceChangedError, describe
-from .keys import encode_name_for_metadata
+from .keys import encode_name_for_metadata, patient_prefix
 
 CONTENT_TYPE = "application/dicom"
 MB = 1024 * 1024
@@ -168,23 +168,23 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject
     return {o.key: o for o in iter_prefix(client, bucket, prefix)}
 
 
-def list_prefixes(
-    client: Any, bucket: str, prefixes: list[str], workers: int
+def list_patients(
+    client: Any, bucket: str, patient_guids: list[str], workers: int
 ) -> dict[str, dict[str, RemoteObject] | Exception]:
-    """:func:`list_prefix` for each of ``prefixes``, ``workers`` at a time (each listing is
-    a round trip: one after the other, a WAN's latency times the prefixes). A prefix whose
-    listing failed maps to its exception."""
+    """:func:`list_prefix` of each patient's prefix, ``workers`` at a time (each listing is
+    a round trip: one after the other, a WAN's latency times the patients), by patientGuid.
+    A patient whose listing failed maps to its exception."""
 
-    def listing(prefix: str) -> dict[str, RemoteObject] | Exception:
+    def listing(guid: str) -> dict[str, RemoteObject] | Exception:
         try:
-            return list_prefix(client, bucket, prefix)
-        except Exception as exc:  # noqa: BLE001 - the caller decides per prefix
+            return list_prefix(client, bucket, patient_prefix(guid))
+        except Exception as exc:  # noqa: BLE001 - the caller decides per patient
             return exc
 
-    if not prefixes:
+    if not patient_guids:
         return {}
-    with ThreadPoolExecutor(min(workers, len(prefixes)), thread_name_prefix="s3-list") as pool:
-        return dict(zip(prefixes, pool.map(listing, prefixes), strict=True))
+    with ThreadPoolExecutor(min(workers, len(patient_guids)), thread_name_prefix="s3-list") as pool:
+        return dict(zip(patient_guids, pool.map(listing, patient_guids), strict=True))
 
 
 def is_md5_etag(etag: str) -> bool:

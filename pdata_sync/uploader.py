@@ -42,7 +42,7 @@ from .s3_store import (
     confirm_object,
     head_sha256,
     is_md5_etag,
-    list_prefixes,
+    list_patients,
     put_multipart,
     put_small,
 )
@@ -324,13 +324,9 @@ class BatchUploader:
             and trusted_unchanged(i, rows.get(i.key), stats[i.key], self.trusted_since)
         }
         guids = list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
-        by_prefix = list_prefixes(
-            self.client,
-            self.config.s3.bucket,
-            [patient_prefix(g) for g in guids],
-            self.config.transfer.upload_concurrency,
+        listings = list_patients(
+            self.client, self.config.s3.bucket, guids, self.config.transfer.upload_concurrency
         )
-        listings = {g: by_prefix[patient_prefix(g)] for g in guids}
 
         unchanged: set[str] = set()  # confirmed by this run's listing
         for item in items:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .catalog import DRIFTED, VERIFIED, Catalog
-from .keys import patient_prefix
-from .s3_store import RemoteObject, list_prefixes
+from .s3_store import RemoteObject, list_patients
 
 LIST_WORKERS = 16
 
@@ -69,10 +68,8 @@ def verify_catalog(
     rows = catalog.rows(clinic_id)
     drift = Drift(clinic_id=clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})
-    by_prefix = list_prefixes(client, bucket, [patient_prefix(g) for g in guids], LIST_WORKERS)
     listings: dict[str, dict[str, RemoteObject]] = {}
-    for guid in guids:
-        listing = by_prefix[patient_prefix(guid)]
+    for guid, listing in list_patients(client, bucket, guids, LIST_WORKERS).items():
         if isinstance(listing, Exception):
             raise listing  # an audit with a prefix it could not read is no audit
         listings[guid] = listing
