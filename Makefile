@@ -15,7 +15,7 @@ BENCH_STAMP := .bench-venv/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml .ci/bootstrap
+$(STAMP): pyproject.toml requirements.lock .ci/bootstrap
 	PYTHON=$(PYTHON) bash .ci/bootstrap
 	touch $(STAMP)
 
