@@ -28,6 +28,7 @@ from prefect.utilities.annotations import quote
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ConfigError
 from pdata_sync.logsafety import protect_logs
+from pdata_sync.naming import batch_task_name, run_name
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
 from pdata_sync.report import RunSummary
 from tasks.catalog import prepare_catalog
@@ -50,6 +51,13 @@ def artifact_key(kind: str, clinic_id: str) -> str:
     return f"{kind}-{slug}"
 
 
+def clinic_run_name(kind: str = "") -> str:
+    """The current flow run's name: clinic id and due time (pdata_sync.naming)."""
+    config = flow_run.parameters["config"]
+    clinic_id = config["clinic_id"] if isinstance(config, dict) else config.clinic_id
+    return run_name(clinic_id, flow_run.scheduled_start_time, kind)
+
+
 def _problems_markdown(summary: RunSummary) -> str:
     data = summary.to_dict()
     lines = [f"# Sync of clinic {summary.clinic_id}: files not uploaded", ""]
@@ -68,6 +76,7 @@ def _problems_markdown(summary: RunSummary) -> str:
 
 @flow(
     name="sync-clinic",
+    flow_run_name=clinic_run_name,
     task_runner=_TASK_RUNNER,
     persist_result=False,
     log_prints=False,
@@ -147,11 +156,15 @@ def sync_clinic(config: ClinicConfig) -> Any:
     )
     done = 0
     in_flight: list[PrefectFuture] = []
-    queue = list(batches)
+    queue = [
+        (upload_batch.with_options(task_run_name=batch_task_name(i, len(batches))), batch)
+        for i, batch in enumerate(batches, start=1)
+    ]
     fatal: str | None = None
     while (queue and not fatal) or in_flight:
         while queue and not fatal and len(in_flight) < config.transfer.parallel_batches:
-            in_flight.append(upload_batch.submit(config, quote(queue.pop(0))))
+            task, batch = queue.pop(0)
+            in_flight.append(task.submit(config, quote(batch)))
         finished = next(as_completed(in_flight))
         in_flight.remove(finished)
         report = finished.result()

@@ -18,7 +18,7 @@ from pdata_sync.verify import verify_catalog
 from tasks.catalog import belongs_to_clinic, open_catalog
 from tasks.credentials import s3_client
 
-from .sync import artifact_key
+from .sync import artifact_key, clinic_run_name
 
 
 @task(name="verify-catalog", cache_policy=NO_CACHE, persist_result=False)
@@ -35,7 +35,11 @@ def verify_task(config: ClinicConfig) -> dict[str, Any]:
     return drift.to_dict()
 
 
-@flow(name="verify-clinic", persist_result=False)
+def _verify_run_name() -> str:
+    return clinic_run_name("verify")
+
+
+@flow(name="verify-clinic", flow_run_name=_verify_run_name, persist_result=False)
 def verify_clinic(config: ClinicConfig) -> dict[str, Any]:
     """Report objects missing, changed or unknown compared with the catalog."""
     protect_logs()

@@ -293,6 +293,10 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.serve:
+        from .demo.serve import serve_demo
+
+        return serve_demo(workdir=args.workdir, fresh=args.fresh, port=args.port)
     from .demo.run import run_demo
 
     return run_demo(workdir=args.workdir, fresh=args.fresh)
@@ -360,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run a generated demo clinic end to end on this machine")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its data")
     p.add_argument("--fresh", action="store_true", help="start from an empty demo")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep running as a Prefect server with the demo clinic deployed and workers "
+        "started, until Ctrl-C (README, Operations)",
+    )
+    p.add_argument(
+        "--port", type=int, default=4200, help="Prefect UI/API port with --serve (default 4200)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

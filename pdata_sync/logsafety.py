@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 
 CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpcore", "hpack", "pydicom")
+# Set-up chatter at INFO that tells an operator nothing (Alembic's plugin and migration
+# context lines in every run's log): warnings only.
+QUIET_LOGGERS = ("alembic",)
 
 
 def protect_logs() -> None:
@@ -22,3 +25,7 @@ def protect_logs() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET or logger.level < logging.INFO:
             logger.setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)

@@ -53,6 +53,7 @@ def prepare_catalog(config: ClinicConfig) -> int:
     aborted = abort_interrupted_uploads(
         client, config.s3.bucket, "images/", belongs_to_clinic(config)
     )
+    get_run_logger().info("catalog ready; %d interrupted multipart upload(s) aborted", aborted)
     if aborted:
         get_run_logger().warning(
             "clinic %s: aborted %d multipart upload(s) left open by an interrupted run",

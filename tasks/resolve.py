@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pdata_sync.config import ClinicConfig
@@ -31,4 +31,14 @@ def resolve_card_ids(config: ClinicConfig, card_ids: list[str]) -> ResolveResult
         path = state_dir(config) / config.clinic_id / "resolver-cache.json"
         cache = ResolutionCache(path, config.clinic_id, config.resolver.cache_ttl_hours * 3600)
     with ResolverClient(config.resolver, config.clinic_id, cache) as client:
-        return client.resolve(card_ids)
+        result = client.resolve(card_ids)
+    get_run_logger().info(
+        "%d of %d CardIds resolved (%d from the cache, %d resolver calls); %d unknown, %d failed",
+        len(result.mapping),
+        len(card_ids),
+        result.from_cache,
+        result.calls,
+        len(result.unknown),
+        len(result.failed),
+    )
+    return result

@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
@@ -59,6 +59,7 @@ def check_source(config: ClinicConfig) -> None:
     """Fail fast if PDATA or the database is not usable."""
     check_root(config.pdata_root)
     check_database(_engine(config), config.database)
+    get_run_logger().info("PDATA share and Sidexis database are readable")
 
 
 @task(name="scan-pdata", cache_policy=NO_CACHE, persist_result=False)
@@ -67,13 +68,28 @@ def scan_pdata(config: ClinicConfig) -> Scan:
     folders, skipped = scan_patient_folders(config.pdata_root)
     images, skipped_files, problems = scan_images(config.pdata_root, folders)
     skipped.update(skipped_files)
+    get_run_logger().info(
+        "%d patient folders, %d image files (%d entries skipped, %d unreadable)",
+        len(folders),
+        len(images),
+        sum(skipped.values()),
+        len(problems),
+    )
     return Scan(folders, images, skipped, problems)
 
 
 @task(name="query-patients", cache_policy=NO_CACHE, persist_result=False)
 def query_patients(config: ClinicConfig, patient_ids: list[int]) -> PatientLookup:
     """CardIds of the listed patients; skipped patients with their reasons."""
-    return fetch_patients(_engine(config), config.database, patient_ids)
+    lookup = fetch_patients(_engine(config), config.database, patient_ids)
+    get_run_logger().info(
+        "%d of %d patients have CardIds (%d CardIds); %d skipped",
+        len(lookup.card_ids),
+        len(patient_ids),
+        sum(len(cards) for cards in lookup.card_ids.values()),
+        len(lookup.skipped),
+    )
+    return lookup
 
 
 @dataclass(frozen=True)
@@ -87,4 +103,6 @@ class Media:
 @task(name="lookup-media", cache_policy=NO_CACHE, persist_result=False)
 def lookup_media(config: ClinicConfig, image_ids: list[int]) -> Media:
     """Media rows (name, deleted flag) of the images to upload."""
-    return Media(fetch_media(_engine(config), config.database, image_ids))
+    rows = fetch_media(_engine(config), config.database, image_ids)
+    get_run_logger().info("%d media rows found for %d images", len(rows), len(image_ids))
+    return Media(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -20,6 +20,7 @@ from .credentials import s3_client
 def check_destination(config: ClinicConfig) -> None:
     """Fail fast if the bucket is missing or the credentials cannot reach it."""
     check_bucket(s3_client(config.s3, config.transfer), config.s3.bucket)
+    get_run_logger().info("bucket %s is reachable", config.s3.bucket)
 
 
 @task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)

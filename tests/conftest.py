@@ -50,6 +50,20 @@ def stored_objects(client, prefix: str = "images/") -> dict[str, bytes]:
     return stored
 
 
+def assert_exactly_expected(client, clinic) -> dict[str, str]:
+    """Every expected object once, byte-identical, nothing else; returns prefix -> key."""
+    stored = stored_objects(client)
+    found: dict[str, str] = {}
+    for entry in clinic.expected:
+        prefix = f"images/{entry['patient_guid']}/{clinic.clinic_id}_{entry['image_id']}_"
+        keys = [k for k in stored if k.startswith(prefix)]
+        assert len(keys) == 1, f"{prefix}: {keys}"
+        assert stored[keys[0]] == Path(clinic.pdata_root, entry["path"]).read_bytes()
+        found[prefix] = keys[0]
+    assert len(stored) == len(clinic.expected), set(stored) - set(found.values())
+    return found
+
+
 @pytest.fixture
 def clinic(tmp_path: Path) -> Manifest:
     return make_clinic(tmp_path / "clinic")

@@ -50,10 +50,8 @@ def write_config(
     return path
 
 
-def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
-    from ..cli import EXIT_FAILED, EXIT_OK, run_retrieve, run_sync
-
-    work = Path(workdir).resolve()
+def load_or_generate(work: Path, fresh: bool = False) -> Manifest:
+    """The demo clinic under ``work/clinic``: generated once, then reused."""
     if fresh and work.exists():
         shutil.rmtree(work)
     clinic_dir = work / "clinic"
@@ -69,6 +67,14 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
             f"{time.monotonic() - t0:.1f} s under {clinic_dir}",
             file=sys.stderr,
         )
+    return manifest
+
+
+def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
+    from ..cli import EXIT_FAILED, EXIT_OK, run_retrieve, run_sync
+
+    work = Path(workdir).resolve()
+    manifest = load_or_generate(work, fresh)
     mapping = json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
 
     with ResolverServer(mapping) as resolver, SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:

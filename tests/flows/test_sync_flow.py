@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC
 from pathlib import Path
 
 import boto3
@@ -137,7 +138,15 @@ def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
     runs = task_runs_of(state.state_details.flow_run_id, expected_runs)
     assert len(runs) == expected_runs
     assert all(r.state_type.value == "COMPLETED" for r in runs)
-    assert sum(1 for r in runs if r.name.startswith("upload-batch")) == summary["batches"]
+    n = summary["batches"]
+    batch_names = sorted(r.name for r in runs if r.name.startswith("upload-batch"))
+    assert batch_names == [f"upload-batch-{i:02d}-of-{n:02d}" for i in range(1, n + 1)]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    stamp = run.expected_start_time.astimezone(UTC).strftime("%Y-%m-%dT%H-%MZ")
+    assert run.name == f"{clinic.clinic_id}-{stamp}"
 
 
 def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):

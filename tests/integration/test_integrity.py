@@ -21,27 +21,19 @@ from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from tests.conftest import BUCKET, load_mapping, make_clinic, stored_objects
+from tests.conftest import (
+    BUCKET,
+    assert_exactly_expected,
+    load_mapping,
+    make_clinic,
+    stored_objects,
+)
 
 CLI = str(Path(sys.executable).parent / "pdata-sync")
 
 
 def open_uploads(client) -> list[dict]:
     return client.list_multipart_uploads(Bucket=BUCKET, Prefix="images/").get("Uploads", [])
-
-
-def assert_exactly_expected(client, clinic) -> dict[str, str]:
-    """Every expected object once, byte-identical, nothing else; returns prefix -> key."""
-    stored = stored_objects(client)
-    found: dict[str, str] = {}
-    for entry in clinic.expected:
-        prefix = f"images/{entry['patient_guid']}/{clinic.clinic_id}_{entry['image_id']}_"
-        keys = [k for k in stored if k.startswith(prefix)]
-        assert len(keys) == 1, f"{prefix}: {keys}"
-        assert stored[keys[0]] == Path(clinic.pdata_root, entry["path"]).read_bytes()
-        found[prefix] = keys[0]
-    assert len(stored) == len(clinic.expected), set(stored) - set(found.values())
-    return found
 
 
 def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_server):

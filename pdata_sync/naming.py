@@ -1,0 +1,23 @@
+"""Names of runs and task runs as an operator reads them in the Prefect UI and CLI.
+
+A sync's flow run is named by clinic and scheduled time in UTC (``clinic-001-2026-12-01T00-30Z``):
+one clock for every clinic, whatever its time zone, so names sort in the order the runs were
+due and stay unambiguous across daylight-saving changes. Upload task runs are named by their
+place in the run (``upload-batch-03-of-17``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def run_name(clinic_id: str, when: datetime, kind: str = "") -> str:
+    """``{clinic_id}[-{kind}]-{YYYY-MM-DD}T{HH-MM}Z`` for a run due at ``when`` (aware)."""
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H-%MZ")
+    return f"{clinic_id}-{kind}-{stamp}" if kind else f"{clinic_id}-{stamp}"
+
+
+def batch_task_name(index: int, total: int) -> str:
+    """``upload-batch-03-of-17`` for the third of 17 batches (``index`` counts from 1)."""
+    width = max(2, len(str(total)))
+    return f"upload-batch-{index:0{width}d}-of-{total:0{width}d}"

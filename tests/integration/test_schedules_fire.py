@@ -1,0 +1,103 @@
+"""Scheduled nightly syncs are the product's main way of running: this checks that a schedule
+fires, end to end. A real ``prefect server start`` (with its scheduler service), ``prefect
+deploy --all`` from a prefect.yaml rendered from a clinic file whose schedule is every minute
+(a test override: prefect.yaml keeps the clinics' real schedules), a real process worker.
+The run must be created by the scheduler (not by ``deployment run``), executed by the
+worker and complete with every object in SeaweedFS; the server's log must hold no traceback.
+
+With SQLAlchemy 2.1 (Prefect 3.8.8's scheduler fails every minute with "Can't evaluate bulk
+DML statement") no run is ever created and this test fails.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+
+from pdata_sync.demo.prefect_server import (
+    PrefectServer,
+    create_work_pool,
+    deploy_all,
+    start_worker,
+    stop_process,
+)
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
+from pdata_sync.deployments import render_to
+from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_clinic
+
+CLINIC = "sched-clinic"
+
+
+def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    clinic = make_clinic(tmp_path / "clinic", clinic_id=CLINIC)
+    empty_bucket(seaweed.client(), BUCKET)
+    with (
+        ResolverServer(load_mapping(clinic)) as resolver,
+        PrefectServer(tmp_path / "prefect") as server,
+    ):
+        config_path = write_config(
+            tmp_path / "clinic.yaml",
+            clinic,
+            resolver_url=resolver.url,
+            endpoint=seaweed.endpoint,
+            state_dir=tmp_path / "state",
+        )
+        folder = tmp_path / "deployments"
+        write_deployment_file(
+            folder,
+            config_path,
+            schedule={"cron": "* * * * *", "timezone": "Europe/Berlin"},
+            description="every minute (test override)",
+        )
+        render_to(folder, tmp_path / "prefect.yaml")
+        env = server.env()
+        create_work_pool(WORK_POOL, env)
+        deploy_all(tmp_path / "prefect.yaml", env)
+        worker = start_worker(
+            WORK_POOL, [CLINIC], {**env, **seaweed.env()}, tmp_path / "worker.log"
+        )
+        try:
+            with SyncPrefectClient(server.api_url) as client:
+                runs_of_clinic = FlowRunFilter()
+                deployment = DeploymentFilter(name=DeploymentFilterName(any_=[CLINIC]))
+                done = None
+                deadline = time.monotonic() + 200
+                while done is None and time.monotonic() < deadline:
+                    runs = client.read_flow_runs(
+                        flow_run_filter=runs_of_clinic, deployment_filter=deployment
+                    )
+                    done = next((r for r in runs if r.state and r.state.is_final()), None)
+                    time.sleep(2)
+                assert done is not None, (
+                    f"no scheduled run finished in 200 s; runs: {[(r.name, r.state) for r in runs]}"
+                    f"\nserver log tail:\n{server.log_path.read_text()[-3000:]}"
+                )
+                assert done.state.is_completed(), done.state
+                # created by the scheduler, for a whole minute of the schedule's clock
+                assert done.auto_scheduled
+                due = done.expected_start_time
+                assert due.second == 0 and due.microsecond == 0
+                stamp = due.astimezone(UTC).strftime("%Y-%m-%dT%H-%MZ")
+                assert done.name == f"{CLINIC}-{stamp}"
+                task_runs = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done.id]))
+                )
+                assert any(t.name == "upload-batch-01-of-01" for t in task_runs)
+        finally:
+            stop_process(worker, timeout=10)
+
+        assert_exactly_expected(seaweed.client(), clinic)
+        log = server.log_path.read_text(encoding="utf-8", errors="replace")
+        assert "Traceback" not in log, log[-4000:]
+        assert "Can't evaluate bulk DML" not in log

@@ -1,0 +1,18 @@
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pdata_sync.naming import batch_task_name, run_name
+
+
+def test_run_name_is_the_due_time_in_utc():
+    due = datetime(2026, 12, 1, 1, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert run_name("clinic-001", due) == "clinic-001-2026-12-01T00-30Z"
+    summer = datetime(2026, 7, 1, 1, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert run_name("clinic-001", summer, "verify") == "clinic-001-verify-2026-06-30T23-30Z"
+
+
+def test_batch_names_sort_in_order():
+    assert batch_task_name(3, 17) == "upload-batch-03-of-17"
+    assert batch_task_name(7, 207) == "upload-batch-007-of-207"
+    names = [batch_task_name(i, 120) for i in range(1, 121)]
+    assert names == sorted(names)
