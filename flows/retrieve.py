@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from pdata_sync.config import S3Config
 from pdata_sync.logsafety import protect_logs
@@ -25,12 +26,47 @@ def list_images_task(
     )
 
 
+def found_images_table(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The artifact's rows: what was found, never a URL (presigned URLs are bearer
+    credentials) nor a local path."""
+    columns = ("key", "image_id", "name", "size", "last_modified")
+    return [{column: image.get(column) for column in columns} for image in images]
+
+
+# The run form in the Prefect UI is built from these (Prefect titles a parameter by its
+# name unless the field's JSON schema says otherwise).
+_GUID = Field(
+    ...,
+    description="The patient's GUID on the platform: a lower-case UUID such as "
+    "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71. Only images/{patientGuid}/ is read.",
+    json_schema_extra={"title": "patientGuid (UUID)"},
+)
+_S3 = Field(
+    ...,
+    description="Bucket, region and, for S3-compatible servers, endpoint URL of the archive. "
+    "Credentials come from the AwsCredentials block named here, else the worker's "
+    "environment.",
+    json_schema_extra={"title": "S3 archive"},
+)
+_PRESIGN = Field(
+    None,
+    description="Add a presigned GET URL per image, valid this many seconds (1 to 604800 "
+    "= 7 days). Empty: no URLs. URLs are in the run's result only, never in its artifacts.",
+    json_schema_extra={"title": "Presigned URL lifetime (seconds)"},
+)
+_DOWNLOAD = Field(
+    None,
+    description="Download every image into this folder on the worker. Empty: list only.",
+    json_schema_extra={"title": "Download folder on the worker"},
+)
+
+
 @flow(name="retrieve-patient-images", persist_result=False)
 def retrieve_patient_images(
-    patient_guid: str,
-    s3: S3Config,
-    presign_seconds: int | None = None,
-    download_dir: str | None = None,
+    patient_guid: str = _GUID,
+    s3: S3Config = _S3,
+    presign_seconds: int | None = _PRESIGN,
+    download_dir: str | None = _DOWNLOAD,
 ) -> list[dict[str, Any]]:
     """List every image under ``images/{patient_guid}/``; presign and/or download on request.
 
@@ -44,14 +80,13 @@ def retrieve_patient_images(
     get_run_logger().info("patient %s: %d images listed", patient_guid, len(images))
     create_table_artifact(
         key="retrieve-patient-images",
-        table=[
-            {
-                "patient_guid": patient_guid,
-                "images": len(images),
-                "presigned": presign_seconds is not None,
-                "downloaded": download_dir is not None,
-            }
-        ],
-        description="What the retrieval listed (no URLs: they are bearer credentials)",
+        table=found_images_table(images)
+        or [{"key": None, "image_id": None, "name": None, "size": 0, "last_modified": None}],
+        description=(
+            f"Images of patient {patient_guid} found in s3://{s3.bucket}/"
+            f"{'; presigned' if presign_seconds is not None else ''}"
+            f"{'; downloaded on the worker' if download_dir is not None else ''}"
+            " (no URLs here: they are bearer credentials)"
+        ),
     )
     return images

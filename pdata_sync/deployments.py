@@ -110,10 +110,19 @@ def load_all(folder: Path) -> list[ClinicDeployment]:
     return deployments
 
 
+def _with_schedule(description: str, schedule: Schedule | None) -> str:
+    """The description as the UI shows it, with the cron and the time zone it runs in."""
+    if schedule is None:
+        return f"{description} (no schedule: runs on demand)"
+    return f"{description} (cron '{schedule.cron}', {schedule.timezone} time)"
+
+
 def _deployment_entry(d: ClinicDeployment) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": d.name,
-        "description": d.description or f"Nightly PDATA -> S3 sync of clinic {d.name}",
+        "description": _with_schedule(
+            d.description or f"Nightly PDATA -> S3 sync of clinic {d.name}", d.schedule
+        ),
         "entrypoint": SYNC_ENTRYPOINT,
         "tags": ["pdata-sync", *d.tags],
         "parameters": {
@@ -134,7 +143,10 @@ def _verify_entry(d: ClinicDeployment) -> dict[str, Any]:
     entry = _deployment_entry(d)
     entry.update(
         name=f"{d.name}-verify",
-        description=f"Audit of clinic {d.name}: S3 against the image catalog (S3 only read)",
+        description=_with_schedule(
+            f"Audit of clinic {d.name}: S3 against the image catalog (S3 only read)",
+            d.verify_schedule,
+        ),
         entrypoint=VERIFY_ENTRYPOINT,
         tags=["pdata-sync", "verify", *d.tags],
         schedules=[d.verify_schedule.model_dump()] if d.verify_schedule else [],

@@ -81,14 +81,13 @@ def deployed_queues(prefect_file: Path) -> list[str]:
 
 
 def _ui_port(preferred: int) -> int:
-    """``preferred`` when it is free on 127.0.0.1, else any free port."""
+    """``preferred`` when it is free on 127.0.0.1, else (or for 0) any free port."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+        return s.getsockname()[1]
 
 
 @contextmanager

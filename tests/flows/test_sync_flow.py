@@ -197,6 +197,23 @@ def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(tmp_path, s3):
     assert sorted(i["image_id"] for i in images) == sorted(
         e["image_id"] for e in clinic.expected if e["patient_guid"] == guid
     )
+    # the run's artifact lists what was found, without the presigned URLs
+    state = retrieve_patient_images(
+        patient_guid=guid, s3=config.s3, presign_seconds=600, return_state=True
+    )
+    presigned = state.result()
+    assert all("X-Amz-Signature" in i["url"] for i in presigned)
+    (artifact,) = [
+        a
+        for a in artifacts_of(state.state_details.flow_run_id)
+        if a.key == "retrieve-patient-images"
+    ]
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert [(r["key"], r["image_id"], r["name"], r["size"]) for r in rows] == [
+        (i["key"], i["image_id"], i["name"], i["size"]) for i in presigned
+    ]
+    assert all(r["last_modified"] for r in rows)
+    assert "X-Amz-Signature" not in json.dumps(rows) and "http" not in json.dumps(rows)
 
     state = retrieve_patient_images(patient_guid="../x", s3=config.s3, return_state=True)
     assert state.is_failed()

@@ -107,6 +107,13 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
             assert "aws_credentials_block" in s3 and "secret" not in json.dumps(s3).lower()
         retrieve = client.read_deployment_by_name("retrieve-patient-images/retrieve")
         assert retrieve.schedules == []
+        # its run form: titled, described fields; the GUID's says what a UUID looks like
+        form = retrieve.parameter_openapi_schema["properties"]
+        assert form["patient_guid"]["title"] == "patientGuid (UUID)"
+        assert "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71" in form["patient_guid"]["description"]
+        assert all(field.get("description") for field in form.values())
+        s3_form = retrieve.parameter_openapi_schema["definitions"]["S3Config"]["properties"]
+        assert "endpoint_url" in s3_form
 
 
 def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, seaweed, tmp_path):

@@ -54,6 +54,9 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
     assert new["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert new["parameters"]["config"]["clinic_id"] == "clinic-003"
     assert new["entrypoint"] == "flows/sync.py:sync_clinic"
+    # the UI shows when a clinic runs, in whose time
+    assert "cron '0 3 * * *', Europe/Zurich time" in new["description"]
+    assert "cron '0 4 * * 0', Europe/Berlin time" in audit["description"]
     assert (
         main(["deployments", "render", "--folder", str(folder), "--output", str(target), "--check"])
         == 0
