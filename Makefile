@@ -5,13 +5,15 @@
 #   make bench        - pdata-sync against s5cmd, rclone, aws s3 sync (bench/compare_tools.py)
 #   make bench-scale  - 100,000 images in 10,000 patient folders (bench/scale.py)
 #   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
+# Dependencies: `make lock` re-resolves requirements.lock from pyproject.toml (after changing
+# a dependency there), then reinstalls .venv from it; run `make test` after.
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
 BENCH_STAMP := .bench-venv/.installed
 
-.PHONY: demo test setup lint clean bench bench-setup bench-scale bench-huge
+.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge
 
 setup: $(STAMP)
 
@@ -39,6 +41,14 @@ bench-scale: $(STAMP)
 
 bench-huge: $(STAMP)
 	$(VENV)/bin/python bench/huge_file.py
+
+# The lock is for Linux x86-64 and Python 3.11, what the tests run on; hashes make pip refuse
+# any file other than the one resolved here.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	    --python-platform x86_64-unknown-linux-gnu --generate-hashes -o requirements.lock
+	PYTHON=$(PYTHON) bash .ci/bootstrap
+	touch $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
