@@ -25,6 +25,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from pdata_sync import progress
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ConfigError
 from pdata_sync.logsafety import protect_logs
@@ -138,6 +139,7 @@ def sync_clinic(config: ClinicConfig) -> Any:
     summary.notes.extend(plan.notes)
     summary.failed.extend(plan.failed)
     summary.objects_planned = len(plan.images)
+    progress.planned(len(plan.images))
 
     batches = make_batches(plan.images, config.transfer.batch_size)
     summary.batches = len(batches)

@@ -182,14 +182,43 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
             print(f"  {label}: {item['path']}: {item['reason']}", file=out)
 
 
+@contextlib.contextmanager
+def _terminal_progress(enabled: bool) -> Iterator[None]:
+    """A status line on stderr while a sync runs, if stderr is a terminal (see progress)."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    from . import progress
+
+    real = sys.stderr
+    bar = progress.TerminalProgress(real)
+    wrapped = progress.StatusLineStream(real, bar)
+    # log handlers made before (the CLI's) and while (Prefect's) the run starts write
+    # through the stand-in, so log lines never run into the status line
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is real]
+    for handler in handlers:
+        handler.setStream(wrapped)  # type: ignore[attr-defined]
+    sys.stderr = wrapped  # type: ignore[assignment]
+    progress.listen(bar)
+    try:
+        yield
+    finally:
+        progress.listen(None)
+        sys.stderr = real
+        for handler in handlers:
+            handler.setStream(real)  # type: ignore[attr-defined]
+        bar.finish()
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         return _refuse(str(exc))
-    summary, code = _run_and_print(
-        args, "sync", lambda: run_sync(config), lambda s: _print_summary(s, sys.stdout)
-    )
+    with _terminal_progress(not args.json):
+        summary, code = _run_and_print(
+            args, "sync", lambda: run_sync(config), lambda s: _print_summary(s, sys.stdout)
+        )
     if code is not None:
         return code
     if summary["failed"]:

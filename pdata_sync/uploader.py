@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .catalog import UPLOADED as ROW_UPLOADED
 from .catalog import VERIFIED, Catalog, CatalogRow, PendingItem, Settled, SourceInfo, now
 from .config import ClinicConfig
@@ -361,6 +362,7 @@ class BatchUploader:
                 self.catalog.mark_pending(self.config.clinic_id, pending, self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
                 reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
+                progress.advance(len(items))
                 return [
                     Outcome(UNCHANGED, i.rel_path, i.key, trusted=i.key in trusted)
                     if i.key in unchanged or i.key in trusted
@@ -385,14 +387,21 @@ class BatchUploader:
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason)
             return self._safe_process(item, listing.get(item.key), rows.get(item.key))
 
+        def run_and_report(item: PlannedImage) -> Outcome:
+            outcome = run(item)
+            progress.advance(1, outcome.bytes if outcome.status == UPLOADED else 0)
+            return outcome
+
         # only images with work to do go to the pool (a no-change batch needs no threads)
         work = [i for i in items if i.key not in trusted and i.key not in unchanged]
+        progress.advance(len(items) - len(work))
         done: dict[str, Outcome] = {}
         try:
             if work:
                 workers = min(self.config.transfer.upload_concurrency, len(work))
                 with ThreadPoolExecutor(workers, thread_name_prefix="pdata-upload") as pool:
-                    done = {i.key: o for i, o in zip(work, pool.map(run, work), strict=True)}
+                    results = pool.map(run_and_report, work)
+                    done = {i.key: o for i, o in zip(work, results, strict=True)}
         finally:
             self.flush()
         outcomes = [done[i.key] if i.key in done else run(i) for i in items]

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -349,3 +350,41 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
         )
     assert all_objects(client, "images/x/") == {}
     assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_progress_on_a_terminal_only(setup):
+    """The first sync of a clinic takes hours: on a terminal, stderr shows images done of
+    the total, MB/s and the time left, updated in place; piped or with --json, nothing."""
+    import pty
+
+    clinic, client, resolver, config, env = setup
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [CLI, "sync", "--config", str(config)],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    stdout = proc.communicate(timeout=240)[0].decode()
+    os.close(primary)
+    assert proc.returncode == 0, seen.decode(errors="replace")[-3000:]
+    terminal = seen.decode(errors="replace")
+    # every planned object (the expected ones and the bad files that get rejected)
+    done = re.findall(r"(\d+)/(\d+) images  [\d.]+ MB/s", terminal)
+    assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= len(clinic.expected)
+    assert "\r\x1b[K" in terminal  # rewritten in place
+    assert "MB/s" not in stdout and stdout.startswith("clinic ")  # stdout: the summary only
+
+    piped = run_cli(["sync", "--config", str(config)], env)
+    assert piped.returncode == 0 and "MB/s" not in piped.stderr + piped.stdout
