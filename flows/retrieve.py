@@ -1,5 +1,5 @@
 """Flow ``retrieve-patient-images``: list (and optionally presign or download) one
-patient's images knowing only the patientGuid (SPEC section 3)."""
+patient's images knowing only the patientGuid (docs/product-rules.md §4)."""
 
 from __future__ import annotations
 

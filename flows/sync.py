@@ -1,4 +1,5 @@
-"""Flow ``sync-clinic``: one clinic's PDATA -> S3 under images/{patientGuid}/ (SPEC section 2).
+"""Flow ``sync-clinic``: one clinic's PDATA -> S3 under images/{patientGuid}/
+(docs/product-rules.md §2, §3).
 
 Thin orchestration: each step is a task over a pure core function. Uploads are mapped over
 batches (hundreds of images each), never one task run per image: see
@@ -10,6 +11,7 @@ one for dependency tracking (40% of a 100,000-image no-change run's CPU).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -27,12 +29,12 @@ from prefect.utilities.annotations import quote
 
 from pdata_sync import progress
 from pdata_sync.config import ClinicConfig
-from pdata_sync.errors import ConfigError
+from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
-from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, guids_per_patient, make_batches
+from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import RunSummary
-from tasks.catalog import prepare_catalog
+from tasks.catalog import clinic_lock, prepare_catalog
 from tasks.resolve import resolve_card_ids
 from tasks.source import check_source, lookup_media, query_patients, scan_pdata
 from tasks.upload import check_destination, upload_batch
@@ -75,33 +77,18 @@ def _problems_markdown(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-@flow(
-    name="sync-clinic",
-    flow_run_name=clinic_run_name,
-    task_runner=_TASK_RUNNER,
-    persist_result=False,
-    log_prints=False,
-)
-def sync_clinic(config: ClinicConfig) -> Any:
-    """Copy every image of every resolvable patient of one clinic to S3.
-
-    Returns the run summary (a dict). The run ends Failed (with the summary as its data)
-    when any image failed; rejected bad input is reported but does not fail the run.
-    """
-    protect_logs()
+def _sync(config: ClinicConfig, summary: RunSummary, locked_since: datetime | None) -> str | None:
+    """The sync itself, under the clinic's lock; returns the configuration error that
+    stopped it, if any."""
     logger = get_run_logger()
-    summary = RunSummary(clinic_id=config.clinic_id, flow_run_id=flow_run.get_id())
-
-    # Configuration problems stop the run here, before any work.
-    check_source(config)
-    check_destination(config)
-    summary.interrupted_uploads_aborted = prepare_catalog(config)
+    summary.interrupted_uploads_aborted = prepare_catalog(config, locked_since)
 
     scan = scan_pdata(config)
     summary.folders = len(scan.folders)
     summary.images_found = len(scan.images)
     summary.skipped.update(scan.skipped)
-    summary.rejected.extend(scan.problems)
+    summary.rejected.extend(p for p in scan.problems if not p.environment)
+    summary.failed.extend(p for p in scan.problems if p.environment)
 
     patient_ids = sorted({f.patient_id for f in scan.folders})
     lookup = query_patients(config, quote(patient_ids))
@@ -114,23 +101,16 @@ def sync_clinic(config: ClinicConfig) -> Any:
     resolved = resolve_card_ids(config, quote(card_ids))
     summary.resolver_calls = resolved.calls
     summary.resolver_cache_hits = resolved.from_cache
-    guids = guids_per_patient(lookup.card_ids, resolved.mapping)
-    failed_patients = {
-        pid: f"patientGuid not resolved: {resolved.failed[c]}"
-        for pid, cards in lookup.card_ids.items()
-        for c in cards
-        if c in resolved.failed
-    }
-    unresolved = [pid for pid in lookup.card_ids if pid not in guids and pid not in failed_patients]
-    summary.skipped[SKIP_PATIENT_UNRESOLVED] += len(unresolved)
-    summary.patients_resolved = len(guids)
+    patients = resolve_patients(lookup.card_ids, resolved.mapping, resolved.failed)
+    summary.skipped[SKIP_PATIENT_UNRESOLVED] += patients.unresolved
+    summary.patients_resolved = len(patients.guids)
 
-    wanted = [i for i in scan.images if i.patient_id in guids or i.patient_id in failed_patients]
-    media = lookup_media(config, quote([i.image_id for i in wanted if i.patient_id in guids])).rows
+    wanted = patients.wanted(scan.images)
+    media = lookup_media(config, quote(patients.media_ids(wanted))).rows
     plan = build_plan(
         images=wanted,
-        patient_guids=guids,
-        failed_patients=failed_patients,
+        patient_guids=patients.guids,
+        failed_patients=patients.failed,
         media=media,
         clinic_id=config.clinic_id,
         key_template=config.s3.key_template,
@@ -178,6 +158,10 @@ def sync_clinic(config: ClinicConfig) -> Any:
     if not batches:
         update_progress_artifact(progress_id, progress=100.0)
 
+    return fatal
+
+
+def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
     create_table_artifact(
         key=artifact_key("sync-summary", config.clinic_id),
         table=summary.counts_table(),
@@ -188,6 +172,38 @@ def sync_clinic(config: ClinicConfig) -> Any:
         markdown=_problems_markdown(summary),
         description=f"Files of clinic {config.clinic_id} not uploaded, with reasons",
     )
+
+
+@flow(
+    name="sync-clinic",
+    flow_run_name=clinic_run_name,
+    task_runner=_TASK_RUNNER,
+    persist_result=False,
+    log_prints=False,
+)
+def sync_clinic(config: ClinicConfig) -> Any:
+    """Copy every image of every resolvable patient of one clinic to S3.
+
+    Returns the run summary (a dict). The run ends Failed (with the summary as its data)
+    when any image failed; rejected bad input is reported but does not fail the run.
+    """
+    protect_logs()
+    logger = get_run_logger()
+    summary = RunSummary(clinic_id=config.clinic_id, flow_run_id=flow_run.get_id())
+
+    # Configuration problems stop the run here, before any work.
+    check_source(config)
+    check_destination(config)
+    try:
+        with clinic_lock(config, "sync", flow_run.get_id()) as lock:
+            try:
+                fatal = _sync(config, summary, lock.acquired_at)
+            finally:  # whatever happened, the run's record says what was done
+                _write_artifacts(config, summary)
+    except ClinicBusyError as exc:  # refused before any work: no traceback, one line
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+
     result = summary.to_dict()
     logger.info(
         "clinic %s: uploaded %d, unchanged %d, rejected %d, failed %d",

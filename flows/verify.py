@@ -1,7 +1,8 @@
 """Flow ``verify-clinic``: re-check S3 against the image catalog, changing nothing in S3
 (docs/adr/0004-catalog-and-acknowledged-uploads.md); drift it finds is recorded in the
 catalog so the next sync repairs it (docs/adr/0005-trusted-no-change-runs.md). Runs in
-Prefect so every audit is in the run history, with its findings as a table artifact."""
+Prefect so every audit is in the run history: a run that finds drift ends Failed, with the
+findings as its data and a table artifact of every object that differs."""
 
 from __future__ import annotations
 
@@ -10,29 +11,31 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 
 from pdata_sync.config import ClinicConfig
+from pdata_sync.errors import ClinicBusyError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.s3_store import check_bucket
-from pdata_sync.verify import verify_catalog
-from tasks.catalog import belongs_to_clinic, open_catalog
+from pdata_sync.verify import Drift, verify_catalog
+from tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock
 from tasks.credentials import s3_client
 
 from .sync import artifact_key, clinic_run_name
 
 
 @task(name="verify-catalog", cache_policy=NO_CACHE, persist_result=False)
-def verify_task(config: ClinicConfig) -> dict[str, Any]:
+def verify_task(config: ClinicConfig) -> Drift:
     client = s3_client(config.s3, config.transfer)
     check_bucket(client, config.s3.bucket)
-    drift = verify_catalog(
-        open_catalog(config),
+    return verify_catalog(
+        clinic_images(config),
         client,
         config.s3.bucket,
-        config.clinic_id,
         belongs_to_clinic(config),
+        flow_run.get_id(),
     )
-    return drift.to_dict()
 
 
 def _verify_run_name() -> str:
@@ -40,10 +43,17 @@ def _verify_run_name() -> str:
 
 
 @flow(name="verify-clinic", flow_run_name=_verify_run_name, persist_result=False)
-def verify_clinic(config: ClinicConfig) -> dict[str, Any]:
-    """Report objects missing, changed or unknown compared with the catalog."""
+def verify_clinic(config: ClinicConfig) -> Any:
+    """Report objects missing, changed or unknown compared with the catalog; the run ends
+    Failed when there are any."""
     protect_logs()
-    result = verify_task(config)
+    try:
+        with clinic_lock(config, "verify", flow_run.get_id()):
+            drift = verify_task(config)
+    except ClinicBusyError as exc:  # refused before any work: no traceback, one line
+        get_run_logger().error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+    result = drift.to_dict()
     get_run_logger().info(
         "clinic %s: %d catalog rows, %d verified and intact, %d missing, %d changed, "
         "%d unknown, %d not yet verified",
@@ -66,4 +76,11 @@ def verify_clinic(config: ClinicConfig) -> dict[str, Any]:
         ],
         description=f"Verify of clinic {config.clinic_id} against its catalog",
     )
-    return result
+    if drift.ok:
+        return Completed(message="S3 holds what the catalog says", data=result)
+    create_table_artifact(
+        key=artifact_key("verify-drift", config.clinic_id),
+        table=drift.table(),
+        description=f"Objects of clinic {config.clinic_id} that differ from the catalog",
+    )
+    return Failed(message=f"{drift.differences} object(s) differ from the catalog", data=result)

@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .config import ClinicConfig, load_config
-from .errors import ConfigError, PdataSyncError, describe
+from .errors import ClinicBusyError, ConfigError, PdataSyncError, describe
 from .logsafety import protect_logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the clinic holds its lock; try again later
 
 
 def _prepare_prefect_env() -> None:
@@ -83,6 +84,9 @@ def _run_and_print(
     with _stdout_to_stderr(args.json) as out:
         result, error = run()
     if error is not None:
+        if isinstance(error, ClinicBusyError):
+            print(f"pdata-sync: {error}", file=sys.stderr)
+            return None, EXIT_BUSY
         if isinstance(error, ConfigError):
             return None, _refuse(str(error))
         print(f"pdata-sync: {label} failed: {describe(error)}", file=sys.stderr)

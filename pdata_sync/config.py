@@ -131,7 +131,7 @@ class DatabaseConfig(_Model):
 
 
 class ResolverConfig(_Model):
-    """The platform's CardId -> patientGuid resolver (SPEC section 5)."""
+    """The platform's CardId -> patientGuid resolver (docs/product-rules.md §5)."""
 
     url: str = Field(
         description="Full URL of the resolver, e.g. "
@@ -292,7 +292,7 @@ class CatalogConfig(_Model):
 
 
 class ClinicConfig(_Model):
-    """Everything one clinic's sync needs (SPEC section 6)."""
+    """Everything one clinic's sync needs (docs/product-rules.md §6)."""
 
     clinic_id: str = Field(description="Unique id of the clinic; part of every object key.")
     pdata_root: str = Field(description="Path of the Sidexis PDATA share as the worker sees it.")

@@ -7,9 +7,14 @@
 * :class:`TransientError` - may succeed if tried again (429, 5xx, timeouts, throttling).
   Retried with exponential backoff; reported as *failed* when the retries run out.
 * :class:`PermanentError` - a single operation failed for good (e.g. a 4xx from the
-  resolver for one batch). Reported as *failed*; the run goes on.
+  resolver for one batch, an object S3 does not find). Reported as *failed*; the run goes on.
+* *environment* - the PDATA share or a file cannot be read (missing, permission denied,
+  I/O error). Reported as *failed* with the reason (exit 1), never as rejected input.
+* :class:`ClinicBusyError` - another sync or verify of the clinic is running; the run
+  refuses before any work, naming the holder.
 
-:func:`classify` maps third-party exceptions (httpx, botocore, OS errors) onto these kinds.
+:func:`classify` maps third-party exceptions (httpx, botocore, OS errors) onto these kinds;
+S3 errors by operation and code, from one table (docs/adr/0003-error-taxonomy.md).
 """
 
 from __future__ import annotations
@@ -52,40 +57,96 @@ class PermanentError(PdataSyncError):
     """A failure that retrying will not fix, limited to one operation."""
 
 
+class ClinicBusyError(PdataSyncError):
+    """Another run of the same clinic holds its lock; the message names the holder."""
+
+
 class ErrorKind(enum.Enum):
     CONFIG = "config"
     BAD_INPUT = "bad_input"
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    ENVIRONMENT = "environment"
 
 
-# S3 error codes that mean the set-up is wrong rather than one object.
-_S3_CONFIG_CODES = {
-    "NoSuchBucket",
-    "AccessDenied",
-    "AllAccessDisabled",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidBucketName",
-    "AuthorizationHeaderMalformed",
-    "PermanentRedirect",
-    "403",
-    "404",
+# How an S3 error code is read, by operation: ("*", code) applies to every operation
+# unless (operation, code) says otherwise. A HEAD answer has no body, so its code is the bare
+# HTTP status: 404 on HeadBucket is a missing bucket, on HeadObject a missing object.
+_S3_RULES: dict[tuple[str, str], ErrorKind] = {
+    **{
+        ("*", code): ErrorKind.CONFIG
+        for code in (
+            "NoSuchBucket",
+            "AccessDenied",
+            "AllAccessDisabled",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "InvalidBucketName",
+            "AuthorizationHeaderMalformed",
+            "PermanentRedirect",
+            "403",
+        )
+    },
+    ("HeadBucket", "404"): ErrorKind.CONFIG,
+    ("*", "404"): ErrorKind.PERMANENT,  # an object (HeadObject) or upload: that item only
+    ("*", "NoSuchKey"): ErrorKind.PERMANENT,
+    ("*", "NoSuchUpload"): ErrorKind.PERMANENT,
+    **{
+        ("*", code): ErrorKind.TRANSIENT
+        for code in (
+            "SlowDown",
+            "Throttling",
+            "ThrottlingException",
+            "RequestTimeout",
+            "RequestTimeTooSkewed",
+            "InternalError",
+            "ServiceUnavailable",
+            "500",
+            "502",
+            "503",
+            "504",
+            "BadDigest",  # the body was damaged in transit: sending it again may work
+        )
+    },
 }
-_S3_TRANSIENT_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "InternalError",
-    "ServiceUnavailable",
-    "503",
-    "500",
-    "502",
-    "504",
-    "BadDigest",  # the body was damaged in transit: sending it again may work
+
+# The one line an operator reads for an S3 configuration error, by code.
+_S3_CONFIG_MESSAGES = {
+    "NoSuchBucket": "S3: bucket {bucket!r} does not exist (s3.bucket)",
+    "404": "S3: bucket {bucket!r} does not exist (s3.bucket)",
+    "AccessDenied": "S3: access denied writing to bucket {bucket!r}: the credentials need "
+    "s3:PutObject, s3:GetObject and s3:ListBucket on images/*",
+    "403": "S3: access denied writing to bucket {bucket!r}: the credentials need "
+    "s3:PutObject, s3:GetObject and s3:ListBucket on images/*",
+    "AllAccessDisabled": "S3: all access to bucket {bucket!r} is disabled",
+    "InvalidAccessKeyId": "S3: the AWS credentials were refused by bucket {bucket!r} ({code})",
+    "SignatureDoesNotMatch": "S3: the AWS credentials were refused by bucket {bucket!r} ({code})",
+    "InvalidBucketName": "S3: {bucket!r} is not a valid bucket name (s3.bucket)",
+    "PermanentRedirect": "S3: bucket {bucket!r} is in another region (s3.region)",
+    "AuthorizationHeaderMalformed": "S3: bucket {bucket!r} is in another region (s3.region)",
 }
+
+
+def s3_code(exc: BaseException) -> tuple[str, str]:
+    """(operation, error code) of a botocore ClientError; ("", "") for anything else."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return "", ""
+    code = str(response.get("Error", {}).get("Code", ""))
+    return str(getattr(exc, "operation_name", "") or ""), code
+
+
+def _s3_kind(operation: str, code: str) -> ErrorKind:
+    return _S3_RULES.get((operation, code)) or _S3_RULES.get(("*", code)) or ErrorKind.PERMANENT
+
+
+def s3_config_message(exc: BaseException, bucket: str) -> str:
+    """One line for an S3 error that means the set-up is wrong, naming the bucket."""
+    _, code = s3_code(exc)
+    template = _S3_CONFIG_MESSAGES.get(code)
+    if template is None:
+        return f"S3: bucket {bucket!r}: {describe(exc)}"
+    return template.format(bucket=bucket, code=code)
 
 
 def classify(exc: BaseException) -> ErrorKind:
@@ -96,7 +157,7 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.BAD_INPUT
     if isinstance(exc, TransientError):
         return ErrorKind.TRANSIENT
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, (PermanentError, ClinicBusyError)):
         return ErrorKind.PERMANENT
 
     # botocore (imported lazily: classify is also used where boto3 is not)
@@ -114,12 +175,7 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, NoCredentialsError):
         return ErrorKind.CONFIG
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _S3_CONFIG_CODES:
-            return ErrorKind.CONFIG
-        if code in _S3_TRANSIENT_CODES:
-            return ErrorKind.TRANSIENT
-        return ErrorKind.PERMANENT
+        return _s3_kind(*s3_code(exc))
     if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
         return ErrorKind.TRANSIENT
 
@@ -132,8 +188,12 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.TRANSIENT
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return ErrorKind.TRANSIENT
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return ErrorKind.BAD_INPUT
+    if isinstance(exc, IsADirectoryError):
+        return ErrorKind.BAD_INPUT  # an entry that is not an image file
+    if isinstance(exc, OSError):
+        # the share or the file cannot be read (gone, permission denied, I/O error): the
+        # environment, not the input; the image is *failed* and the run exits 1
+        return ErrorKind.ENVIRONMENT
     return ErrorKind.PERMANENT
 
 

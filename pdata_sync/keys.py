@@ -1,7 +1,7 @@
 """Object keys: key-safe image names, the key template, parsing keys back, patientGuids.
 
-Keys always start with ``images/{patientGuid}/`` (SPEC section 6); a key never contains
-``..``, an empty segment or a character outside ``A-Z a-z 0-9 . _ - /``.
+Keys always start with ``images/{patientGuid}/`` (docs/product-rules.md §3); a key never
+contains ``..``, an empty segment or a character outside ``A-Z a-z 0-9 . _ - /``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def is_canonical_guid(value: object) -> bool:
 
 
 def safe_name(name: str | None) -> str:
-    """Make an image name key-safe (SPEC section 2.6).
+    """Make an image name key-safe (docs/product-rules.md §3.1).
 
     ASCII-folded, only ``A-Z a-z 0-9 . _ -``, at most 100 characters, never empty and never
     containing ``..``. ``None``, blank or all-symbol names become ``unnamed``.

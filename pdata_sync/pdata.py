@@ -27,6 +27,8 @@ class Problem:
 
     path: str
     reason: str
+    # the share or a file could not be read: the environment, reported as *failed*
+    environment: bool = False
 
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
@@ -103,8 +105,9 @@ def scan_images(
 ) -> tuple[list[ImageFile], Counter[str], list[Problem]]:
     """List the image files of ``folders``.
 
-    Returns the images, counts of skipped non-image entries, and problems (an unreadable
-    folder, a duplicate imageId) that the run reports.
+    Returns the images, counts of skipped non-image entries, and problems that the run
+    reports: a duplicate imageId (bad input, *rejected*), a folder or file that cannot be
+    read (the environment: ``environment=True``, *failed*).
     """
     root = Path(root)
     images: list[ImageFile] = []
@@ -116,7 +119,9 @@ def scan_images(
             with os.scandir(root / folder.name) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            problems.append(Problem(folder.name, f"folder cannot be listed: {exc.strerror}"))
+            problems.append(
+                Problem(folder.name, f"folder cannot be listed: {exc.strerror}", environment=True)
+            )
             continue
         for entry in entries:
             rel = f"{folder.name}/{entry.name}"
@@ -132,7 +137,7 @@ def scan_images(
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
-                problems.append(Problem(rel, f"cannot read file: {exc.strerror}"))
+                problems.append(Problem(rel, f"cannot read file: {exc.strerror}", environment=True))
                 continue
             seen[image_id] = rel
             images.append(ImageFile(folder.patient_id, image_id, rel, st.st_size, st.st_mtime_ns))

@@ -49,6 +49,40 @@ def guids_per_patient(
     return result
 
 
+@dataclass(frozen=True)
+class PatientResolution:
+    """Which patients' images go where: patientGuids per patient, patients whose
+    resolution failed (their images fail), and how many resolved to nothing."""
+
+    guids: dict[int, list[str]]
+    failed: dict[int, str]  # patient id -> why
+    unresolved: int
+
+    def wanted(self, images: list[ImageFile]) -> list[ImageFile]:
+        """The images to plan: those of resolved patients and of failed ones (reported)."""
+        return [i for i in images if i.patient_id in self.guids or i.patient_id in self.failed]
+
+    def media_ids(self, images: list[ImageFile]) -> list[int]:
+        """The imageIds whose media rows are needed (resolved patients only)."""
+        return [i.image_id for i in images if i.patient_id in self.guids]
+
+
+def resolve_patients(
+    card_ids: dict[int, list[str]], mapping: dict[str, str], failed: dict[str, str]
+) -> PatientResolution:
+    """Combine each patient's CardIds with the resolver's answers (``failed``: CardId ->
+    why its resolution failed)."""
+    guids = guids_per_patient(card_ids, mapping)
+    failed_patients = {
+        pid: f"patientGuid not resolved: {failed[c]}"
+        for pid, cards in card_ids.items()
+        for c in cards
+        if c in failed
+    }
+    unresolved = sum(1 for pid in card_ids if pid not in guids and pid not in failed_patients)
+    return PatientResolution(guids, failed_patients, unresolved)
+
+
 def build_plan(
     *,
     images: list[ImageFile],

@@ -1,4 +1,4 @@
-"""Client of the platform's CardId -> patientGuid resolver (SPEC section 5), with a cache.
+"""Client of the platform's CardId -> patientGuid resolver (docs/product-rules.md §5), with a cache.
 
 CardIds are patient identifiers: they are never logged, and the on-disk cache stores only
 salted SHA-256 hashes of them.

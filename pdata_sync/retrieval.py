@@ -1,4 +1,4 @@
-"""Retrieval of a patient's images by patientGuid alone (SPEC section 3).
+"""Retrieval of a patient's images by patientGuid alone (docs/product-rules.md §4).
 
 Never reads PDATA, the Sidexis database or the resolver: only ``images/{patientGuid}/``.
 """

@@ -28,7 +28,15 @@ from botocore.handlers import add_expect_header
 
 from .config import S3Config, TransferConfig
 from .dicom_meta import DicomHeader, multipart_etag
-from .errors import ConfigError, PermanentError, SourceChangedError, describe
+from .errors import (
+    ConfigError,
+    ErrorKind,
+    PermanentError,
+    SourceChangedError,
+    classify,
+    describe,
+    s3_config_message,
+)
 from .keys import encode_name_for_metadata, patient_prefix
 
 CONTENT_TYPE = "application/dicom"
@@ -139,14 +147,8 @@ def check_bucket(client: Any, bucket: str) -> None:
     except EndpointConnectionError as exc:
         raise ConfigError(f"S3: cannot connect to {exc.kwargs.get('endpoint_url')}") from None
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket"):
-            raise ConfigError(f"S3: bucket {bucket!r} does not exist (s3.bucket)") from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise ConfigError(
-                f"S3: access to bucket {bucket!r} denied: check the AWS credentials and the "
-                "bucket policy"
-            ) from None
+        if classify(exc) is ErrorKind.CONFIG:
+            raise ConfigError(s3_config_message(exc, bucket)) from None
         raise ConfigError(f"S3: bucket {bucket!r} cannot be checked: {describe(exc)}") from None
 
 
@@ -421,9 +423,15 @@ def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
 
 
 def abort_interrupted_uploads(
-    client: Any, bucket: str, prefix: str, belongs: Callable[[str], bool]
+    client: Any,
+    bucket: str,
+    prefix: str,
+    belongs: Callable[[str], bool],
+    started_before: datetime | None = None,
 ) -> int:
-    """Abort every open multipart upload under ``prefix`` whose key ``belongs`` to us.
+    """Abort every open multipart upload under ``prefix`` whose key ``belongs`` to us and
+    that was started before ``started_before`` (when the caller took the clinic's lock: a
+    later one belongs to a live run).
 
     Left behind by a worker killed mid-upload; they are invisible but cost storage. Returns
     how many were aborted.
@@ -432,6 +440,9 @@ def abort_interrupted_uploads(
     paginator = client.get_paginator("list_multipart_uploads")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", []) or []:
+            initiated = upload.get("Initiated")
+            if started_before is not None and initiated is not None and initiated >= started_before:
+                continue
             if belongs(upload["Key"]):
                 with contextlib.suppress(ClientError):  # already completed or aborted
                     client.abort_multipart_upload(

@@ -1,16 +1,13 @@
-"""Upload one batch of planned images: compare with S3, upload what is new or changed.
+"""Upload one batch of planned images: what the catalog and S3 already hold is left alone,
+everything else is uploaded with checksums S3 verifies, then confirmed.
 
-Per batch, the catalog rows of the batch are read in one query. An image is *unchanged*
-without asking S3 or reading the file when its catalog row is verified with the same path,
-size and mtime and S3 confirmed it within ``transfer.recheck_days`` (docs/adr/0005). The
-S3 prefix of every other patient of the batch is listed once: an image is unchanged without
-reading the file when its verified row matches the file and the listing shows the verified
-size and ETag (the row's ``checked_at`` is renewed); without a row (a new worker), when the
-object has the size and ETag its bytes would produce.
-Everything else is read, checked to be DICOM, hashed, recorded *pending*, uploaded with
-checksums S3 verifies (*uploaded*), then confirmed by asking S3 for the size and checksum it
-stores (*verified*). Uploads run concurrently on one shared boto3 client; each image's
-outcome is returned as data.
+:mod:`pdata_sync.triage` decides per image (trusted by the catalog, unchanged by the
+listing, contradicted by the listing, or work to do). Work is read, checked to be DICOM,
+hashed, recorded *pending* (BEGIN_UPLOAD), uploaded with checksums S3 verifies, then
+confirmed by what S3 reports it stores (CONFIRM), or found already in S3 by content
+comparison (MATCH). Uploads run concurrently on one shared boto3 client; each image's
+outcome is returned as data. Catalog writes of the results are buffered
+(:class:`SettleBuffer`).
 """
 
 from __future__ import annotations
@@ -28,11 +25,28 @@ from pathlib import Path
 from typing import Any
 
 from . import progress
-from .catalog import UPLOADED as ROW_UPLOADED
-from .catalog import VERIFIED, Catalog, CatalogRow, PendingItem, Settled, SourceInfo, now
+from .catalog import (
+    ACCEPT,
+    CONFIRM,
+    MATCH,
+    CatalogRow,
+    ClinicImages,
+    PendingItem,
+    Settled,
+    SourceInfo,
+    now,
+)
 from .config import ClinicConfig
 from .dicom_meta import DicomHeader, file_digests, part_digests, read_header
-from .errors import BadInputError, ErrorKind, SourceChangedError, classify, describe
+from .errors import (
+    BadInputError,
+    ErrorKind,
+    PermanentError,
+    SourceChangedError,
+    classify,
+    describe,
+    s3_config_message,
+)
 from .keys import patient_prefix
 from .plan import PlannedImage
 from .s3_store import (
@@ -47,6 +61,7 @@ from .s3_store import (
     put_multipart,
     put_small,
 )
+from .triage import triage, trusted_keys, verified_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +108,41 @@ def _read_stable(path: Path) -> tuple[bytes, os.stat_result]:
     raise SourceChangedError("file keeps changing while being read (still being written?)")
 
 
-def config_error_message(exc: BaseException, bucket: str) -> str:
-    """One line for an S3 error that means the set-up is wrong."""
-    code = ""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-    if code in ("AccessDenied", "403", "AllAccessDisabled"):
-        return (
-            f"S3: access denied writing to bucket {bucket!r}: the credentials need "
-            "s3:PutObject and s3:ListBucket on images/*"
-        )
-    if code in ("NoSuchBucket", "404"):
-        return f"S3: bucket {bucket!r} does not exist (s3.bucket)"
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return f"S3: the AWS credentials were refused by bucket {bucket!r} ({code})"
-    return f"S3: {describe(exc)}"
+class SettleBuffer:
+    """Catalog records of a batch, written every :data:`SETTLE_EVERY` records and at the
+    end of the batch (one transaction each). A crash before that leaves the rows *pending*:
+    the next run compares contents and settles them without uploading again. Keys whose
+    record could not be written are remembered with the reason."""
+
+    def __init__(self, images: ClinicImages | None, flow_run_id: str | None):
+        self.images = images
+        self.flow_run_id = flow_run_id
+        self._records: list[Settled] = []
+        self._lock = threading.Lock()
+        self.unrecorded: dict[str, str] = {}  # key -> why the catalog could not record it
+
+    def add(self, record: Settled) -> None:
+        if self.images is None:
+            return
+        with self._lock:
+            self._records.append(record)
+            full = len(self._records) >= SETTLE_EVERY
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.images is None:
+            return
+        with self._lock:
+            records, self._records = self._records, []
+        if not records:
+            return
+        try:
+            self.images.settle(records, self.flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - those images are reported failed
+            reason = f"in S3, but the catalog could not record it: {describe(exc)}"
+            with self._lock:
+                self.unrecorded.update({r.key: reason for r in records})
 
 
 class BatchUploader:
@@ -118,26 +152,24 @@ class BatchUploader:
         self,
         config: ClinicConfig,
         client: Any,
-        catalog: Catalog | None = None,
+        images: ClinicImages | None = None,
         flow_run_id: str | None = None,
     ):
         self.config = config
         self.client = client
-        self.catalog = catalog
+        self.images = images  # the clinic's rows in this destination
         self.flow_run_id = flow_run_id
         self.root = Path(config.pdata_root)
         # a verified row confirmed by S3 since then is trusted without listing its prefix
         self.trusted_since: datetime | None = (
             now() - timedelta(days=config.transfer.recheck_days)
-            if catalog is not None and config.transfer.recheck_days > 0
+            if images is not None and config.transfer.recheck_days > 0
             else None
         )
         self.threshold = config.transfer.multipart_threshold_mb * MB
         self.part_size = config.transfer.part_size_mb * MB
         self.fatal: str | None = None  # first configuration error seen; stops the batch
-        self._settled: list[Settled] = []
-        self._settled_lock = threading.Lock()
-        self._unrecorded: dict[str, str] = {}  # key -> why the catalog could not record it
+        self.settled = SettleBuffer(images, flow_run_id)
 
     def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
         """True if the object has the content whose ETag / SHA-256 are given."""
@@ -183,10 +215,9 @@ class BatchUploader:
         if remote is not None and remote.size == size:
             etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
-                if self.catalog is not None:
+                if self.images is not None:
                     info = self._info(item, size, st.st_mtime_ns, sha, read_header(path))
-                    t = now()
-                    self._settle(Settled(item.key, info, VERIFIED, remote.etag, None, t))
+                    self.settled.add(Settled(item.key, info, MATCH, remote.etag))
                 return Outcome(UNCHANGED, item.rel_path, item.key)
         if size <= self.threshold:
             return self._upload_small(item, path)
@@ -247,41 +278,23 @@ class BatchUploader:
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
         """S3 accepted the body: ask S3 what it stores, and only then mark it verified.
 
-        If S3 does not confirm, the row is recorded *uploaded* and the error propagates."""
+        If S3 does not confirm, the row is recorded *uploaded* (ACCEPT) and the image
+        fails: what S3 holds is not proven."""
         accepted_at = now()
         try:
             etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
-        except Exception:
-            self._settle(Settled(item.key, info, ROW_UPLOADED, stored.etag, accepted_at, None))
-            raise
-        self._settle(Settled(item.key, info, VERIFIED, etag, accepted_at, now()))
-
-    def _settle(self, record: Settled) -> None:
-        """Queue a catalog record; written every :data:`SETTLE_EVERY` records and at the end
-        of the batch. A crash before that leaves the rows *pending*: the next run compares
-        contents and settles them without uploading again."""
-        if self.catalog is None:
-            return
-        with self._settled_lock:
-            self._settled.append(record)
-            full = len(self._settled) >= SETTLE_EVERY
-        if full:
-            self.flush()
+        except Exception as exc:
+            self.settled.add(Settled(item.key, info, ACCEPT, stored.etag, accepted_at))
+            if classify(exc) is ErrorKind.CONFIG or isinstance(exc, PermanentError):
+                raise
+            raise PermanentError(
+                f"uploaded, but S3 did not confirm what it stores ({describe(exc)}); not verified"
+            ) from None
+        self.settled.add(Settled(item.key, info, CONFIRM, etag, accepted_at))
 
     def flush(self) -> None:
-        """Write the queued catalog records (one transaction)."""
-        if self.catalog is None:
-            return
-        with self._settled_lock:
-            records, self._settled = self._settled, []
-        if not records:
-            return
-        try:
-            self.catalog.settle(self.config.clinic_id, records, self.flow_run_id)
-        except Exception as exc:  # noqa: BLE001 - those images are reported failed
-            reason = f"in S3, but the catalog could not record it: {describe(exc)}"
-            with self._settled_lock:
-                self._unrecorded.update({r.key: reason for r in records})
+        """Write the buffered catalog records (one transaction)."""
+        self.settled.flush()
 
     def _metadata(self, item: PlannedImage, info: SourceInfo) -> dict[str, str]:
         return build_metadata(
@@ -298,93 +311,91 @@ class BatchUploader:
         try:
             return self.process(item, remote, row)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
-            kind = classify(exc)
-            if kind is ErrorKind.BAD_INPUT:
-                reason = str(exc) if isinstance(exc, BadInputError) else describe(exc)
-                return Outcome(REJECTED, item.rel_path, item.key, reason=reason)
-            if kind is ErrorKind.CONFIG:
-                self.fatal = self.fatal or config_error_message(exc, self.config.s3.bucket)
-                return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
-            return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
+            return self._outcome_of(item, exc)
+
+    def _outcome_of(self, item: PlannedImage, exc: BaseException) -> Outcome:
+        kind = classify(exc)
+        if kind is ErrorKind.BAD_INPUT:
+            reason = str(exc) if isinstance(exc, BadInputError) else describe(exc)
+            return Outcome(REJECTED, item.rel_path, item.key, reason=reason)
+        if kind is ErrorKind.CONFIG:
+            self.fatal = self.fatal or s3_config_message(exc, self.config.s3.bucket)
+            return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
+        if kind is ErrorKind.ENVIRONMENT:
+            reason = f"cannot read the file: {describe(exc)}"
+            return Outcome(FAILED, item.rel_path, item.key, reason=reason)
+        return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
+
+    def _failed_all(self, items: list[PlannedImage], reason: str, fatal: bool) -> list[Outcome]:
+        progress.advance(len(items))
+        return [Outcome(FAILED, i.rel_path, i.key, reason=reason, fatal=fatal) for i in items]
 
     def upload_batch(self, items: list[PlannedImage]) -> list[Outcome]:
         """Process ``items``: skip what the catalog vouches for, list the prefix of every
-        other patient once, record what is not verified and unchanged as *pending* (one
-        transaction), then upload concurrently."""
+        other patient once, record contradictions, record what needs work as *pending*
+        (one transaction), then upload concurrently."""
         rows: dict[str, CatalogRow] = {}
-        if self.catalog is not None:
-            rows = self.catalog.lookup(self.config.clinic_id, [i.key for i in items])
+        if self.images is not None:
+            try:
+                rows = self.images.lookup([i.key for i in items])
+            except Exception as exc:  # noqa: BLE001 - the environment: stop the run
+                self.fatal = f"catalog: cannot read the rows of this batch: {describe(exc)}"
+                return self._failed_all(items, self.fatal, fatal=True)
         stats: dict[str, os.stat_result] = {}
         for item in items:
             with contextlib.suppress(OSError):  # reported by process()
                 stats[item.key] = os.stat(self.root / item.rel_path)
-        trusted = {
-            i.key
-            for i in items
-            if i.key in stats
-            and trusted_unchanged(i, rows.get(i.key), stats[i.key], self.trusted_since)
-        }
+        trusted = trusted_keys(items, rows, stats, self.trusted_since)
         guids = list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
         listings = list_patients(
             self.client, self.config.s3.bucket, guids, self.config.transfer.upload_concurrency
         )
-
-        unchanged: set[str] = set()  # confirmed by this run's listing
-        for item in items:
-            listing = listings.get(item.patient_guid)
-            if item.key in trusted or listing is None or isinstance(listing, Exception):
-                continue
-            st = stats.get(item.key)
-            if (
-                st is not None
-                and st.st_size
-                and verified_unchanged(item, rows.get(item.key), listing.get(item.key), st)
-            ):
-                unchanged.add(item.key)
-        if self.catalog is not None and unchanged:
+        plan = triage(items, rows, stats, trusted, listings)
+        unrecorded: dict[str, str] = {}
+        if self.images is not None and plan.unchanged:
             try:
-                self.catalog.record_check(self.config.clinic_id, sorted(unchanged))
+                self.images.reconfirm(sorted(plan.unchanged), self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - only the trust window is not renewed
                 log.warning(
                     "catalog: could not record %d confirmation(s): %s",
-                    len(unchanged),
+                    len(plan.unchanged),
                     describe(exc),
                 )
-        if self.catalog is not None:
-            pending = [
-                PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid)
-                for i in items
-                if i.key not in unchanged
-                and i.key not in trusted
-                and not isinstance(listings[i.patient_guid], Exception)
-            ]
+        if self.images is not None and plan.contradicted:
             try:
-                self.catalog.mark_pending(self.config.clinic_id, pending, self.flow_run_id)
+                self.images.contradict(sorted(plan.contradicted), self.flow_run_id)
+            except Exception as exc:  # noqa: BLE001 - not uploaded unrecorded
+                reason = f"not uploaded: the catalog cannot record its drift: {describe(exc)}"
+                unrecorded.update(dict.fromkeys(plan.contradicted, reason))
+        work = [i for i in plan.work if i.key not in unrecorded]
+        if self.images is not None:
+            pending = [PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid) for i in work]
+            try:
+                self.images.begin_upload(pending, self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
                 reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
-                progress.advance(len(items))
-                return [
-                    Outcome(UNCHANGED, i.rel_path, i.key, trusted=i.key in trusted)
-                    if i.key in unchanged or i.key in trusted
-                    else Outcome(FAILED, i.rel_path, i.key, reason=reason)
-                    for i in items
-                ]
+                unrecorded.update(dict.fromkeys((i.key for i in work), reason))
+                work = []
 
         def run(item: PlannedImage) -> Outcome:
-            if item.key in trusted:
+            if item.key in plan.trusted:
                 return Outcome(UNCHANGED, item.rel_path, item.key, trusted=True)
-            if item.key in unchanged:
+            if item.key in plan.unchanged:
                 return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
+            if item.key in unrecorded:
+                return Outcome(FAILED, item.rel_path, item.key, reason=unrecorded[item.key])
             if self.fatal:
                 reason = f"not attempted: {self.fatal}"
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason, fatal=True)
-            listing = listings[item.patient_guid]
-            if isinstance(listing, Exception):
+            if item.key in plan.unlisted:
+                listing = plan.unlisted[item.key]
                 if classify(listing) is ErrorKind.CONFIG:
-                    self.fatal = self.fatal or config_error_message(listing, self.config.s3.bucket)
+                    self.fatal = self.fatal or s3_config_message(listing, self.config.s3.bucket)
                     return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
                 reason = f"cannot list {patient_prefix(item.patient_guid)}: {describe(listing)}"
                 return Outcome(FAILED, item.rel_path, item.key, reason=reason)
+            listing = listings[item.patient_guid]
+            assert not isinstance(listing, Exception)
             return self._safe_process(item, listing.get(item.key), rows.get(item.key))
 
         def run_and_report(item: PlannedImage) -> Outcome:
@@ -393,7 +404,6 @@ class BatchUploader:
             return outcome
 
         # only images with work to do go to the pool (a no-change batch needs no threads)
-        work = [i for i in items if i.key not in trusted and i.key not in unchanged]
         progress.advance(len(items) - len(work))
         done: dict[str, Outcome] = {}
         try:
@@ -405,55 +415,17 @@ class BatchUploader:
         finally:
             self.flush()
         outcomes = [done[i.key] if i.key in done else run(i) for i in items]
+        # bad input: the pending row gets back the state it had (a drifted row stays drifted)
         rejected = [o.key for o in outcomes if o.status == REJECTED]
-        if self.catalog is not None and rejected:
+        if self.images is not None and rejected:
             try:
-                self.catalog.release_pending(self.config.clinic_id, rejected)
+                self.images.release(rejected, self.flow_run_id)
             except Exception:  # noqa: BLE001 - a stale pending row is redone next run
                 log.warning("catalog: could not release %d pending row(s)", len(rejected))
+        lost = self.settled.unrecorded
         return [
-            Outcome(FAILED, o.path, o.key, reason=self._unrecorded[o.key])
-            if o.key in self._unrecorded and o.status != FAILED
+            Outcome(FAILED, o.path, o.key, reason=lost[o.key])
+            if o.key in lost and o.status != FAILED
             else o
             for o in outcomes
         ]
-
-
-def _verified_from_this_file(
-    item: PlannedImage, row: CatalogRow | None, st: os.stat_result
-) -> bool:
-    """The catalog verified this key from this path with this size and mtime."""
-    return (
-        row is not None
-        and row.state == VERIFIED
-        and row.rel_path == item.rel_path
-        and row.size == st.st_size
-        and row.mtime_ns == st.st_mtime_ns
-    )
-
-
-def trusted_unchanged(
-    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
-) -> bool:
-    """The catalog verified this key from this file, and S3 confirmed it at or after
-    ``since``: neither S3 nor the file needs to be asked."""
-    return (
-        since is not None
-        and st.st_size > 0
-        and _verified_from_this_file(item, row, st)
-        and row.confirmed_at is not None
-        and row.confirmed_at >= since
-    )
-
-
-def verified_unchanged(
-    item: PlannedImage, row: CatalogRow | None, remote: RemoteObject | None, st: os.stat_result
-) -> bool:
-    """The catalog verified this key from this file, and S3 lists it with the size and
-    ETag that were verified: no need to read the file."""
-    return (
-        _verified_from_this_file(item, row, st)
-        and remote is not None
-        and remote.size == st.st_size
-        and row.etag == remote.etag
-    )

@@ -7,9 +7,10 @@ verified (an interrupted or failing upload) are reported as *unverified*, not as
 the next sync finishes them.
 
 What the listing showed is recorded in the catalog: a row whose object is missing or
-changed becomes *drifted* (so the next sync uploads it again, however recently it was
-confirmed), a row whose object matches gets ``checked_at`` renewed (a drifted row whose
-object is back becomes *verified* again).
+changed becomes *drifted* (CONTRADICT: the next sync uploads it again, however recently it
+was confirmed), a row whose object matches is confirmed again (RECONFIRM: ``checked_at``
+renewed; a drifted row whose object is back with the verified size and ETag is *verified*
+again). Only the rows of the configured destination (endpoint + bucket) are compared.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import DRIFTED, VERIFIED, Catalog
+from .catalog import DRIFTED, VERIFIED, ClinicImages
 from .s3_store import RemoteObject, list_patients
 
 LIST_WORKERS = 16
@@ -42,6 +43,23 @@ class Drift:
     def ok(self) -> bool:
         return not (self.missing or self.changed or self.unknown)
 
+    @property
+    def differences(self) -> int:
+        return len(self.missing) + len(self.changed) + len(self.unknown)
+
+    def table(self) -> list[dict[str, str]]:
+        """One row per object that differs from the catalog (key, finding, reason)."""
+        rows = [{"key": k, "finding": "missing in S3", "reason": ""} for k in sorted(self.missing)]
+        rows += [
+            {"key": c["key"], "finding": "changed in S3", "reason": c["reason"]}
+            for c in sorted(self.changed, key=lambda c: c["key"])
+        ]
+        rows += [
+            {"key": k, "finding": "unknown object", "reason": "no catalog row"}
+            for k in sorted(self.unknown)
+        ]
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "clinic_id": self.clinic_id,
@@ -57,16 +75,16 @@ class Drift:
 
 
 def verify_catalog(
-    catalog: Catalog,
+    images: ClinicImages,
     client: Any,
     bucket: str,
-    clinic_id: str,
     belongs: Callable[[str], bool],
+    flow_run_id: str | None = None,
 ) -> Drift:
-    """Compare every catalog row of ``clinic_id`` with what S3 lists, and record the
-    result in the catalog (S3 is only read)."""
-    rows = catalog.rows(clinic_id)
-    drift = Drift(clinic_id=clinic_id, rows=len(rows))
+    """Compare every catalog row of the clinic in this destination with what S3 lists,
+    and record the result in the catalog (S3 is only read)."""
+    rows = images.rows()
+    drift = Drift(clinic_id=images.clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})
     listings: dict[str, dict[str, RemoteObject]] = {}
     for guid, listing in list_patients(client, bucket, guids, LIST_WORKERS).items():
@@ -96,5 +114,6 @@ def verify_catalog(
             confirmed.append(row.key)
     for guid, listing in listings.items():
         drift.unknown += [k for k in listing if k not in known[guid] and belongs(k)]
-    catalog.record_check(clinic_id, confirmed, drift.missing + [c["key"] for c in drift.changed])
+    images.reconfirm(confirmed, flow_run_id)
+    images.contradict(drift.missing + [c["key"] for c in drift.changed], flow_run_id)
     return drift

@@ -1,14 +1,18 @@
-"""The image catalog of a run: opened (and migrated) once per worker process, and the task
-that prepares it before any upload (schema, interrupted multipart uploads)."""
+"""The image catalog of a run: opened (and migrated) once per worker process, the clinic's
+lock every sync and verify holds, and the task that prepares the catalog before any upload
+(schema, multipart uploads left open by an interrupted run)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from datetime import datetime
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pdata_sync.catalog import Catalog, default_catalog_url
+from pdata_sync.catalog import Catalog, ClinicImages, default_catalog_url, destination_of
 from pdata_sync.config import ClinicConfig
 from pdata_sync.keys import parse_key
 from pdata_sync.s3_store import abort_interrupted_uploads
@@ -34,6 +38,26 @@ def open_catalog(config: ClinicConfig) -> Catalog:
         return _OPEN[url]
 
 
+def clinic_images(config: ClinicConfig) -> ClinicImages:
+    """The clinic's rows in the configured destination (endpoint + bucket)."""
+    destination = destination_of(config.s3.endpoint_url, config.s3.bucket)
+    return open_catalog(config).images(config.clinic_id, destination)
+
+
+@contextlib.contextmanager
+def clinic_lock(config: ClinicConfig, purpose: str, flow_run_id: str | None) -> Iterator[object]:
+    """Hold the clinic's lock (or raise ClinicBusyError naming the holder)."""
+    lock = open_catalog(config).lock(config.clinic_id, purpose, flow_run_id)
+    with lock:
+        if lock.taken_over is not None:
+            get_run_logger().warning(
+                "clinic %s: took over the lock of a run that is gone (%s)",
+                config.clinic_id,
+                lock.taken_over.describe(),
+            )
+        yield lock
+
+
 def belongs_to_clinic(config: ClinicConfig):
     """A predicate: is this key one this clinic's syncs write?"""
 
@@ -45,13 +69,17 @@ def belongs_to_clinic(config: ClinicConfig):
 
 
 @task(name="prepare-catalog", cache_policy=NO_CACHE, persist_result=False)
-def prepare_catalog(config: ClinicConfig) -> int:
-    """Open (create or upgrade) the catalog, and abort multipart uploads that an earlier,
-    interrupted run of this clinic left open. Returns how many were aborted."""
-    open_catalog(config)
+def prepare_catalog(config: ClinicConfig, locked_since: datetime | None = None) -> int:
+    """Abort multipart uploads of this clinic that no live run owns: started before this
+    run took the clinic's lock (``locked_since``), so by a run that is gone. Returns how
+    many were aborted."""
     client = s3_client(config.s3, config.transfer)
     aborted = abort_interrupted_uploads(
-        client, config.s3.bucket, "images/", belongs_to_clinic(config)
+        client,
+        config.s3.bucket,
+        "images/",
+        belongs_to_clinic(config),
+        started_before=locked_since,
     )
     get_run_logger().info("catalog ready; %d interrupted multipart upload(s) aborted", aborted)
     if aborted:

@@ -12,7 +12,7 @@ from pdata_sync.report import BatchReport
 from pdata_sync.s3_store import check_bucket
 from pdata_sync.uploader import BatchUploader
 
-from .catalog import open_catalog
+from .catalog import clinic_images
 from .credentials import s3_client
 
 
@@ -29,5 +29,5 @@ def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> BatchReport
 
     Every upload is recorded in the catalog and verified against what S3 reports."""
     client = s3_client(config.s3, config.transfer)
-    uploader = BatchUploader(config, client, open_catalog(config), flow_run.get_id())
+    uploader = BatchUploader(config, client, clinic_images(config), flow_run.get_id())
     return BatchReport.of(uploader.upload_batch(batch))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,23 @@ from pdata_sync.demo.generate import Manifest, generate_clinic
 from pdata_sync.demo.resolver_server import ResolverServer
 
 BUCKET = "dental-images"
+CLI = str(Path(sys.executable).parent / "pdata-sync")
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: int = 240):
+    """``pdata-sync *args`` as a subprocess with ``env`` added, output captured as text."""
+    return subprocess.run(
+        [CLI, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def make_clinic(root: Path, **kwargs) -> Manifest:
-    """A small clinic: tiny images, every special case of SPEC section 2."""
+    """A small clinic: tiny images, every special case of docs/product-rules.md §2."""
     params = dict(patients=14, images_per_patient=(2, 4), scale=0.05, large_files=0, seed=11)
     params.update(kwargs)
     return generate_clinic(root, **params)
@@ -41,12 +56,12 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     return snap
 
 
-def stored_objects(client, prefix: str = "images/") -> dict[str, bytes]:
-    """key -> stored bytes of every object under ``prefix`` in the test bucket."""
+def stored_objects(client, prefix: str = "images/", bucket: str = BUCKET) -> dict[str, bytes]:
+    """key -> stored bytes of every object under ``prefix`` in ``bucket``."""
     stored = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            stored[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            stored[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return stored
 
 
@@ -118,6 +133,7 @@ def aws_env(monkeypatch):
 # The fault suite's table. Tests may run in pytest-xdist workers, so rows go through a file
 # that the main process creates (workers inherit its path) and prints at the end.
 FAULT_ROWS_ENV = "PDATA_SYNC_TEST_FAULT_ROWS"
+MODEL_ROWS_ENV = "PDATA_SYNC_TEST_MODEL_ROWS"
 
 
 def record_fault_row(row: tuple[str, int, int, int, int, int]) -> None:
@@ -127,16 +143,39 @@ def record_fault_row(row: tuple[str, int, int, int, int, int]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def record_model_run(row: tuple[int, int, float]) -> None:
+    """(sequences, steps, seconds) of a model-based test run, for the session summary."""
+    path = os.environ.get(MODEL_ROWS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def pytest_configure(config):
     if hasattr(config, "workerinput"):
-        return  # an xdist worker: the main process set the path
-    path = Path(config.rootpath) / ".pytest_cache" / "fault-rows.jsonl"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("")
-    os.environ[FAULT_ROWS_ENV] = str(path)
+        return  # an xdist worker: the main process set the paths
+    for env, name in ((FAULT_ROWS_ENV, "fault-rows.jsonl"), (MODEL_ROWS_ENV, "model-rows.jsonl")):
+        path = Path(config.rootpath) / ".pytest_cache" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("")
+        os.environ[env] = str(path)
+
+
+def _model_summary(terminalreporter) -> None:
+    path = os.environ.get(MODEL_ROWS_ENV)
+    if not path or not Path(path).exists():
+        return
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            sequences, steps, seconds = json.loads(line)
+            terminalreporter.section("catalog model: invariants held")
+            terminalreporter.write_line(
+                f"{sequences} sequences, {steps} steps, {seconds} s, no invariant violated"
+            )
 
 
 def pytest_terminal_summary(terminalreporter):
+    _model_summary(terminalreporter)
     path = os.environ.get(FAULT_ROWS_ENV)
     if not path or not Path(path).exists():
         return

@@ -136,7 +136,7 @@ def generate_clinic(
     """Write PDATA, a Sidexis SQLite database and the resolver mapping under ``root``.
 
     ``scale`` shrinks image dimensions (tests use small images). The first patients are
-    the special cases every sync must handle (SPEC section 2).
+    the special cases every sync must handle (docs/product-rules.md §2).
     """
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)

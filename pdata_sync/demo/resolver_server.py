@@ -1,4 +1,4 @@
-"""A real HTTP server implementing the resolver API of SPEC section 5, for the demo and the
+"""A real HTTP server implementing the resolver API (docs/product-rules.md §5), for the demo and
 tests: ``POST /api/app/patient-pms-resolver/resolve`` with
 ``{"clinicId", "cardIds"}`` -> ``{"items": [{"cardId", "patientGuid"}]}``.
 

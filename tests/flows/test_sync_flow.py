@@ -167,6 +167,35 @@ def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):
     assert all("503" in f["reason"] for f in summary["failed"])
 
 
+def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, monkeypatch):
+    """A worker without read rights on part of PDATA: the environment, reported as failed
+    (exit 1), never as rejected input (exit 0). Root ignores file modes, so the OS's answer
+    for the worker's user is played by os.scandir."""
+    import os
+
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    folder = Path(clinic.expected[0]["path"]).parts[0]
+    real_scandir = os.scandir
+
+    def denied(path="."):
+        if str(path).endswith(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        state = sync_clinic(config=config_for(tmp_path, clinic, resolver.url), return_state=True)
+    assert state.is_failed()
+    summary = state.result(raise_on_failure=False)
+    assert {"path": folder, "reason": "folder cannot be listed: Permission denied"} in summary[
+        "failed"
+    ]
+    assert all(r["path"] != folder for r in summary["rejected"])
+    assert summary["uploaded"] > 0  # the rest went on
+
+
 def test_config_error_stops_before_any_work(tmp_path, s3):
     from flows.sync import sync_clinic
 

@@ -4,8 +4,13 @@ source, studies and series grouped by DICOM UIDs, and concurrent writers."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -16,14 +21,19 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from pdata_sync.catalog import (
+    ACCEPT,
+    CONFIRM,
     DRIFTED,
     HEAD_REVISION,
+    LEGACY_DESTINATION,
+    MATCH,
     MIGRATIONS,
     PENDING,
     UPLOADED,
     VERIFIED,
     VERSION_TABLE,
     Catalog,
+    IllegalTransition,
     PendingItem,
     Settled,
     SourceInfo,
@@ -32,8 +42,10 @@ from pdata_sync.catalog import (
     series,
     studies,
 )
+from pdata_sync.catalog.lock import STALE_AFTER
+from pdata_sync.catalog.schema import clinic_locks
 from pdata_sync.dicom_meta import UNKNOWN, DicomHeader
-from pdata_sync.errors import ConfigError
+from pdata_sync.errors import ClinicBusyError, ConfigError
 
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 
@@ -107,98 +119,146 @@ def test_an_older_catalog_is_upgraded_keeping_its_rows(catalog_db):
     cat = Catalog.open(*catalog_db)
     try:
         assert cat.schema_revision() == HEAD_REVISION
-        row = cat.lookup("c1", [KEY])[KEY]
+        # the row does not say which bucket it describes: it is kept, never trusted
+        assert cat.images("c1", DEST).lookup([KEY]) == {}
+        legacy = cat.images("c1", LEGACY_DESTINATION)
+        row = legacy.lookup([KEY])[KEY]
         assert (row.state, row.etag, row.size, row.sha256) == (VERIFIED, "etag1", 100, "a" * 64)
         assert row.confirmed_at is not None  # its verified_at
-        cat.record_check("c1", [], [KEY])
-        assert cat.lookup("c1", [KEY])[KEY].state == DRIFTED  # the new state is allowed
+        legacy.contradict([KEY])
+        assert legacy.lookup([KEY])[KEY].state == DRIFTED  # the state 0002 added is allowed
         with pytest.raises(sa.exc.IntegrityError), cat.engine.begin() as conn:
             conn.execute(sa.text("UPDATE images SET state = 'lost'"))
     finally:
         cat.close()
 
 
-def test_a_listing_confirms_or_marks_drift_and_only_on_settled_rows(catalog):
-    other = f"images/{GUID}/c1_8_x.dcm"
-    catalog.settle("c1", settled(VERIFIED), "run-1")
-    catalog.mark_pending("c1", pending(other, "P_1/0000_8.dcm"), "run-1")
-    first = catalog.lookup("c1", [KEY])[KEY].confirmed_at
-
-    catalog.record_check("c1", [], [KEY, other])  # verify: both missing from S3
-    rows = catalog.lookup("c1", [KEY, other])
-    assert rows[KEY].state == DRIFTED and rows[KEY].confirmed_at > first
-    assert rows[other].state == PENDING  # not verified yet: not drift, left as it is
-
-    catalog.record_check("c1", [KEY, other], [])  # the object is back as verified
-    rows = catalog.lookup("c1", [KEY, other])
-    assert rows[KEY].state == VERIFIED and rows[other].state == PENDING
-    assert catalog.state_counts("c1") == {VERIFIED: 1, PENDING: 1}
-
-
 KEY = f"images/{GUID}/c1_7_x.dcm"
+DEST = "http://127.0.0.1:8333/dental-images"
 
 
 def pending(key=KEY, path="P_1/0000_7.dcm"):
     return [PendingItem(key, path, 7, GUID)]
 
 
-def settled(state, sha="a" * 64, etag="etag1", key=KEY, **kwargs):
-    t = now()
-    return [Settled(key, info(sha=sha, **kwargs), state, etag, t, t if state == VERIFIED else None)]
+def settled(transition, sha="a" * 64, etag="etag1", key=KEY, **kwargs):
+    return [Settled(key, info(sha=sha, **kwargs), transition, etag, now())]
 
 
-def test_states_move_forward_with_times_and_flow_run(catalog):
-    catalog.mark_pending("c1", pending(), "run-1")
-    row = catalog.lookup("c1", [KEY])[KEY]
+def upload(imgs, transition=CONFIRM, run="run-1", key=KEY, path="P_1/0000_7.dcm", **kwargs):
+    """begin_upload, then settle: what the uploader does for one key."""
+    imgs.begin_upload(pending(key, path), run)
+    imgs.settle(settled(transition, key=key, **kwargs), run)
+
+
+@pytest.fixture
+def imgs(catalog):
+    return catalog.images("c1", DEST)
+
+
+def test_a_listing_confirms_or_contradicts_only_settled_rows(catalog, imgs):
+    other = f"images/{GUID}/c1_8_x.dcm"
+    upload(imgs)
+    imgs.begin_upload(pending(other, "P_1/0000_8.dcm"), "run-1")
+    first = imgs.lookup([KEY])[KEY].confirmed_at
+
+    imgs.contradict([KEY], "verify-1")  # verify: missing from S3
+    row = imgs.lookup([KEY])[KEY]
+    # drifted, and not confirmed: a contradiction is no confirmation
+    assert row.state == DRIFTED and row.confirmed_at == first
+    with pytest.raises(IllegalTransition, match="contradict .* from state pending"):
+        imgs.contradict([other])  # not verified yet: not drift
+    assert imgs.lookup([other])[other].state == PENDING
+
+    imgs.reconfirm([KEY], "verify-2")  # the object is back with the verified size and ETag
+    rows = imgs.lookup([KEY, other])
+    assert rows[KEY].state == VERIFIED and rows[KEY].confirmed_at > first
+    assert imgs.state_counts() == {VERIFIED: 1, PENDING: 1}
+    assert [(e["transition"], e["from_state"], e["to_state"], e["flow_run_id"])
+            for e in imgs.events(KEY)] == [
+        ("begin_upload", None, "pending", "run-1"),
+        ("confirm", "pending", "verified", "run-1"),
+        ("contradict", "verified", "drifted", "verify-1"),
+        ("reconfirm", "drifted", "verified", "verify-2"),
+    ]  # fmt: skip
+
+
+def test_states_move_forward_with_times_and_flow_run(catalog, imgs):
+    imgs.begin_upload(pending(), "run-1")
+    row = imgs.lookup([KEY])[KEY]
     assert row.state == PENDING and row.etag is None and row.sha256 is None
-    catalog.settle("c1", settled(UPLOADED), "run-1")
-    assert catalog.lookup("c1", [KEY])[KEY].state == UPLOADED
-    catalog.settle("c1", settled(VERIFIED), "run-1")
-    row = catalog.lookup("c1", [KEY])[KEY]
+    imgs.settle(settled(ACCEPT), "run-1")
+    assert imgs.lookup([KEY])[KEY].state == UPLOADED
+    imgs.begin_upload(pending(), "run-2")
+    imgs.settle(settled(MATCH), "run-2")  # the same bytes found in S3 by the next run
+    row = imgs.lookup([KEY])[KEY]
     assert (row.state, row.etag, row.size, row.mtime_ns) == (VERIFIED, "etag1", 100, 1)
     with catalog.engine.connect() as conn:
         r = conn.execute(sa.text("SELECT * FROM images")).mappings().one()
-    assert r["pending_at"] <= r["uploaded_at"] <= r["verified_at"]
+    assert r["pending_at"] >= r["uploaded_at"] and r["verified_at"] >= r["uploaded_at"]
+    # run-1 uploaded these bytes; run-2 only found them there
     assert r["flow_run_id"] == "run-1" and r["modality"] == "IO" and r["sha256"] == "a" * 64
-    assert catalog.lookup("c2", [KEY]) == {}  # clinics are separate
-    assert catalog.state_counts("c1") == {VERIFIED: 1}
+    assert r["destination"] == DEST
+    assert catalog.images("c2", DEST).lookup([KEY]) == {}  # clinics are separate
+    assert catalog.images("c1", "s3://other").lookup([KEY]) == {}  # destinations too
+    assert imgs.state_counts() == {VERIFIED: 1}
 
 
-def test_changed_source_keeps_its_history(catalog):
-    catalog.settle("c1", settled(VERIFIED, sha="a" * 64, etag="e1", size=100), "run-1")
-    catalog.mark_pending("c1", pending(), "run-2")
-    row = catalog.lookup("c1", [KEY])[KEY]
+def test_rows_of_one_destination_never_vouch_for_another(catalog, imgs):
+    upload(imgs)
+    elsewhere = catalog.images("c1", "s3://dental-images-2")
+    assert elsewhere.lookup([KEY]) == {} and elsewhere.rows() == []
+    upload(elsewhere, run="run-2")
+    assert imgs.lookup([KEY])[KEY].state == elsewhere.lookup([KEY])[KEY].state == VERIFIED
+    elsewhere.contradict([KEY])
+    assert imgs.lookup([KEY])[KEY].state == VERIFIED  # the other bucket's row is untouched
+
+
+def test_changed_source_keeps_its_history(catalog, imgs):
+    upload(imgs, sha="a" * 64, etag="e1", size=100)
+    imgs.begin_upload(pending(), "run-2")
+    row = imgs.lookup([KEY])[KEY]
     assert row.state == PENDING and row.sha256 == "a" * 64  # last accepted content kept
-    catalog.settle("c1", settled(UPLOADED, sha="b" * 64, etag="e2", size=120, mtime=2), "run-2")
-    catalog.settle("c1", settled(VERIFIED, sha="b" * 64, etag="e2", size=120, mtime=2), "run-2")
-    history = catalog.history("c1", KEY)
+    imgs.settle(settled(ACCEPT, sha="b" * 64, etag="e2", size=120, mtime=2), "run-2")
+    imgs.begin_upload(pending(), "run-3")
+    imgs.settle(settled(MATCH, sha="b" * 64, etag="e2", size=120, mtime=2), "run-3")
+    history = imgs.history(KEY)
     assert [(h["sha256"], h["source_size"], h["etag"], h["state"]) for h in history] == [
         ("a" * 64, 100, "e1", VERIFIED)
     ]
     assert history[0]["verified_at"] is not None
     assert history[0]["replaced_by_flow_run_id"] == "run-2"
-    row = catalog.lookup("c1", [KEY])[KEY]
+    row = imgs.lookup([KEY])[KEY]
     assert (row.sha256, row.size, row.state) == ("b" * 64, 120, VERIFIED)
     # settling the same content again adds no history
-    catalog.mark_pending("c1", pending(), "run-3")
-    catalog.settle("c1", settled(VERIFIED, sha="b" * 64, etag="e2", size=120, mtime=3), "run-3")
-    assert len(catalog.history("c1", KEY)) == 1
+    upload(imgs, run="run-4", sha="b" * 64, etag="e2", size=120, mtime=3)
+    assert len(imgs.history(KEY)) == 1
 
 
-def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog):
+def test_transitions_refuse_rows_in_other_states(imgs):
+    with pytest.raises(IllegalTransition, match="confirm of .* from state no row"):
+        imgs.settle(settled(CONFIRM), "run-1")  # never begun
+    upload(imgs)
+    with pytest.raises(IllegalTransition, match="release of .* from state verified"):
+        imgs.release([KEY])
+    with pytest.raises(IllegalTransition, match="match of .* from state verified"):
+        imgs.settle(settled(MATCH), "run-2")
+    assert imgs.lookup([KEY])[KEY].state == VERIFIED  # nothing written
+
+
+def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog, imgs):
     """16 threads record 64 images of 2 studies x 4 series at once: one row per UID."""
 
     def record(n: int) -> None:
         study = f"1.2.{n % 2}"
         key = f"images/{GUID}/c1_{n}_x.dcm"
-        catalog.mark_pending("c1", pending(key, f"P_1/0000_{n}.dcm"), "run")
-        t = now()
+        imgs.begin_upload(pending(key, f"P_1/0000_{n}.dcm"), "run")
         item = info(path=f"P_1/0000_{n}.dcm", sha=f"{n:064x}", study=study, ser=f"{study}.{n % 4}")
-        catalog.settle("c1", [Settled(key, item, VERIFIED, f"e{n}", t, t)], "run")
+        imgs.settle([Settled(key, item, CONFIRM, f"e{n}", now())], "run")
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(record, range(64)))
-    assert catalog.state_counts("c1") == {VERIFIED: 64}
+    assert imgs.state_counts() == {VERIFIED: 64}
     with catalog.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(studies)).scalar() == 2
         assert conn.execute(sa.select(sa.func.count()).select_from(series)).scalar() == 4
@@ -208,17 +268,17 @@ def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog):
     assert sorted(n for _, n in per_series) == [16, 16, 16, 16]
 
 
-def test_a_second_worker_on_the_same_catalog_reuses_studies_and_series(catalog):
+def test_a_second_worker_on_the_same_catalog_reuses_studies_and_series(catalog, imgs):
     """Another process (its own series cache) sees the rows the first one created."""
-    catalog.settle("c1", settled(VERIFIED), "run")
-    other = Catalog(catalog.engine)
-    other.settle("c1", settled(VERIFIED, key=f"images/{GUID}/c1_8_x.dcm"), "run")
+    upload(imgs)
+    other = Catalog(catalog.engine).images("c1", DEST)
+    upload(other, key=f"images/{GUID}/c1_8_x.dcm", path="P_1/0000_8.dcm")
     with catalog.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(series)).scalar() == 1
 
 
-def test_unknown_uids_leave_the_series_empty(catalog):
-    catalog.settle("c1", settled(VERIFIED, study=UNKNOWN, ser=UNKNOWN), None)
+def test_unknown_uids_leave_the_series_empty(catalog, imgs):
+    upload(imgs, run=None, study=UNKNOWN, ser=UNKNOWN)
     with catalog.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT series_id FROM images")).scalar() is None
 
@@ -233,10 +293,74 @@ def test_unreachable_catalog_is_a_config_error_naming_it(postgres, tmp_path):
         Catalog.open(f"sqlite:///{blocker / 'sub' / 'catalog.sqlite'}")
 
 
-def test_released_pending_rows_go_or_get_their_last_state_back(catalog):
+def test_released_pending_rows_go_or_get_back_the_state_they_left(imgs):
     other = f"images/{GUID}/c1_8_x.dcm"
-    catalog.settle("c1", settled(VERIFIED), "run-1")
-    catalog.mark_pending("c1", pending() + pending(other, "P_1/0000_8.dcm"), "run-2")
-    catalog.release_pending("c1", [KEY, other])  # both turned out to be bad input
-    rows = catalog.lookup("c1", [KEY, other])
+    upload(imgs)
+    imgs.begin_upload(pending() + pending(other, "P_1/0000_8.dcm"), "run-2")
+    imgs.release([KEY, other], "run-2")  # both turned out to be bad input
+    rows = imgs.lookup([KEY, other])
     assert set(rows) == {KEY} and rows[KEY].state == VERIFIED and rows[KEY].sha256 == "a" * 64
+    assert [e["transition"] for e in imgs.events(other)] == ["begin_upload", "release"]
+
+
+def test_a_drifted_row_released_stays_drifted(imgs):
+    """verify found the object missing; the re-upload is refused once (file briefly empty):
+    the row must stay drifted, never become verified from its old verified_at."""
+    upload(imgs)
+    imgs.contradict([KEY])
+    imgs.begin_upload(pending(), "run-2")
+    imgs.release([KEY], "run-2")
+    assert imgs.lookup([KEY])[KEY].state == DRIFTED
+    # an interrupted run left it pending; the next one begins again: still drifted after
+    imgs.begin_upload(pending(), "run-3")
+    imgs.begin_upload(pending(), "run-4")
+    imgs.release([KEY], "run-4")
+    assert imgs.lookup([KEY])[KEY].state == DRIFTED
+
+
+def test_the_clinic_lock_refuses_a_second_run_naming_the_holder(catalog):
+    with catalog.lock("c1", "sync", "run-1"):
+        with pytest.raises(ClinicBusyError) as err:
+            catalog.lock("c1", "verify", "run-2").acquire()
+        message = str(err.value)
+        assert message.startswith("clinic c1 is busy: sync by host ")
+        assert f"pid {os.getpid()}" in message and "(flow run run-1)" in message
+        assert "since 20" in message
+        with catalog.lock("c2", "sync"):  # other clinics are free
+            pass
+    with catalog.lock("c1", "verify", "run-3"):  # released: free again
+        pass
+
+
+def test_a_stale_lock_is_taken_over(catalog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = now()
+    with catalog.begin() as conn:  # a run of this host that is gone
+        conn.execute(
+            sa.insert(clinic_locks).values(
+                clinic_id="c1", token="x" * 32, purpose="sync", host=socket.gethostname(),
+                pid=dead.pid, flow_run_id="gone", acquired_at=t, heartbeat_at=t,
+            )
+        )  # fmt: skip
+    with catalog.lock("c1", "sync", "run-2") as lock:
+        assert lock.taken_over is not None and lock.taken_over.flow_run_id == "gone"
+    with catalog.begin() as conn:  # another host, silent for longer than STALE_AFTER
+        old = t - STALE_AFTER - timedelta(seconds=1)
+        conn.execute(
+            sa.insert(clinic_locks).values(
+                clinic_id="c1", token="y" * 32, purpose="verify", host="elsewhere",
+                pid=1, flow_run_id="far", acquired_at=old, heartbeat_at=old,
+            )
+        )  # fmt: skip
+    with catalog.lock("c1", "sync") as lock:
+        assert lock.taken_over.host == "elsewhere"
+    with catalog.begin() as conn:  # another host, beating: busy
+        conn.execute(
+            sa.insert(clinic_locks).values(
+                clinic_id="c1", token="z" * 32, purpose="sync", host="elsewhere",
+                pid=1, flow_run_id="alive", acquired_at=t, heartbeat_at=now(),
+            )
+        )  # fmt: skip
+    with pytest.raises(ClinicBusyError, match="host elsewhere pid 1"):
+        catalog.lock("c1", "sync").acquire()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url
+from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
 from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
@@ -58,6 +58,7 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
             upload_concurrency=4,
         )
         env = {**os.environ, **prefect_server.env(), **seaweed.env()}
+        destination = destination_of(proxy.url, BUCKET)
         # Parts of the big file crawl (1 s each, well inside the timeouts), so the kill
         # lands while its multipart upload is open and other objects have landed.
         proxy.set(Fault("delay", delay=1.0, match=lambda m, p: m == "PUT" and "partNumber=" in p))
@@ -107,7 +108,7 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
     assert_exactly_expected(client, clinic)
     assert open_uploads(client) == []
     catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
-    rows = catalog.rows(clinic.clinic_id)
+    rows = catalog.images(clinic.clinic_id, destination).rows()
     catalog.close()
     assert len(rows) == len(clinic.expected) and all(r.state == VERIFIED for r in rows)
 

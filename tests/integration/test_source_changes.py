@@ -13,7 +13,7 @@ from pdata_sync.config import parse_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.plan import PlannedImage
 from pdata_sync.s3_store import make_client
-from pdata_sync.uploader import FAILED, REJECTED, UPLOADED, BatchUploader
+from pdata_sync.uploader import FAILED, UPLOADED, BatchUploader
 from tests.conftest import BUCKET
 
 GUID = "33333333-3333-4333-8333-333333333333"
@@ -141,7 +141,8 @@ def test_small_file_changing_while_read_is_not_stored(env, monkeypatch):
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"images/{GUID}/").get("KeyCount") == 0
 
 
-def test_unreadable_file_is_rejected_naming_it(env, monkeypatch):
+def test_unreadable_file_is_failed_naming_it(env, monkeypatch):
+    """Permission denied is the environment (the worker's rights), not bad input."""
     config, s3, root = env
     path = root / "P_1" / "0000_74.dcm"
     write_dicom(
@@ -170,5 +171,5 @@ def test_unreadable_file_is_rejected_naming_it(env, monkeypatch):
         [item(74)]
     )[0]
     monkeypatch.undo()
-    assert outcome.status == REJECTED
+    assert outcome.status == FAILED
     assert "Permission denied" in outcome.reason and "0000_74.dcm" in outcome.reason

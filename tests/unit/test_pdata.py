@@ -90,6 +90,7 @@ def test_duplicate_image_id_is_reported(tmp_path: Path):
     images, _, problems = scan_images(tmp_path, [PatientFolder(1, "P_1")])
     assert len(images) == 1
     assert len(problems) == 1 and "duplicate imageId 7" in problems[0].reason
+    assert not problems[0].environment  # bad input: rejected
 
 
 def test_missing_root_is_a_config_error_naming_the_path(tmp_path: Path):
@@ -135,6 +136,6 @@ def test_unlistable_patient_folder_is_reported_and_the_rest_goes_on(tmp_path: Pa
     monkeypatch.setattr(os, "scandir", denied)
     images, _, problems = scan_images(tmp_path, [PatientFolder(1, "P_1"), PatientFolder(2, "P_2")])
     assert [i.rel_path for i in images] == ["P_2/0000_6.dcm"]
-    assert [(p.path, p.reason) for p in problems] == [
-        ("P_1", "folder cannot be listed: Permission denied")
+    assert [(p.path, p.reason, p.environment) for p in problems] == [
+        ("P_1", "folder cannot be listed: Permission denied", True)  # failed, not rejected
     ]

@@ -11,6 +11,7 @@ from pdata_sync.plan import (
     build_plan,
     guids_per_patient,
     make_batches,
+    resolve_patients,
 )
 from pdata_sync.sidexis_db import MediaRow
 
@@ -26,6 +27,18 @@ def test_guids_per_patient_dedupes_and_drops_unresolved():
     cards = {1: ["A", "B"], 2: ["C"], 3: ["D", "E"]}
     mapping = {"A": G1, "B": G1, "D": G1, "E": G2}
     assert guids_per_patient(cards, mapping) == {1: [G1], 3: [G1, G2]}
+
+
+def test_resolve_patients_sorts_resolved_failed_and_unknown():
+    cards = {1: ["A"], 2: ["B"], 3: ["C"], 4: ["D", "E"]}
+    result = resolve_patients(cards, {"A": G1, "E": G2}, {"B": "resolver 500", "D": "timeout"})
+    assert result.guids == {1: [G1], 4: [G2]}
+    assert result.failed == {2: "patientGuid not resolved: resolver 500",
+                             4: "patientGuid not resolved: timeout"}  # fmt: skip
+    assert result.unresolved == 1  # patient 3: the resolver does not know C
+    images = [img(1, 10), img(2, 20), img(3, 30), img(4, 40)]
+    assert [i.image_id for i in result.wanted(images)] == [10, 20, 40]
+    assert result.media_ids(result.wanted(images)) == [10, 40]  # no names for failed ones
 
 
 def test_plan_images_under_each_guid_and_reports_media_cases():

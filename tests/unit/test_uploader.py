@@ -95,7 +95,7 @@ def test_upload_then_unchanged_then_changed(tmp_path, s3):
     assert body == p1.read_bytes()
 
 
-def test_bad_files_rejected_and_the_rest_goes_on(tmp_path, s3):
+def test_bad_files_rejected_unreadable_ones_failed_and_the_rest_goes_on(tmp_path, s3):
     cfg = config(tmp_path)
     (tmp_path / "P_1").mkdir()
     (tmp_path / "P_1/0000_1.dcm").write_bytes(b"")
@@ -113,7 +113,9 @@ def test_bad_files_rejected_and_the_rest_goes_on(tmp_path, s3):
         (REJECTED, "not a DICOM file"),
         (UPLOADED, ""),
     ]
-    assert out[3].status == REJECTED and "FileNotFoundError" in out[3].reason
+    # a file that cannot be read (gone, permission denied) is the environment: failed
+    assert out[3].status == FAILED and "FileNotFoundError" in out[3].reason
+    assert out[3].reason.startswith("cannot read the file")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dental-images").get("Contents", [])]
     assert keys == [items[2].key]
 
@@ -166,8 +168,8 @@ class _Lying:
 def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files(
     tmp_path, s3, monkeypatch
 ):
-    from pdata_sync.catalog import PENDING, VERIFIED, Catalog
     from pdata_sync.catalog import UPLOADED as ROW_UPLOADED
+    from pdata_sync.catalog import VERIFIED, Catalog, destination_of
 
     root = tmp_path / "PDATA"
     dcm(root, "P_1/0000_1.dcm", 1)
@@ -175,18 +177,19 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
     cfg = config(root, multipart_threshold_mb=5, part_size_mb=5)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
     client = make_client(cfg.s3, cfg.transfer)
 
-    lying = BatchUploader(cfg, _Lying(client), catalog, "run-1").upload_batch(items)
+    lying = BatchUploader(cfg, _Lying(client), rows_of, "run-1").upload_batch(items)
     assert [o.status for o in lying] == [FAILED, FAILED]
     assert "answered ETag" in lying[0].reason and "bytes for" in lying[1].reason
     assert all("not verified" in o.reason for o in lying)
-    rows = catalog.lookup("c-1", [i.key for i in items])
+    rows = rows_of.lookup([i.key for i in items])
     assert {r.state for r in rows.values()} == {ROW_UPLOADED}  # accepted, never verified
 
-    done = BatchUploader(cfg, client, catalog, "run-2").upload_batch(items)
+    done = BatchUploader(cfg, client, rows_of, "run-2").upload_batch(items)
     assert [o.status for o in done] == [UNCHANGED, UNCHANGED]  # content already there
-    rows = catalog.lookup("c-1", [i.key for i in items])
+    rows = rows_of.lookup([i.key for i in items])
     assert {r.state for r in rows.values()} == {VERIFIED}
 
     # a verified row with the same path, size and mtime: the file is not read again
@@ -195,21 +198,23 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
 
     monkeypatch.setattr("pdata_sync.uploader.file_digests", no_reading)
     monkeypatch.setattr("pdata_sync.uploader._read_stable", no_reading)
-    again = BatchUploader(cfg, client, catalog, "run-3").upload_batch(items)
+    again = BatchUploader(cfg, client, rows_of, "run-3").upload_batch(items)
     assert [o.status for o in again] == [UNCHANGED, UNCHANGED]
     monkeypatch.undo()
 
     # a changed file goes pending -> verified again, with the old content in the history
     dcm(root, "P_1/0000_1.dcm", 1, seed=99)
-    changed = BatchUploader(cfg, _Lying(client), catalog, "run-4").upload_batch(items[:1])
+    changed = BatchUploader(cfg, _Lying(client), rows_of, "run-4").upload_batch(items[:1])
     assert [o.status for o in changed] == [FAILED]
-    assert catalog.lookup("c-1", [items[0].key])[items[0].key].state == "uploaded"
+    assert rows_of.lookup([items[0].key])[items[0].key].state == "uploaded"
     # S3 holds the new content (it just did not say so): the next run settles it, no upload
-    changed = BatchUploader(cfg, client, catalog, "run-5").upload_batch(items[:1])
+    changed = BatchUploader(cfg, client, rows_of, "run-5").upload_batch(items[:1])
     assert [o.status for o in changed] == [UNCHANGED]
-    row = catalog.lookup("c-1", [items[0].key])[items[0].key]
-    assert row.state == VERIFIED and row.state != PENDING
-    assert len(catalog.history("c-1", items[0].key)) == 1
+    row = rows_of.lookup([items[0].key])[items[0].key]
+    new_sha = hashlib.sha256((root / "P_1/0000_1.dcm").read_bytes()).hexdigest()
+    assert row.state == VERIFIED and row.sha256 == new_sha
+    history = rows_of.history(items[0].key)
+    assert len(history) == 1 and history[0]["sha256"] != new_sha  # the old content
     catalog.close()
 
 
@@ -219,7 +224,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     and uploaded again, listing only the prefixes that need it."""
     import sqlalchemy as sa
 
-    from pdata_sync.catalog import DRIFTED, VERIFIED, Catalog
+    from pdata_sync.catalog import DRIFTED, VERIFIED, Catalog, destination_of
     from pdata_sync.keys import patient_prefix
     from pdata_sync.report import BatchReport, RunSummary
     from pdata_sync.verify import verify_catalog
@@ -234,6 +239,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     ]
     cfg = config(root)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
     client = make_client(cfg.s3, cfg.transfer)
     calls: list[tuple[str, str | None]] = []
     client.meta.events.register(
@@ -243,7 +249,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
 
     def run(transfer_cfg=cfg):
         calls.clear()
-        return BatchUploader(transfer_cfg, client, catalog, "run").upload_batch(items)
+        return BatchUploader(transfer_cfg, client, rows_of, "run").upload_batch(items)
 
     assert [o.status for o in run()] == [UPLOADED] * 3
     again = run()
@@ -257,9 +263,9 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     s3.delete_object(Bucket="dental-images", Key=items[0].key)
     assert [o.status for o in run()] == [UNCHANGED] * 3 and calls == []
     # ... verify finds it and marks it drifted; the next sync lists G1 only and repairs it
-    drift = verify_catalog(catalog, client, "dental-images", "c-1", lambda key: True)
+    drift = verify_catalog(rows_of, client, "dental-images", lambda key: True)
     assert drift.missing == [items[0].key]
-    assert catalog.lookup("c-1", [items[0].key])[items[0].key].state == DRIFTED
+    assert rows_of.lookup([items[0].key])[items[0].key].state == DRIFTED
     repaired = run()
     assert [(o.status, o.trusted) for o in repaired] == [
         (UPLOADED, False),
@@ -268,7 +274,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     ]
     assert [c for c in calls if c[0] == "ListObjectsV2"] == [("ListObjectsV2", patient_prefix(G1))]
     assert s3.head_object(Bucket="dental-images", Key=items[0].key)["ContentLength"] > 0
-    assert {r.state for r in catalog.rows("c-1")} == {VERIFIED}
+    assert {r.state for r in rows_of.rows()} == {VERIFIED}
 
     # a confirmation older than the window: listed again, confirmed, trusted afterwards
     with catalog.engine.begin() as conn:

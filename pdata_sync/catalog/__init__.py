@@ -1,0 +1,110 @@
+"""The image catalog: every object pdata-sync put in S3, its source and its proof.
+
+One row per object per destination (clinic id + endpoint and bucket + key), grouped into
+series and studies by the DICOM UIDs. Rows move through the states and named transitions of
+:mod:`.states` (docs/adr/0006-image-row-state-machine.md): *pending* before an upload,
+*uploaded* when S3 accepted the body, *verified* only once S3 reported back the size and
+checksum of what it stores and they matched (docs/adr/0004), *drifted* when a listing later
+showed something else (docs/adr/0005). A source that changes keeps its history
+(``image_history``); every state change is an ``image_events`` row with its flow run.
+
+SQLite (default, one file per worker) or PostgreSQL; the schema is created and upgraded by
+Alembic migrations (``pdata_sync/catalog_migrations``) when the catalog is opened.
+
+Modules: :mod:`.schema` (tables), :mod:`.database` (connecting, migrating), :mod:`.series`
+(studies and series), :mod:`.states` (the lifecycle), :mod:`.images` (transitions and
+queries of one clinic's rows in one destination), :mod:`.lock` (one run per clinic).
+"""
+
+from __future__ import annotations
+
+from .database import Database, default_catalog_url
+from .destination import destination_of
+from .images import ClinicImages
+from .lock import ClinicLock, Holder
+from .records import CatalogRow, PendingItem, Settled, SourceInfo, now
+from .schema import (
+    HEAD_REVISION,
+    LEGACY_DESTINATION,
+    MIGRATIONS,
+    VERSION_TABLE,
+    image_events,
+    image_history,
+    images,
+    metadata,
+    series,
+    studies,
+)
+from .series import SeriesRegistry
+from .states import (
+    ACCEPT,
+    CONFIRM,
+    DRIFTED,
+    MATCH,
+    PENDING,
+    STATES,
+    UPLOADED,
+    VERIFIED,
+    IllegalTransition,
+    ImageState,
+)
+
+
+class Catalog(Database):
+    """A catalog database: ``Catalog.open(url)``, then ``.images(clinic, destination)``."""
+
+    def __init__(self, engine):  # type: ignore[no-untyped-def]
+        super().__init__(engine)
+        self.series = SeriesRegistry(self)
+
+    @classmethod
+    def open(cls, url: str, password: str | None = None, *, migrate: bool = True) -> Catalog:
+        """Connect to the catalog at ``url`` and bring its schema up to date.
+
+        Raises :class:`~pdata_sync.errors.ConfigError` naming the database when it cannot
+        be reached."""
+        catalog = cls(Database.connect(url, password))
+        if migrate:
+            catalog.migrate()
+        return catalog
+
+    def images(self, clinic_id: str, destination: str) -> ClinicImages:
+        return ClinicImages(self, self.series, clinic_id, destination)
+
+    def lock(self, clinic_id: str, purpose: str, flow_run_id: str | None = None) -> ClinicLock:
+        return ClinicLock(self, clinic_id, purpose, flow_run_id)
+
+
+__all__ = [
+    "ACCEPT",
+    "CONFIRM",
+    "DRIFTED",
+    "HEAD_REVISION",
+    "LEGACY_DESTINATION",
+    "MATCH",
+    "MIGRATIONS",
+    "PENDING",
+    "STATES",
+    "UPLOADED",
+    "VERIFIED",
+    "VERSION_TABLE",
+    "Catalog",
+    "CatalogRow",
+    "ClinicImages",
+    "ClinicLock",
+    "Holder",
+    "IllegalTransition",
+    "ImageState",
+    "PendingItem",
+    "Settled",
+    "SourceInfo",
+    "default_catalog_url",
+    "destination_of",
+    "image_events",
+    "image_history",
+    "images",
+    "metadata",
+    "now",
+    "series",
+    "studies",
+]

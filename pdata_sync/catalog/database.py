@@ -1,0 +1,145 @@
+"""Opening a catalog database: connection, SQLite settings, migrations, write transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import ConfigError
+from .schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE
+
+_PG_MIGRATION_LOCK = 0x70646174  # "pdat": the advisory lock key of catalog migrations
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers do not block the writer; NORMAL sync is durable across process crashes
+    # (a power loss may lose the last transactions, which the next run redoes).
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def default_catalog_url(state_dir: str | Path) -> str:
+    """``sqlite:///{state_dir}/catalog.sqlite``."""
+    return f"sqlite:///{Path(state_dir) / 'catalog.sqlite'}"
+
+
+class Database:
+    """One catalog database; thread-safe (one engine, a connection per call)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.is_sqlite = engine.url.get_backend_name() == "sqlite"
+        # SQLite has one writer at a time; serialising our own threads avoids lock waits.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+
+    @staticmethod
+    def connect(url: str, password: str | None = None) -> Engine:
+        """An engine for ``url``; raises :class:`ConfigError` naming the database when it
+        cannot be reached."""
+        sa_url = make_url(url)
+        if password:
+            sa_url = sa_url.set(password=password)
+        kwargs: dict[str, Any] = {}
+        if sa_url.get_backend_name() == "sqlite":
+            path = sa_url.database or ""
+            if not path or path == ":memory:":
+                raise ConfigError("catalog.url: an SQLite catalog must be a file")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"catalog: cannot create the folder of {path}: {exc.strerror}"
+                ) from None
+            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        else:
+            kwargs.update(pool_size=20, pool_pre_ping=True)
+        try:
+            engine = sa.create_engine(sa_url, **kwargs)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise ConfigError(f"catalog {_safe(sa_url)}: {exc}") from None
+        if sa_url.get_backend_name() == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            with engine.connect():
+                pass
+        except DBAPIError as exc:
+            engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ConfigError(f"catalog {_safe(sa_url)}: cannot connect: {reason[:300]}") from None
+        return engine
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None for a new (empty) catalog."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(VERSION_TABLE):
+                return None
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest Alembic revision."""
+        if self.schema_revision() == HEAD_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        lock = self._write_lock or threading.Lock()
+        # Two processes opening a new catalog at once must not both create it: one waits
+        # for the other (a file lock beside an SQLite file, an advisory lock on PostgreSQL),
+        # then Alembic finds the schema at head and does nothing.
+        with lock, self._migration_lock(), self.engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if not self.is_sqlite:
+            yield
+            return
+        import fcntl
+
+        path = Path(f"{self.engine.url.database}.migrate-lock")
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A write transaction (serialised among this process's threads on SQLite)."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+
+    def insert_ignore(self, table: sa.Table, index: list[str]) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in this database's dialect."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table).on_conflict_do_nothing(index_elements=index)

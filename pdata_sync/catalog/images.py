@@ -1,0 +1,370 @@
+"""The image rows of one clinic in one destination, and their transitions.
+
+Every write is one of the named transitions of :mod:`pdata_sync.catalog.states`, applied in
+one transaction that also appends an ``image_events`` row per state change with the flow run
+id. A transition applied to a row in a state it does not leave raises
+:class:`~pdata_sync.catalog.states.IllegalTransition` and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from .database import Database
+from .records import ROW_COLUMNS, CatalogRow, PendingItem, Settled, now
+from .schema import image_events, image_history, images
+from .series import SeriesRegistry, chunks
+from .states import (
+    ACCEPT,
+    BEGIN_UPLOAD,
+    CONFIRM,
+    CONTRADICT,
+    DRIFTED,
+    MATCH,
+    PENDING,
+    RECONFIRM,
+    RELEASE,
+    UPLOADED,
+    VERIFIED,
+    ImageState,
+    Transition,
+)
+
+# content columns every settle writes; MATCH of the same bytes leaves uploaded_at and
+# flow_run_id alone (they say when and by which run those bytes went up)
+_CONTENT = (
+    "image_id",
+    "patient_guid",
+    "rel_path",
+    "source_size",
+    "source_mtime_ns",
+    "sha256",
+    "etag",
+    "series_id",
+    "sop_instance_uid",
+    "modality",
+    "acquisition_date",
+    "state",
+    "verified_at",
+    "prior_state",
+    "updated_at",
+)
+_UPLOAD_RECORD = ("uploaded_at", "flow_run_id")
+
+
+class ClinicImages:
+    """``catalog.images(clinic_id, destination)``: the rows of one clinic in one bucket."""
+
+    def __init__(self, db: Database, series: SeriesRegistry, clinic_id: str, destination: str):
+        self.db = db
+        self.series = series
+        self.clinic_id = clinic_id
+        self.destination = destination
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _mine(self) -> Any:
+        return sa.and_(
+            images.c.clinic_id == self.clinic_id, images.c.destination == self.destination
+        )
+
+    def _current(self, conn: sa.Connection, keys: Sequence[str], *columns: Any) -> dict[str, Any]:
+        cols = columns or (images,)
+        found: dict[str, Any] = {}
+        for chunk in chunks(list(dict.fromkeys(keys))):
+            for r in conn.execute(sa.select(*cols).where(self._mine(), images.c.key.in_(chunk))):
+                found[r.key] = r
+        return found
+
+    def _events(
+        self,
+        conn: sa.Connection,
+        transition: Transition,
+        changes: Iterable[tuple[str, str | None, str | None]],
+        flow_run_id: str | None,
+        at: Any,
+    ) -> None:
+        rows = [
+            {
+                "clinic_id": self.clinic_id,
+                "destination": self.destination,
+                "key": key,
+                "transition": transition.name,
+                "from_state": before,
+                "to_state": after,
+                "flow_run_id": flow_run_id,
+                "at": at,
+            }
+            for key, before, after in changes
+        ]
+        if rows:
+            conn.execute(sa.insert(image_events), rows)
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def begin_upload(self, items: list[PendingItem], flow_run_id: str | None) -> None:
+        """BEGIN_UPLOAD: these keys are about to be uploaded (before any of their bytes go).
+
+        A new key gets a row without content; an existing row keeps its last accepted
+        content (and path) until the new content is settled, and remembers the state it
+        leaves, which :meth:`release` restores."""
+        if not items:
+            return
+        t = now()
+        with self.db.begin() as conn:
+            existing = self._current(
+                conn,
+                [i.key for i in items],
+                images.c.id,
+                images.c.key,
+                images.c.state,
+                images.c.prior_state,
+            )
+            new = [
+                {
+                    "clinic_id": self.clinic_id,
+                    "destination": self.destination,
+                    "key": i.key,
+                    "image_id": i.image_id,
+                    "patient_guid": i.patient_guid,
+                    "rel_path": i.rel_path,
+                    "state": PENDING,
+                    "prior_state": None,
+                    "pending_at": t,
+                    "updated_at": t,
+                }
+                for i in dict((i.key, i) for i in items if i.key not in existing).values()
+            ]
+            if new:
+                conn.execute(sa.insert(images), new)
+            old = []
+            for key, r in existing.items():
+                BEGIN_UPLOAD.check(key, r.state)
+                # a row left pending by an interrupted run keeps the state it had before
+                prior = r.prior_state if r.state == PENDING else r.state
+                old.append({"row_id": r.id, "p_prior": prior})
+            if old:
+                conn.execute(
+                    sa.update(images)
+                    .where(images.c.id == sa.bindparam("row_id"))
+                    .values(
+                        state=PENDING,
+                        prior_state=sa.bindparam("p_prior"),
+                        pending_at=t,
+                        updated_at=t,
+                    ),
+                    old,
+                )
+            self._events(
+                conn,
+                BEGIN_UPLOAD,
+                [(n["key"], None, PENDING) for n in new]
+                + [(key, r.state, PENDING) for key, r in existing.items()],
+                flow_run_id,
+                t,
+            )
+
+    def release(self, keys: list[str], flow_run_id: str | None = None) -> None:
+        """RELEASE: the upload of these pending keys will not happen (bad input). A row that
+        never had a state before goes; any other gets back the state it had."""
+        if not keys:
+            return
+        t = now()
+        with self.db.begin() as conn:
+            rows = self._current(
+                conn, keys, images.c.id, images.c.key, images.c.state, images.c.prior_state
+            )
+            for key, r in rows.items():
+                RELEASE.check(key, r.state)
+            gone = [r.id for r in rows.values() if r.prior_state is None]
+            back = [
+                {"row_id": r.id, "p_state": r.prior_state}
+                for r in rows.values()
+                if r.prior_state is not None
+            ]
+            for chunk in chunks(gone):
+                conn.execute(sa.delete(images).where(images.c.id.in_(chunk)))
+            if back:
+                conn.execute(
+                    sa.update(images)
+                    .where(images.c.id == sa.bindparam("row_id"))
+                    .values(state=sa.bindparam("p_state"), prior_state=None, updated_at=t),
+                    back,
+                )
+            self._events(
+                conn,
+                RELEASE,
+                [(k, PENDING, r.prior_state) for k, r in rows.items()],
+                flow_run_id,
+                t,
+            )
+
+    def settle(self, records: list[Settled], flow_run_id: str | None) -> None:
+        """ACCEPT, CONFIRM or MATCH of pending keys, in one transaction.
+
+        A row whose previously accepted content had another checksum keeps that content in
+        ``image_history``."""
+        if not records:
+            return
+        for rec in records:
+            if rec.transition not in (ACCEPT, CONFIRM, MATCH):
+                raise ValueError(f"settle cannot apply {rec.transition.name}")
+        t = now()
+        self.series.register(self.clinic_id, [r.info.header for r in records], t)
+        with self.db.begin() as conn:
+            old = self._current(conn, [r.key for r in records])
+            history, full, content_only, changes = [], [], [], []
+            for rec in records:
+                prev = old.get(rec.key)
+                rec.transition.check(rec.key, None if prev is None else prev.state)
+                info = rec.info
+                state = rec.transition.enters
+                values = {
+                    "image_id": info.image_id,
+                    "patient_guid": info.patient_guid,
+                    "rel_path": info.rel_path,
+                    "source_size": info.size,
+                    "source_mtime_ns": info.mtime_ns,
+                    "sha256": info.sha256,
+                    "etag": rec.etag,
+                    "series_id": self.series.id_of(self.clinic_id, info.header),
+                    "sop_instance_uid": info.header.sop_instance_uid,
+                    "modality": info.header.modality,
+                    "acquisition_date": info.header.acquisition_date,
+                    "state": state,
+                    "verified_at": t if state == VERIFIED else None,
+                    "prior_state": None,
+                    "updated_at": t,
+                }
+                changes.append((rec.key, prev.state, state))
+                accepted = prev.verified_at is not None or prev.uploaded_at is not None
+                if prev.sha256 is not None and prev.sha256 != info.sha256 and accepted:
+                    history.append(
+                        {
+                            "image_row_id": prev.id,
+                            "sha256": prev.sha256,
+                            "source_size": prev.source_size,
+                            "source_mtime_ns": prev.source_mtime_ns,
+                            "etag": prev.etag,
+                            "state": prev.prior_state
+                            or (VERIFIED if prev.verified_at is not None else UPLOADED),
+                            "verified_at": prev.verified_at,
+                            "replaced_at": t,
+                            "replaced_by_flow_run_id": flow_run_id,
+                        }
+                    )
+                row = {"row_id": prev.id, **{f"v_{k}": v for k, v in values.items()}}
+                if rec.transition is MATCH and prev.sha256 == info.sha256:
+                    content_only.append(row)
+                    continue
+                if rec.transition is MATCH:  # bytes this catalog never saw go up: unknown
+                    upload = {"uploaded_at": None, "flow_run_id": None}
+                else:
+                    upload = {"uploaded_at": rec.uploaded_at, "flow_run_id": flow_run_id}
+                full.append({**row, **{f"v_{k}": v for k, v in upload.items()}})
+            if history:
+                conn.execute(sa.insert(image_history), history)
+            for rows, columns in ((full, _CONTENT + _UPLOAD_RECORD), (content_only, _CONTENT)):
+                if rows:
+                    conn.execute(
+                        sa.update(images)
+                        .where(images.c.id == sa.bindparam("row_id"))
+                        .values({c: sa.bindparam(f"v_{c}") for c in columns}),
+                        rows,
+                    )
+            for transition in (ACCEPT, CONFIRM, MATCH):
+                self._events(
+                    conn,
+                    transition,
+                    [
+                        c
+                        for c, r in zip(changes, records, strict=True)
+                        if r.transition is transition
+                    ],
+                    flow_run_id,
+                    t,
+                )
+
+    def reconfirm(self, keys: Sequence[str], flow_run_id: str | None = None) -> None:
+        """RECONFIRM: a listing shows these keys with their verified size and ETag
+        (``checked_at`` renewed; a drifted row is verified again: S3 holds those bytes)."""
+        self._listing(RECONFIRM, keys, flow_run_id)
+
+    def contradict(self, keys: Sequence[str], flow_run_id: str | None = None) -> None:
+        """CONTRADICT: a listing shows these keys missing or different from what was
+        verified. Nothing is stamped: a contradicted row is not confirmed."""
+        self._listing(CONTRADICT, keys, flow_run_id)
+
+    def _listing(self, transition: Transition, keys: Sequence[str], run: str | None) -> None:
+        if not keys:
+            return
+        t = now()
+        with self.db.begin() as conn:
+            rows = self._current(conn, keys, images.c.key, images.c.state)
+            for key in keys:
+                transition.check(key, rows[key].state if key in rows else None)
+            target = transition.enters
+            assert target is not None
+            values: dict[str, Any] = {"state": target, "updated_at": t}
+            if transition is RECONFIRM:
+                values["checked_at"] = t
+            for chunk in chunks(list(rows)):
+                conn.execute(
+                    sa.update(images).where(self._mine(), images.c.key.in_(chunk)).values(**values)
+                )
+            changed = [(k, r.state, target) for k, r in rows.items() if r.state != target]
+            self._events(conn, transition, changed, run, t)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, CatalogRow]:
+        """Rows of ``keys`` (any state), by key."""
+        columns = [images.c[c] for c in ROW_COLUMNS]
+        with self.db.engine.connect() as conn:
+            return {
+                k: CatalogRow.of(r) for k, r in self._current(conn, list(keys), *columns).items()
+            }
+
+    def rows(self) -> list[CatalogRow]:
+        """Every image row, ordered by key."""
+        columns = [images.c[c] for c in ROW_COLUMNS]
+        with self.db.engine.connect() as conn:
+            result = conn.execute(sa.select(*columns).where(self._mine()).order_by(images.c.key))
+            return [CatalogRow.of(r) for r in result]
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        """Earlier contents of one key, oldest first."""
+        with self.db.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(image_history)
+                .join(images, image_history.c.image_row_id == images.c.id)
+                .where(self._mine(), images.c.key == key)
+                .order_by(image_history.c.id)
+            )
+            return [dict(r._mapping) for r in result]
+
+    def events(self, key: str | None = None) -> list[dict[str, Any]]:
+        """State changes of one key (or all keys), oldest first."""
+        query = sa.select(image_events).where(
+            image_events.c.clinic_id == self.clinic_id,
+            image_events.c.destination == self.destination,
+        )
+        if key is not None:
+            query = query.where(image_events.c.key == key)
+        with self.db.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(image_events.c.id))]
+
+    def state_counts(self) -> dict[str, int]:
+        with self.db.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(images.c.state, sa.func.count())
+                .where(self._mine())
+                .group_by(images.c.state)
+            )
+            return {ImageState(state): int(n) for state, n in result}
+
+
+__all__ = ["ClinicImages", "DRIFTED"]

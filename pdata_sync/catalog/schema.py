@@ -1,0 +1,124 @@
+"""The catalog's tables (SQLAlchemy Core). Alembic migrations in
+``pdata_sync/catalog_migrations`` build exactly this schema; a test compares the two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+VERSION_TABLE = "pdata_sync_catalog_version"
+# The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
+# tests/integration/test_catalog.py checks it against the migration scripts.
+HEAD_REVISION = "0003"
+MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
+# rows written before destinations were recorded (migration 0003): kept, never trusted
+LEGACY_DESTINATION = ""
+
+TS = sa.DateTime(timezone=True)
+metadata = sa.MetaData()
+
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("clinic_id", sa.String(64), nullable=False),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("clinic_id", "study_instance_uid", name="uq_studies_clinic_uid"),
+)
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False),
+    sa.Column("modality", sa.String(16), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.UniqueConstraint("study_id", "series_instance_uid", name="uq_series_study_uid"),
+)
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("clinic_id", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("image_id", sa.BigInteger, nullable=False),
+    sa.Column("patient_guid", sa.String(36), nullable=False),
+    sa.Column("rel_path", sa.String(1024), nullable=False),
+    # content columns stay empty while a new key is only pending
+    sa.Column("source_size", sa.BigInteger, nullable=True),
+    sa.Column("source_mtime_ns", sa.BigInteger, nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("etag", sa.String(80), nullable=True),
+    sa.Column("series_id", sa.Integer, sa.ForeignKey("series.id"), nullable=True),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=True),
+    sa.Column("modality", sa.String(16), nullable=True),
+    sa.Column("acquisition_date", sa.String(16), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("pending_at", TS, nullable=True),
+    sa.Column("uploaded_at", TS, nullable=True),  # when S3 accepted the current content
+    sa.Column("verified_at", TS, nullable=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),  # the run that uploaded it
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("checked_at", TS, nullable=True),
+    # endpoint + bucket the object is in (pdata_sync.catalog.destination)
+    sa.Column("destination", sa.String(1100), nullable=False),
+    # the state a pending row restores when its upload is released (None: no row)
+    sa.Column("prior_state", sa.String(16), nullable=True),
+    sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
+    sa.CheckConstraint(
+        "state IN ('pending', 'uploaded', 'verified', 'drifted')", name="ck_images_state"
+    ),
+)
+sa.Index("ix_images_clinic_dest_state", images.c.clinic_id, images.c.destination, images.c.state)
+
+image_history = sa.Table(
+    "image_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_row_id", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("source_size", sa.BigInteger, nullable=False),
+    sa.Column("source_mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.String(80), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("verified_at", TS, nullable=True),
+    sa.Column("replaced_at", TS, nullable=False),
+    sa.Column("replaced_by_flow_run_id", sa.String(64), nullable=True),
+)
+sa.Index("ix_image_history_image", image_history.c.image_row_id)
+
+# Every state change of an image row, append-only (rows that go keep their events).
+image_events = sa.Table(
+    "image_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("clinic_id", sa.String(64), nullable=False),
+    sa.Column("destination", sa.String(1100), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("transition", sa.String(16), nullable=False),
+    sa.Column("from_state", sa.String(16), nullable=True),  # None: there was no row
+    sa.Column("to_state", sa.String(16), nullable=True),  # None: the row went
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("at", TS, nullable=False),
+)
+sa.Index(
+    "ix_image_events_key", image_events.c.clinic_id, image_events.c.destination, image_events.c.key
+)
+
+# One row per clinic while a sync or verify of it runs (pdata_sync.catalog.lock).
+clinic_locks = sa.Table(
+    "clinic_locks",
+    metadata,
+    sa.Column("clinic_id", sa.String(64), primary_key=True),
+    sa.Column("token", sa.String(32), nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("acquired_at", TS, nullable=False),
+    sa.Column("heartbeat_at", TS, nullable=False),
+)

@@ -1,0 +1,127 @@
+"""Which planned images of a batch need work: pure decisions over the catalog rows, the
+files' ``stat`` and S3's listing, testable without S3 or a database.
+
+* *trusted*: the catalog verified this key from this very file (path, size, mtime) and S3
+  confirmed it within the trust window (docs/adr/0005): no S3 request, no read.
+* *unchanged*: the row is verified from this file and the listing shows the verified size
+  and ETag: no read; the confirmation is renewed (RECONFIRM).
+* *contradicted*: the row is verified but the listing shows the key missing or with another
+  size or ETag: S3 no longer holds what was verified (CONTRADICT, then upload again).
+* everything else is read, compared and uploaded if needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .catalog import VERIFIED, CatalogRow
+from .plan import PlannedImage
+from .s3_store import RemoteObject
+
+Listing = Mapping[str, RemoteObject]
+
+
+def verified_from_this_file(item: PlannedImage, row: CatalogRow | None, st: os.stat_result) -> bool:
+    """The catalog verified this key from this path with this size and mtime."""
+    return (
+        row is not None
+        and row.state == VERIFIED
+        and row.rel_path == item.rel_path
+        and row.size == st.st_size
+        and row.mtime_ns == st.st_mtime_ns
+    )
+
+
+def trusted_unchanged(
+    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
+) -> bool:
+    """The catalog verified this key from this file, and S3 confirmed it at or after
+    ``since``: neither S3 nor the file needs to be asked."""
+    return (
+        since is not None
+        and st.st_size > 0
+        and verified_from_this_file(item, row, st)
+        and row is not None
+        and row.confirmed_at is not None
+        and row.confirmed_at >= since
+    )
+
+
+def verified_unchanged(
+    item: PlannedImage, row: CatalogRow | None, remote: RemoteObject | None, st: os.stat_result
+) -> bool:
+    """The catalog verified this key from this file, and S3 lists it with the size and
+    ETag that were verified: no need to read the file."""
+    return (
+        verified_from_this_file(item, row, st)
+        and row is not None
+        and remote is not None
+        and remote.size == st.st_size
+        and row.etag == remote.etag
+    )
+
+
+def contradicted(row: CatalogRow | None, remote: RemoteObject | None) -> bool:
+    """A verified row whose key the listing shows missing, or with another size or ETag."""
+    return (
+        row is not None
+        and row.state == VERIFIED
+        and (remote is None or remote.size != row.size or remote.etag != row.etag)
+    )
+
+
+@dataclass
+class Triage:
+    trusted: set[str] = field(default_factory=set)
+    unchanged: set[str] = field(default_factory=set)
+    contradicted: set[str] = field(default_factory=set)
+    unlisted: dict[str, Exception] = field(default_factory=dict)  # key -> listing error
+    work: list[PlannedImage] = field(default_factory=list)  # read, compare, upload
+
+    @property
+    def done(self) -> set[str]:
+        return self.trusted | self.unchanged
+
+
+def trusted_keys(
+    items: list[PlannedImage],
+    rows: Mapping[str, CatalogRow],
+    stats: Mapping[str, os.stat_result],
+    since: datetime | None,
+) -> set[str]:
+    """Keys the catalog alone vouches for (no listing needed)."""
+    return {
+        i.key
+        for i in items
+        if i.key in stats and trusted_unchanged(i, rows.get(i.key), stats[i.key], since)
+    }
+
+
+def triage(
+    items: list[PlannedImage],
+    rows: Mapping[str, CatalogRow],
+    stats: Mapping[str, os.stat_result],
+    trusted: set[str],
+    listings: Mapping[str, Listing | Exception],
+) -> Triage:
+    """Sort a batch, given the keys already ``trusted`` and the listing of every other
+    patient (by patientGuid; an exception where the listing failed)."""
+    out = Triage(trusted=set(trusted))
+    for item in items:
+        if item.key in trusted:
+            continue
+        listing = listings.get(item.patient_guid)
+        if listing is None or isinstance(listing, Exception):
+            out.unlisted[item.key] = listing or LookupError("not listed")
+            continue
+        row, remote, st = rows.get(item.key), listing.get(item.key), stats.get(item.key)
+        if st is not None and st.st_size and verified_unchanged(item, row, remote, st):
+            out.unchanged.add(item.key)
+            continue
+        if contradicted(row, remote):
+            out.contradicted.add(item.key)
+        out.work.append(item)
+    return out

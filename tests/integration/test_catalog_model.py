@@ -1,0 +1,340 @@
+"""Model-based test of the catalog's invariants (docs/adr/0006): random sequences of what
+happens to a clinic's archive, against real SeaweedFS, the real resolver server and a real
+SQLite catalog, with the invariants checked after every step.
+
+Steps: add / change / delete / touch a source file; delete or overwrite an object behind the
+product's back; a sync while a file is briefly empty; switch the bucket; a sync killed at a
+random moment; a sync; a verify; two syncs at once. Syncs run in-process without Prefect
+(tests/support/pipeline.py: the flows' core functions in the flows' order), so hundreds of
+them fit in seconds.
+
+``make test`` runs :data:`SEQUENCES` sequences of :data:`STEPS` steps from fixed seeds; a
+longer run (docs/adr/0006 records its figures):
+
+    PDATA_MODEL_SEQUENCES=200 .venv/bin/pytest tests/integration/test_catalog_model.py -n0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from pdata_sync.catalog import DRIFTED, PENDING, UPLOADED, VERIFIED, Catalog, image_events
+from pdata_sync.catalog import image_history as history_table
+from pdata_sync.config import load_config
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.errors import ClinicBusyError
+from pdata_sync.uploader import FAILED, REJECTED
+from pdata_sync.uploader import UPLOADED as OUT_UPLOADED
+from tests.conftest import BUCKET, load_mapping, make_clinic, record_model_run
+from tests.support import pipeline
+
+SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
+STEPS = int(os.environ.get("PDATA_MODEL_STEPS", "12"))
+OTHER_BUCKET = "dental-images-model"
+OPS = (
+    "add",
+    "change",
+    "delete",
+    "touch",
+    "s3_delete",
+    "s3_overwrite",
+    "empty_during_sync",
+    "switch_bucket",
+    "kill_sync",
+    "sync",
+    "sync",
+    "verify",
+    "two_syncs",
+)
+KILLED_SYNC = """
+import sys
+from pdata_sync.catalog import Catalog
+from pdata_sync.config import load_config
+from tests.support import pipeline
+config = load_config(sys.argv[1])
+pipeline.sync(Catalog.open(sys.argv[2]), config, "killed-run")
+"""
+
+
+@dataclass
+class World:
+    """What the test knows independently of the product."""
+
+    root: Path
+    config_path: Path
+    catalog_url: str
+    rng: random.Random
+    bucket: str = BUCKET
+    removed: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # rel -> (bytes, mtime)
+    # per bucket: keys changed behind the product's back that it has not seen yet
+    tampered: dict[str, set[str]] = field(default_factory=dict)
+    events: int = 0
+    history: int = 0
+    steps: int = 0
+
+    @property
+    def config(self):
+        cfg = load_config(self.config_path)
+        return cfg.model_copy(update={"s3": cfg.s3.model_copy(update={"bucket": self.bucket})})
+
+    def config_file(self) -> Path:
+        """The config as a file, with the bucket in use (for a sync in another process)."""
+        data = yaml.safe_load(self.config_path.read_text())
+        data["s3"]["bucket"] = self.bucket
+        path = self.config_path.with_name("clinic-now.yaml")
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def objects(client, bucket: str) -> dict[str, dict]:
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="images/"):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = {"size": o["Size"], "etag": o["ETag"].strip('"')}
+    return out
+
+
+def body(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def dicom_files(world: World) -> list[Path]:
+    return sorted(p for p in world.root.glob("P_*/*.dcm") if p.stat().st_size > 0)
+
+
+def check_invariants(world: World, catalog: Catalog, client) -> None:
+    """After every step, in both buckets: a verified row is what S3 holds, byte for byte
+    (except objects changed behind the product's back it has not seen yet); the record of
+    events and replaced contents only grows."""
+    for bucket in (BUCKET, OTHER_BUCKET):
+        cfg = world.config.model_copy(
+            update={"s3": world.config.s3.model_copy(update={"bucket": bucket})}
+        )
+        stored = objects(client, bucket)
+        unseen = world.tampered.get(bucket, set())
+        for row in pipeline.images_of(catalog, cfg).rows():
+            if row.state != VERIFIED or row.key in unseen:
+                continue
+            assert row.key in stored, f"{bucket}: {row.key} verified, not in S3"
+            obj = stored[row.key]
+            assert (obj["size"], obj["etag"]) == (row.size, row.etag), f"{bucket}: {row.key}"
+            assert sha(body(client, bucket, row.key)) == row.sha256, f"{bucket}: {row.key} bytes"
+    with catalog.engine.connect() as conn:
+        events = conn.execute(sa.select(sa.func.count()).select_from(image_events)).scalar()
+        history = conn.execute(sa.select(sa.func.count()).select_from(history_table)).scalar()
+    assert events >= world.events and history >= world.history, "history was lost"
+    world.events, world.history = events, history
+
+
+def check_clean_sync(world: World, catalog: Catalog, client, result: pipeline.SyncResult) -> None:
+    """After a sync without faults: every planned object is in S3 with the file's bytes
+    and its row is verified; nothing failed; no row is left pending or unconfirmed."""
+    assert result.by_status(FAILED) == [], result.by_status(FAILED)
+    cfg = world.config
+    rows = {r.key: r for r in pipeline.images_of(catalog, cfg).rows()}
+    unseen = world.tampered.get(world.bucket, set())
+    rejected = {o.key for o in result.by_status(REJECTED)}
+    for item in result.planned:
+        if item.key in rejected or item.key in unseen:
+            continue
+        data = (world.root / item.rel_path).read_bytes()
+        assert body(client, world.bucket, item.key) == data, item.key
+        assert rows[item.key].state == VERIFIED and rows[item.key].sha256 == sha(data)
+    assert not [r.key for r in rows.values() if r.state in (PENDING, UPLOADED)]
+    # what this sync uploaded is no longer unseen
+    world.tampered[world.bucket] = unseen - {o.key for o in result.by_status(OUT_UPLOADED)}
+    if cfg.transfer.recheck_days == 0:  # every prefix was listed: everything was seen
+        world.tampered[world.bucket] = set()
+
+
+def check_verify(world: World, catalog: Catalog, client) -> None:
+    """verify's findings are exactly the difference between the catalog and S3, and what
+    it found missing or changed is drifted afterwards."""
+    cfg = world.config
+    images = pipeline.images_of(catalog, cfg)
+    before = images.rows()
+    stored = objects(client, world.bucket)
+    guids = {r.patient_guid for r in before}
+    belongs = pipeline.belongs(cfg)
+    missing, changed = set(), set()
+    for row in before:
+        if row.state not in (VERIFIED, DRIFTED):
+            continue
+        obj = stored.get(row.key)
+        if obj is None:
+            missing.add(row.key)
+        elif (obj["size"], obj["etag"]) != (row.size, row.etag):
+            changed.add(row.key)
+    known = {r.key for r in before}
+    unknown = {
+        k for k in stored if k.split("/")[1] in guids and k not in known and belongs(k)
+    }  # fmt: skip
+    drift = pipeline.verify(catalog, cfg, f"verify-{world.steps}")
+    assert set(drift.missing) == missing
+    assert {c["key"] for c in drift.changed} == changed
+    assert set(drift.unknown) == unknown
+    after = images.lookup(missing | changed)
+    assert all(r.state == DRIFTED for r in after.values())
+    world.tampered[world.bucket] = set()  # the product has seen everything now
+
+
+def planned_file(world: World) -> Path | None:
+    files = dicom_files(world)
+    return world.rng.choice(files) if files else None
+
+
+def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901 - one op each
+    rng = world.rng
+    cfg = world.config
+    if op == "add" and world.removed:
+        rel = rng.choice(sorted(world.removed))
+        data, mtime = world.removed.pop(rel)
+        (world.root / rel).write_bytes(data)
+        os.utime(world.root / rel, ns=(mtime, mtime))
+    elif op == "delete" and (path := planned_file(world)):
+        rel = str(path.relative_to(world.root))
+        world.removed[rel] = (path.read_bytes(), path.stat().st_mtime_ns)
+        path.unlink()
+    elif op == "change" and (path := planned_file(world)):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # noqa: BLE001 - the clinic's junk files are not changed
+            return
+        ds.ImageComments = f"revised {rng.random()}"
+        ds.save_as(path)
+    elif op == "touch" and (path := planned_file(world)):
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + rng.randrange(1, 10**9)))
+    elif op in ("s3_delete", "s3_overwrite"):
+        stored = sorted(objects(client, world.bucket))
+        if not stored:
+            return
+        key = rng.choice(stored)
+        if op == "s3_delete":
+            client.delete_object(Bucket=world.bucket, Key=key)
+        else:
+            data = bytearray(body(client, world.bucket, key))
+            data[len(data) // 2] ^= 0xFF  # same size, other bytes
+            client.put_object(Bucket=world.bucket, Key=key, Body=bytes(data))
+        world.tampered.setdefault(world.bucket, set()).add(key)
+    elif op == "empty_during_sync" and (path := planned_file(world)):
+        data, st = path.read_bytes(), path.stat()
+        path.write_bytes(b"")
+        try:
+            pipeline.sync(catalog, cfg, f"run-{world.steps}", client)
+        finally:
+            path.write_bytes(data)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif op == "switch_bucket":
+        world.bucket = OTHER_BUCKET if world.bucket == BUCKET else BUCKET
+    elif op == "kill_sync":
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_SYNC, str(world.config_file()), world.catalog_url],
+            cwd=Path(__file__).parents[2],
+            env={**os.environ},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    elif op == "sync":
+        result = pipeline.sync(catalog, cfg, f"run-{world.steps}", client)
+        check_clean_sync(world, catalog, client, result)
+    elif op == "verify":
+        check_verify(world, catalog, client)
+    elif op == "two_syncs":
+        errors: list[BaseException] = []
+        results: list[pipeline.SyncResult] = []
+
+        def one(n: int) -> None:
+            try:
+                results.append(pipeline.sync(catalog, cfg, f"run-{world.steps}-{n}", client))
+            except BaseException as exc:  # noqa: BLE001 - collected and checked
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(e, ClinicBusyError) for e in errors), errors
+        assert len(results) >= 1 and all(not r.by_status(FAILED) for r in results)
+
+
+def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
+    rng = random.Random(seed)
+    clinic = make_clinic(tmp / "clinic", patients=12, images_per_patient=(1, 2), seed=seed)
+    assert len(clinic.expected) >= 3
+    for bucket in (BUCKET, OTHER_BUCKET):
+        empty_bucket(client, bucket)
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config_path = write_config(
+            tmp / "clinic.yaml",
+            clinic,
+            resolver_url=resolver.url,
+            endpoint=seaweed.endpoint,
+            state_dir=tmp / "state",
+            recheck_days=rng.choice([0, 7]),
+            batch_size=rng.choice([3, 50]),
+            max_attempts=2,
+        )
+        world = World(
+            root=Path(clinic.pdata_root),
+            config_path=config_path,
+            catalog_url=f"sqlite:///{tmp / 'state' / 'catalog.sqlite'}",
+            rng=rng,
+        )
+        catalog = Catalog.open(world.catalog_url)
+        try:
+            ops = ["sync"] + [rng.choice(OPS) for _ in range(STEPS - 1)] + ["sync", "verify"]
+            for op in ops:
+                world.steps += 1
+                step(world, op, catalog, client)
+                check_invariants(world, catalog, client)
+        finally:
+            catalog.close()
+    return world.steps
+
+
+def test_catalog_invariants_hold_over_random_sequences(tmp_path, seaweed, monkeypatch):
+    client = seaweed.client()
+    client.create_bucket(Bucket=OTHER_BUCKET)
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    steps = 0
+    try:
+        for seed in range(SEQUENCES):
+            steps += run_sequence(seed, tmp_path / f"seq{seed}", seaweed, client)
+            shutil.rmtree(tmp_path / f"seq{seed}", ignore_errors=True)
+    finally:
+        empty_bucket(client, OTHER_BUCKET)
+        client.delete_bucket(Bucket=OTHER_BUCKET)
+        empty_bucket(client, BUCKET)
+    record_model_run((SEQUENCES, steps, round(time.monotonic() - started, 1)))
+    assert steps >= SEQUENCES * STEPS
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-n0"]))

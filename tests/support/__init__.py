@@ -1,0 +1,1 @@
+"""Test support: servers and helpers only the tests use (never shipped in the package)."""

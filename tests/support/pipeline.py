@@ -1,0 +1,89 @@
+"""One clinic's sync and verify without Prefect: the same core functions the flows' tasks
+call, in the same order, so the model-based test can run hundreds of syncs in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdata_sync.catalog import Catalog, ClinicImages, destination_of
+from pdata_sync.config import ClinicConfig
+from pdata_sync.keys import parse_key
+from pdata_sync.pdata import scan_images, scan_patient_folders
+from pdata_sync.plan import PlannedImage, build_plan, make_batches, resolve_patients
+from pdata_sync.resolver import ResolverClient
+from pdata_sync.s3_store import abort_interrupted_uploads, make_client
+from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine
+from pdata_sync.uploader import BatchUploader, Outcome
+from pdata_sync.verify import Drift, verify_catalog
+
+
+@dataclass
+class SyncResult:
+    planned: list[PlannedImage] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+
+def images_of(catalog: Catalog, config: ClinicConfig) -> ClinicImages:
+    return catalog.images(
+        config.clinic_id, destination_of(config.s3.endpoint_url, config.s3.bucket)
+    )
+
+
+def belongs(config: ClinicConfig):
+    def check(key: str) -> bool:
+        fields = parse_key(key, config.s3.key_template)
+        return fields is not None and fields.get("clinic_id", config.clinic_id) == config.clinic_id
+
+    return check
+
+
+def plan(config: ClinicConfig) -> list[PlannedImage]:
+    """What a sync of ``config`` would make sure of, from PDATA, the database, the resolver."""
+    folders, _ = scan_patient_folders(config.pdata_root)
+    files, _, _ = scan_images(config.pdata_root, folders)
+    engine = make_engine(config.database)
+    try:
+        lookup = fetch_patients(engine, config.database, sorted({f.patient_id for f in folders}))
+        cards = sorted({c for cs in lookup.card_ids.values() for c in cs})
+        with ResolverClient(config.resolver, config.clinic_id, None) as resolver:
+            resolved = resolver.resolve(cards)
+        patients = resolve_patients(lookup.card_ids, resolved.mapping, resolved.failed)
+        wanted = patients.wanted(files)
+        media = fetch_media(engine, config.database, patients.media_ids(wanted))
+    finally:
+        engine.dispose()
+    return build_plan(
+        images=wanted,
+        patient_guids=patients.guids,
+        failed_patients=patients.failed,
+        media=media,
+        clinic_id=config.clinic_id,
+        key_template=config.s3.key_template,
+    ).images
+
+
+def sync(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None) -> SyncResult:
+    """A sync under the clinic's lock (raises ClinicBusyError like the flow refuses)."""
+    client = client or make_client(config.s3, config.transfer)
+    result = SyncResult()
+    with catalog.lock(config.clinic_id, "sync", run_id) as lock:
+        abort_interrupted_uploads(
+            client, config.s3.bucket, "images/", belongs(config), lock.acquired_at
+        )
+        result.planned = plan(config)
+        for batch in make_batches(result.planned, config.transfer.batch_size):
+            uploader = BatchUploader(config, client, images_of(catalog, config), run_id)
+            result.outcomes += uploader.upload_batch(batch)
+    return result
+
+
+def verify(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None) -> Drift:
+    client = client or make_client(config.s3, config.transfer)
+    with catalog.lock(config.clinic_id, "verify", run_id):
+        return verify_catalog(
+            images_of(catalog, config), client, config.s3.bucket, belongs(config), run_id
+        )
