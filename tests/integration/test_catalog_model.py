@@ -317,6 +317,8 @@ def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
     return world.steps
 
 
+# about 5 s a sequence on 2 cores; the suite's default timeout would cut a long run short
+@pytest.mark.timeout(max(300, 30 * SEQUENCES))
 def test_catalog_invariants_hold_over_random_sequences(tmp_path, seaweed, monkeypatch):
     client = seaweed.client()
     client.create_bucket(Bucket=OTHER_BUCKET)

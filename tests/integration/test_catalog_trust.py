@@ -22,7 +22,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
@@ -35,6 +34,7 @@ from tests.conftest import (
     run_cli,
     stored_objects,
 )
+from tests.support.fault_proxy import Fault, FaultProxy
 
 
 @pytest.fixture

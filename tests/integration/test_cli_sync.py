@@ -10,8 +10,9 @@ import json
 import os
 import random
 import re
+import sqlite3
 import subprocess
-import sys
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -23,21 +24,9 @@ from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import decode_name_from_metadata
 from pdata_sync.s3_store import METADATA_KEYS
-from tests.conftest import BUCKET, load_mapping, make_clinic, tree_snapshot
+from tests.conftest import BUCKET, CLI, load_mapping, make_clinic, run_cli, tree_snapshot
 
 REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
-CLI = str(Path(sys.executable).parent / "pdata-sync")
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: int = 240):
-    return subprocess.run(
-        [CLI, *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def all_objects(client, prefix: str = "images/") -> dict[str, dict]:
@@ -115,6 +104,8 @@ def test_sync_end_to_end(setup):
     assert sorted(n["path"] for n in summary["notes"]) == sorted(clinic.no_media_row_paths)
 
     # every object byte-identical, with exactly the metadata of the issue
+    with closing(sqlite3.connect(f"file:{clinic.database_path}?mode=ro", uri=True)) as db:
+        names = dict(db.execute("SELECT MediaBaseId, Name FROM MediaBase"))
     sizes = []
     for prefix, key in found.items():
         source = (pdata / expected[prefix]["path"]).read_bytes()
@@ -126,7 +117,9 @@ def test_sync_end_to_end(setup):
         assert meta["sha256"] == hashlib.sha256(source).hexdigest()
         assert meta["clinic-id"] == clinic.clinic_id
         assert meta["image-id"] == str(expected[prefix]["image_id"])
-        decode_name_from_metadata(meta["image-name"])
+        name = names.get(expected[prefix]["image_id"])  # None: no media row
+        stored_as = name if name and name.strip() else "unnamed"
+        assert decode_name_from_metadata(meta["image-name"]) == stored_as
         assert meta["modality"] in {"IO", "PX", "CT"}
         assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == source
     assert max(sizes) > 5 * 1024 * 1024  # the multipart path was exercised

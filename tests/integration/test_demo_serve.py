@@ -10,16 +10,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from pdata_sync.demo.serve import READY
-from tests.conftest import make_clinic
-
-CLI = str(Path(sys.executable).parent / "pdata-sync")
+from tests.conftest import CLI, make_clinic
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -4,19 +4,13 @@ at fault (exit 2), and leaves no partial work behind."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, load_mapping, make_clinic
-
-CLI = str(Path(sys.executable).parent / "pdata-sync")
+from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
 
 
 @pytest.fixture
@@ -42,12 +36,9 @@ def case(tmp_path, seaweed, prefect_server):
                 data = yaml.safe_load(config.read_text())
                 edit(data)
                 config.write_text(yaml.safe_dump(data))
-            out = subprocess.run(
-                [CLI, "sync", "--config", str(config), "--json"],
-                env={**os.environ, **prefect_server.env(), **seaweed.env(), **(env or {})},
-                capture_output=True,
-                text=True,
-                timeout=240,
+            out = run_cli(
+                ["sync", "--config", str(config), "--json"],
+                {**prefect_server.env(), **seaweed.env(), **(env or {})},
             )
             after = {
                 o["Key"]

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
-from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from tests.conftest import BUCKET, load_mapping, make_clinic, record_fault_row, stored_objects
-
-CLI = str(Path(sys.executable).parent / "pdata-sync")
+from tests.conftest import (
+    BUCKET,
+    load_mapping,
+    make_clinic,
+    record_fault_row,
+    run_cli,
+    stored_objects,
+)
+from tests.support.fault_proxy import Fault, FaultProxy
 
 
 def is_put(method: str, path: str) -> bool:
@@ -90,13 +93,7 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         env = {**os.environ, **prefect_server.env(), **seaweed.env()}
 
         def sync():
-            out = subprocess.run(
-                [CLI, "sync", "--config", str(config), "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            out = run_cli(["sync", "--config", str(config), "--json"], env, timeout=300)
             assert out.returncode in (0, 1), out.stderr[-3000:]
             return out.returncode, json.loads(out.stdout)
 

@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +16,19 @@ import pytest
 import yaml
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
-from pdata_sync.demo.fault_proxy import Fault, FaultProxy
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
+    CLI,
     assert_exactly_expected,
     load_mapping,
     make_clinic,
+    run_cli,
     stored_objects,
 )
-
-CLI = str(Path(sys.executable).parent / "pdata-sync")
+from tests.support.fault_proxy import Fault, FaultProxy
 
 
 def open_uploads(client) -> list[dict]:
@@ -93,13 +92,7 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
             entry = next(e for p, e in sources.items() if key.startswith(p))
             assert body == Path(clinic.pdata_root, entry["path"]).read_bytes()
 
-        out = subprocess.run(
-            [CLI, "sync", "--config", str(config), "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = run_cli(["sync", "--config", str(config), "--json"], env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["interrupted_uploads_aborted"] >= 1
@@ -141,13 +134,7 @@ def test_verify_reports_drift_and_changes_nothing(
             env["PDATA_SYNC_CATALOG_PASSWORD"] = password
 
         def cli(*args: str):
-            out = subprocess.run(
-                [CLI, *args, "--config", str(config), "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
+            out = run_cli([*args, "--config", str(config), "--json"], env)
             assert out.returncode in (0, 1), out.stderr[-3000:]
             return out.returncode, json.loads(out.stdout)
 

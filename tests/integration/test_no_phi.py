@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, load_mapping, make_clinic
-
-CLI = str(Path(sys.executable).parent / "pdata-sync")
+from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
 
 
 def test_debug_sync_leaks_no_phi_and_no_secret(tmp_path, seaweed, prefect_server):
@@ -35,13 +30,7 @@ def test_debug_sync_leaks_no_phi_and_no_secret(tmp_path, seaweed, prefect_server
             "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
             "PREFECT_LOGGING_TO_API_LEVEL": "DEBUG",
         }
-        out = subprocess.run(
-            [CLI, "-v", "sync", "--config", str(config), "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        out = run_cli(["-v", "sync", "--config", str(config), "--json"], env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["uploaded"] == len(clinic.expected)
