@@ -9,8 +9,12 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectAlreadyExists
 
 from pdata_sync.catalog import Catalog, ClinicImages, default_catalog_url, destination_of
 from pdata_sync.config import ClinicConfig
@@ -44,11 +48,38 @@ def clinic_images(config: ClinicConfig) -> ClinicImages:
     return open_catalog(config).images(config.clinic_id, destination)
 
 
+def clinic_limit_name(clinic_id: str) -> str:
+    """The Prefect global concurrency limit a clinic's sync and verify deployments share."""
+    return f"pdata-sync-clinic-{clinic_id}"
+
+
+@contextlib.contextmanager
+def _deployment_slot(clinic_id: str) -> Iterator[None]:
+    """For a deployment run, hold the clinic's one slot of its Prefect concurrency limit
+    (created with limit 1 on first use): a scheduled verify that meets the nightly sync waits
+    for it instead of failing on the catalog lock. CLI runs do not wait: the catalog lock
+    refuses them at once, which is what a person at a terminal wants."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
+        yield
+        return
+    name = clinic_limit_name(clinic_id)
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    get_run_logger().info("clinic %s: waiting for concurrency limit %r", clinic_id, name)
+    with concurrency(name, occupy=1, strict=True):
+        get_run_logger().info("clinic %s: holding concurrency limit %r", clinic_id, name)
+        yield
+
+
 @contextlib.contextmanager
 def clinic_lock(config: ClinicConfig, purpose: str, flow_run_id: str | None) -> Iterator[object]:
-    """Hold the clinic's lock (or raise ClinicBusyError naming the holder)."""
-    lock = open_catalog(config).lock(config.clinic_id, purpose, flow_run_id)
-    with lock:
+    """Hold the clinic's lock (or raise ClinicBusyError naming the holder); a deployment
+    run first waits for the clinic's shared concurrency slot."""
+    with (
+        _deployment_slot(config.clinic_id),
+        open_catalog(config).lock(config.clinic_id, purpose, flow_run_id) as lock,
+    ):
         if lock.taken_over is not None:
             get_run_logger().warning(
                 "clinic %s: took over the lock of a run that is gone (%s)",

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
+from tasks.catalog import clinic_limit_name
 from tests.conftest import BUCKET, load_mapping, make_clinic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +48,25 @@ def pdata_sync_cli(args: list[str], env: dict[str, str], input=None):
 
 def prefect(args: list[str], env: dict[str, str], timeout: int = 180, drop=()):
     return _run([str(BIN / "prefect"), "--no-prompt", *args], env, timeout, drop=drop)
+
+
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def started_run(deployment: str, params: Path, env: dict[str, str]) -> str:
+    """``prefect deployment run`` with these parameters; the new flow run's id."""
+    out = prefect(["deployment", "run", deployment, "--params", params.read_text()], env)
+    return next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
+
+
+def run_logs(client, flow_run_id, text: str) -> list:
+    """The flow run's log records containing ``text``."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    )
+    return [log for log in logs if text in log.message]
 
 
 def api(server):
@@ -181,7 +202,7 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
             ["worker", "start", "--pool", "pdata-sync", "--work-queue", "clinic-001", "--run-once"],
             worker_env,
             timeout=300,
-            drop=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+            drop=AWS_VARS,
         )
 
         with api(prefect_server) as client:
@@ -248,6 +269,58 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
                 assert value not in history
             assert db_password not in history
             assert seaweed.secret_key not in history
+
+        # A sync and a verify of the clinic started together (the weekly audit meeting the
+        # nightly sync) share the clinic's one concurrency slot: the test occupies it, both
+        # runs must wait for it, and once it is free they run one after the other, both
+        # Completed (without the shared slot one of them fails on the catalog lock).
+        limit = clinic_limit_name("clinic-001")
+        with api(prefect_server) as client:
+            client.update_global_concurrency_limit(
+                limit, GlobalConcurrencyLimitUpdate(active_slots=1)
+            )
+        together = [
+            started_run(deployment, tmp_path / "params.json", deployed)
+            for deployment in ("sync-clinic/clinic-001", "verify-clinic/clinic-001-verify")
+        ]
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "pdata-sync"]
+            + ["--work-queue", "clinic-001", "--run-once"],
+            cwd=REPO,
+            env={k: v for k, v in {**os.environ, **worker_env}.items() if k not in AWS_VARS},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with api(prefect_server) as client:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    waiting = [
+                        run_logs(client, r, "waiting for concurrency limit") for r in together
+                    ]
+                    if all(waiting):
+                        break
+                    time.sleep(1)
+                assert all(waiting), "both runs wait for the clinic's slot"
+                time.sleep(3)
+                for run_id in together:  # still waiting while the slot is taken
+                    assert not client.read_flow_run(run_id).state.is_final()
+                    assert not run_logs(client, run_id, "holding concurrency limit")
+                client.update_global_concurrency_limit(
+                    limit, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
+                worker.wait(timeout=300)
+                runs = [client.read_flow_run(run_id) for run_id in together]
+                assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+                held = sorted(
+                    (run_logs(client, r.id, "holding concurrency limit")[0].timestamp, r.end_time)
+                    for r in runs
+                )
+                assert held[0][1] <= held[1][0], f"the two runs overlapped: {held}"
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
     # the history as an operator reads it (README, Operations)
     listing = prefect(["flow-run", "ls", "--flow-name", "sync-clinic", "--limit", "50"], deployed)
