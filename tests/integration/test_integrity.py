@@ -140,9 +140,11 @@ def test_verify_reports_drift_and_changes_nothing(
 
         code, summary = cli("sync")
         assert code == 0 and summary["uploaded"] == len(clinic.expected)
+        clean = stored_objects(client)
         code, report = cli("verify")
         assert code == 0 and report["ok"], report
         assert report["verified_ok"] == report["rows"] == len(clinic.expected)
+        assert stored_objects(client) == clean  # a clean archive: verify changes nothing
 
         keys = sorted(assert_exactly_expected(client, clinic).values())
         deleted, overwritten = keys[0], keys[1]
