@@ -6,7 +6,9 @@ files' ``stat`` and S3's listing, testable without S3 or a database.
 * *unchanged*: the row is verified from this file and the listing shows the verified size
   and ETag: no read; the confirmation is renewed (RECONFIRM).
 * *contradicted*: the row is verified but the listing shows the key missing or with another
-  size or ETag: S3 no longer holds what was verified (CONTRADICT, then upload again).
+  size or ETag: S3 no longer holds what was verified (CONTRADICT, then upload again). This
+  holds for every verified row under a listed prefix, planned in this batch or not (a row
+  whose file is gone from PDATA must not keep vouching for an object S3 no longer holds).
 * everything else is read, compared and uploaded if needed.
 """
 
@@ -106,10 +108,20 @@ def triage(
     stats: Mapping[str, os.stat_result],
     trusted: set[str],
     listings: Mapping[str, Listing | Exception],
+    others: Mapping[str, CatalogRow] | None = None,
 ) -> Triage:
     """Sort a batch, given the keys already ``trusted`` and the listing of every other
-    patient (by patientGuid; an exception where the listing failed)."""
+    patient (by patientGuid; an exception where the listing failed). ``others`` are
+    verified rows under the listed patients that this batch does not plan: they are
+    only checked against the listing."""
     out = Triage(trusted=set(trusted))
+    planned = {i.key for i in items}
+    for key, row in (others or {}).items():
+        listing = listings.get(row.patient_guid)
+        if key in planned or listing is None or isinstance(listing, Exception):
+            continue
+        if contradicted(row, listing.get(key)):
+            out.contradicted.add(key)
     for item in items:
         if item.key in trusted:
             continue

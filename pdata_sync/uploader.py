@@ -350,7 +350,16 @@ class BatchUploader:
         listings = list_patients(
             self.client, self.config.s3.bucket, guids, self.config.transfer.upload_concurrency
         )
-        plan = triage(items, rows, stats, trusted, listings)
+        others: dict[str, CatalogRow] = {}
+        if self.images is not None and guids:
+            try:
+                others = self.images.verified_of_patients(guids)
+            except Exception as exc:  # noqa: BLE001 - unplanned rows wait for verify
+                log.warning(
+                    "catalog: cannot read the other rows of this batch's patients: %s",
+                    describe(exc),
+                )
+        plan = triage(items, rows, stats, trusted, listings, others)
         unrecorded: dict[str, str] = {}
         if self.images is not None and plan.unchanged:
             try:

@@ -328,6 +328,23 @@ class ClinicImages:
                 k: CatalogRow.of(r) for k, r in self._current(conn, list(keys), *columns).items()
             }
 
+    def verified_of_patients(self, guids: Iterable[str]) -> dict[str, CatalogRow]:
+        """Verified rows under these patientGuids, by key: what a listing of their prefixes
+        can contradict."""
+        columns = [images.c[c] for c in ROW_COLUMNS]
+        found: dict[str, CatalogRow] = {}
+        with self.db.engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(guids))):
+                result = conn.execute(
+                    sa.select(*columns).where(
+                        self._mine(),
+                        images.c.state == VERIFIED,
+                        images.c.patient_guid.in_(chunk),
+                    )
+                )
+                found.update((r.key, CatalogRow.of(r)) for r in result)
+        return found
+
     def rows(self) -> list[CatalogRow]:
         """Every image row, ordered by key."""
         columns = [images.c[c] for c in ROW_COLUMNS]

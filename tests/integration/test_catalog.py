@@ -183,6 +183,17 @@ def test_a_listing_confirms_or_contradicts_only_settled_rows(catalog, imgs):
     ]  # fmt: skip
 
 
+def test_verified_rows_of_patients_are_what_a_listing_can_contradict(catalog, imgs):
+    other_guid = "9e1f6c2b-0000-4000-8000-000000000001"
+    pending_key, other_key = f"images/{GUID}/c1_8_x.dcm", f"images/{other_guid}/c1_9_x.dcm"
+    upload(imgs)
+    imgs.begin_upload(pending(pending_key, "P_1/0000_8.dcm"), "run-1")
+    imgs.begin_upload([PendingItem(other_key, "P_2/0000_9.dcm", 9, other_guid)], "run-1")
+    assert set(imgs.verified_of_patients([GUID])) == {KEY}  # the pending row is not
+    assert imgs.verified_of_patients([other_guid]) == {}
+    assert catalog.images("c1", "s3://other").verified_of_patients([GUID]) == {}
+
+
 def test_states_move_forward_with_times_and_flow_run(catalog, imgs):
     imgs.begin_upload(pending(), "run-1")
     row = imgs.lookup([KEY])[KEY]
