@@ -29,7 +29,7 @@ _BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 def _sql_identifier(value: str) -> str:
-    if not _IDENT.match(value):
+    if not _IDENT.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a plain SQL table or column name "
             "(letters, digits and underscores, starting with a letter)"
@@ -38,7 +38,7 @@ def _sql_identifier(value: str) -> str:
 
 
 def _block_name(value: str | None) -> str | None:
-    if value is not None and not _BLOCK_NAME.match(value):
+    if value is not None and not _BLOCK_NAME.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a Prefect block name (lower-case letters, digits and dashes)"
         )
@@ -97,6 +97,11 @@ class DatabaseConfig(_Model):
     media_deleted_column: str | None = Field(
         "IsDeleted", description="Deleted flag on media rows; empty if the table has none."
     )
+    media_patient_column: str | None = Field(
+        "PatientId",
+        description="Patient id on media rows: an image whose row names another patient "
+        "than its folder is not uploaded (a conflict); empty if the table has none.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -104,7 +109,13 @@ class DatabaseConfig(_Model):
         _url_without_password(value, "database.password_secret_block", "PDATA_SYNC_DB_PASSWORD")
         return value
 
-    @field_validator("db_schema", "patient_deleted_column", "media_deleted_column", mode="before")
+    @field_validator(
+        "db_schema",
+        "patient_deleted_column",
+        "media_deleted_column",
+        "media_patient_column",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -119,6 +130,7 @@ class DatabaseConfig(_Model):
         "media_id_column",
         "media_name_column",
         "media_deleted_column",
+        "media_patient_column",
     )
     @classmethod
     def _identifiers(cls, value: str | None) -> str | None:
@@ -150,7 +162,7 @@ class ResolverConfig(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        if not re.fullmatch(r"^https?://[^/\s]+(/\S*)?$", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
@@ -177,7 +189,7 @@ class S3Config(_Model):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not _BUCKET.match(value) or ".." in value:
+        if not _BUCKET.fullmatch(value) or ".." in value:
             raise ValueError(
                 f"{value!r} is not a valid bucket name (3-63 lower-case letters, digits, "
                 "dots and dashes)"
@@ -189,7 +201,7 @@ class S3Config(_Model):
     def _endpoint(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
-        if value is not None and not re.match(r"^https?://[^/\s]+/?$", str(value)):
+        if value is not None and not re.fullmatch(r"^https?://[^/\s]+/?$", str(value)):
             raise ValueError("must be an http:// or https:// URL with no path")
         return value
 
@@ -305,7 +317,7 @@ class ClinicConfig(_Model):
     @field_validator("clinic_id")
     @classmethod
     def _clinic(cls, value: str) -> str:
-        if not _CLINIC_ID.match(value):
+        if not _CLINIC_ID.fullmatch(value):
             raise ValueError(
                 f"{value!r}: use 1-64 letters, digits, dots and dashes (it is part of every "
                 "S3 key; no underscores, slashes or spaces)"

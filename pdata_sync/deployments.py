@@ -43,7 +43,7 @@ class Schedule(BaseModel):
     @classmethod
     def _cron(cls, value: str) -> str:
         fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
             raise ValueError(f"{value!r} is not a five-field cron expression")
         return value
 
@@ -75,7 +75,7 @@ class ClinicDeployment(BaseModel):
     @field_validator("work_pool", "work_queue")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME.match(value):
+        if value is not None and not _NAME.fullmatch(value):
             raise ValueError(f"{value!r}: use lower-case letters, digits and dashes")
         return value
 

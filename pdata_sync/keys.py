@@ -28,7 +28,7 @@ _KEY_SAFE = re.compile(r"^[A-Za-z0-9._/-]+$")
 
 def is_canonical_guid(value: object) -> bool:
     """True for a lower-case, hyphenated 36-character UUID and nothing else."""
-    return isinstance(value, str) and bool(_GUID.match(value))
+    return isinstance(value, str) and bool(_GUID.fullmatch(value))
 
 
 def safe_name(name: str | None) -> str:
@@ -82,7 +82,7 @@ def render_key(
     segments = key.split("/")
     if (
         not key.startswith(prefix)
-        or not _KEY_SAFE.match(key)
+        or not _KEY_SAFE.fullmatch(key)
         or any(s in ("", ".", "..") for s in segments)
         or ".." in key
         or len(key.encode()) > 1024
@@ -121,7 +121,7 @@ def key_pattern(template: str = DEFAULT_KEY_TEMPLATE) -> re.Pattern[str]:
 def parse_key(key: str, template: str = DEFAULT_KEY_TEMPLATE) -> dict[str, str | int] | None:
     """Fields of a key made by ``template`` (or the default template), or None."""
     for tpl in dict.fromkeys([template, DEFAULT_KEY_TEMPLATE]):
-        m = key_pattern(tpl).match(key)
+        m = key_pattern(tpl).fullmatch(key)
         if m:
             fields: dict[str, str | int] = dict(m.groupdict())
             if "image_id" in fields:

@@ -51,7 +51,7 @@ class ImageFile:
 
 def parse_patient_folder(name: str) -> int | None:
     """The Sidexis patient id of folder ``name``, or None if it is not a patient folder."""
-    m = _PATIENT_FOLDER.match(name)
+    m = _PATIENT_FOLDER.fullmatch(name)
     if not m:
         return None
     value = int(m.group(1))
@@ -60,7 +60,7 @@ def parse_patient_folder(name: str) -> int | None:
 
 def parse_image_file(name: str) -> int | None:
     """The imageId of file ``name`` (``0000_00123.dcm`` -> 123), or None if not an image."""
-    m = _IMAGE_FILE.match(name)
+    m = _IMAGE_FILE.fullmatch(name)
     if not m:
         return None
     value = int(m.group(2))

@@ -83,6 +83,15 @@ def resolve_patients(
     return PatientResolution(guids, failed_patients, unresolved)
 
 
+def media_conflict(image: ImageFile, row_patient_id: int) -> str:
+    """The reason an image whose media row names another patient is not uploaded (Sidexis
+    ids only: no names, no CardIds)."""
+    return (
+        f"media row {image.image_id} names patient {row_patient_id}, but the file is in the "
+        f"folder of patient {image.patient_id}: not uploaded (conflict)"
+    )
+
+
 def build_plan(
     *,
     images: list[ImageFile],
@@ -113,6 +122,9 @@ def build_plan(
         row = media.get(image.image_id)
         if row is not None and row.deleted:
             skipped[SKIP_MEDIA_DELETED] += 1
+            continue
+        if row is not None and row.patient_id is not None and row.patient_id != image.patient_id:
+            failed.append(Problem(image.rel_path, media_conflict(image, row.patient_id)))
             continue
         if row is None:
             notes.append(Problem(image.rel_path, NOTE_NO_MEDIA_ROW))

@@ -20,7 +20,7 @@ import httpx
 
 from .config import ResolverConfig
 from .errors import ConfigError, ErrorKind, PermanentError, TransientError, classify, describe
-from .keys import is_canonical_guid
+from .identity import conflict, guid_fault
 from .retrying import call_with_retries, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ResolutionCache:
             self._entries = {
                 k: (v[0], float(v[1]))
                 for k, v in raw.get("entries", {}).items()
-                if float(v[1]) > now and is_canonical_guid(v[0])
+                if float(v[1]) > now and guid_fault(v[0]) is None
             }
         except FileNotFoundError:
             pass
@@ -108,8 +108,18 @@ def _error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}" + (f" {str(msg)[:200]}" if msg else "")
 
 
-def parse_response(response: httpx.Response, asked: list[str]) -> dict[str, str | None]:
-    """Validate a resolver response; map each CardId asked for to a patientGuid or None.
+@dataclass
+class Answer:
+    """One resolver answer: CardId -> patientGuid (None: the platform does not know it),
+    and CardId -> fault for patientGuids that cannot name a patient (docs/adr/0007)."""
+
+    guids: dict[str, str | None]
+    faults: dict[str, str] = field(default_factory=dict)
+
+
+def parse_response(response: httpx.Response, asked: list[str]) -> Answer:
+    """Validate a resolver response; map each CardId asked for to a patientGuid or None,
+    or to a fault (malformed or nil patientGuid, several patientGuids for one CardId).
 
     Raises :class:`TransientError` for answers that look like a glitch (malformed JSON,
     wrong content type) so they are retried.
@@ -125,7 +135,7 @@ def parse_response(response: httpx.Response, asked: list[str]) -> dict[str, str 
     if not isinstance(items, list):
         raise TransientError("resolver answer has no 'items' list")
     wanted = set(asked)
-    result: dict[str, str | None] = dict.fromkeys(asked)
+    given: dict[str, set[str]] = {}
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -133,12 +143,23 @@ def parse_response(response: httpx.Response, asked: list[str]) -> dict[str, str 
         guid = item.get("patientGuid")
         if not isinstance(card, str) or card not in wanted or guid is None:
             continue
-        guid = str(guid).strip().lower()
-        if is_canonical_guid(guid):
-            result[card] = guid
+        given.setdefault(card, set()).add(str(guid).strip().lower())
+    answer = Answer(dict.fromkeys(asked))
+    for card, guids in given.items():
+        fault = conflict(guids) if len(guids) > 1 else guid_fault(next(iter(guids)))
+        if fault:
+            answer.faults[card] = fault
+            del answer.guids[card]
         else:
-            log.warning("resolver returned a malformed patientGuid; that CardId is skipped")
-    return result
+            answer.guids[card] = next(iter(guids))
+    if answer.faults:
+        log.warning(
+            "resolver: %d CardId(s) answered with a patientGuid that cannot name a patient "
+            "(%s); their images fail",
+            len(answer.faults),
+            "; ".join(sorted(set(answer.faults.values()))),
+        )
+    return answer
 
 
 class ResolverClient:
@@ -173,7 +194,7 @@ class ResolverClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, batch: list[str]) -> dict[str, str | None]:
+    def _call(self, batch: list[str]) -> Answer:
         try:
             response = self._client.post(
                 self.cfg.url, json={"clinicId": self.clinic_id, "cardIds": batch}
@@ -248,7 +269,8 @@ class ResolverClient:
                 for card in batch:
                     result.failed[card] = reason
                 continue
-            for card, guid in answer.items():
+            result.failed.update(answer.faults)
+            for card, guid in answer.guids.items():
                 if guid is None:
                     result.unknown.add(card)
                 else:

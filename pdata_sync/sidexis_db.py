@@ -36,6 +36,7 @@ class PatientLookup:
 class MediaRow:
     name: str | None
     deleted: bool
+    patient_id: int | None = None  # the patient the row says the image belongs to
 
 
 def _chunks(values: list[int], size: int = MAX_PARAMS) -> Iterator[list[int]]:
@@ -87,9 +88,13 @@ def _patient_table(cfg: DatabaseConfig) -> tuple[sa.TableClause, list[sa.ColumnC
 
 
 def _media_table(cfg: DatabaseConfig) -> tuple[sa.TableClause, list[sa.ColumnClause]]:
+    """The media table and its columns: id, name, then the optional deleted flag and
+    patient id (each labelled, so rows are read by role whatever is configured)."""
     cols = [sa.column(cfg.media_id_column), sa.column(cfg.media_name_column)]
     if cfg.media_deleted_column:
         cols.append(sa.column(cfg.media_deleted_column))
+    if cfg.media_patient_column:
+        cols.append(sa.column(cfg.media_patient_column))
     return sa.table(cfg.media_table, *cols, schema=cfg.db_schema), cols
 
 
@@ -163,15 +168,24 @@ def fetch_patients(
 def fetch_media(
     engine: Engine, cfg: DatabaseConfig, image_ids: Iterable[int]
 ) -> dict[int, MediaRow]:
-    """Media rows for ``image_ids``: name and deleted flag. Missing ids are absent."""
+    """Media rows for ``image_ids``: name, deleted flag and patient id. Missing ids are
+    absent."""
     ids = sorted(set(image_ids))
     table, cols = _media_table(cfg)
+    roles = ["id", "name"] + ["deleted"] * bool(cfg.media_deleted_column)
+    roles += ["patient"] * bool(cfg.media_patient_column)
     result: dict[int, MediaRow] = {}
     with engine.connect() as conn:
         for chunk in _chunks(ids):
             stmt = sa.select(*cols).select_from(table).where(cols[0].in_(chunk))
             for row in conn.execute(stmt):
-                name = None if row[1] is None else str(row[1])
-                deleted = _truthy(row[2]) if len(row) > 2 else False
-                result[int(row[0])] = MediaRow(name=name, deleted=deleted)
+                values = dict(zip(roles, row, strict=True))
+                name = None if values["name"] is None else str(values["name"])
+                deleted = _truthy(values["deleted"]) if "deleted" in values else False
+                patient = values.get("patient")
+                result[int(values["id"])] = MediaRow(
+                    name=name,
+                    deleted=deleted,
+                    patient_id=None if patient is None else int(patient),
+                )
     return result

@@ -106,6 +106,7 @@ def test_parse_default_key_and_foreign_key():
         ("*", False),
         (GUID + "x", False),
         (GUID + "/", False),
+        (GUID + "\n", False),  # `$` alone would match before a final newline
         ("{" + GUID + "}", False),
         (GUID.replace("-", ""), False),
         (None, False),

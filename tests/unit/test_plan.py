@@ -80,3 +80,26 @@ def test_batches_bounded_and_keep_patients_together():
 def test_big_patient_is_split():
     batches = make_batches(planned(G1, 1200), 500)
     assert [len(b) for b in batches] == [500, 500, 200]
+
+
+def test_a_media_row_of_another_patient_is_a_conflict_not_uploaded():
+    """MediaBase.PatientId says the image belongs to patient 8 while the file sits in P_7:
+    uploading it under either patient's patientGuid could hand it to the wrong one."""
+    plan = build_plan(
+        images=[img(7, 70), img(7, 71), img(7, 72)],
+        patient_guids={7: [G1], 8: [G2]},
+        failed_patients={},
+        media={
+            70: MediaRow("OPG", False, patient_id=7),
+            71: MediaRow("Bitewing", False, patient_id=8),
+            72: MediaRow("old", False),  # no patient column configured: no check possible
+        },
+        clinic_id="c-1",
+        key_template=DEFAULT_KEY_TEMPLATE,
+    )
+    assert [p.image_id for p in plan.images] == [70, 72]
+    assert [(f.path, f.reason) for f in plan.failed] == [
+        ("P_7/0000_71.dcm", "media row 71 names patient 8, but the file is in the folder of "
+         "patient 7: not uploaded (conflict)")
+    ]  # fmt: skip
+    assert "Bitewing" not in plan.failed[0].reason  # ids only, no names

@@ -13,6 +13,7 @@ from pdata_sync.resolver import ResolutionCache, ResolverClient
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
+NIL = "00000000-0000-0000-0000-000000000000"
 MAPPING = {"clinic-001": {"A-1001": G1, "000457": G2}}
 
 
@@ -96,7 +97,11 @@ def test_timeouts_are_transient():
     assert len(attempts) == 3
 
 
-def test_null_and_malformed_guids_are_unknown():
+def test_resolver_faults_fail_the_card_id_and_are_never_unknown():
+    """A null patientGuid means "not known"; a malformed one, the nil GUID (what an ABP
+    backend serialises for "no value") or two different patientGuids for one CardId are the
+    resolver's faults: that CardId's images must fail, never be pooled or skipped."""
+
     def handler(request):
         return httpx.Response(
             200,
@@ -104,15 +109,36 @@ def test_null_and_malformed_guids_are_unknown():
                 "items": [
                     {"cardId": "A", "patientGuid": None},
                     {"cardId": "B", "patientGuid": "../x"},
+                    {"cardId": "C", "patientGuid": NIL},
+                    {"cardId": "D", "patientGuid": G1},
+                    {"cardId": "D", "patientGuid": G2},
+                    {"cardId": "E", "patientGuid": G1},
+                    {"cardId": "E", "patientGuid": G1.upper()},  # the same GUID twice: fine
                     {"cardId": "NOT-ASKED", "patientGuid": G1},
                 ]
             },
         )
 
     with client_for("http://resolver.test/x", transport=httpx.MockTransport(handler)) as c:
-        result = c.resolve(["A", "B"])
-    assert result.mapping == {}
-    assert result.unknown == {"A", "B"}
+        result = c.resolve(["A", "B", "C", "D", "E"])
+    assert result.mapping == {"E": G1}
+    assert result.unknown == {"A"}
+    assert set(result.failed) == {"B", "C", "D"}
+    assert "malformed patientGuid" in result.failed["B"]
+    assert "nil patientGuid" in result.failed["C"]
+    assert "2 different patientGuids" in result.failed["D"]
+    for card, reason in result.failed.items():
+        assert card not in reason.split()  # reasons never carry the CardId
+
+
+def test_cached_resolutions_follow_the_same_rules(tmp_path: Path):
+    path = tmp_path / "cache.json"
+    cache = ResolutionCache(path, "clinic-001", 3600)
+    cache.put("A", NIL)  # e.g. written by an older version
+    cache.put("B", G1)
+    cache.save()
+    again = ResolutionCache(path, "clinic-001", 3600)
+    assert again.get("A") is None and again.get("B") == G1
 
 
 def test_cache_is_used_across_runs_and_holds_no_card_ids(tmp_path: Path):
