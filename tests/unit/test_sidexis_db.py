@@ -74,6 +74,12 @@ def test_media_names_and_deleted_flags(db):
     assert media[11].deleted
     assert media[12].name is None
     assert 13 not in media
+    assert media[10].patient_id == 1  # MediaBase.PatientId, for the folder check of the plan
+    # without a patient column configured, nothing is read and nothing is checked
+    without = fetch_media(
+        make_engine(db), db.model_copy(update={"media_patient_column": None}), [10]
+    )
+    assert without[10].patient_id is None and without[10].name == "OPG"
 
 
 def test_more_ids_than_sql_server_allows_in_one_statement(tmp_path: Path):
