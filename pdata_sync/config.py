@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .url_secrets import url_secret
 
 DEFAULT_KEY_TEMPLATE = "images/{patient_guid}/{clinic_id}_{image_id}_{name}.dcm"
 KEY_PLACEHOLDERS = {"patient_guid", "clinic_id", "image_id", "name"}
@@ -48,20 +49,39 @@ def _block_name(value: str | None) -> str | None:
 def _url_without_password(value: str, block_field: str, env: str) -> URL:
     """Parse a SQLAlchemy URL, refusing one that carries a password (secrets never live in
     the config); the message names where the password belongs instead."""
+    where = url_secret(value, http=False)
+    if where:
+        raise ValueError(
+            f"the URL contains a secret ({where}); remove it and store the password in a "
+            f"Prefect Secret block ({block_field}) or {env}"
+        )
     try:
         url = make_url(value)
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL SQLAlchemy understands: {exc}") from None
+    except ArgumentError:
+        # SQLAlchemy's message repeats the URL: never echo what may hold a secret
+        raise ValueError("not a database URL SQLAlchemy understands") from None
     if url.password:
         raise ValueError(
-            "the URL contains a password; remove it and store the password in a Prefect "
-            f"Secret block ({block_field}) or {env}"
+            "the URL contains a secret (a password); remove it and store the password in a "
+            f"Prefect Secret block ({block_field}) or {env}"
         )
     return url
 
 
+def _no_secret_in_http_url(value: str) -> None:
+    where = url_secret(value, http=True)
+    if where:
+        raise ValueError(
+            f"the URL contains a secret ({where}); remove it: secrets come from Prefect "
+            "blocks or the environment, never from the config"
+        )
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # hide_input_in_errors: a refused value may be a secret (a URL with a password)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, hide_input_in_errors=True
+    )
 
 
 class DatabaseConfig(_Model):
@@ -162,6 +182,7 @@ class ResolverConfig(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        _no_secret_in_http_url(value)
         if not re.fullmatch(r"^https?://[^/\s]+(/\S*)?$", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
@@ -201,6 +222,8 @@ class S3Config(_Model):
     def _endpoint(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        if value is not None:
+            _no_secret_in_http_url(str(value))
         if value is not None and not re.fullmatch(r"^https?://[^/\s]+/?$", str(value)):
             raise ValueError("must be an http:// or https:// URL with no path")
         return value
@@ -221,8 +244,22 @@ class S3Config(_Model):
             )
         if "image_id" not in fields:
             raise ValueError("must contain {image_id}, or images would overwrite each other")
+        if "clinic_id" not in fields:
+            raise ValueError(
+                "must contain {clinic_id}, or two clinics would overwrite each other's objects"
+            )
         if value.count("{patient_guid}") != 1:
             raise ValueError("must contain {patient_guid} exactly once")
+        for _, name, spec, conversion in string.Formatter().parse(value):
+            if conversion:
+                raise ValueError(f"{{{name}}}: no conversion (!{conversion}) is allowed")
+            if spec:
+                raise ValueError(f"{{{name}}}: no format spec (:{spec[:20]}) is allowed")
+        segments = value.split("/")
+        if ".." in value or "." in segments:
+            raise ValueError("must not contain '..' or '.' segments")
+        if any(not s for s in segments):
+            raise ValueError("must not contain an empty segment ('//' or a trailing '/')")
         return value
 
     @field_validator("aws_credentials_block")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import enum
 
+from .url_secrets import redact
+
 
 class PdataSyncError(Exception):
     """Base class of every error this product raises on purpose."""
@@ -210,4 +212,5 @@ def describe(exc: BaseException) -> str:
         op = getattr(exc, "operation_name", "") or "S3"
         return f"S3 {op} failed: {code} {msg}".strip()
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = redact(text)  # a driver's message may repeat a connection string
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -13,14 +13,36 @@ from __future__ import annotations
 
 import logging
 
+from .url_secrets import redact
+
 CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpcore", "hpack", "pydicom")
 # Set-up chatter at INFO that tells an operator nothing (Alembic's plugin and migration
 # context lines in every run's log): warnings only.
 QUIET_LOGGERS = ("alembic",)
 
 
+class RedactSecrets(logging.Filter):
+    """Masks URL passwords and secret query values in every record a handler emits: the
+    config refuses them, but a library's message may still carry a connection string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_REDACT = RedactSecrets()
+
+
 def protect_logs() -> None:
-    """Cap third-party loggers that can print request or file contents at INFO."""
+    """Cap third-party loggers that can print request or file contents at INFO, and mask
+    secrets in what the root and Prefect handlers emit."""
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if _REDACT not in handler.filters:
+                handler.addFilter(_REDACT)
     for name in CHATTY_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET or logger.level < logging.INFO:

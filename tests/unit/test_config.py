@@ -35,7 +35,7 @@ def with_change(path: str, value):
     node = data
     *parents, leaf = path.split(".")
     for p in parents:
-        node = node[p]
+        node = node.setdefault(p, {})
     if value is KeyError:
         del node[leaf]
     else:
@@ -145,3 +145,65 @@ def test_catalog_url_refuses_a_password_and_other_databases():
     with pytest.raises(ConfigError, match="SQLite or PostgreSQL"):
         parse_config(with_change("catalog", {"url": "mssql+pyodbc://u@h/db"}))
     assert parse_config(with_change("catalog", {"url": " "})).catalog.url is None
+
+
+SECRET = "Zq8-s3cr3t-Val"
+
+
+@pytest.mark.parametrize(
+    "path, url",
+    [
+        ("database.url", f"mssql+pyodbc://sidexis@host/SIDEXIS?driver=X&password={SECRET}"),
+        ("database.url", f"mssql+pyodbc://sidexis@host/SIDEXIS?PWD={SECRET}&driver=X"),
+        (
+            "database.url",
+            "mssql+pyodbc://@/?odbc_connect=" + f"DRIVER%3DX%3BSERVER%3Dh%3BpWd%3D{SECRET}",
+        ),
+        ("database.url", f"mssql+pyodbc:///?odbc_connect=DRIVER=X;UID=u;Pwd={SECRET}"),
+        ("resolver.url", f"https://svc:{SECRET}@platform.example/api/resolve"),
+        ("resolver.url", f"https://{SECRET}@platform.example/api/resolve"),
+        ("resolver.url", f"https://platform.example/api/resolve?api_key={SECRET}"),
+        ("resolver.url", f"https://platform.example/api/resolve?Token={SECRET}"),
+        ("s3.endpoint_url", f"http://key:{SECRET}@127.0.0.1:8333"),
+        ("catalog.url", f"postgresql://pdata@db/catalog?password={SECRET}"),
+    ],
+)
+def test_a_secret_in_any_url_is_refused_naming_the_field_not_the_secret(path, url):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_change(path, url), source="clinic.yaml")
+    message = str(err.value)
+    assert message.startswith(f"clinic.yaml: {path}: ") and "secret" in message.lower()
+    assert SECRET not in message and SECRET.lower() not in message.lower()
+
+
+def test_validation_errors_never_carry_the_input():
+    """Prefect stores a flow's parameter validation error in the run's state: pydantic's
+    own message must not echo the value either."""
+    from pydantic import ValidationError
+
+    data = with_change("database.url", f"mssql+pyodbc://sidexis@host/S?pwd={SECRET}")
+    with pytest.raises(ValidationError) as err:
+        ClinicConfig.model_validate(data)
+    assert SECRET not in str(err.value)
+    # what Prefect puts into the run's state: each error's location and message
+    assert SECRET not in repr([(e["loc"], e["msg"]) for e in err.value.errors()])
+
+
+@pytest.mark.parametrize(
+    "template, why",
+    [
+        ("images/{patient_guid}/{image_id}_{name}.dcm", "{clinic_id}"),
+        ("images/{patient_guid}/{clinic_id}_{image_id}_{name!r}.dcm", "conversion"),
+        ("images/{patient_guid}/{clinic_id}_{image_id:>2000}.dcm", "format spec"),
+        ("images/{patient_guid}/../{clinic_id}_{image_id}.dcm", ".."),
+        ("images/{patient_guid}//{clinic_id}_{image_id}.dcm", "empty"),
+        ("images/{patient_guid}/{clinic_id}/{image_id}/", "empty"),
+        ("images/x{patient_guid}/{clinic_id}_{image_id}.dcm", "images/{patient_guid}/"),
+        ("images/{patient_guid}/{clinic_id}_{image_id}_{patient_guid}.dcm", "once"),
+    ],
+)
+def test_unsafe_key_templates_are_refused_naming_the_field(template, why):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_change("s3.key_template", template), source="clinic.yaml")
+    assert str(err.value).startswith("clinic.yaml: s3.key_template: ")
+    assert why in str(err.value)

@@ -1,0 +1,47 @@
+"""``pdata-sync check-config`` as an operator runs it: every unsafe key template and every
+secret-bearing URL is refused with exit 2 and one line naming the field, and the secret
+appears nowhere in the output."""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from tests.conftest import run_cli
+from tests.unit.test_config import VALID
+
+SECRET = "Zq8-s3cr3t-Val"
+CASES = [
+    ("database.url", f"mssql+pyodbc://sidexis:{SECRET}@host/SIDEXIS"),
+    ("database.url", f"mssql+pyodbc://sidexis@host/SIDEXIS?driver=X&pwd={SECRET}"),
+    ("database.url", f"mssql+pyodbc:///?odbc_connect=DRIVER%3DX%3BUID%3Du%3BPWD%3D{SECRET}"),
+    ("resolver.url", f"https://svc:{SECRET}@platform.example/api/resolve"),
+    ("resolver.url", f"https://platform.example/api/resolve?token={SECRET}"),
+    ("s3.endpoint_url", f"http://key:{SECRET}@127.0.0.1:8333"),
+    ("catalog.url", f"postgresql://pdata:{SECRET}@db/catalog"),
+    ("s3.key_template", "images/{patient_guid}/{image_id}_{name}.dcm"),
+    ("s3.key_template", "images/{patient_guid}/{clinic_id}_{image_id}_{name!r}.dcm"),
+    ("s3.key_template", "images/{patient_guid}/{clinic_id}_{image_id:>2000}.dcm"),
+    ("s3.key_template", "images/{patient_guid}/../{clinic_id}_{image_id}.dcm"),
+]
+
+
+def test_check_config_refuses_each_unsafe_setting_naming_the_field(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(VALID))
+    assert run_cli(["check-config", "--config", str(good)], {}).returncode == 0
+    for n, (path, value) in enumerate(CASES):
+        data = copy.deepcopy(VALID)
+        node = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        config = tmp_path / f"bad-{n}.yaml"
+        config.write_text(yaml.safe_dump(data))
+        out = run_cli(["check-config", "--config", str(config)], {}, timeout=60)
+        assert out.returncode == 2, (path, value, out.stdout, out.stderr)
+        assert f"{path}: " in out.stderr, (path, out.stderr)
+        assert SECRET not in out.stdout + out.stderr, (path, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
