@@ -41,6 +41,28 @@ def validate_expiry(seconds: object) -> int:
     return seconds
 
 
+def download_name(key: str, prefix: str, used: set[str]) -> str:
+    """A file name for ``key`` inside the download folder, unique among ``used`` (case-
+    folded, for case-insensitive file systems; the name is added): the key's last segment,
+    or on a collision its path below the prefix, then a numbered suffix. Never a name that
+    escapes the folder."""
+    relative = key[len(prefix) :] if key.startswith(prefix) else key
+    candidates = [relative.rsplit("/", 1)[-1], relative.replace("/", "__")]
+    safe = [c for c in candidates if _SAFE_FILE.fullmatch(c) and set(c) != {"."}]
+    if not safe:  # an object someone else wrote under the prefix
+        safe = ["object-" + hashlib.sha256(key.encode()).hexdigest()[:16]]
+    name = next((c for c in safe if c.casefold() not in used), None)
+    if name is None:
+        stem, dot, ext = safe[0].rpartition(".")
+        stem, ext = (stem, f".{ext}") if dot else (safe[0], "")
+        n = 2
+        while f"{stem}-{n}{ext}".casefold() in used:
+            n += 1
+        name = f"{stem}-{n}{ext}"
+    used.add(name.casefold())
+    return name
+
+
 def list_patient_images(
     client: Any,
     s3: S3Config,
@@ -57,6 +79,7 @@ def list_patient_images(
     if presign_seconds is not None:
         validate_expiry(presign_seconds)
     target = Path(download_dir) if download_dir is not None else None
+    used: set[str] = set()  # file names taken in this download, case-folded
     results = []
     for obj in iter_prefix(client, s3.bucket, patient_prefix(guid)):
         fields = parse_key(obj.key, s3.key_template) or {}
@@ -71,10 +94,7 @@ def list_patient_images(
         if presign_seconds is not None:
             entry["url"] = presign_get(client, s3.bucket, obj.key, presign_seconds)
         if target is not None:
-            name = obj.key.rsplit("/", 1)[-1]
-            if not _SAFE_FILE.match(name) or set(name) == {"."}:
-                # an object someone else wrote under the prefix: never let it escape the folder
-                name = "object-" + hashlib.sha256(obj.key.encode()).hexdigest()[:16]
+            name = download_name(obj.key, patient_prefix(guid), used)
             entry["path"] = str(download(client, s3.bucket, obj.key, target / name))
         results.append(entry)
     return results
