@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -32,6 +33,9 @@ class DicomHeader:
     sop_instance_uid: str
     modality: str
     acquisition_date: str  # YYYYMMDD as in DICOM, or "unknown"
+    # what is wrong with a file that is still archived byte for byte (e.g. pixel data cut
+    # short): reported in the run's notes and kept on the catalog row; None when intact
+    defect: str | None = None
 
 
 if TYPE_CHECKING:  # pydicom is imported when a header is read: a no-change run never does
@@ -53,10 +57,14 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
 
     Raises :class:`BadInputError` for an empty file or anything that is not DICOM Part 10.
     """
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as fh:
+            return read_header(fh)
+    fp: BinaryIO
     if isinstance(source, bytes):
         if not source:
             raise BadInputError("empty file")
-        fp: BinaryIO | str | Path = io.BytesIO(source)
+        fp = io.BytesIO(source)
     else:
         fp = source
     import pydicom
@@ -64,9 +72,19 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
 
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False, specific_tags=_HEADER_TAGS)
+        implicit, little = getattr(ds, "original_encoding", (False, True))
+        defect = pixel_data_defect(fp, implicit is True, little is not False)
     except InvalidDicomError:
         raise BadInputError("not a DICOM file (no DICM header)") from None
-    except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+    except (
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        NotImplementedError,
+        struct.error,
+    ) as exc:
         # pydicom raises these on truncated or garbled headers
         raise BadInputError(f"damaged DICOM header: {type(exc).__name__}") from None
     if "SOPInstanceUID" not in ds and "SOPInstanceUID" not in getattr(ds, "file_meta", {}):
@@ -80,7 +98,49 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
         sop_instance_uid=sop,
         modality=_text(ds, "Modality"),
         acquisition_date=_text(ds, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
+        defect=defect,
     )
+
+
+_PIXEL_DATA = (0x7FE0, 0x0010)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0, little endian
+_TAIL = 1024
+
+
+def pixel_data_defect(fp: BinaryIO, implicit_vr: bool, little_endian: bool) -> str | None:
+    """Whether the pixel data that starts at ``fp``'s position (where a header read that
+    stopped before the pixels left it) is shorter than its element declares. None when
+    intact or when there is no pixel data element. Reads a few bytes at the element and
+    the file's tail, never the pixels."""
+    start = fp.tell()
+    head = fp.read(8)
+    if not head:
+        return None
+    if len(head) < 8:
+        return "pixel data cut short: its element header is incomplete"
+    order = "<" if little_endian else ">"
+    if struct.unpack(order + "HH", head[:4]) != _PIXEL_DATA:
+        return None
+    if implicit_vr:
+        length, value_start = struct.unpack(order + "L", head[4:8])[0], start + 8
+    elif head[4:6] in _LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:
+            return "pixel data cut short: its element header is incomplete"
+        length, value_start = struct.unpack(order + "L", more)[0], start + 12
+    else:
+        length, value_start = struct.unpack(order + "H", head[6:8])[0], start + 8
+    end = fp.seek(0, io.SEEK_END)
+    if length == 0xFFFFFFFF:  # encapsulated (compressed) frames end with a sequence delimiter
+        fp.seek(max(value_start, end - _TAIL))
+        if _SEQUENCE_END not in fp.read():
+            return "pixel data cut short: the compressed frames have no end marker"
+        return None
+    present = end - value_start
+    if present < length:
+        return f"pixel data cut short: {present:,} of {length:,} bytes"
+    return None
 
 
 def multipart_etag(md5_digests: list[bytes]) -> str:

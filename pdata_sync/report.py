@@ -36,6 +36,7 @@ class BatchReport:
     bytes_uploaded: int = 0
     rejected: tuple[Problem, ...] = ()
     failed: tuple[Problem, ...] = ()
+    notes: tuple[Problem, ...] = ()  # archived, but worth telling (e.g. pixel data cut short)
     fatal: str | None = None  # the first reason the set-up is wrong; the run must stop
 
     @classmethod
@@ -48,6 +49,7 @@ class BatchReport:
             bytes_uploaded=sum(o.bytes for o in outcomes if o.status == UPLOADED),
             rejected=tuple(Problem(o.path, o.reason) for o in outcomes if o.status == REJECTED),
             failed=tuple(Problem(o.path, o.reason) for o in outcomes if o.status == FAILED),
+            notes=tuple(Problem(o.path, o.note) for o in outcomes if o.note),
             fatal=next((o.reason for o in outcomes if o.fatal), None),
         )
 
@@ -83,6 +85,7 @@ class RunSummary:
         self.unchanged_by_catalog += report.unchanged_by_catalog
         self.rejected.extend(report.rejected)
         self.failed.extend(report.failed)
+        self.notes.extend(report.notes)
 
     @property
     def ok(self) -> bool:

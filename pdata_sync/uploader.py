@@ -87,6 +87,7 @@ class Outcome:
     bytes: int = 0
     fatal: bool = False  # the set-up is wrong (e.g. access denied): the run must stop
     trusted: bool = False  # unchanged by the catalog alone: S3 was not asked this run
+    note: str = ""  # archived byte for byte, but worth telling (the file's defect)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,10 +216,11 @@ class BatchUploader:
         if remote is not None and remote.size == size:
             etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
+                header = read_header(path)
                 if self.images is not None:
-                    info = self._info(item, size, st.st_mtime_ns, sha, read_header(path))
+                    info = self._info(item, size, st.st_mtime_ns, sha, header)
                     self.settled.add(Settled(item.key, info, MATCH, remote.etag))
-                return Outcome(UNCHANGED, item.rel_path, item.key)
+                return Outcome(UNCHANGED, item.rel_path, item.key, note=header.defect or "")
         if size <= self.threshold:
             return self._upload_small(item, path)
         return self._upload_multipart(item, path)
@@ -241,7 +243,9 @@ class BatchUploader:
             # try again (the new upload replaces it); the row stays pending
             raise SourceChangedError("file changed while it was being uploaded")
         self._confirm(item, info, stored)
-        return Outcome(UPLOADED, item.rel_path, item.key, bytes=len(data))
+        return Outcome(
+            UPLOADED, item.rel_path, item.key, bytes=len(data), note=info.header.defect or ""
+        )
 
     def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
         header = read_header(path)
@@ -260,7 +264,9 @@ class BatchUploader:
             digests=digests,
         )
         self._confirm(item, info, stored)
-        return Outcome(UPLOADED, item.rel_path, item.key, bytes=before.st_size)
+        return Outcome(
+            UPLOADED, item.rel_path, item.key, bytes=before.st_size, note=header.defect or ""
+        )
 
     def _info(
         self, item: PlannedImage, size: int, mtime_ns: int, sha: str, header: DicomHeader

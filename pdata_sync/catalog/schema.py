@@ -10,7 +10,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -68,6 +68,8 @@ images = sa.Table(
     sa.Column("destination", sa.String(1100), nullable=False),
     # the state a pending row restores when its upload is released (None: no row)
     sa.Column("prior_state", sa.String(16), nullable=True),
+    # what is wrong with the source file archived anyway (pixel data cut short); NULL: intact
+    sa.Column("source_defect", sa.String(200), nullable=True),
     sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
     sa.CheckConstraint(
         "state IN ('pending', 'uploaded', 'verified', 'drifted')", name="ck_images_state"

@@ -91,3 +91,34 @@ def test_part_digests_agree_with_the_streaming_hashes(tmp_path):
         assert parts[-1][1] == hashlib.sha256(data[(len(parts) - 1) * 5 * 1024 * 1024 :]).digest()
         etag = multipart_etag([md5 for md5, _ in parts])
         assert (etag, sha) == file_digests(path, size, 4 * 1024 * 1024, 5 * 1024 * 1024)
+
+
+def test_pixel_data_cut_short_is_a_defect_not_a_rejection(dicom_file: Path):
+    data = dicom_file.read_bytes()
+    assert read_header(data).defect is None and read_header(dicom_file).defect is None
+    short = read_header(data[:-100])
+    assert short.modality == "IO"  # still read: the file is archived byte for byte
+    assert short.defect == "pixel data cut short: 412 of 512 bytes"
+    # cut inside the pixel element's own header: pydicom cannot read the header either
+    with pytest.raises(BadInputError, match="damaged DICOM header"):
+        read_header(data[: len(data) - 512 - 2])
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_compressed_frames_without_their_end_marker_are_a_defect(tmp_path, dicom_file, implicit):
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ImplicitVRLittleEndian, JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(dicom_file)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x11" * 300 + b"\xff\xd9"])
+    if implicit:  # the encoding pydicom detects, not only the one the header names
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.PixelData = b"\x00" * 512
+    path = tmp_path / "c.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    assert read_header(data).defect is None
+    cut = read_header(data[:-40]).defect
+    assert cut is not None and "cut short" in cut

@@ -294,3 +294,35 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     assert [(o.status, o.trusted) for o in run(strict)] == [(UNCHANGED, False)] * 3
     assert len([c for c in calls if c[0] == "ListObjectsV2"]) == 2
     catalog.close()
+
+
+def test_pixel_data_cut_short_is_archived_byte_for_byte_noted_and_flagged(tmp_path, s3):
+    """Never lose what exists: a file whose pixel data is shorter than its header declares
+    is uploaded as it is, listed in the run's notes and flagged on its catalog row."""
+    import sqlalchemy as sa
+
+    from pdata_sync.catalog import VERIFIED, Catalog, destination_of, images
+    from pdata_sync.report import BatchReport
+
+    root = tmp_path / "PDATA"
+    short = dcm(root, "P_1/0000_1.dcm", 1)
+    short.write_bytes(short.read_bytes()[:-1000])
+    dcm(root, "P_1/0000_2.dcm", 2)
+    items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
+    cfg = config(root)
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
+    out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer), rows_of, "run-1").upload_batch(
+        items
+    )
+    assert [o.status for o in out] == [UPLOADED, UPLOADED]
+    assert out[0].note.startswith("pixel data cut short: ") and out[1].note == ""
+    body = s3.get_object(Bucket="dental-images", Key=items[0].key)["Body"].read()
+    assert body == short.read_bytes()
+    report = BatchReport.of(out)
+    assert [(n.path, n.reason) for n in report.notes] == [("P_1/0000_1.dcm", out[0].note)]
+    with catalog.engine.connect() as conn:
+        flags = dict(conn.execute(sa.select(images.c.key, images.c.source_defect)).all())
+    assert flags == {items[0].key: out[0].note, items[1].key: None}
+    assert {r.state for r in rows_of.lookup([i.key for i in items]).values()} == {VERIFIED}
+    catalog.close()
