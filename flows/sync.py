@@ -34,8 +34,10 @@ from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import RunSummary
+from pdata_sync.retirement import source_view
 from tasks.catalog import clinic_lock, prepare_catalog
 from tasks.resolve import resolve_card_ids
+from tasks.retire import retire_objects
 from tasks.source import check_source, lookup_media, query_patients, scan_pdata
 from tasks.upload import check_destination, upload_batch
 
@@ -44,8 +46,9 @@ from tasks.upload import check_destination, upload_batch
 _TASK_RUNNER = ThreadPoolTaskRunner(max_workers=16)
 
 # Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
-# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media.
-BOOKKEEPING_TASKS = 7
+# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media,
+# retire-objects.
+BOOKKEEPING_TASKS = 8
 
 
 def artifact_key(kind: str, clinic_id: str) -> str:
@@ -74,10 +77,22 @@ def _problems_markdown(summary: RunSummary) -> str:
         else:
             lines.append("none")
         lines.append("")
+    for label, entries in (("Retired", data["retired"]), ("To retire", data["to_retire"])):
+        if entries:
+            lines += [
+                f"## {label} ({len(entries)})",
+                "",
+                "| path | key | reason |",
+                "|---|---|---|",
+            ]
+            lines += [f"| `{e['path']}` | `{e['key']}` | {e['reason']} |" for e in entries]
+            lines.append("")
     return "\n".join(lines)
 
 
-def _sync(config: ClinicConfig, summary: RunSummary, locked_since: datetime | None) -> str | None:
+def _sync(
+    config: ClinicConfig, summary: RunSummary, locked_since: datetime | None, full_run: bool
+) -> str | None:
     """The sync itself, under the clinic's lock; returns the configuration error that
     stopped it, if any."""
     logger = get_run_logger()
@@ -98,7 +113,7 @@ def _sync(config: ClinicConfig, summary: RunSummary, locked_since: datetime | No
     summary.skipped.update(lookup.skipped.values())
 
     card_ids = sorted({c for cards in lookup.card_ids.values() for c in cards})
-    resolved = resolve_card_ids(config, quote(card_ids))
+    resolved = resolve_card_ids(config, quote(card_ids), refresh=full_run)
     summary.resolver_calls = resolved.calls
     summary.resolver_cache_hits = resolved.from_cache
     patients = resolve_patients(lookup.card_ids, resolved.mapping, resolved.failed)
@@ -157,8 +172,21 @@ def _sync(config: ClinicConfig, summary: RunSummary, locked_since: datetime | No
         update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
     if not batches:
         update_progress_artifact(progress_id, progress=100.0)
+    if fatal:
+        return fatal
 
-    return fatal
+    # what no longer belongs leaves images/, only after this run's uploads are verified
+    view = source_view(
+        folders=scan.folders,
+        images=scan.images,
+        scan_problems=scan.problems,
+        patient_skipped=lookup.skipped,
+        patients=patients,
+        plan=plan,
+        run_problems=[*summary.failed, *summary.rejected],
+    )
+    summary.add_retirement(retire_objects(config, quote(view)))
+    return summary.retirement_fatal
 
 
 def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
@@ -181,13 +209,21 @@ def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
     persist_result=False,
     log_prints=False,
 )
-def sync_clinic(config: ClinicConfig) -> Any:
+def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
     """Copy every image of every resolvable patient of one clinic to S3.
+
+    ``full_run``: ask the resolver for every CardId (renewing its cached answers) and list
+    every patient in S3, trusting no recent confirmation: a remapped patient is seen at
+    once instead of after ``resolver.cache_ttl_hours``.
 
     Returns the run summary (a dict). The run ends Failed (with the summary as its data)
     when any image failed; rejected bad input is reported but does not fail the run.
     """
     protect_logs()
+    if full_run:
+        config = config.model_copy(
+            update={"transfer": config.transfer.model_copy(update={"recheck_days": 0})}
+        )
     logger = get_run_logger()
     summary = RunSummary(clinic_id=config.clinic_id, flow_run_id=flow_run.get_id())
 
@@ -197,7 +233,7 @@ def sync_clinic(config: ClinicConfig) -> Any:
     try:
         with clinic_lock(config, "sync", flow_run.get_id()) as lock:
             try:
-                fatal = _sync(config, summary, lock.acquired_at)
+                fatal = _sync(config, summary, lock.acquired_at, full_run)
             finally:  # whatever happened, the run's record says what was done
                 _write_artifacts(config, summary)
     except ClinicBusyError as exc:  # refused before any work: no traceback, one line

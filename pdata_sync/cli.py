@@ -99,12 +99,14 @@ def _run_and_print(
     return result, None
 
 
-def run_sync(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
+def run_sync(
+    config: ClinicConfig, full_run: bool = False
+) -> tuple[dict[str, Any] | None, BaseException | None]:
     """Run the ``sync-clinic`` flow; return (summary, error)."""
     _prepare_prefect_env()
     from flows.sync import sync_clinic
 
-    return _outcome(sync_clinic(config=config, return_state=True))
+    return _outcome(sync_clinic(config=config, full_run=full_run, return_state=True))
 
 
 def run_retrieve(
@@ -221,7 +223,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _refuse(str(exc))
     with _terminal_progress(not args.json):
         summary, code = _run_and_print(
-            args, "sync", lambda: run_sync(config), lambda s: _print_summary(s, sys.stdout)
+            args,
+            "sync",
+            lambda: run_sync(config, args.full),
+            lambda s: _print_summary(s, sys.stdout),
         )
     if code is not None:
         return code
@@ -346,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="sync one clinic's PDATA to S3")
     p.add_argument("--config", required=True, help="clinic config YAML file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="ask the resolver for every CardId (renewing cached answers) and list every "
+        "patient in S3: a remapped patient is seen now, not after the cache expires",
+    )
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -350,6 +350,22 @@ class ClinicConfig(_Model):
     s3: S3Config
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    retire: Literal["move", "keep"] = Field(
+        "move",
+        description="Objects that no longer belong (patient remapped, image renamed, media "
+        "row, patient or file deleted): 'move' them to retired/ after their replacement is "
+        "verified, or 'keep' them and only report them.",
+    )
+    retire_max_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Safety limit: a run that would retire more than this share of the "
+        "clinic's objects (or more than retire_max_count) retires nothing and fails.",
+    )
+    retire_max_count: int = Field(
+        500, ge=0, description="Safety limit: at most this many objects retired in one run."
+    )
 
     @field_validator("clinic_id")
     @classmethod

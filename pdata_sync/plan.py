@@ -7,7 +7,7 @@ Pure functions: no I/O, no Prefect. The batches are the unit of one Prefect task
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .keys import render_key
 from .pdata import ImageFile, Problem
@@ -35,6 +35,7 @@ class Plan:
     skipped: Counter[str]
     notes: list[Problem]  # uploaded, but worth telling (e.g. no media row)
     failed: list[Problem]  # could not be planned (e.g. resolver failed for the patient)
+    media_deleted: list[str] = field(default_factory=list)  # paths whose media row is deleted
 
 
 def guids_per_patient(
@@ -111,6 +112,7 @@ def build_plan(
     notes: list[Problem] = []
     failed: list[Problem] = []
     planned: list[PlannedImage] = []
+    media_deleted: list[str] = []
     for image in images:
         if image.patient_id in failed_patients:
             failed.append(Problem(image.rel_path, failed_patients[image.patient_id]))
@@ -122,6 +124,7 @@ def build_plan(
         row = media.get(image.image_id)
         if row is not None and row.deleted:
             skipped[SKIP_MEDIA_DELETED] += 1
+            media_deleted.append(image.rel_path)
             continue
         if row is not None and row.patient_id is not None and row.patient_id != image.patient_id:
             failed.append(Problem(image.rel_path, media_conflict(image, row.patient_id)))
@@ -138,7 +141,7 @@ def build_plan(
                 name=name,
             )
             planned.append(PlannedImage(image.rel_path, guid, image.image_id, name, key))
-    return Plan(planned, skipped, notes, failed)
+    return Plan(planned, skipped, notes, failed, media_deleted)
 
 
 def make_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:

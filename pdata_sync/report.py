@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .pdata import Problem
+from .retirement import RetireReport
 from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
 
 
@@ -77,6 +78,24 @@ class RunSummary:
     rejected: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
+    retire_mode: str = "move"
+    # objects that no longer belong: moved to retired/ (retire: move) or only reported
+    retired: list[dict[str, str]] = field(default_factory=list)
+    to_retire: list[dict[str, str]] = field(default_factory=list)
+    retirement_fatal: str | None = None
+
+    def add_retirement(self, report: RetireReport) -> None:
+        self.retire_mode = report.mode
+        done = {r.key for r in report.retired}
+        entries = [
+            {"path": c.rel_path, "key": c.key, "reason": c.reason} for c in report.candidates
+        ]
+        self.retired = [e for e in entries if e["key"] in done]
+        self.to_retire = [e for e in entries if e["key"] not in done]
+        self.failed.extend(report.failed)
+        if report.tripped:
+            self.failed.append(Problem("(retirement)", report.tripped))
+        self.retirement_fatal = report.fatal
 
     def add_batch(self, report: BatchReport) -> None:
         self.uploaded += report.uploaded
@@ -114,6 +133,8 @@ class RunSummary:
             "rejected": _dedupe(self.rejected),
             "failed": _dedupe(self.failed),
             "notes": _dedupe(self.notes),
+            "retired": self.retired,
+            "to_retire": self.to_retire,
         }
 
     def counts_table(self) -> list[dict[str, Any]]:
@@ -134,6 +155,13 @@ class RunSummary:
                 "count": self.unchanged_by_catalog,
             },
             {"outcome": "batches", "reason": "upload task runs", "count": self.batches},
+            {"outcome": "retired", "reason": "moved to retired/", "count": len(self.retired)},
+            {
+                "outcome": "to retire",
+                "reason": "no longer belong, not moved (retire: keep, the safety limit, or "
+                "an error)",
+                "count": len(self.to_retire),
+            },
         ]
         rows += [
             {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())

@@ -73,6 +73,10 @@ class ResolutionCache:
         self._entries[self._key(card_id)] = (guid, time.time() + self.ttl)
         self._dirty = True
 
+    def drop(self, card_id: str) -> None:
+        if self._entries.pop(self._key(card_id), None) is not None:
+            self._dirty = True
+
     def save(self) -> None:
         if not self._dirty:
             return
@@ -219,13 +223,17 @@ class ResolverClient:
             raise PermanentError(f"resolver {_error_message(response)}")
         return parse_response(response, batch)
 
-    def resolve(self, card_ids: list[str]) -> ResolveResult:
+    def resolve(self, card_ids: list[str], *, refresh: bool = False) -> ResolveResult:
         """Resolve ``card_ids`` (distinct, trimmed). Never raises for a failed batch: its
-        CardIds land in ``failed`` with the reason; the other batches go on."""
+        CardIds land in ``failed`` with the reason; the other batches go on.
+
+        ``refresh`` (a full run): ask the resolver for every CardId, ignoring cached
+        answers, and replace them (a CardId now unknown loses its cached patientGuid), so
+        a remapped patient is seen now and later runs do not fall back to the old answer."""
         result = ResolveResult()
         todo: list[str] = []
         for card in dict.fromkeys(card_ids):
-            cached = self.cache.get(card) if self.cache else None
+            cached = self.cache.get(card) if self.cache and not refresh else None
             if cached:
                 result.mapping[card] = cached
                 result.from_cache += 1
@@ -239,6 +247,9 @@ class ResolverClient:
             result.unknown = set()
             self._resolve_batches(first_pass, result)
         if self.cache:
+            if refresh:
+                for card in result.unknown:
+                    self.cache.drop(card)
             try:
                 self.cache.save()
             except OSError as exc:

@@ -14,10 +14,10 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from .errors import (
     SourceChangedError,
     classify,
     describe,
+    s3_code,
     s3_config_message,
 )
 from .keys import encode_name_for_metadata, patient_prefix
@@ -450,6 +451,52 @@ def abort_interrupted_uploads(
                     )
                     aborted += 1
     return aborted
+
+
+RETIRED_PREFIX = "retired/"
+
+
+def retired_key(clinic_id: str, key: str, at: datetime) -> str:
+    """Where a retired object goes: outside ``images/`` (retrieval never lists it), by
+    clinic and time, keeping its original key so the move is plain to read."""
+    return f"{RETIRED_PREFIX}{clinic_id}/{at.astimezone(UTC):%Y%m%dT%H%M%SZ}/{key}"
+
+
+def move_to_retired(
+    client: Any, bucket: str, key: str, target: str, retirement: Mapping[str, str]
+) -> bool:
+    """Copy ``key`` to ``target`` with its metadata plus ``retirement`` (why, when, by
+    which run), check the copy holds the same size and SHA-256, then delete ``key``.
+    False when ``key`` is already gone (e.g. a run killed between delete and record).
+
+    A failure before the delete leaves the original in place (a copy without a delete is
+    harmless: the next run copies again under a new time)."""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if s3_code(exc)[1] in ("404", "NoSuchKey"):
+            return False
+        raise
+    metadata = {**(head.get("Metadata") or {}), **retirement}
+    client.copy(
+        {"Bucket": bucket, "Key": key},
+        bucket,
+        target,
+        ExtraArgs={
+            "Metadata": metadata,
+            "MetadataDirective": "REPLACE",
+            "ContentType": head.get("ContentType") or CONTENT_TYPE,
+        },
+    )
+    copied = client.head_object(Bucket=bucket, Key=target)
+    same_sha = (copied.get("Metadata") or {}).get("sha256") == metadata.get("sha256")
+    if copied["ContentLength"] != head["ContentLength"] or not same_sha:
+        raise PermanentError(
+            f"the retired copy of {key} does not match the original (size or sha256); "
+            "the original was kept"
+        )
+    client.delete_object(Bucket=bucket, Key=key)
+    return True
 
 
 def head_sha256(client: Any, bucket: str, key: str) -> str | None:

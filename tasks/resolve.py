@@ -24,14 +24,17 @@ def state_dir(config: ClinicConfig) -> Path:
 
 
 @task(name="resolve-card-ids", cache_policy=NO_CACHE, persist_result=False)
-def resolve_card_ids(config: ClinicConfig, card_ids: list[str]) -> ResolveResult:
-    """Resolve CardIds in batches (cached across runs, transient errors retried)."""
+def resolve_card_ids(
+    config: ClinicConfig, card_ids: list[str], refresh: bool = False
+) -> ResolveResult:
+    """Resolve CardIds in batches (cached across runs, transient errors retried);
+    ``refresh``: ask for every CardId and renew the cache (a full run)."""
     cache = None
     if config.resolver.cache_ttl_hours > 0:
         path = state_dir(config) / config.clinic_id / "resolver-cache.json"
         cache = ResolutionCache(path, config.clinic_id, config.resolver.cache_ttl_hours * 3600)
     with ResolverClient(config.resolver, config.clinic_id, cache) as client:
-        result = client.resolve(card_ids)
+        result = client.resolve(card_ids, refresh=refresh)
     get_run_logger().info(
         "%d of %d CardIds resolved (%d from the cache, %d resolver calls); %d unknown, %d failed",
         len(result.mapping),

@@ -5,7 +5,8 @@ series and studies by the DICOM UIDs. Rows move through the states and named tra
 :mod:`.states` (docs/adr/0006-image-row-state-machine.md): *pending* before an upload,
 *uploaded* when S3 accepted the body, *verified* only once S3 reported back the size and
 checksum of what it stores and they matched (docs/adr/0004), *drifted* when a listing later
-showed something else (docs/adr/0005). A source that changes keeps its history
+showed something else (docs/adr/0005), *retired* once moved out of ``images/`` because it
+no longer belongs (docs/adr/0007). A source that changes keeps its history
 (``image_history``); every state change is an ``image_events`` row with its flow run.
 
 SQLite (default, one file per worker) or PostgreSQL; the schema is created and upgraded by
@@ -42,6 +43,7 @@ from .states import (
     DRIFTED,
     MATCH,
     PENDING,
+    RETIRED,
     STATES,
     UPLOADED,
     VERIFIED,
@@ -84,6 +86,7 @@ __all__ = [
     "MATCH",
     "MIGRATIONS",
     "PENDING",
+    "RETIRED",
     "STATES",
     "UPLOADED",
     "VERIFIED",

@@ -27,6 +27,8 @@ from .states import (
     PENDING,
     RECONFIRM,
     RELEASE,
+    RETIRE,
+    RETIRED,
     UPLOADED,
     VERIFIED,
     ImageState,
@@ -48,6 +50,8 @@ _CONTENT = (
     "modality",
     "acquisition_date",
     "source_defect",
+    "retired_to",
+    "retired_reason",
     "state",
     "verified_at",
     "prior_state",
@@ -239,6 +243,9 @@ class ClinicImages:
                     "state": state,
                     "verified_at": t if state == VERIFIED else None,
                     "prior_state": None,
+                    # back in images/: the retirement is history (its event stays)
+                    "retired_to": None,
+                    "retired_reason": None,
                     "updated_at": t,
                 }
                 changes.append((rec.key, prev.state, state))
@@ -299,6 +306,26 @@ class ClinicImages:
         """CONTRADICT: a listing shows these keys missing or different from what was
         verified. Nothing is stamped: a contradicted row is not confirmed."""
         self._listing(CONTRADICT, keys, flow_run_id)
+
+    def retire(self, key: str, retired_to: str, reason: str, flow_run_id: str | None) -> None:
+        """RETIRE: the object of ``key`` no longer belongs; it now lives at ``retired_to``
+        (outside ``images/``). The row stays, for the record; a file that comes back under
+        the same key starts a new upload from here."""
+        t = now()
+        with self.db.begin() as conn:
+            rows = self._current(conn, [key], images.c.key, images.c.state)
+            RETIRE.check(key, rows[key].state if key in rows else None)
+            conn.execute(
+                sa.update(images)
+                .where(self._mine(), images.c.key == key)
+                .values(
+                    state=RETIRED,
+                    retired_to=retired_to[:1200],
+                    retired_reason=reason[:200],
+                    updated_at=t,
+                )
+            )
+            self._events(conn, RETIRE, [(key, rows[key].state, RETIRED)], flow_run_id, t)
 
     def _listing(self, transition: Transition, keys: Sequence[str], run: str | None) -> None:
         if not keys:

@@ -70,9 +70,13 @@ images = sa.Table(
     sa.Column("prior_state", sa.String(16), nullable=True),
     # what is wrong with the source file archived anyway (pixel data cut short); NULL: intact
     sa.Column("source_defect", sa.String(200), nullable=True),
+    # a retired row: where its object went (outside images/) and why
+    sa.Column("retired_to", sa.String(1200), nullable=True),
+    sa.Column("retired_reason", sa.String(200), nullable=True),
     sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
     sa.CheckConstraint(
-        "state IN ('pending', 'uploaded', 'verified', 'drifted')", name="ck_images_state"
+        "state IN ('pending', 'uploaded', 'verified', 'drifted', 'retired')",
+        name="ck_images_state",
     ),
 )
 sa.Index("ix_images_clinic_dest_state", images.c.clinic_id, images.c.destination, images.c.state)

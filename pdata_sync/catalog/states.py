@@ -17,13 +17,15 @@ class ImageState(enum.StrEnum):
     UPLOADED = "uploaded"  # S3 accepted a body, but did not confirm what it stores
     VERIFIED = "verified"  # S3 confirmed these exact bytes at this key in this destination
     DRIFTED = "drifted"  # was verified; S3 was then seen not to hold those bytes
+    RETIRED = "retired"  # no longer belongs: moved out of images/ (or never to be re-used)
 
 
-PENDING, UPLOADED, VERIFIED, DRIFTED = (
+PENDING, UPLOADED, VERIFIED, DRIFTED, RETIRED = (
     ImageState.PENDING,
     ImageState.UPLOADED,
     ImageState.VERIFIED,
     ImageState.DRIFTED,
+    ImageState.RETIRED,
 )
 STATES = tuple(ImageState)
 NO_ROW = None  # "leaves" may include it: the transition creates the row
@@ -93,5 +95,12 @@ CONTRADICT = Transition(
     DRIFTED,
     "a listing (verify, or a sync's) shows the object missing or different",
 )
-TRANSITIONS = (BEGIN_UPLOAD, RELEASE, ACCEPT, CONFIRM, MATCH, RECONFIRM, CONTRADICT)
+RETIRE = Transition(
+    "retire",
+    frozenset({PENDING, VERIFIED, UPLOADED, DRIFTED}),
+    RETIRED,
+    "the object no longer belongs (its patient, key or source went away) and was moved to "
+    "retired/ after its replacement, if any, was verified",
+)
+TRANSITIONS = (BEGIN_UPLOAD, RELEASE, ACCEPT, CONFIRM, MATCH, RECONFIRM, CONTRADICT, RETIRE)
 BY_NAME = {t.name: t for t in TRANSITIONS}

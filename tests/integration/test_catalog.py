@@ -29,6 +29,7 @@ from pdata_sync.catalog import (
     MATCH,
     MIGRATIONS,
     PENDING,
+    RETIRED,
     UPLOADED,
     VERIFIED,
     VERSION_TABLE,
@@ -192,6 +193,24 @@ def test_verified_rows_of_patients_are_what_a_listing_can_contradict(catalog, im
     assert set(imgs.verified_of_patients([GUID])) == {KEY}  # the pending row is not
     assert imgs.verified_of_patients([other_guid]) == {}
     assert catalog.images("c1", "s3://other").verified_of_patients([GUID]) == {}
+
+
+def test_a_retired_row_stays_for_the_record_and_can_come_back(catalog, imgs):
+    upload(imgs)
+    imgs.retire(KEY, f"retired/c1/20261201T000000Z/{KEY}", "the file is gone from PDATA", "r-2")
+    assert imgs.lookup([KEY])[KEY].state == RETIRED
+    with catalog.engine.connect() as conn:
+        r = conn.execute(sa.text("SELECT retired_to, retired_reason FROM images")).one()
+    assert r.retired_to.startswith("retired/c1/") and r.retired_reason.startswith("the file")
+    with pytest.raises(IllegalTransition, match="retire .* from state retired"):
+        imgs.retire(KEY, "retired/x", "again", "r-3")
+    upload(imgs, run="run-4")  # the file came back: uploaded again under its key
+    assert imgs.lookup([KEY])[KEY].state == VERIFIED
+    with catalog.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT retired_to FROM images")).scalar() is None
+    assert [e["transition"] for e in imgs.events(KEY)] == [
+        "begin_upload", "confirm", "retire", "begin_upload", "confirm"
+    ]  # fmt: skip
 
 
 def test_states_move_forward_with_times_and_flow_run(catalog, imgs):

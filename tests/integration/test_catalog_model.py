@@ -33,7 +33,15 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pdata_sync.catalog import DRIFTED, PENDING, UPLOADED, VERIFIED, Catalog, image_events
+from pdata_sync.catalog import (
+    DRIFTED,
+    PENDING,
+    RETIRED,
+    UPLOADED,
+    VERIFIED,
+    Catalog,
+    image_events,
+)
 from pdata_sync.catalog import image_history as history_table
 from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
@@ -163,6 +171,12 @@ def check_clean_sync(world: World, catalog: Catalog, client, result: pipeline.Sy
         assert body(client, world.bucket, item.key) == data, item.key
         assert rows[item.key].state == VERIFIED and rows[item.key].sha256 == sha(data)
     assert not [r.key for r in rows.values() if r.state in (PENDING, UPLOADED)]
+    # the archive converges to the source: nothing in images/ that is not planned (what a
+    # deleted file left was retired), and every retired row's object is out of images/
+    stored = set(objects(client, world.bucket))
+    assert result.retirement is not None and result.retirement.tripped is None
+    assert stored <= {i.key for i in result.planned}, stored - {i.key for i in result.planned}
+    assert not [r.key for r in rows.values() if r.state == RETIRED and r.key in stored]
     # what this sync uploaded is no longer unseen
     world.tampered[world.bucket] = unseen - {o.key for o in result.by_status(OUT_UPLOADED)}
     if cfg.transfer.recheck_days == 0:  # every planned patient's prefix was listed
@@ -303,6 +317,9 @@ def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
             batch_size=rng.choice([3, 50]),
             max_attempts=2,
         )
+        settings = yaml.safe_load(config_path.read_text())
+        settings["retire_max_fraction"] = 1.0  # the model deletes many files of a small clinic
+        config_path.write_text(yaml.safe_dump(settings))
         world = World(
             root=Path(clinic.pdata_root),
             config_path=config_path,

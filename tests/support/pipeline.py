@@ -9,12 +9,13 @@ from typing import Any
 from pdata_sync.catalog import Catalog, ClinicImages, destination_of
 from pdata_sync.config import ClinicConfig
 from pdata_sync.keys import parse_key
-from pdata_sync.pdata import scan_images, scan_patient_folders
-from pdata_sync.plan import PlannedImage, build_plan, make_batches, resolve_patients
+from pdata_sync.pdata import Problem, scan_images, scan_patient_folders
+from pdata_sync.plan import Plan, PlannedImage, build_plan, make_batches, resolve_patients
 from pdata_sync.resolver import ResolverClient
+from pdata_sync.retirement import RetireReport, SafetyLimit, retire, source_view
 from pdata_sync.s3_store import abort_interrupted_uploads, make_client
 from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine
-from pdata_sync.uploader import BatchUploader, Outcome
+from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 from pdata_sync.verify import Drift, verify_catalog
 
 
@@ -22,6 +23,7 @@ from pdata_sync.verify import Drift, verify_catalog
 class SyncResult:
     planned: list[PlannedImage] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    retirement: RetireReport | None = None
 
     def by_status(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -41,10 +43,22 @@ def belongs(config: ClinicConfig):
     return check
 
 
-def plan(config: ClinicConfig) -> list[PlannedImage]:
-    """What a sync of ``config`` would make sure of, from PDATA, the database, the resolver."""
+@dataclass
+class Found:
+    """What a sync finds before uploading: the scan, the patients, the plan."""
+
+    folders: list
+    files: list
+    problems: list
+    skipped: dict
+    patients: Any
+    plan: Plan
+
+
+def find(config: ClinicConfig) -> Found:
+    """What a sync of ``config`` finds in PDATA, the database and the resolver."""
     folders, _ = scan_patient_folders(config.pdata_root)
-    files, _, _ = scan_images(config.pdata_root, folders)
+    files, _, problems = scan_images(config.pdata_root, folders)
     engine = make_engine(config.database)
     try:
         lookup = fetch_patients(engine, config.database, sorted({f.patient_id for f in folders}))
@@ -56,14 +70,20 @@ def plan(config: ClinicConfig) -> list[PlannedImage]:
         media = fetch_media(engine, config.database, patients.media_ids(wanted))
     finally:
         engine.dispose()
-    return build_plan(
+    plan_ = build_plan(
         images=wanted,
         patient_guids=patients.guids,
         failed_patients=patients.failed,
         media=media,
         clinic_id=config.clinic_id,
         key_template=config.s3.key_template,
-    ).images
+    )
+    return Found(folders, files, problems, dict(lookup.skipped), patients, plan_)
+
+
+def plan(config: ClinicConfig) -> list[PlannedImage]:
+    """What a sync of ``config`` would make sure of."""
+    return find(config).plan.images
 
 
 def sync(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None) -> SyncResult:
@@ -74,10 +94,36 @@ def sync(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None
         abort_interrupted_uploads(
             client, config.s3.bucket, "images/", belongs(config), lock.acquired_at
         )
-        result.planned = plan(config)
+        found = find(config)
+        result.planned = found.plan.images
         for batch in make_batches(result.planned, config.transfer.batch_size):
             uploader = BatchUploader(config, client, images_of(catalog, config), run_id)
             result.outcomes += uploader.upload_batch(batch)
+        if any(o.fatal for o in result.outcomes):
+            return result
+        view = source_view(
+            folders=found.folders,
+            images=found.files,
+            scan_problems=found.problems,
+            patient_skipped=found.skipped,
+            patients=found.patients,
+            plan=found.plan,
+            run_problems=[
+                *found.plan.failed,
+                *(Problem(o.path, o.reason) for o in result.outcomes if o.status != UPLOADED
+                  and o.status != UNCHANGED),
+            ],
+        )  # fmt: skip
+        result.retirement = retire(
+            images_of(catalog, config),
+            client,
+            config.s3.bucket,
+            config.clinic_id,
+            view,
+            mode=config.retire,
+            limit=SafetyLimit(config.retire_max_fraction, config.retire_max_count),
+            flow_run_id=run_id,
+        )
     return result
 
 

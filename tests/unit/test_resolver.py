@@ -183,3 +183,21 @@ def test_truncated_answer_is_recovered_by_asking_again():
     assert result.mapping == {"A": G1, "B": G2}
     assert result.unknown == {"C"}
     assert calls == [["A", "B", "C"], ["B", "C"]]
+
+
+def test_a_full_run_asks_for_every_card_id_and_renews_the_cache(tmp_path: Path):
+    """A CardId remapped on the platform is seen by a full run at once, and later runs do
+    not fall back to the cached old patientGuid; a CardId now unknown loses its entry."""
+    path = tmp_path / "cache.json"
+    old = ResolutionCache(path, "clinic-001", 3600)
+    old.put("A-1001", G2)  # what the platform said yesterday
+    old.put("GONE", G1)
+    old.save()
+    with ResolverServer(MAPPING) as server:  # today: A-1001 -> G1, GONE unknown
+        cache = ResolutionCache(path, "clinic-001", 3600)
+        with client_for(server.url, cache=cache) as c:
+            assert c.resolve(["A-1001"]).mapping == {"A-1001": G2}  # cached: not asked
+            full = c.resolve(["A-1001", "GONE"], refresh=True)
+    assert full.mapping == {"A-1001": G1} and full.unknown == {"GONE"} and full.from_cache == 0
+    later = ResolutionCache(path, "clinic-001", 3600)
+    assert later.get("A-1001") == G1 and later.get("GONE") is None

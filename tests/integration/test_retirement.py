@@ -1,0 +1,143 @@
+"""Retirement end to end (docs/adr/0007): ``pdata-sync sync`` as a subprocess against
+SeaweedFS, the resolver and a Prefect server on 127.0.0.1. What no longer belongs leaves
+``images/`` for ``retired/`` once its replacement is verified; a database that suddenly
+returns no patients trips the safety limit and nothing is retired."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pdata_sync.catalog import RETIRED, VERIFIED, Catalog, destination_of
+from pdata_sync.config import load_config
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
+from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
+
+
+@pytest.fixture
+def clinic_setup(tmp_path, seaweed, prefect_server):
+    clinic = make_clinic(tmp_path / "clinic")
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = write_config(
+            tmp_path / "clinic.yaml",
+            clinic,
+            resolver_url=resolver.url,
+            endpoint=seaweed.endpoint,
+            state_dir=tmp_path / "state",
+        )
+        settings = yaml.safe_load(config.read_text())
+        settings["retire_max_fraction"] = 0.5  # a small clinic: one patient is > 5 %
+        config.write_text(yaml.safe_dump(settings))
+        env = {**prefect_server.env(), **seaweed.env()}
+
+        def sync(*extra: str) -> tuple[int, dict]:
+            out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
+            assert out.returncode in (0, 1), out.stderr[-3000:]
+            return out.returncode, json.loads(out.stdout)
+
+        yield clinic, client, resolver, config, env, sync, tmp_path
+    empty_bucket(client, BUCKET)
+
+
+def rows_by_key(tmp_path: Path, config: Path) -> dict:
+    cfg = load_config(config)
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}")
+    try:
+        images = catalog.images(cfg.clinic_id, destination_of(cfg.s3.endpoint_url, BUCKET))
+        return {r.key: r for r in images.rows()}
+    finally:
+        catalog.close()
+
+
+def test_a_remapped_patient_moves_and_the_old_guid_returns_nothing(clinic_setup):
+    clinic, client, resolver, config, env, sync, tmp_path = clinic_setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    cards = resolver.state.mapping[clinic.clinic_id]
+    # a CardId that alone names its patientGuid
+    card, old = next(
+        (c, g) for c, g in cards.items() if list(cards.values()).count(g) == 1
+    )  # fmt: skip
+    new = str(uuid.uuid4())
+    cards[card] = new  # the platform merged or corrected the patient
+
+    code, summary = sync()  # the cached answer still holds: nothing moves yet
+    assert code == 0 and summary["retired"] == []
+    code, summary = sync("--full")  # a full run asks the resolver again
+    assert code == 0, summary["failed"]
+
+    old_keys = sorted(k for k in before if k.split("/")[1] == old)
+    assert old_keys and sorted(r["key"] for r in summary["retired"]) == old_keys
+    assert {r["reason"] for r in summary["retired"]} == {PATIENT_CHANGED}
+    after = stored_objects(client)
+    assert not [k for k in after if k.split("/")[1] == old]  # gone from images/
+    for key in old_keys:  # the same bytes under the new patientGuid, verified
+        moved = key.replace(f"images/{old}/", f"images/{new}/")
+        assert after[moved] == before[key]
+        assert rows_by_key(tmp_path, config)[moved].state == VERIFIED
+    retired = stored_objects(client, prefix=f"retired/{clinic.clinic_id}/")
+    assert sorted(k.split("/", 3)[3] for k in retired) == old_keys
+    for key, body in retired.items():
+        original = key.split("/", 3)[3]
+        assert body == before[original]
+        meta = client.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+        assert meta["retired-reason"] == PATIENT_CHANGED and meta["retired-from"] == original
+    rows = rows_by_key(tmp_path, config)
+    assert all(rows[k].state == RETIRED for k in old_keys)
+
+    listed = run_cli(["retrieve", "--config", str(config), "--patient-guid", old, "--json"], env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_deleted_media_rows_and_patients_retire_and_an_empty_database_trips_the_limit(
+    clinic_setup,
+):
+    clinic, client, resolver, config, env, sync, tmp_path = clinic_setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    by_patient: dict[str, list[dict]] = {}
+    for entry in clinic.expected:
+        by_patient.setdefault(entry["path"].split("/")[0], []).append(entry)
+    folders = sorted(by_patient, key=lambda f: len(by_patient[f]))
+    media_gone = by_patient[folders[-1]][0]  # one image of a patient with several
+    patient_gone = folders[0]
+    # what a clinic does in Sidexis (this is the test's database, not one pdata-sync writes)
+    with closing(sqlite3.connect(clinic.database_path)) as db:
+        db.execute("UPDATE MediaBase SET IsDeleted = 1 WHERE MediaBaseId = ?",
+                   (media_gone["image_id"],))  # fmt: skip
+        db.execute("UPDATE Patient SET IsDeleted = 1 WHERE PatientId = ?",
+                   (int(patient_gone.removeprefix("P_")),))  # fmt: skip
+        db.commit()
+
+    code, summary = sync()
+    assert code == 0, summary["failed"]
+    reasons = {r["path"]: r["reason"] for r in summary["retired"]}
+    assert reasons[media_gone["path"]] == MEDIA_DELETED
+    assert {reasons[e["path"]] for e in by_patient[patient_gone]} == {PATIENT_DELETED}
+    gone = {r["key"] for r in summary["retired"]}
+    assert set(stored_objects(client)) == set(before) - gone
+    assert len(stored_objects(client, prefix="retired/")) == len(gone)
+
+    # the database suddenly returns no patients: everything would "no longer belong"
+    with closing(sqlite3.connect(clinic.database_path)) as db:
+        db.execute("DELETE FROM Patient")
+        db.commit()
+    still = stored_objects(client)
+    code, summary = sync()
+    assert code == 1
+    assert [f["path"] for f in summary["failed"]] == ["(retirement)"]
+    assert "safety limit" in summary["failed"][0]["reason"]
+    assert summary["retired"] == [] and len(summary["to_retire"]) == len(still)
+    assert stored_objects(client) == still  # nothing retired
+    assert len(stored_objects(client, prefix="retired/")) == len(gone)

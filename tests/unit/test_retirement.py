@@ -1,0 +1,81 @@
+"""Which archived objects no longer belong (pdata_sync/retirement.py), decided without S3:
+only what the run knows is gone is retired; whatever it is unsure of is kept."""
+
+from __future__ import annotations
+
+from pdata_sync.catalog import DRIFTED, PENDING, VERIFIED, CatalogRow
+from pdata_sync.retirement import (
+    FILE_GONE,
+    KEY_CHANGED,
+    PATIENT_CHANGED,
+    SafetyLimit,
+    SourceView,
+    retirements,
+)
+
+OLD = "11111111-1111-4111-8111-111111111111"
+NEW = "22222222-2222-4222-8222-222222222222"
+
+
+def row(path: str, key: str, state=VERIFIED, guid=OLD) -> CatalogRow:
+    return CatalogRow(key, path, guid, 10, 1, "sha", "etag", state)
+
+
+def view(**kw) -> SourceView:
+    base = dict(planned={}, found=frozenset(), listed_folders=frozenset({"P_1"}), deleted={},
+                unsure=frozenset())  # fmt: skip
+    base.update(kw)
+    return SourceView(**base)
+
+
+def test_a_file_planned_under_another_patient_or_name_retires_its_old_key_once_verified():
+    rows = [
+        row("P_1/0000_1.dcm", f"images/{OLD}/c_1_x.dcm"),  # remapped patient
+        row("P_1/0000_2.dcm", f"images/{OLD}/c_2_old.dcm"),  # renamed image
+        row("P_1/0000_2.dcm", f"images/{OLD}/c_2_new.dcm"),
+    ]
+    planned = {
+        "P_1/0000_1.dcm": frozenset({f"images/{NEW}/c_1_x.dcm"}),
+        "P_1/0000_2.dcm": frozenset({f"images/{OLD}/c_2_new.dcm"}),
+    }
+    found = frozenset(planned)
+    done = frozenset({f"images/{NEW}/c_1_x.dcm", f"images/{OLD}/c_2_new.dcm"})
+    out = retirements(rows, view(planned=planned, found=found), done)
+    assert [(r.key, r.reason) for r in out] == [
+        (f"images/{OLD}/c_1_x.dcm", PATIENT_CHANGED),
+        (f"images/{OLD}/c_2_old.dcm", KEY_CHANGED),
+    ]
+    # the replacement of 0000_1 is not verified yet: its old object stays for now
+    out = retirements(rows, view(planned=planned, found=found), done - {f"images/{NEW}/c_1_x.dcm"})
+    assert [r.key for r in out] == [f"images/{OLD}/c_2_old.dcm"]
+
+
+def test_gone_and_deleted_sources_retire_unsure_ones_never():
+    rows = [
+        row("P_1/0000_1.dcm", f"images/{OLD}/c_1.dcm"),  # file gone, folder listed
+        row("P_2/0000_2.dcm", f"images/{OLD}/c_2.dcm"),  # folder not listed (share problem)
+        row("P_1/0000_3.dcm", f"images/{OLD}/c_3.dcm"),  # media row deleted
+        row("P_1/0000_4.dcm", f"images/{OLD}/c_4.dcm"),  # failed this run (e.g. resolver)
+        row("P_1/0000_5.dcm", f"images/{OLD}/c_5.dcm", state=PENDING),  # file gone too
+        row("P_1/0000_6.dcm", f"images/{OLD}/c_6.dcm", state=DRIFTED),  # file gone too
+    ]
+    source = view(
+        found=frozenset({"P_1/0000_3.dcm", "P_1/0000_4.dcm"}),
+        deleted={"P_1/0000_3.dcm": "the media row was deleted in Sidexis"},
+        unsure=frozenset({"P_1/0000_4.dcm"}),
+    )
+    out = retirements(rows, source, frozenset())
+    assert [(r.key, r.reason) for r in out] == [
+        (f"images/{OLD}/c_1.dcm", FILE_GONE),
+        (f"images/{OLD}/c_3.dcm", "the media row was deleted in Sidexis"),
+        (f"images/{OLD}/c_5.dcm", FILE_GONE),  # an interrupted run's upload may have landed
+        (f"images/{OLD}/c_6.dcm", FILE_GONE),
+    ]
+
+
+def test_the_safety_limit_is_the_smaller_of_five_percent_and_five_hundred():
+    limit = SafetyLimit()
+    assert limit.limit(100) == 5 and limit.limit(100_000) == 500 and limit.limit(10) == 0
+    assert not limit.trips(5, 100) and limit.trips(6, 100)
+    assert limit.trips(501, 1_000_000)
+    assert SafetyLimit(fraction=0.5, count=500).limit(40) == 20
