@@ -39,8 +39,13 @@ _REDACT = RedactSecrets()
 def protect_logs() -> None:
     """Cap third-party loggers that can print request or file contents at INFO, and mask
     secrets in what the root and Prefect handlers emit."""
-    for name in ("", "prefect"):
-        for handler in logging.getLogger(name).handlers:
+    # every handler configured so far: the root's console, Prefect's API handler on
+    # prefect.flow_runs / prefect.task_runs (what the UI and the run history show)
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
             if _REDACT not in handler.filters:
                 handler.addFilter(_REDACT)
     for name in CHATTY_LOGGERS:

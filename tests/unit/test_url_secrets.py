@@ -46,3 +46,25 @@ def test_log_records_are_masked_by_the_filter():
     )
     assert RedactSecrets().filter(record) is True
     assert S not in record.getMessage() and "mssql://u:***@h" in record.getMessage()
+
+
+def test_protect_logs_masks_what_prefects_run_loggers_send(caplog):
+    """The handlers behind a flow run's log (Prefect's API handler sits on
+    prefect.flow_runs) get the filter, not only the root's."""
+    from pdata_sync.logsafety import protect_logs
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    run_logger = logging.getLogger("prefect.flow_runs.test-redaction")
+    handler = Keep()
+    run_logger.addHandler(handler)
+    try:
+        protect_logs()
+        run_logger.warning("cannot connect to %s", f"mssql+pyodbc://u:{S}@host/db")
+    finally:
+        run_logger.removeHandler(handler)
+    assert seen and S not in seen[0] and "u:***@host" in seen[0]
