@@ -196,6 +196,31 @@ def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, m
     assert summary["uploaded"] > 0  # the rest went on
 
 
+def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(tmp_path, s3):
+    """The nil GUID (an ABP backend's "no value") would pool every unresolved patient
+    under one prefix: it is a resolver fault, the patient's images fail, nothing goes up
+    under it and the patient is not counted as unknown."""
+    from flows.sync import sync_clinic
+
+    clinic = make_clinic(tmp_path / "clinic")
+    mapping = load_mapping(clinic)
+    cards = mapping[clinic.clinic_id]
+    card, guid = next((c, g) for c, g in cards.items() if list(cards.values()).count(g) == 1)
+    cards[card] = "00000000-0000-0000-0000-000000000000"
+    victims = sorted(e["path"] for e in clinic.expected if e["patient_guid"] == guid)
+    with ResolverServer(mapping) as resolver:
+        state = sync_clinic(config=config_for(tmp_path, clinic, resolver.url), return_state=True)
+    assert state.is_failed()
+    summary = state.result(raise_on_failure=False)
+    failed = {f["path"]: f["reason"] for f in summary["failed"]}
+    assert victims and all("nil patientGuid" in failed[p] for p in victims)
+    unknown = "patients_card_id_unknown"  # as many as the clinic really has
+    assert summary["skipped"].get(unknown, 0) == clinic.skipped.get(unknown, 0)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert keys and not [k for k in keys if "/00000000-0000-0000-0000-000000000000/" in k]
+    assert not [k for k in keys if f"/{guid}/" in k]
+
+
 def test_config_error_stops_before_any_work(tmp_path, s3):
     from flows.sync import sync_clinic
 
