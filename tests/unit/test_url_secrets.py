@@ -48,9 +48,9 @@ def test_log_records_are_masked_by_the_filter():
     assert S not in record.getMessage() and "mssql://u:***@h" in record.getMessage()
 
 
-def test_protect_logs_masks_what_prefects_run_loggers_send(caplog):
-    """The handlers behind a flow run's log (Prefect's API handler sits on
-    prefect.flow_runs) get the filter, not only the root's."""
+def test_protect_logs_masks_what_any_configured_handler_sends():
+    """Every configured handler gets the filter, not only the root's: Prefect's API
+    handler (a flow run's log in the UI) sits on prefect.flow_runs, not on the root."""
     from pdata_sync.logsafety import protect_logs
 
     seen: list[str] = []
@@ -59,7 +59,7 @@ def test_protect_logs_masks_what_prefects_run_loggers_send(caplog):
         def emit(self, record):
             seen.append(record.getMessage())
 
-    run_logger = logging.getLogger("prefect.flow_runs.test-redaction")
+    run_logger = logging.getLogger("tests.redaction.run")  # like prefect.flow_runs
     handler = Keep()
     run_logger.addHandler(handler)
     try:
