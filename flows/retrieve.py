@@ -12,7 +12,14 @@ from pydantic import Field
 
 from pdata_sync.config import S3Config
 from pdata_sync.logsafety import protect_logs
-from pdata_sync.retrieval import list_patient_images, validate_expiry, validate_guid
+from pdata_sync.retrieval import (
+    DEFAULT_PRESIGN_SECONDS,
+    list_patient_images,
+    patient_manifest,
+    validate_expiry,
+    validate_guid,
+    write_private_json,
+)
 from tasks.credentials import s3_client
 
 
@@ -24,6 +31,16 @@ def list_images_task(
     return list_patient_images(
         client, s3, patient_guid, presign_seconds=presign_seconds, download_dir=download_dir
     )
+
+
+@task(name="write-viewer-manifest", cache_policy=NO_CACHE, persist_result=False)
+def manifest_task(
+    s3: S3Config, patient_guid: str, presign_seconds: int, manifest_path: str
+) -> list[dict[str, str]]:
+    """Write OHIF's manifest for the patient; return the objects left out of it."""
+    manifest, left_out = patient_manifest(s3_client(s3), s3, patient_guid, presign_seconds)
+    write_private_json(manifest_path, manifest)
+    return left_out
 
 
 def found_images_table(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,6 +76,13 @@ _DOWNLOAD = Field(
     description="Download every image into this folder on the worker. Empty: list only.",
     json_schema_extra={"title": "Download folder on the worker"},
 )
+_MANIFEST = Field(
+    None,
+    description="Write an OHIF DICOM JSON manifest of the patient's images to this file on "
+    "the worker (readable by its owner only: it holds presigned URLs). The URLs last as "
+    "long as the presigned URL lifetime, 3600 s if that is empty.",
+    json_schema_extra={"title": "Viewer manifest file on the worker"},
+)
 
 
 @flow(name="retrieve-patient-images", persist_result=False)
@@ -67,8 +91,10 @@ def retrieve_patient_images(
     s3: S3Config = _S3,
     presign_seconds: int | None = _PRESIGN,
     download_dir: str | None = _DOWNLOAD,
+    manifest_path: str | None = _MANIFEST,
 ) -> list[dict[str, Any]]:
-    """List every image under ``images/{patient_guid}/``; presign and/or download on request.
+    """List every image under ``images/{patient_guid}/``; presign, download and/or write a
+    viewer manifest on request.
 
     A patientGuid that is not a canonical UUID is refused before S3 is called.
     """
@@ -77,7 +103,19 @@ def retrieve_patient_images(
     if presign_seconds is not None:
         validate_expiry(presign_seconds)
     images = list_images_task(s3, patient_guid, presign_seconds, download_dir)
-    get_run_logger().info("patient %s: %d images listed", patient_guid, len(images))
+    logger = get_run_logger()
+    logger.info("patient %s: %d images listed", patient_guid, len(images))
+    if manifest_path is not None:
+        left_out = manifest_task(
+            s3, patient_guid, presign_seconds or DEFAULT_PRESIGN_SECONDS, manifest_path
+        )
+        reasons = {item["key"]: item["reason"] for item in left_out}
+        for image in images:
+            image["in_manifest"] = image["key"] not in reasons
+            if image["key"] in reasons:
+                image["manifest_problem"] = reasons[image["key"]]
+        for key, reason in reasons.items():
+            logger.warning("left out of the viewer manifest: %s (%s)", key, reason)
     create_table_artifact(
         key="retrieve-patient-images",
         table=found_images_table(images)
@@ -86,6 +124,7 @@ def retrieve_patient_images(
             f"Images of patient {patient_guid} found in s3://{s3.bucket}/"
             f"{'; presigned' if presign_seconds is not None else ''}"
             f"{'; downloaded on the worker' if download_dir is not None else ''}"
+            f"{'; viewer manifest written on the worker' if manifest_path is not None else ''}"
             " (no URLs here: they are bearer credentials)"
         ),
     )

@@ -110,7 +110,11 @@ def run_sync(
 
 
 def run_retrieve(
-    config: ClinicConfig, guid: str, presign: int | None, download: str | None
+    config: ClinicConfig,
+    guid: str,
+    presign: int | None,
+    download: str | None,
+    manifest: str | None = None,
 ) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
     """Run the ``retrieve-patient-images`` flow; return (images, error)."""
     _prepare_prefect_env()
@@ -121,6 +125,7 @@ def run_retrieve(
         s3=config.s3,
         presign_seconds=presign,
         download_dir=download,
+        manifest_path=manifest,
         return_state=True,
     )
     return _outcome(state)
@@ -169,6 +174,8 @@ def _print_images(images: list[dict[str, Any]]) -> None:
         print(f"{img['key']}  {img['size']} bytes  {img['last_modified']}")
         if "url" in img:
             print(f"  {img['url']}")
+        if img.get("manifest_problem"):
+            print(f"  not in the viewer manifest: {img['manifest_problem']}")
     print(f"{len(images)} image(s)", file=sys.stderr)
 
 
@@ -249,9 +256,11 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     _, code = _run_and_print(
         args,
         "retrieve",
-        lambda: run_retrieve(config, args.patient_guid, args.presign, args.download),
+        lambda: run_retrieve(config, args.patient_guid, args.presign, args.download, args.manifest),
         _print_images,
     )
+    if code is None and args.manifest:
+        print(f"pdata-sync: viewer manifest written to {args.manifest}", file=sys.stderr)
     return EXIT_OK if code is None else code
 
 
@@ -371,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add presigned GET URLs valid this long (default 3600, at most 604800)",
     )
     p.add_argument("--download", metavar="DIR", help="download the images into DIR")
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="write an OHIF DICOM JSON manifest (presigned URLs, --presign or 3600 s) to FILE",
+    )
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)
 

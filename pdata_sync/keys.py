@@ -91,6 +91,24 @@ def render_key(
     return key
 
 
+THUMBNAILS_ROOT = "thumbnails/"
+
+
+def thumbnail_key(image_key: str) -> str:
+    """Where an image's JPEG thumbnail lives: ``images/{guid}/a/b.dcm`` becomes
+    ``thumbnails/{guid}/a/b.jpg``, outside ``images/`` so retrieval lists images only."""
+    if not image_key.startswith("images/"):
+        raise ValueError("not an image key")
+    rest = image_key[len("images/") :]
+    stem = rest[: -len(".dcm")] if rest.lower().endswith(".dcm") else rest
+    return f"{THUMBNAILS_ROOT}{stem}.jpg"
+
+
+def thumbnail_prefix(patient_guid: str) -> str:
+    """``thumbnails/{patientGuid}/``; raises ValueError unless the GUID is canonical."""
+    return THUMBNAILS_ROOT + patient_prefix(patient_guid)[len("images/") :]
+
+
 def patient_prefix(patient_guid: str) -> str:
     """``images/{patientGuid}/``; raises ValueError unless the GUID is canonical."""
     if not is_canonical_guid(patient_guid):

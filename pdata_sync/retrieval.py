@@ -6,14 +6,24 @@ Never reads PDATA, the Sidexis database or the resolver: only ``images/{patientG
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .config import S3Config
 from .errors import InvalidRequestError
-from .keys import is_canonical_guid, parse_key, patient_prefix
-from .s3_store import download, iter_prefix, presign_get
+from .keys import (
+    is_canonical_guid,
+    parse_key,
+    patient_prefix,
+    thumbnail_key,
+    thumbnail_prefix,
+)
+from .manifest import HeaderError, Instance, build_manifest, read_header
+from .s3_store import RemoteObject, download, get_range, iter_prefix, list_prefix, presign_get
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 DEFAULT_PRESIGN_SECONDS = 3600
@@ -98,3 +108,51 @@ def list_patient_images(
             entry["path"] = str(download(client, s3.bucket, obj.key, target / name))
         results.append(entry)
     return results
+
+
+HEADER_READERS = 8  # concurrent ranged GETs while building a manifest
+
+
+def patient_manifest(
+    client: Any, s3: S3Config, patient_guid: str, presign_seconds: int = DEFAULT_PRESIGN_SECONDS
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """OHIF's DICOM JSON manifest for a patient, from S3 alone, and the objects left out
+    (``{"key", "reason"}``: not DICOM, header unreadable). Every URL is presigned for
+    ``presign_seconds``; an image's thumbnail URL is added where the thumbnail exists."""
+    guid = validate_guid(patient_guid)
+    validate_expiry(presign_seconds)
+    objects = list(iter_prefix(client, s3.bucket, patient_prefix(guid)))
+    thumbnails = list_prefix(client, s3.bucket, thumbnail_prefix(guid))
+
+    def header_of(obj: RemoteObject) -> Instance | dict[str, str]:
+        try:
+            header = read_header(lambda n: get_range(client, s3.bucket, obj.key, n))
+        except HeaderError as exc:
+            return {"key": obj.key, "reason": str(exc)}
+        thumb = thumbnail_key(obj.key)
+        return Instance(
+            key=obj.key,
+            header=header,
+            url=presign_get(client, s3.bucket, obj.key, presign_seconds),
+            thumbnail_url=presign_get(client, s3.bucket, thumb, presign_seconds)
+            if thumb in thumbnails
+            else None,
+        )
+
+    with ThreadPoolExecutor(HEADER_READERS) as pool:
+        results = list(pool.map(header_of, objects))
+    items = [r for r in results if isinstance(r, Instance)]
+    left_out = [r for r in results if isinstance(r, dict)]
+    return build_manifest(items, guid), left_out
+
+
+def write_private_json(path: str | Path, document: Any) -> Path:
+    """Write JSON readable by its owner only (it holds presigned URLs), atomically."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(document, fh, indent=1)
+    os.replace(tmp, target)
+    return target

@@ -505,6 +505,36 @@ def head_sha256(client: Any, bucket: str, key: str) -> str | None:
     return (response.get("Metadata") or {}).get("sha256")
 
 
+def get_range(client: Any, bucket: str, key: str, length: int) -> tuple[bytes, int]:
+    """The first ``length`` bytes of an object and the object's full size."""
+    response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
+    body = response["Body"].read()
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    size = int(total) if total.isdigit() else int(response.get("ContentLength", len(body)))
+    return body, size
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """A whole object's bytes (for objects small enough to hold in memory)."""
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def put_derived(
+    client: Any, bucket: str, key: str, body: bytes, content_type: str, source_sha256: str | None
+) -> None:
+    """Store a picture made from an image (a thumbnail), checksummed by S3 like the images;
+    ``source-sha256`` records which image content it was made from."""
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ContentType=content_type,
+        ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+        Metadata={"source-sha256": source_sha256} if source_sha256 else {},
+    )
+
+
 def presign_get(client: Any, bucket: str, key: str, expires_in: int) -> str:
     """A presigned GET URL valid for ``expires_in`` seconds."""
     return client.generate_presigned_url(

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -72,6 +73,35 @@ class Manifest:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
+def xray_pixels(rows: int, cols: int, frames: int, noise: bytes, image_id: int) -> bytes:
+    """12-bit pixels that look like an intra-oral X-ray: a row of bright teeth with roots
+    and darker pulp on a dark, slightly graded background, plus ``noise`` (random bytes,
+    one 16-bit value per pixel) as sensor noise. Deterministic for the same arguments."""
+    shape = (frames, rows, cols)
+    rng = np.random.default_rng(image_id)
+    # Drawn at a quarter of the size, then enlarged: generating a demo stays quick.
+    small_rows, small_cols = -(-rows // 4), -(-cols // 4)
+    y = np.linspace(0.0, 1.0, small_rows)[:, None]
+    x = np.linspace(0.0, 1.0, small_cols)[None, :]
+    image = 500.0 + 400.0 * y + 0.0 * x  # soft tissue gets denser towards the jaw
+    teeth = int(rng.integers(3, 6))
+    for i in range(teeth):
+        cx = (i + 0.5) / teeth + rng.uniform(-0.03, 0.03)
+        half = 0.36 / teeth
+        crown = ((x - cx) / half) ** 2 + ((y - 0.33) / 0.2) ** 2 <= 1.0
+        root = (np.abs(x - cx) <= half * 0.55 * (1.15 - y)) & (y > 0.3) & (y < 0.92)
+        pulp = (np.abs(x - cx) <= half * 0.18) & (y > 0.3) & (y < 0.85)
+        image = np.where(crown | root, 2900.0 + 500.0 * (0.5 - y), image)
+        image = np.where(pulp & (crown | root), 1500.0, image)
+        if rng.random() < 0.4:  # a filling
+            filling = ((x - cx) / (half * 0.5)) ** 2 + ((y - 0.2) / 0.07) ** 2 <= 1.0
+            image = np.where(filling, 4000.0, image)
+    image = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)[:rows, :cols]
+    sensor = np.frombuffer(noise, dtype="<u2", count=rows * cols * frames).reshape(shape)
+    pixels = image[None, :, :] + (sensor.astype(np.float64) % 256.0) - 128.0
+    return np.clip(pixels, 0, 4095).astype("<u2").tobytes()
+
+
 def write_dicom(
     path: Path,
     *,
@@ -86,7 +116,7 @@ def write_dicom(
     cols: int,
     frames: int = 1,
 ) -> None:
-    """Write a real DICOM Part 10 file with 16-bit noise pixel data."""
+    """Write a real DICOM Part 10 file: 12 bits stored in 16, an X-ray-like picture."""
     sop_uid = generate_uid(entropy_srcs=[clinic_id, str(image_id), "sop"])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SOP_CLASS[modality]
@@ -117,7 +147,10 @@ def write_dicom(
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.PixelData = rng.randbytes(rows * cols * 2 * frames)
+    ds.WindowCenter = 2048
+    ds.WindowWidth = 4096
+    noise = rng.randbytes(rows * cols * 2 * frames)
+    ds.PixelData = xray_pixels(rows, cols, frames, noise, image_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 

@@ -1,0 +1,168 @@
+"""Render a DICOM image to a small JPEG or PNG: thumbnails in S3 and local previews.
+
+One renderer for every picture pdata-sync makes (docs/viewer.md): the first frame, through
+the modality LUT (rescale slope/intercept), then the VOI LUT or window the file carries (else
+its own minimum to maximum), MONOCHROME1 inverted so bone is always light, colour kept as
+RGB, longest side at most ``max_side`` pixels. Pure: bytes in, bytes out.
+
+Compressed pixel data decodes through pydicom's plugins: Pillow (JPEG baseline, JPEG 2000),
+GDCM (JPEG lossless, JPEG-LS, JPEG 2000) and pydicom's own RLE decoder. 12-bit JPEG
+Extended needs pylibjpeg-libjpeg, which is GPLv3 and not installed: such files are reported
+as not renderable, like any other file that cannot be drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+THUMBNAIL_MAX_SIDE = 256
+JPEG_QUALITY = 85
+# A header declaring more than this per frame is refused before anything is decoded (a
+# full-mouth panoramic is about 3,000 x 1,500 = 4.5 million).
+MAX_PIXELS = 100_000_000
+
+
+class RenderError(Exception):
+    """The file cannot be drawn; the message says why (never a patient detail)."""
+
+
+def _first_frame(ds: pydicom.Dataset) -> np.ndarray:
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about padding and odd VRs
+            if frames > 1:
+                return np.asarray(pydicom.pixels.pixel_array(ds, index=0))
+            return np.asarray(ds.pixel_array)
+    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same here
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise RenderError(f"pixel data not decodable ({name}): {_brief(exc)}") from exc
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line (pydicom's plugin errors span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64, copy=False)
+    low, high = float(np.min(values)), float(np.max(values))
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise RenderError("pixel values are not finite")
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _first(value: Any) -> float:
+    """The first of a possibly multi-valued DS element, as a float."""
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        value = value[0]
+    return float(value)
+
+
+def _window(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """The file's first window (DICOM PS3.3 C.11.2.1.2, LINEAR or LINEAR_EXACT) to 0-255."""
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    if str(getattr(ds, "VOILUTFunction", "LINEAR")).strip() == "LINEAR_EXACT":
+        scaled = (values - center) / max(width, 1e-9) + 0.5
+    else:
+        scaled = (values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def grey_levels(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """8-bit display values of one monochrome frame: the modality LUT, then the file's VOI
+    LUT or window (else its own minimum to maximum), MONOCHROME1 inverted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        if "VOILUTSequence" in ds:
+            out = _to_8bit(np.asarray(apply_voi_lut(values, ds, index=0)))
+        elif "WindowCenter" in ds and "WindowWidth" in ds and _window_usable(ds):
+            out = _window(values, ds)
+        else:
+            out = _to_8bit(values)
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def _window_usable(ds: pydicom.Dataset) -> bool:
+    try:
+        _window(np.zeros(1), ds)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return str(getattr(ds, "VOILUTFunction", "LINEAR")).strip() in ("", "LINEAR", "LINEAR_EXACT")
+
+
+def render(data: bytes, *, max_side: int = THUMBNAIL_MAX_SIDE, fmt: str = "JPEG") -> bytes:
+    """The image in ``data`` (a DICOM Part 10 file) as JPEG or PNG bytes.
+
+    Raises :class:`RenderError` when the file is not DICOM, has no image or cannot be decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001
+        raise RenderError(f"not a readable DICOM file: {type(exc).__name__}") from exc
+    if "PixelData" not in ds:
+        raise RenderError("no pixel data (not an image)")
+    return render_dataset(ds, max_side=max_side, fmt=fmt)
+
+
+def render_dataset(ds: pydicom.Dataset, *, max_side: int, fmt: str = "JPEG") -> bytes:
+    """Like :func:`render`, for a dataset already read (pixel data included)."""
+    try:
+        return _render_dataset(ds, max_side, fmt)
+    except RenderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed header must not stop a sync
+        raise RenderError(f"cannot draw this image: {type(exc).__name__}: {_brief(exc)}") from exc
+
+
+def _render_dataset(ds: pydicom.Dataset, max_side: int, fmt: str) -> bytes:
+    pixels_declared = int(getattr(ds, "Rows", 0) or 0) * int(getattr(ds, "Columns", 0) or 0)
+    if pixels_declared > MAX_PIXELS:
+        raise RenderError(f"image too large to draw: {pixels_declared} pixels per frame")
+    pixels = _first_frame(ds)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).strip()
+    if samples == 1 and photometric == "PALETTE COLOR":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = np.asarray(apply_color_lut(pixels, ds))
+        samples = 3
+    if samples == 1:
+        if pixels.ndim != 2:
+            raise RenderError(f"unexpected pixel array shape {pixels.shape}")
+        image = Image.fromarray(grey_levels(ds, pixels), mode="L")
+    elif samples == 3 and pixels.ndim == 3 and pixels.shape[-1] == 3:
+        # pydicom returns RGB (YBR converted); scale other bit depths to 8 bits.
+        rgb = pixels if pixels.dtype == np.uint8 else _to_8bit(pixels)
+        image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    else:
+        raise RenderError(f"unsupported image: {samples} samples per pixel")
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    else:
+        image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def describe_image(data: bytes) -> dict[str, Any]:
+    """Width and height of a rendered JPEG/PNG (for tests and reports)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return {"format": image.format, "width": image.width, "height": image.height}
