@@ -350,6 +350,12 @@ class ClinicConfig(_Model):
     s3: S3Config
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    thumbnails: bool = Field(
+        True,
+        description="Make a 256-pixel JPEG of every newly uploaded image under "
+        "thumbnails/{patientGuid}/ (for viewers and previews). Images it cannot draw are "
+        "reported, never failed.",
+    )
     retire: Literal["move", "keep"] = Field(
         "move",
         description="Objects that no longer belong (patient remapped, image renamed, media "

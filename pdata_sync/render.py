@@ -27,6 +27,7 @@ JPEG_QUALITY = 85
 # A header declaring more than this per frame is refused before anything is decoded (a
 # full-mouth panoramic is about 3,000 x 1,500 = 4.5 million).
 MAX_PIXELS = 100_000_000
+LUT_MAX_ENTRIES = 1 << 20
 
 
 class RenderError(Exception):
@@ -83,15 +84,27 @@ def _window(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 def grey_levels(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     """8-bit display values of one monochrome frame: the modality LUT, then the file's VOI
     LUT or window (else its own minimum to maximum), MONOCHROME1 inverted."""
+    if pixels.dtype.kind in "iu" and pixels.size:
+        low, high = int(pixels.min()), int(pixels.max())
+        if high - low <= LUT_MAX_ENTRIES:
+            # Integer pixels: run the pipeline once per stored value, then look each pixel
+            # up (several times faster than running it per pixel; same result, as the
+            # minimum and maximum are among the stored values).
+            table = _display(ds, np.arange(low, high + 1, dtype=np.int64))
+            return table[np.subtract(pixels, low, dtype=np.int64)]
+    return _display(ds, pixels)
+
+
+def _display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        values = apply_modality_lut(stored, ds)
         if "VOILUTSequence" in ds:
             out = _to_8bit(np.asarray(apply_voi_lut(values, ds, index=0)))
         elif "WindowCenter" in ds and "WindowWidth" in ds and _window_usable(ds):
-            out = _window(values, ds)
+            out = _window(np.asarray(values, dtype=np.float64), ds)
         else:
-            out = _to_8bit(values)
+            out = _to_8bit(np.asarray(values))
     if str(getattr(ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         out = 255 - out
     return out

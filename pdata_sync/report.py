@@ -39,6 +39,8 @@ class BatchReport:
     failed: tuple[Problem, ...] = ()
     notes: tuple[Problem, ...] = ()  # archived, but worth telling (e.g. pixel data cut short)
     fatal: str | None = None  # the first reason the set-up is wrong; the run must stop
+    thumbnails_made: int = 0
+    thumbnails_not_made: tuple[Problem, ...] = ()
 
     @classmethod
     def of(cls, outcomes: Iterable[Outcome]) -> BatchReport:
@@ -52,6 +54,10 @@ class BatchReport:
             failed=tuple(Problem(o.path, o.reason) for o in outcomes if o.status == FAILED),
             notes=tuple(Problem(o.path, o.note) for o in outcomes if o.note),
             fatal=next((o.reason for o in outcomes if o.fatal), None),
+            thumbnails_made=sum(o.thumbnail == "made" for o in outcomes),
+            thumbnails_not_made=tuple(
+                Problem(o.path, o.thumbnail) for o in outcomes if o.thumbnail not in ("", "made")
+            ),
         )
 
 
@@ -83,6 +89,8 @@ class RunSummary:
     retired: list[dict[str, str]] = field(default_factory=list)
     to_retire: list[dict[str, str]] = field(default_factory=list)
     retirement_fatal: str | None = None
+    thumbnails_made: int = 0
+    thumbnails_not_made: list[Problem] = field(default_factory=list)
 
     def add_retirement(self, report: RetireReport) -> None:
         self.retire_mode = report.mode
@@ -105,6 +113,8 @@ class RunSummary:
         self.rejected.extend(report.rejected)
         self.failed.extend(report.failed)
         self.notes.extend(report.notes)
+        self.thumbnails_made += report.thumbnails_made
+        self.thumbnails_not_made.extend(report.thumbnails_not_made)
 
     @property
     def ok(self) -> bool:
@@ -135,6 +145,10 @@ class RunSummary:
             "notes": _dedupe(self.notes),
             "retired": self.retired,
             "to_retire": self.to_retire,
+            "thumbnails": {
+                "made": self.thumbnails_made,
+                "not_made": _dedupe(self.thumbnails_not_made),
+            },
         }
 
     def counts_table(self) -> list[dict[str, Any]]:
@@ -155,6 +169,16 @@ class RunSummary:
                 "count": self.unchanged_by_catalog,
             },
             {"outcome": "batches", "reason": "upload task runs", "count": self.batches},
+            {
+                "outcome": "thumbnails",
+                "reason": "made for new images",
+                "count": self.thumbnails_made,
+            },
+            {
+                "outcome": "thumbnails",
+                "reason": "not made (image archived all the same; see the summary)",
+                "count": len(self.thumbnails_not_made),
+            },
             {"outcome": "retired", "reason": "moved to retired/", "count": len(self.retired)},
             {
                 "outcome": "to retire",

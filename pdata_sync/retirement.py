@@ -25,6 +25,7 @@ from .pdata import ImageFile, PatientFolder, Problem
 from .plan import PatientResolution, Plan
 from .s3_store import move_to_retired, retired_key
 from .sidexis_db import SKIP_PATIENT_DELETED, SKIP_PATIENT_NOT_IN_DB
+from .thumbnails import delete_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ def retire(
                     "retired-from": candidate.key,
                 },
             )
+            # the thumbnail goes with its image: nothing of it stays under a patient it
+            # may not belong to (derived data; a backfill can draw it again)
+            delete_thumbnail(client, bucket, candidate.key)
             if moved:
                 images.retire(candidate.key, target, candidate.reason, flow_run_id)
             else:

@@ -515,9 +515,11 @@ def get_range(client: Any, bucket: str, key: str, length: int) -> tuple[bytes, i
     return body, size
 
 
-def get_bytes(client: Any, bucket: str, key: str) -> bytes:
-    """A whole object's bytes (for objects small enough to hold in memory)."""
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+def get_bytes(client: Any, bucket: str, key: str) -> tuple[bytes, dict[str, str]]:
+    """A whole object's bytes and user metadata (for objects small enough to hold in
+    memory)."""
+    response = client.get_object(Bucket=bucket, Key=key)
+    return response["Body"].read(), dict(response.get("Metadata") or {})
 
 
 def put_derived(

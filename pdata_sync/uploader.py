@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -61,6 +62,7 @@ from .s3_store import (
     put_multipart,
     put_small,
 )
+from .thumbnails import SOURCE_MAX_BYTES, ThumbnailError, make_thumbnail
 from .triage import triage, trusted_keys, verified_unchanged
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Outcome:
     fatal: bool = False  # the set-up is wrong (e.g. access denied): the run must stop
     trusted: bool = False  # unchanged by the catalog alone: S3 was not asked this run
     note: str = ""  # archived byte for byte, but worth telling (the file's defect)
+    thumbnail: str = ""  # "made", or why no thumbnail was made; "" when none was tried
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,7 +247,12 @@ class BatchUploader:
             raise SourceChangedError("file changed while it was being uploaded")
         self._confirm(item, info, stored)
         return Outcome(
-            UPLOADED, item.rel_path, item.key, bytes=len(data), note=info.header.defect or ""
+            UPLOADED,
+            item.rel_path,
+            item.key,
+            bytes=len(data),
+            note=info.header.defect or "",
+            thumbnail=self._thumbnail(item, lambda: data, info.sha256, len(data)),
         )
 
     def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
@@ -265,8 +273,31 @@ class BatchUploader:
         )
         self._confirm(item, info, stored)
         return Outcome(
-            UPLOADED, item.rel_path, item.key, bytes=before.st_size, note=header.defect or ""
+            UPLOADED,
+            item.rel_path,
+            item.key,
+            bytes=before.st_size,
+            note=header.defect or "",
+            thumbnail=self._thumbnail(item, path.read_bytes, info.sha256, before.st_size),
         )
+
+    def _thumbnail(self, item: PlannedImage, read: Callable[[], bytes], sha: str, size: int) -> str:
+        """Make the verified image's thumbnail from ``read()``: "made", or why not ("" when
+        switched off). Never raises: the image is archived whatever happens here."""
+        if not self.config.thumbnails:
+            return ""
+        if size > SOURCE_MAX_BYTES:
+            return (
+                f"image of {size // MB} MB is larger than the "
+                f"{SOURCE_MAX_BYTES // MB} MB drawn for thumbnails"
+            )
+        try:
+            make_thumbnail(self.client, self.config.s3.bucket, item.key, read(), sha)
+        except ThumbnailError as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - never the image's failure
+            return f"thumbnail not made: {describe(exc)}"
+        return "made"
 
     def _info(
         self, item: PlannedImage, size: int, mtime_ns: int, sha: str, header: DicomHeader

@@ -16,6 +16,7 @@ from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.errors import ConfigError, InvalidRequestError
+from pdata_sync.keys import thumbnail_key
 from tests.conftest import BUCKET, load_mapping, make_clinic
 
 
@@ -100,8 +101,12 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
     summary = state.result()
     assert summary["uploaded"] == len(clinic.expected)
     assert summary["skipped"] == clinic.skipped
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    listed = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    keys = {o["Key"] for o in listed if o["Key"].startswith("images/")}
     assert len(keys) == len(clinic.expected)
+    # every new image got its thumbnail, and nothing else was written
+    assert summary["thumbnails"] == {"made": len(keys), "not_made": []}
+    assert {o["Key"] for o in listed} - keys == {thumbnail_key(k) for k in keys}
 
     flow_run_id = state.state_details.flow_run_id
     artifacts = {a.key: a for a in artifacts_of(flow_run_id) if a.key}
@@ -109,6 +114,8 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     uploaded_row = next(r for r in rows if r["outcome"] == "uploaded")
     assert uploaded_row["count"] == len(clinic.expected)
+    thumbnail_rows = [r["count"] for r in rows if r["outcome"] == "thumbnails"]
+    assert thumbnail_rows == [len(clinic.expected), 0]
     problems = artifacts[f"sync-problems-{clinic.clinic_id}"].data
     for path in clinic.rejected_paths:
         assert path in problems

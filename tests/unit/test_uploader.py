@@ -6,13 +6,16 @@ import random
 from pathlib import Path
 
 import boto3
+import pydicom
 import pytest
 from moto import mock_aws
 
 from pdata_sync.config import parse_config
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.keys import decode_name_from_metadata
+from pdata_sync.keys import decode_name_from_metadata, thumbnail_key
 from pdata_sync.plan import PlannedImage
+from pdata_sync.render import render
+from pdata_sync.report import BatchReport
 from pdata_sync.s3_store import METADATA_KEYS, make_client
 from pdata_sync.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, BatchUploader
 
@@ -20,9 +23,10 @@ G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
 
 
-def config(root: Path, bucket: str = "dental-images", **transfer):
+def config(root: Path, bucket: str = "dental-images", thumbnails: bool = True, **transfer):
     return parse_config(
         {
+            "thumbnails": thumbnails,
             "clinic_id": "c-1",
             "pdata_root": str(root),
             "database": {"url": "sqlite:////nonexistent.db", "schema": None},
@@ -117,7 +121,8 @@ def test_bad_files_rejected_unreadable_ones_failed_and_the_rest_goes_on(tmp_path
     assert out[3].status == FAILED and "FileNotFoundError" in out[3].reason
     assert out[3].reason.startswith("cannot read the file")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dental-images").get("Contents", [])]
-    assert keys == [items[2].key]
+    assert keys == [items[2].key, thumbnail_key(items[2].key)]
+    assert [o.thumbnail for o in out] == ["", "", "made", ""]
 
 
 def test_multipart_for_large_files_round_trips_and_is_unchanged_after(tmp_path, s3):
@@ -127,7 +132,7 @@ def test_multipart_for_large_files_round_trips_and_is_unchanged_after(tmp_path, 
     items = [item("P_1/0000_7.dcm", G1, 7)]
     up = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer))
     assert up.upload_batch(items)[0].status == UPLOADED
-    listed = s3.list_objects_v2(Bucket="dental-images")["Contents"][0]
+    listed = s3.list_objects_v2(Bucket="dental-images", Prefix="images/")["Contents"][0]
     assert listed["ETag"].strip('"').endswith("-2")
     body = s3.get_object(Bucket="dental-images", Key=items[0].key)["Body"].read()
     assert body == path.read_bytes()
@@ -326,3 +331,56 @@ def test_pixel_data_cut_short_is_archived_byte_for_byte_noted_and_flagged(tmp_pa
     assert flags == {items[0].key: out[0].note, items[1].key: None}
     assert {r.state for r in rows_of.lookup([i.key for i in items]).values()} == {VERIFIED}
     catalog.close()
+
+
+def thumbnail_of(s3, key: str) -> dict:
+    got = s3.get_object(Bucket="dental-images", Key=thumbnail_key(key))
+    return {"type": got["ContentType"], "meta": got["Metadata"], "body": got["Body"].read()}
+
+
+def test_new_image_gets_a_thumbnail_drawn_from_its_content(tmp_path, s3):
+    cfg = config(tmp_path)
+    path = dcm(tmp_path, "P_1/0000_5.dcm", 5)
+    items = [item("P_1/0000_5.dcm", G1, 5)]
+    [outcome] = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert outcome.thumbnail == "made"
+    thumb = thumbnail_of(s3, items[0].key)
+    assert thumb["type"] == "image/jpeg"
+    assert thumb["body"] == render(path.read_bytes())
+    assert thumb["meta"]["source-sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_multipart_image_gets_a_thumbnail_of_its_first_frame(tmp_path, s3):
+    cfg = config(tmp_path, multipart_threshold_mb=5, part_size_mb=5)
+    path = dcm(tmp_path, "P_1/0000_7.dcm", 7, frames=700)
+    items = [item("P_1/0000_7.dcm", G1, 7)]
+    [outcome] = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert outcome.status == UPLOADED and outcome.thumbnail == "made"
+    assert thumbnail_of(s3, items[0].key)["body"] == render(path.read_bytes())
+
+
+def test_image_that_cannot_be_drawn_is_archived_and_its_thumbnail_reported(tmp_path, s3):
+    cfg = config(tmp_path)
+    path = dcm(tmp_path, "P_1/0000_8.dcm", 8)
+    ds = pydicom.dcmread(path)
+    del ds.BitsAllocated  # DICOM enough to archive, not enough to draw
+    ds.save_as(path)
+    items = [item("P_1/0000_8.dcm", G1, 8)]
+    [outcome] = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert outcome.status == UPLOADED
+    assert outcome.thumbnail.startswith("thumbnail not made:")
+    assert "Bits Allocated" in outcome.thumbnail
+    report = BatchReport.of([outcome])
+    assert report.thumbnails_made == 0
+    assert [p.path for p in report.thumbnails_not_made] == ["P_1/0000_8.dcm"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dental-images")["Contents"]]
+    assert keys == [items[0].key]
+
+
+def test_thumbnails_switched_off_makes_none(tmp_path, s3):
+    cfg = config(tmp_path, thumbnails=False)
+    dcm(tmp_path, "P_1/0000_9.dcm", 9)
+    items = [item("P_1/0000_9.dcm", G1, 9)]
+    [outcome] = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert outcome.status == UPLOADED and outcome.thumbnail == ""
+    assert "Contents" not in s3.list_objects_v2(Bucket="dental-images", Prefix="thumbnails/")
