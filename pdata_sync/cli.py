@@ -1,4 +1,5 @@
-"""Command line: ``pdata-sync sync | retrieve | verify | check-config | demo``.
+"""Command line: ``pdata-sync sync | retrieve | view | verify | thumbnails | check-config |
+demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
@@ -137,6 +138,43 @@ def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseExcepti
     from flows.verify import verify_clinic
 
     return _outcome(verify_clinic(config=config, return_state=True))
+
+
+def run_thumbnails(
+    config: ClinicConfig, guid: str | None, redo: bool
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``make-thumbnails`` flow; return (report, error)."""
+    _prepare_prefect_env()
+    from flows.thumbnails import make_thumbnails
+
+    return _outcome(make_thumbnails(config=config, patient_guid=guid, redo=redo, return_state=True))
+
+
+def cmd_thumbnails(args: argparse.Namespace) -> int:
+    from .retrieval import validate_guid
+
+    try:
+        config = load_config(args.config)
+        if args.patient_guid is not None:
+            validate_guid(args.patient_guid)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    _, code = _run_and_print(
+        args,
+        "thumbnails",
+        lambda: run_thumbnails(config, args.patient_guid, args.redo),
+        _print_backfill,
+    )
+    return EXIT_OK if code is None else code
+
+
+def _print_backfill(report: dict[str, Any]) -> None:
+    print(
+        f"clinic {report['clinic_id']}: {report['images']} images, {report['made']} "
+        f"thumbnails made, {report['present']} already there"
+    )
+    for item in report["not_made"]:
+        print(f"  not made: {item['key']}: {item['reason']}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -394,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="clinic config YAML file")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "thumbnails", help="make the missing thumbnails of archived images (reads S3 only)"
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument("--patient-guid", help="only this patient's images")
+    p.add_argument("--redo", action="store_true", help="draw every thumbnail again")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_thumbnails)
 
     p = sub.add_parser("check-config", help="validate a clinic config file and exit")
     p.add_argument("--config", required=True)

@@ -6,7 +6,9 @@ a ``dicomweb:`` URL it GETs whole (a presigned S3 URL). Headers come from a rang
 start of each object, so nothing but S3 is needed: no catalog, no PDATA, no database.
 
 PatientID is the patientGuid, whatever the file says: the Sidexis patient id inside the file
-is not published. Nothing is added that the image does not carry itself.
+is not published, nor are the patient's name and birth date (the viewer identifies the
+patient by the patientGuid it was opened with). Nothing is added that the image does not
+carry itself.
 """
 
 from __future__ import annotations
@@ -55,13 +57,24 @@ INSTANCE_FIELDS = (
     "ContentDate",
     "ContentTime",
 )
+# Without these OHIF cannot place or draw an instance: such an object is left out of the
+# manifest and reported (it stays retrievable and downloadable).
+VIEWER_REQUIRED = (
+    "Rows",
+    "Columns",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+)
 STUDY_FIELDS = (
     "StudyInstanceUID",
     "StudyDate",
     "StudyTime",
     "StudyDescription",
     "AccessionNumber",
-    "PatientName",
 )
 SERIES_FIELDS = (
     "SeriesInstanceUID",
@@ -97,6 +110,11 @@ def parse_header(data: bytes, complete: bool) -> pydicom.Dataset | None:
     if not complete and stream.tell() >= len(data):
         return None
     return ds
+
+
+def missing_for_viewer(ds: pydicom.Dataset) -> list[str]:
+    """The header fields OHIF needs to draw the image that ``ds`` lacks."""
+    return [name for name in VIEWER_REQUIRED if ds.get(name) in (None, "")]
 
 
 def _json_value(value: Any) -> Any:

@@ -22,7 +22,7 @@ from .keys import (
     thumbnail_key,
     thumbnail_prefix,
 )
-from .manifest import HeaderError, Instance, build_manifest, read_header
+from .manifest import HeaderError, Instance, build_manifest, missing_for_viewer, read_header
 from .s3_store import RemoteObject, download, get_range, iter_prefix, list_prefix, presign_get
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -129,6 +129,9 @@ def patient_manifest(
             header = read_header(lambda n: get_range(client, s3.bucket, obj.key, n))
         except HeaderError as exc:
             return {"key": obj.key, "reason": str(exc)}
+        missing = missing_for_viewer(header)
+        if missing:
+            return {"key": obj.key, "reason": f"no {', '.join(missing)}: the viewer cannot draw it"}
         thumb = thumbnail_key(obj.key)
         return Instance(
             key=obj.key,
