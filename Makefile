@@ -17,7 +17,7 @@ BENCH_STAMP := .bench-venv/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock .ci/bootstrap
+$(STAMP): pyproject.toml requirements.lock .ci/bootstrap pdata_sync/ohif.py
 	PYTHON=$(PYTHON) bash .ci/bootstrap
 	touch $(STAMP)
 

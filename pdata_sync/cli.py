@@ -18,7 +18,9 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -302,6 +304,67 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return EXIT_OK if code is None else code
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve OHIF and the patient's manifest on 127.0.0.1 until interrupted."""
+    from .ohif import OhifMissing, locate
+    from .retrieval import patient_manifest, validate_expiry, validate_guid
+    from .viewer import ManifestSource, ViewerServer, cors_allows, first_url
+
+    try:
+        config = load_config(args.config)
+        guid = validate_guid(args.patient_guid)
+        presign = validate_expiry(args.presign)
+        ohif_dir = locate()
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    except OhifMissing as exc:
+        print(f"pdata-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from tasks.credentials import s3_client
+
+    client = s3_client(config.s3, config.transfer)
+
+    def build() -> dict[str, Any]:
+        return patient_manifest(client, config.s3, guid, presign)[0]
+
+    manifest, left_out = patient_manifest(client, config.s3, guid, presign)
+    for item in left_out:
+        print(f"pdata-sync: not shown: {item['key']}: {item['reason']}", file=sys.stderr)
+    url = first_url(manifest)
+    if url is None:
+        print(
+            f"pdata-sync: nothing to show: no viewable image under images/{guid}/", file=sys.stderr
+        )
+        return EXIT_FAILED
+    source = ManifestSource(build, presign)
+    source.prime(manifest)
+    try:
+        server = ViewerServer(ohif_dir, source, args.port)
+    except OSError as exc:
+        return _refuse(f"view: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+    if not cors_allows(url, server.origin):
+        server.stop()
+        return _refuse(
+            f"view: bucket {config.s3.bucket!r} does not allow GET from {server.origin} "
+            "(CORS), so the browser could not load the images; allow that origin on the "
+            "bucket (docs/viewer.md, CORS) or pick an allowed --port"
+        )
+    count = sum(len(s["instances"]) for st in manifest["studies"] for s in st["series"])
+    with server:
+        print(server.viewer_url, flush=True)
+        print(
+            f"pdata-sync: viewing {count} image(s) of patient {guid} on {server.origin} "
+            f"(images from S3, links valid {presign} s, renewed while serving); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -432,6 +495,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="clinic config YAML file")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "view", help="show a patient's images in OHIF, served on 127.0.0.1 (reads S3 only)"
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")
+    p.add_argument("--patient-guid", required=True, help="the patient's GUID (canonical UUID)")
+    p.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free)"
+    )
+    p.add_argument(
+        "--presign",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime of the image links (default 3600, at most 604800); renewed while "
+        "the viewer runs",
+    )
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser(
         "thumbnails", help="make the missing thumbnails of archived images (reads S3 only)"

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -79,8 +80,8 @@ def xray_pixels(rows: int, cols: int, frames: int, noise: bytes, image_id: int) 
     one 16-bit value per pixel) as sensor noise. Deterministic for the same arguments."""
     shape = (frames, rows, cols)
     rng = np.random.default_rng(image_id)
-    # Drawn at a quarter of the size, then enlarged: generating a demo stays quick.
-    small_rows, small_cols = -(-rows // 4), -(-cols // 4)
+    # Drawn at a quarter of the size, then enlarged smoothly: generating a demo stays quick.
+    small_rows, small_cols = max(2, -(-rows // 4)), max(2, -(-cols // 4))
     y = np.linspace(0.0, 1.0, small_rows)[:, None]
     x = np.linspace(0.0, 1.0, small_cols)[None, :]
     image = 500.0 + 400.0 * y + 0.0 * x  # soft tissue gets denser towards the jaw
@@ -88,15 +89,25 @@ def xray_pixels(rows: int, cols: int, frames: int, noise: bytes, image_id: int) 
     for i in range(teeth):
         cx = (i + 0.5) / teeth + rng.uniform(-0.03, 0.03)
         half = 0.36 / teeth
-        crown = ((x - cx) / half) ** 2 + ((y - 0.33) / 0.2) ** 2 <= 1.0
-        root = (np.abs(x - cx) <= half * 0.55 * (1.15 - y)) & (y > 0.3) & (y < 0.92)
-        pulp = (np.abs(x - cx) <= half * 0.18) & (y > 0.3) & (y < 0.85)
-        image = np.where(crown | root, 2900.0 + 500.0 * (0.5 - y), image)
-        image = np.where(pulp & (crown | root), 1500.0, image)
+        # a crown that narrows into a root, the pulp canal inside, enamel brighter on top
+        width = np.where(
+            y < 0.4,
+            half * np.sqrt(np.clip(1 - ((y - 0.3) / 0.2) ** 2, 0, 1)),
+            half * 0.85 * np.clip((0.92 - y) / 0.52, 0, 1) ** 0.8,
+        )
+        tooth = (np.abs(x - cx) <= width) & (y > 0.1) & (y < 0.92)
+        pulp = (np.abs(x - cx) <= width * 0.22) & (y > 0.3) & (y < 0.86)
+        image = np.where(tooth, 2600.0 + 900.0 * np.clip(0.45 - y, 0, 1), image)
+        image = np.where(pulp, 1400.0, image)
         if rng.random() < 0.4:  # a filling
             filling = ((x - cx) / (half * 0.5)) ** 2 + ((y - 0.2) / 0.07) ** 2 <= 1.0
             image = np.where(filling, 4000.0, image)
-    image = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)[:rows, :cols]
+    image = np.asarray(
+        Image.fromarray(image.astype(np.float32), mode="F").resize(
+            (cols, rows), Image.Resampling.BILINEAR
+        ),
+        dtype=np.float64,
+    )
     sensor = np.frombuffer(noise, dtype="<u2", count=rows * cols * frames).reshape(shape)
     pixels = image[None, :, :] + (sensor.astype(np.float64) % 256.0) - 128.0
     return np.clip(pixels, 0, 4095).astype("<u2").tobytes()
