@@ -40,6 +40,10 @@ def _prepare_prefect_env() -> None:
     # No phoning home from clinic machines (and its heartbeat contends for the ephemeral
     # server's SQLite lock).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a Prefect server configured, a run starts a temporary one; Prefect gives it
+    # 20 s, which a busy 2-core machine overran on a first `make demo` (it measured 13-18 s
+    # unloaded): wait longer rather than fail the run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 @contextlib.contextmanager
@@ -441,10 +445,16 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.view:
+        from .demo.run import VIEW_PORT, view_demo
+
+        return view_demo(workdir=args.workdir, port=VIEW_PORT if args.port is None else args.port)
     if args.serve:
         from .demo.serve import serve_demo
 
-        return serve_demo(workdir=args.workdir, fresh=args.fresh, port=args.port)
+        return serve_demo(
+            workdir=args.workdir, fresh=args.fresh, port=4200 if args.port is None else args.port
+        )
     from .demo.run import run_demo
 
     return run_demo(workdir=args.workdir, fresh=args.fresh)
@@ -557,7 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
         "started, until Ctrl-C (README, Operations)",
     )
     p.add_argument(
-        "--port", type=int, default=4200, help="Prefect UI/API port with --serve (default 4200)"
+        "--view",
+        action="store_true",
+        help="after a demo run: start its S3 server again and show the first demo patient's "
+        "X-rays in OHIF (pdata-sync view), until Ctrl-C",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="Prefect UI/API port with --serve (default 4200), viewer port with --view "
+        "(default 8765); 0: any free port",
     )
     p.set_defaults(func=cmd_demo)
     return parser

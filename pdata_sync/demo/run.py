@@ -70,6 +70,74 @@ def load_or_generate(work: Path, fresh: bool = False) -> Manifest:
     return manifest
 
 
+VIEW_PORT = 8765
+
+
+def view_instructions(workdir: str | Path, guid: str, port: int = VIEW_PORT) -> str:
+    """The lines the demo ends with: how to look at a demo patient's X-rays in OHIF."""
+    option = "" if str(workdir) == ".demo" else f" --workdir {workdir}"
+    return (
+        f"\nTo see patient {guid}'s X-rays in OHIF, run\n"
+        f"  .venv/bin/pdata-sync demo --view{option}\n"
+        "and open the address it prints. It starts the demo's S3 server again, allows the "
+        "viewer's origin on the bucket (CORS) and runs\n"
+        f"  pdata-sync view --config {Path(workdir) / 'clinic.yaml'} --patient-guid {guid} "
+        f"--port {port}\n"
+        "which works the same against any clinic's bucket (docs/viewer.md)."
+    )
+
+
+def allow_viewer_origin(client: Any, bucket: str, origin: str) -> None:
+    """Let a viewer served from ``origin`` GET the bucket's objects (CORS; docs/viewer.md)."""
+    client.put_bucket_cors(
+        Bucket=bucket,
+        CORSConfiguration={
+            "CORSRules": [
+                {
+                    "AllowedOrigins": [origin],
+                    "AllowedMethods": ["GET", "HEAD"],
+                    "AllowedHeaders": ["*"],
+                    "MaxAgeSeconds": 3600,
+                }
+            ]
+        },
+    )
+
+
+def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
+    """Start the demo's S3 server on its stored data and run ``pdata-sync view`` for the
+    demo's first patient until Ctrl-C. The demo must have run once (`make demo`)."""
+    from ..cli import EXIT_FAILED, main
+    from ..viewer import HOST
+
+    work = Path(workdir).resolve()
+    manifest_path = work / "clinic" / "manifest.json"
+    if not manifest_path.exists() or not (work / "s3").exists():
+        print(f"demo: nothing synced in {work} yet: run `make demo` first", file=sys.stderr)
+        return EXIT_FAILED
+    manifest = Manifest.load(manifest_path)
+    guid = manifest.expected[0]["patient_guid"]
+    if port == 0:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+    with SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:
+        os.environ.update(s3.env())
+        config_path = write_config(
+            work / "clinic.yaml",
+            manifest,
+            resolver_url="http://127.0.0.1:9/unused-by-view",
+            endpoint=s3.endpoint,
+            state_dir=work / "state",
+        )
+        allow_viewer_origin(s3.client(), BUCKET, f"http://{HOST}:{port}")
+        return main(
+            ["view", "--config", str(config_path), "--patient-guid", guid, "--port", str(port)]
+        )
+
+
 def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, run_retrieve, run_sync
 
@@ -113,4 +181,5 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
             f"rejected {len(summary['rejected'])}, failed {len(summary['failed'])}; "
             "run `make demo` again to see everything unchanged."
         )
+        print(view_instructions(workdir, guid))
         return EXIT_OK if not summary["failed"] else EXIT_FAILED
