@@ -219,7 +219,9 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
 
             objects = [
                 o
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+                for page in s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=BUCKET, Prefix="images/"
+                )
                 for o in page.get("Contents", [])
             ]
             assert len(objects) == len(clinic.expected)
