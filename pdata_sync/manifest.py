@@ -25,6 +25,18 @@ from pydicom.uid import generate_uid
 HEADER_FIRST_READ = 64 * 1024
 HEADER_MAX_READ = 8 * 1024 * 1024
 
+# Without these OHIF cannot place or draw an instance: such an object is left out of the
+# manifest and reported (it stays retrievable and downloadable).
+VIEWER_REQUIRED = (
+    "Rows",
+    "Columns",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+)
 # What OHIF's loader and its cornerstone image loader read from an instance (OHIF/Viewers
 # .scripts/dicom-json-generator.js), plus what its panels show.
 INSTANCE_FIELDS = (
@@ -34,14 +46,7 @@ INSTANCE_FIELDS = (
     "StudyInstanceUID",
     "Modality",
     "InstanceNumber",
-    "Rows",
-    "Columns",
-    "PhotometricInterpretation",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "SamplesPerPixel",
+    *VIEWER_REQUIRED,
     "PlanarConfiguration",
     "NumberOfFrames",
     "PixelSpacing",
@@ -56,18 +61,6 @@ INSTANCE_FIELDS = (
     "AcquisitionDate",
     "ContentDate",
     "ContentTime",
-)
-# Without these OHIF cannot place or draw an instance: such an object is left out of the
-# manifest and reported (it stays retrievable and downloadable).
-VIEWER_REQUIRED = (
-    "Rows",
-    "Columns",
-    "PhotometricInterpretation",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "SamplesPerPixel",
 )
 STUDY_FIELDS = (
     "StudyInstanceUID",

@@ -34,16 +34,25 @@ class ThumbnailError(Exception):
     """No thumbnail for this image; the message says why."""
 
 
+def too_large(size: int) -> str | None:
+    """Why an image of ``size`` bytes gets no thumbnail, or None when it may have one."""
+    if size <= SOURCE_MAX_BYTES:
+        return None
+    mb = 1024 * 1024
+    return (
+        f"image of {size // mb} MB is larger than the {SOURCE_MAX_BYTES // mb} MB drawn "
+        "for thumbnails"
+    )
+
+
 def make_thumbnail(
     client: Any, bucket: str, image_key: str, data: bytes, source_sha256: str | None
 ) -> str:
     """Draw ``data`` (the image at ``image_key``) and store its thumbnail; return its key.
     Raises :class:`ThumbnailError` (never anything else) when it cannot."""
-    if len(data) > SOURCE_MAX_BYTES:
-        raise ThumbnailError(
-            f"image of {len(data) // (1024 * 1024)} MB is larger than the "
-            f"{SOURCE_MAX_BYTES // (1024 * 1024)} MB drawn for thumbnails"
-        )
+    reason = too_large(len(data))
+    if reason:
+        raise ThumbnailError(reason)
     try:
         jpeg = render(data)
     except RenderError as exc:
@@ -106,11 +115,8 @@ def backfill(
     report.present = len(mine) - len(todo)
 
     def one(obj: Any) -> str | None:
-        if obj.size > SOURCE_MAX_BYTES:
-            return (
-                f"image of {obj.size // (1024 * 1024)} MB is larger than the "
-                f"{SOURCE_MAX_BYTES // (1024 * 1024)} MB drawn for thumbnails"
-            )
+        if reason := too_large(obj.size):
+            return reason
         try:
             data, metadata = get_bytes(client, s3.bucket, obj.key)
             make_thumbnail(client, s3.bucket, obj.key, data, metadata.get("sha256"))

@@ -62,7 +62,7 @@ from .s3_store import (
     put_multipart,
     put_small,
 )
-from .thumbnails import SOURCE_MAX_BYTES, ThumbnailError, make_thumbnail
+from .thumbnails import ThumbnailError, make_thumbnail, too_large
 from .triage import triage, trusted_keys, verified_unchanged
 
 log = logging.getLogger(__name__)
@@ -286,11 +286,8 @@ class BatchUploader:
         switched off). Never raises: the image is archived whatever happens here."""
         if not self.config.thumbnails:
             return ""
-        if size > SOURCE_MAX_BYTES:
-            return (
-                f"image of {size // MB} MB is larger than the "
-                f"{SOURCE_MAX_BYTES // MB} MB drawn for thumbnails"
-            )
+        if reason := too_large(size):
+            return reason
         try:
             make_thumbnail(self.client, self.config.s3.bucket, item.key, read(), sha)
         except ThumbnailError as exc:

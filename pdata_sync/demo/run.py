@@ -109,6 +109,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     demo's first patient until Ctrl-C. The demo must have run once (`make demo`)."""
     from ..cli import EXIT_FAILED, main
     from ..viewer import HOST
+    from .prefect_server import _free_port
 
     work = Path(workdir).resolve()
     manifest_path = work / "clinic" / "manifest.json"
@@ -118,11 +119,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     manifest = Manifest.load(manifest_path)
     guid = manifest.expected[0]["patient_guid"]
     if port == 0:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
+        port = _free_port()  # known before serving: the bucket's CORS rule names it
     with SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:
         os.environ.update(s3.env())
         config_path = write_config(

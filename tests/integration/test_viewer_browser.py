@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.run import write_config
+from pdata_sync.demo.prefect_server import _free_port
+from pdata_sync.demo.run import allow_viewer_origin, write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET, CLI, make_clinic, run_cli
 
@@ -41,29 +41,6 @@ CHROMIUM_ARGS = [
 ]
 # Where the test keeps its screenshot (docs/screenshots/viewer.png is one of these).
 SHOT_ENV = "PDATA_VIEWER_SCREENSHOT"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def allow_origin(client, origin: str) -> None:
-    """The bucket's CORS rule for the viewer, as the demo sets it (docs/viewer.md)."""
-    client.put_bucket_cors(
-        Bucket=BUCKET,
-        CORSConfiguration={
-            "CORSRules": [
-                {
-                    "AllowedOrigins": [origin],
-                    "AllowedMethods": ["GET", "HEAD"],
-                    "AllowedHeaders": ["*"],
-                    "MaxAgeSeconds": 600,
-                }
-            ]
-        },
-    )
 
 
 def grey(png: bytes) -> np.ndarray:
@@ -216,8 +193,8 @@ def test_view_refuses_a_bucket_whose_cors_does_not_allow_the_viewer(tmp_path, se
         endpoint=seaweed.endpoint,
         state_dir=tmp_path / "state",
     )
-    port = free_port()
-    allow_origin(client, "https://pacs.example.org")
+    port = _free_port()
+    allow_viewer_origin(client, BUCKET, "https://pacs.example.org")
     try:
         out = run_cli(
             ["view", "--config", str(config), "--patient-guid", guid, "--port", str(port)],
