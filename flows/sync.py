@@ -77,6 +77,14 @@ def _problems_markdown(summary: RunSummary) -> str:
         else:
             lines.append("none")
         lines.append("")
+    if data["orthanc"] is not None:
+        for label in ("rejected", "failed"):
+            items = data["orthanc"][label]
+            if items:
+                lines += [f"## {label.capitalize()} by Orthanc ({len(items)}; in S3 all the same)"]
+                lines += ["", "| path | reason |", "|---|---|"]
+                lines += [f"| `{p['path']}` | {p['reason'].replace('|', '/')} |" for p in items]
+                lines.append("")
     for label, entries in (("Retired", data["retired"]), ("To retire", data["to_retire"])):
         if entries:
             lines += [
@@ -161,7 +169,7 @@ def _sync(
     while (queue and not fatal) or in_flight:
         while queue and not fatal and len(in_flight) < config.transfer.parallel_batches:
             task, batch = queue.pop(0)
-            in_flight.append(task.submit(config, quote(batch)))
+            in_flight.append(task.submit(config, quote(batch), full_run))
         finished = next(as_completed(in_flight))
         in_flight.remove(finished)
         report = finished.result()
@@ -249,8 +257,24 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
         len(result["rejected"]),
         len(result["failed"]),
     )
+    if result["orthanc"] is not None:
+        logger.info(
+            "clinic %s in Orthanc: stored %d, already stored %d, unchanged %d, rejected %d, "
+            "failed %d",
+            config.clinic_id,
+            result["orthanc"]["stored"],
+            result["orthanc"]["already_stored"],
+            result["orthanc"]["unchanged"],
+            len(result["orthanc"]["rejected"]),
+            len(result["orthanc"]["failed"]),
+        )
     if fatal:
         raise ConfigError(fatal.removeprefix("not attempted: "))
     if not summary.ok:
-        return Failed(message=f"{len(result['failed'])} image(s) failed", data=result)
+        failures = [f"{len(result['failed'])} image(s) failed"] if result["failed"] else []
+        if result["orthanc"] is not None and result["orthanc"]["failed"]:
+            failures.append(
+                f"{len(result['orthanc']['failed'])} image(s) not stored in Orthanc (in S3)"
+            )
+        return Failed(message="; ".join(failures), data=result)
     return Completed(message="all images synced", data=result)

@@ -18,9 +18,9 @@ from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.s3_store import check_bucket
-from pdata_sync.verify import Drift, verify_catalog
-from tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock
-from tasks.credentials import s3_client
+from pdata_sync.verify import Drift, verify_catalog, verify_orthanc
+from tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock, open_catalog
+from tasks.credentials import orthanc_client, s3_client
 
 from .sync import artifact_key, clinic_run_name
 
@@ -29,13 +29,21 @@ from .sync import artifact_key, clinic_run_name
 def verify_task(config: ClinicConfig) -> Drift:
     client = s3_client(config.s3, config.transfer)
     check_bucket(client, config.s3.bucket)
-    return verify_catalog(
+    orthanc = None
+    if config.orthanc is not None:
+        orthanc = orthanc_client(config.orthanc)
+        orthanc.check()
+    drift = verify_catalog(
         clinic_images(config),
         client,
         config.s3.bucket,
         belongs_to_clinic(config),
         flow_run.get_id(),
     )
+    if config.orthanc is not None and orthanc is not None:
+        records = open_catalog(config).orthanc(config.clinic_id, config.orthanc.url)
+        verify_orthanc(records, orthanc, drift, config.orthanc.concurrency)
+    return drift
 
 
 def _verify_run_name() -> str:
@@ -65,6 +73,13 @@ def verify_clinic(config: ClinicConfig) -> Any:
         len(result["unknown"]),
         len(result["unverified"]),
     )
+    if result["orthanc"] is not None:
+        get_run_logger().info(
+            "clinic %s in Orthanc: %d recorded as held, %d missing",
+            config.clinic_id,
+            result["orthanc"]["checked"],
+            len(result["orthanc"]["missing"]),
+        )
     create_table_artifact(
         key=artifact_key("verify", config.clinic_id),
         table=[
@@ -73,6 +88,14 @@ def verify_clinic(config: ClinicConfig) -> Any:
             {"finding": "changed in S3", "count": len(result["changed"])},
             {"finding": "unknown object", "count": len(result["unknown"])},
             {"finding": "not yet verified", "count": len(result["unverified"])},
+            *(
+                [
+                    {"finding": "held by Orthanc", "count": result["orthanc"]["checked"]},
+                    {"finding": "missing in Orthanc", "count": len(result["orthanc"]["missing"])},
+                ]
+                if result["orthanc"] is not None
+                else []
+            ),
         ],
         description=f"Verify of clinic {config.clinic_id} against its catalog",
     )

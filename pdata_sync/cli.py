@@ -193,7 +193,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return code
     if not result["ok"]:
         drift = len(result["missing"]) + len(result["changed"]) + len(result["unknown"])
-        print(f"pdata-sync: {drift} object(s) differ from the catalog", file=sys.stderr)
+        if drift:
+            print(f"pdata-sync: {drift} object(s) differ from the catalog", file=sys.stderr)
+        if result["orthanc"] and result["orthanc"]["missing"]:
+            gone = len(result["orthanc"]["missing"])
+            print(
+                f"pdata-sync: {gone} image(s) recorded as stored in Orthanc are no longer "
+                "there (the next sync stores them again)",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -211,6 +219,10 @@ def _print_drift(result: dict[str, Any]) -> None:
         print(f"  unknown: {key}")
     for key in result["unverified"]:
         print(f"  not yet verified: {key}")
+    if result["orthanc"] is not None:
+        print(f"Orthanc: {result['orthanc']['checked']} images recorded as held, checked")
+        for key in result["orthanc"]["missing"]:
+            print(f"  missing in Orthanc: {key}")
 
 
 def _print_images(images: list[dict[str, Any]]) -> None:
@@ -237,6 +249,17 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
     for label in ("rejected", "failed"):
         for item in summary[label]:
             print(f"  {label}: {item['path']}: {item['reason']}", file=out)
+    orthanc = summary.get("orthanc")
+    if orthanc is not None:
+        print(
+            f"Orthanc: {orthanc['stored']} stored, {orthanc['already_stored']} already stored, "
+            f"{orthanc['unchanged']} unchanged, {len(orthanc['rejected'])} rejected, "
+            f"{len(orthanc['failed'])} failed",
+            file=out,
+        )
+        for label in ("rejected", "failed"):
+            for item in orthanc[label]:
+                print(f"  {label} by Orthanc: {item['path']}: {item['reason']}", file=out)
 
 
 @contextlib.contextmanager
@@ -283,6 +306,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return code
     if summary["failed"]:
         print(f"pdata-sync: {len(summary['failed'])} image(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    if summary["orthanc"] is not None and summary["orthanc"]["failed"]:
+        print(
+            f"pdata-sync: {len(summary['orthanc']['failed'])} image(s) not stored in Orthanc "
+            "(they are in S3; the next run tries Orthanc again)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 

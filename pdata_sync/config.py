@@ -340,6 +340,51 @@ class CatalogConfig(_Model):
         return _block_name(value)
 
 
+class OrthancConfig(_Model):
+    """Orthanc (a PACS) as a second destination: every image verified in S3 is stored there
+    too (docs/orthanc.md). Absent from a clinic's config: no Orthanc."""
+
+    url: str = Field(
+        description="Base URL of Orthanc's REST API, e.g. https://pacs.example.org:8042 (no "
+        "user or password in it)."
+    )
+    username: str | None = Field(
+        None,
+        description="Orthanc user (RegisteredUsers). Empty: Orthanc without authentication.",
+    )
+    password_secret_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the Orthanc password. Without it, "
+        "the PDATA_SYNC_ORTHANC_PASSWORD environment variable is used.",
+    )
+    verify_tls: bool = Field(True, description="Check Orthanc's TLS certificate (https).")
+    timeout_seconds: float = Field(
+        60, gt=0, le=3600, description="Seconds to wait for one Orthanc answer (then retried)."
+    )
+    concurrency: int = Field(4, ge=1, le=32, description="Orthanc requests at once in one task.")
+    max_attempts: int = Field(
+        4, ge=1, le=20, description="Tries per Orthanc request (5xx, timeouts, resets)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        _no_secret_in_http_url(value)
+        if not re.fullmatch(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL (no query or fragment)")
+        return value.rstrip("/")
+
+    @field_validator("username", mode="before")
+    @classmethod
+    def _empty_user(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("password_secret_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        return _block_name(value)
+
+
 class ClinicConfig(_Model):
     """Everything one clinic's sync needs (docs/product-rules.md §6)."""
 
@@ -350,6 +395,11 @@ class ClinicConfig(_Model):
     s3: S3Config
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    orthanc: OrthancConfig | None = Field(
+        None,
+        description="Orthanc as a second destination (url, username, password block). "
+        "Empty: images go to S3 only.",
+    )
     thumbnails: bool = Field(
         True,
         description="Make a 256-pixel JPEG of every newly uploaded image under "

@@ -11,6 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .orthanc_store import (
+    O_ALREADY_STORED,
+    O_FAILED,
+    O_REJECTED,
+    O_STORED,
+    O_UNCHANGED,
+    OrthancOutcome,
+)
 from .pdata import Problem
 from .retirement import RetireReport
 from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
@@ -21,6 +29,44 @@ def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
     for p in problems:
         seen.setdefault((p.path, p.reason), None)
     return [{"path": path, "reason": reason} for path, reason in sorted(seen)]
+
+
+@dataclass
+class OrthancCounts:
+    """What became of the images in Orthanc (the second destination)."""
+
+    stored: int = 0
+    already_stored: int = 0
+    unchanged: int = 0  # recorded as held with the same content: not sent
+    rejected: list[Problem] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, outcomes: Iterable[OrthancOutcome]) -> OrthancCounts:
+        outcomes = list(outcomes)
+        return cls(
+            stored=sum(o.status == O_STORED for o in outcomes),
+            already_stored=sum(o.status == O_ALREADY_STORED for o in outcomes),
+            unchanged=sum(o.status == O_UNCHANGED for o in outcomes),
+            rejected=[Problem(o.path, o.reason) for o in outcomes if o.status == O_REJECTED],
+            failed=[Problem(o.path, o.reason) for o in outcomes if o.status == O_FAILED],
+        )
+
+    def add(self, other: OrthancCounts) -> None:
+        self.stored += other.stored
+        self.already_stored += other.already_stored
+        self.unchanged += other.unchanged
+        self.rejected.extend(other.rejected)
+        self.failed.extend(other.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stored": self.stored,
+            "already_stored": self.already_stored,
+            "unchanged": self.unchanged,
+            "rejected": _dedupe(self.rejected),
+            "failed": _dedupe(self.failed),
+        }
 
 
 @dataclass(frozen=True)
@@ -41,11 +87,15 @@ class BatchReport:
     fatal: str | None = None  # the first reason the set-up is wrong; the run must stop
     thumbnails_made: int = 0
     thumbnails_not_made: tuple[Problem, ...] = ()
+    orthanc: OrthancCounts | None = None  # None: the clinic has no Orthanc
 
     @classmethod
-    def of(cls, outcomes: Iterable[Outcome]) -> BatchReport:
+    def of(
+        cls, outcomes: Iterable[Outcome], orthanc: Iterable[OrthancOutcome] | None = None
+    ) -> BatchReport:
         outcomes = list(outcomes)
         return cls(
+            orthanc=None if orthanc is None else OrthancCounts.of(orthanc),
             uploaded=sum(o.status == UPLOADED for o in outcomes),
             unchanged=sum(o.status == UNCHANGED for o in outcomes),
             unchanged_by_catalog=sum(o.status == UNCHANGED and o.trusted for o in outcomes),
@@ -91,6 +141,7 @@ class RunSummary:
     retirement_fatal: str | None = None
     thumbnails_made: int = 0
     thumbnails_not_made: list[Problem] = field(default_factory=list)
+    orthanc: OrthancCounts | None = None  # None: the clinic has no Orthanc
 
     def add_retirement(self, report: RetireReport) -> None:
         self.retire_mode = report.mode
@@ -115,11 +166,16 @@ class RunSummary:
         self.notes.extend(report.notes)
         self.thumbnails_made += report.thumbnails_made
         self.thumbnails_not_made.extend(report.thumbnails_not_made)
+        if report.orthanc is not None:
+            if self.orthanc is None:
+                self.orthanc = OrthancCounts()
+            self.orthanc.add(report.orthanc)
 
     @property
     def ok(self) -> bool:
-        """True when nothing failed (rejected bad input is reported, not a failure)."""
-        return not self.failed
+        """True when nothing failed, in S3 or in Orthanc (rejected bad input is reported,
+        not a failure)."""
+        return not self.failed and not (self.orthanc and self.orthanc.failed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +205,7 @@ class RunSummary:
                 "made": self.thumbnails_made,
                 "not_made": _dedupe(self.thumbnails_not_made),
             },
+            "orthanc": None if self.orthanc is None else self.orthanc.to_dict(),
         }
 
     def counts_table(self) -> list[dict[str, Any]]:
@@ -187,6 +244,27 @@ class RunSummary:
                 "count": len(self.to_retire),
             },
         ]
+        if self.orthanc is not None:
+            o = self.orthanc
+            rows += [
+                {"outcome": "orthanc", "reason": "stored (new in Orthanc)", "count": o.stored},
+                {
+                    "outcome": "orthanc",
+                    "reason": "already stored (Orthanc had it)",
+                    "count": o.already_stored,
+                },
+                {
+                    "outcome": "orthanc",
+                    "reason": "unchanged (recorded as held; not sent)",
+                    "count": o.unchanged,
+                },
+                {"outcome": "orthanc", "reason": "rejected by Orthanc", "count": len(o.rejected)},
+                {
+                    "outcome": "orthanc",
+                    "reason": "failed (in S3; Orthanc is tried again next run)",
+                    "count": len(o.failed),
+                },
+            ]
         rows += [
             {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())
         ]

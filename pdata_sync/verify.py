@@ -11,16 +11,22 @@ changed becomes *drifted* (CONTRADICT: the next sync uploads it again, however r
 was confirmed), a row whose object matches is confirmed again (RECONFIRM: ``checked_at``
 renewed; a drifted row whose object is back with the verified size and ETag is *verified*
 again). Only the rows of the configured destination (endpoint + bucket) are compared.
+
+When the clinic has an Orthanc, every image recorded as held there is looked up by its
+instance id (:func:`verify_orthanc`); one Orthanc no longer has is reported and marked
+*missing*, so the next sync stores it again.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import DRIFTED, VERIFIED, ClinicImages
+from .catalog import DRIFTED, VERIFIED, ClinicImages, OrthancRecords
+from .orthanc import OrthancClient
 from .s3_store import RemoteObject, list_patients
 
 LIST_WORKERS = 16
@@ -38,14 +44,16 @@ class Drift:
     changed: list[dict[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
+    orthanc_checked: int | None = None  # None: the clinic has no Orthanc
+    orthanc_missing: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.changed or self.unknown)
+        return not (self.missing or self.changed or self.unknown or self.orthanc_missing)
 
     @property
     def differences(self) -> int:
-        return len(self.missing) + len(self.changed) + len(self.unknown)
+        return len(self.missing) + len(self.changed) + len(self.unknown) + len(self.orthanc_missing)
 
     def table(self) -> list[dict[str, str]]:
         """One row per object that differs from the catalog (key, finding, reason)."""
@@ -57,6 +65,10 @@ class Drift:
         rows += [
             {"key": k, "finding": "unknown object", "reason": "no catalog row"}
             for k in sorted(self.unknown)
+        ]
+        rows += [
+            {"key": k, "finding": "missing in Orthanc", "reason": "stored there, now gone"}
+            for k in sorted(self.orthanc_missing)
         ]
         return rows
 
@@ -71,6 +83,9 @@ class Drift:
             "changed": sorted(self.changed, key=lambda c: c["key"]),
             "unknown": sorted(self.unknown),
             "unverified": sorted(self.unverified),
+            "orthanc": None
+            if self.orthanc_checked is None
+            else {"checked": self.orthanc_checked, "missing": sorted(self.orthanc_missing)},
         }
 
 
@@ -116,4 +131,20 @@ def verify_catalog(
         drift.unknown += [k for k in listing if k not in known[guid] and belongs(k)]
     images.reconfirm(confirmed, flow_run_id)
     images.contradict(drift.missing + [c["key"] for c in drift.changed], flow_run_id)
+    return drift
+
+
+def verify_orthanc(
+    records: OrthancRecords, client: OrthancClient, drift: Drift, concurrency: int
+) -> Drift:
+    """Ask Orthanc for every instance the catalog records it holds (``GET /instances/{id}``);
+    the ones it no longer has are reported and marked *missing* (Orthanc is only read)."""
+    held = records.held()
+    with ThreadPoolExecutor(max(1, min(concurrency, len(held) or 1))) as pool:
+        found = list(pool.map(lambda row: client.exists(row.instance_id), held))
+    present = [row.key for row, ok in zip(held, found, strict=True) if ok]
+    missing = [row.key for row, ok in zip(held, found, strict=True) if not ok]
+    records.checked(present, missing)
+    drift.orthanc_checked = len(held)
+    drift.orthanc_missing = missing
     return drift

@@ -1,5 +1,5 @@
-"""Secrets for a run: the database password and AWS keys, from Prefect blocks or the
-environment. Never from the config file; never logged."""
+"""Secrets for a run: the database, catalog and Orthanc passwords and AWS keys, from
+Prefect blocks or the environment. Never from the config file; never logged."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ import functools
 import os
 from typing import Any
 
-from pdata_sync.config import CatalogConfig, DatabaseConfig, S3Config, TransferConfig
+from pdata_sync.config import (
+    CatalogConfig,
+    DatabaseConfig,
+    OrthancConfig,
+    S3Config,
+    TransferConfig,
+)
 from pdata_sync.errors import ConfigError
+from pdata_sync.orthanc import OrthancClient
 from pdata_sync.s3_store import AwsKeys, make_client
 
 DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
 CATALOG_PASSWORD_ENV = "PDATA_SYNC_CATALOG_PASSWORD"
+ORTHANC_PASSWORD_ENV = "PDATA_SYNC_ORTHANC_PASSWORD"
 
 
 def _secret(block_name: str | None, field: str, env: str) -> str | None:
@@ -35,6 +43,21 @@ def database_password(cfg: DatabaseConfig) -> str | None:
 def catalog_password(cfg: CatalogConfig) -> str | None:
     """The catalog database's password: Secret block, else ``PDATA_SYNC_CATALOG_PASSWORD``."""
     return _secret(cfg.password_secret_block, "catalog.password_secret_block", CATALOG_PASSWORD_ENV)
+
+
+def orthanc_password(cfg: OrthancConfig) -> str | None:
+    """Orthanc's password: Secret block, else ``PDATA_SYNC_ORTHANC_PASSWORD``."""
+    return _secret(cfg.password_secret_block, "orthanc.password_secret_block", ORTHANC_PASSWORD_ENV)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_orthanc(cfg: OrthancConfig, password: str | None) -> OrthancClient:
+    return OrthancClient(cfg, password)
+
+
+def orthanc_client(cfg: OrthancConfig) -> OrthancClient:
+    """The process's Orthanc client for these settings and password (thread-safe pool)."""
+    return _cached_orthanc(cfg, orthanc_password(cfg))
 
 
 def aws_keys(cfg: S3Config) -> AwsKeys | None:

@@ -1,33 +1,73 @@
-"""Tasks on the S3 side: the bucket check and the upload of one batch of images."""
+"""Tasks on the destination side: the bucket (and Orthanc) check, and the upload of one
+batch of images to S3, then to Orthanc when the clinic has one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from pdata_sync.config import ClinicConfig
+from pdata_sync.errors import describe
+from pdata_sync.orthanc_store import O_FAILED, OrthancBatch, OrthancOutcome, verified_in_s3
 from pdata_sync.plan import PlannedImage
 from pdata_sync.report import BatchReport
-from pdata_sync.s3_store import check_bucket
-from pdata_sync.uploader import BatchUploader
+from pdata_sync.s3_store import check_bucket, get_bytes
+from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 
-from .catalog import clinic_images
-from .credentials import s3_client
+from .catalog import clinic_images, open_catalog
+from .credentials import orthanc_client, s3_client
 
 
 @task(name="check-bucket", cache_policy=NO_CACHE, persist_result=False)
 def check_destination(config: ClinicConfig) -> None:
-    """Fail fast if the bucket is missing or the credentials cannot reach it."""
+    """Fail fast if the bucket is missing or the credentials cannot reach it; the same for
+    the clinic's Orthanc, when it has one."""
     check_bucket(s3_client(config.s3, config.transfer), config.s3.bucket)
     get_run_logger().info("bucket %s is reachable", config.s3.bucket)
+    if config.orthanc is not None:
+        version = orthanc_client(config.orthanc).check()
+        get_run_logger().info("Orthanc %s at %s is reachable", version, config.orthanc.url)
+
+
+def store_in_orthanc(
+    config: ClinicConfig, outcomes: list[Outcome], retry_rejected: bool = False
+) -> list[OrthancOutcome]:
+    """Send the batch's images verified in S3 to the clinic's Orthanc."""
+    assert config.orthanc is not None
+    client = s3_client(config.s3, config.transfer)
+    images = clinic_images(config)
+    in_s3 = [o.key for o in outcomes if o.status in (UPLOADED, UNCHANGED)]
+    try:
+        verified = verified_in_s3(images, in_s3)
+    except Exception as exc:  # noqa: BLE001 - nothing sent without the catalog's word
+        reason = f"catalog: cannot read the verified rows: {describe(exc)}"
+        return [OrthancOutcome(o.key, o.path, O_FAILED, reason) for o in outcomes if o.key in in_s3]
+    batch = OrthancBatch(
+        orthanc_client(config.orthanc),
+        open_catalog(config).orthanc(config.clinic_id, config.orthanc.url),
+        Path(config.pdata_root),
+        lambda key: get_bytes(client, config.s3.bucket, key)[0],
+        flow_run.get_id(),
+    )
+    return batch.store(verified, config.orthanc.concurrency, retry_rejected)
 
 
 @task(name="upload-batch", cache_policy=NO_CACHE, persist_result=False)
-def upload_batch(config: ClinicConfig, batch: list[PlannedImage]) -> BatchReport:
+def upload_batch(
+    config: ClinicConfig, batch: list[PlannedImage], full_run: bool = False
+) -> BatchReport:
     """Upload one batch concurrently on one shared client; its counts and problems as data.
 
-    Every upload is recorded in the catalog and verified against what S3 reports."""
+    Every upload is recorded in the catalog and verified against what S3 reports; the
+    verified images then go to Orthanc when the clinic has one (a full run also sends again
+    what Orthanc rejected before)."""
     client = s3_client(config.s3, config.transfer)
     uploader = BatchUploader(config, client, clinic_images(config), flow_run.get_id())
-    return BatchReport.of(uploader.upload_batch(batch))
+    outcomes = uploader.upload_batch(batch)
+    in_orthanc = None
+    if config.orthanc is not None and not uploader.fatal:
+        in_orthanc = store_in_orthanc(config, outcomes, retry_rejected=full_run)
+    return BatchReport.of(outcomes, in_orthanc)

@@ -7,7 +7,8 @@ series and studies by the DICOM UIDs. Rows move through the states and named tra
 checksum of what it stores and they matched (docs/adr/0004), *drifted* when a listing later
 showed something else (docs/adr/0005), *retired* once moved out of ``images/`` because it
 no longer belongs (docs/adr/0007). A source that changes keeps its history
-(``image_history``); every state change is an ``image_events`` row with its flow run.
+(``image_history``); every state change is an ``image_events`` row with its flow run. What
+a second destination, Orthanc, holds is in ``orthanc_instances`` (:mod:`.orthanc`).
 
 SQLite (default, one file per worker) or PostgreSQL; the schema is created and upgraded by
 Alembic migrations (``pdata_sync/catalog_migrations``) when the catalog is opened.
@@ -23,6 +24,7 @@ from .database import Database, default_catalog_url
 from .destination import destination_of
 from .images import ClinicImages
 from .lock import ClinicLock, Holder
+from .orthanc import OrthancRecords, OrthancRow
 from .records import CatalogRow, PendingItem, Settled, SourceInfo, now
 from .schema import (
     HEAD_REVISION,
@@ -33,6 +35,7 @@ from .schema import (
     image_history,
     images,
     metadata,
+    orthanc_instances,
     series,
     studies,
 )
@@ -73,6 +76,10 @@ class Catalog(Database):
     def images(self, clinic_id: str, destination: str) -> ClinicImages:
         return ClinicImages(self, self.series, clinic_id, destination)
 
+    def orthanc(self, clinic_id: str, server: str) -> OrthancRecords:
+        """What the Orthanc at ``server`` holds of the clinic's images."""
+        return OrthancRecords(self, clinic_id, server)
+
     def lock(self, clinic_id: str, purpose: str, flow_run_id: str | None = None) -> ClinicLock:
         return ClinicLock(self, clinic_id, purpose, flow_run_id)
 
@@ -85,6 +92,8 @@ __all__ = [
     "LEGACY_DESTINATION",
     "MATCH",
     "MIGRATIONS",
+    "OrthancRecords",
+    "OrthancRow",
     "PENDING",
     "RETIRED",
     "STATES",
@@ -108,6 +117,7 @@ __all__ = [
     "images",
     "metadata",
     "now",
+    "orthanc_instances",
     "series",
     "studies",
 ]

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -113,6 +113,33 @@ image_events = sa.Table(
 )
 sa.Index(
     "ix_image_events_key", image_events.c.clinic_id, image_events.c.destination, image_events.c.key
+)
+
+# What Orthanc (a second destination) holds of an image: one row per clinic, Orthanc server
+# and S3 key, for the content (sha256) stored there; pdata_sync.catalog.orthanc.
+orthanc_instances = sa.Table(
+    "orthanc_instances",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("clinic_id", sa.String(64), nullable=False),
+    sa.Column("server", sa.String(1100), nullable=False),  # Orthanc's base URL
+    sa.Column("key", sa.String(1024), nullable=False),  # the image's S3 key
+    sa.Column("sha256", sa.String(64), nullable=False),  # the content Orthanc was given
+    sa.Column("instance_id", sa.String(44), nullable=True),
+    sa.Column("series_id", sa.String(44), nullable=True),
+    sa.Column("study_id", sa.String(44), nullable=True),
+    sa.Column("patient_id", sa.String(44), nullable=True),
+    # stored | already_stored | rejected (Orthanc's answer; ids empty when rejected) |
+    # missing (verify no longer found it)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(300), nullable=True),  # Orthanc's words for a rejection
+    sa.Column("stored_at", TS, nullable=False),
+    sa.Column("checked_at", TS, nullable=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.UniqueConstraint("clinic_id", "server", "key", name="uq_orthanc_clinic_server_key"),
+    sa.CheckConstraint(
+        "status IN ('stored', 'already_stored', 'rejected', 'missing')", name="ck_orthanc_status"
+    ),
 )
 
 # One row per clinic while a sync or verify of it runs (pdata_sync.catalog.lock).

@@ -34,6 +34,7 @@ def write_config(
     endpoint: str,
     state_dir: Path,
     resolver_batch_size: int = 10,
+    orthanc: dict[str, Any] | None = None,
     **transfer: object,
 ) -> Path:
     """A clinic config file for a generated clinic (the demo, the tests, the benchmarks):
@@ -46,6 +47,8 @@ def write_config(
         "s3": {"bucket": BUCKET, "region": "us-east-1", "endpoint_url": endpoint},
         "transfer": {"state_dir": str(state_dir), **transfer},
     }
+    if orthanc is not None:
+        data["orthanc"] = orthanc
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 

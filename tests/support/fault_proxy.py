@@ -74,6 +74,7 @@ class ProxyState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: int = 0
     faults_fired: int = 0
+    log: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of each request
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -121,8 +122,11 @@ class _Handler(socketserver.BaseRequestHandler):
         length = int(lower.get("content-length", "0") or 0)
         if lower.get("expect", "").lower() == "100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if proxy.on_request is not None:
+            proxy.on_request(method, target)
         with proxy.state.lock:
             proxy.state.requests += 1
+            proxy.state.log.append((method, target))
             fault = proxy.state.fault
             fire = fault is not None and fault.hits(method, target)
             if fire:
@@ -240,6 +244,8 @@ class FaultProxy:
         self.upstream_path = parts.path
         self.flavour = flavour
         self.state = ProxyState()
+        # called with (method, path) before each request is handled (e.g. to stop the server)
+        self.on_request: Callable[[str, str], None] | None = None
         self._server = self._Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

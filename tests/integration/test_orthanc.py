@@ -1,0 +1,258 @@
+"""Orthanc as a second destination (docs/orthanc.md), against a real Orthanc started here on
+127.0.0.1 with authentication on, a real SeaweedFS, resolver and Prefect server. The sync
+talks to Orthanc through a pass-through proxy that records every request, so "no call" is
+counted, not assumed."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pdata_sync.catalog import Catalog, default_catalog_url
+from pdata_sync.config import OrthancConfig
+from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.orthanc import OrthancClient, OrthancRejected, instance_ids
+from tests.conftest import (
+    BUCKET,
+    assert_exactly_expected,
+    load_mapping,
+    make_clinic,
+    run_cli,
+    stored_objects,
+)
+from tests.support.fault_proxy import FaultProxy
+
+pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed")
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    with OrthancServer(tmp_path / "orthanc") as server:
+        yield server
+
+
+@pytest.fixture
+def site(tmp_path, seaweed, prefect_server, orthanc):
+    """A small clinic syncing to SeaweedFS and, through a recording proxy, to Orthanc."""
+    clinic = make_clinic(tmp_path / "clinic", patients=8)
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    with ResolverServer(load_mapping(clinic)) as resolver, FaultProxy(orthanc.url) as proxy:
+
+        def configure(concurrency: int = 4, **transfer) -> Path:
+            return write_config(
+                tmp_path / "clinic.yaml",
+                clinic,
+                resolver_url=resolver.url,
+                endpoint=seaweed.endpoint,
+                state_dir=tmp_path / "state",
+                orthanc={
+                    "url": proxy.url,
+                    "username": orthanc.user,
+                    "max_attempts": 2,
+                    "concurrency": concurrency,
+                },
+                **transfer,
+            )
+
+        env = {
+            **prefect_server.env(),
+            **seaweed.env(),
+            "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password,
+        }
+        yield clinic, client, proxy, configure, env, tmp_path
+    empty_bucket(client, BUCKET)
+
+
+def sync(config: Path, env: dict, *extra: str):
+    out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
+    assert out.stdout, out.stderr[-3000:]
+    return out.returncode, json.loads(out.stdout)
+
+
+def orthanc_ids_of(objects: dict[str, bytes]) -> dict[str, str]:
+    """S3 key -> the instance id Orthanc must give that object's content."""
+    ids = {}
+    for key, data in objects.items():
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ids[key] = instance_ids(
+            str(ds.get("PatientID", "")),
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+        ).instance_id
+    return ids
+
+
+def recorded(tmp_path: Path, clinic, server: str):
+    catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
+    try:
+        return {r.key: r for r in catalog.orthanc(clinic.clinic_id, server).held()}
+    finally:
+        catalog.close()
+
+
+def drop_study_uid(path: Path) -> None:
+    """A DICOM file S3 archives but Orthanc refuses (it needs the StudyInstanceUID)."""
+    ds = pydicom.dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+
+
+def test_sync_stores_every_image_in_orthanc_once(site, orthanc):
+    clinic, client, proxy, configure, env, tmp_path = site
+    paths = [e["path"] for e in clinic.expected]
+    first = next(e for e in clinic.expected if paths.count(e["path"]) == 1)  # one key only
+    drop_study_uid(Path(clinic.pdata_root, first["path"]))
+    config = configure()
+
+    code, summary = sync(config, env)
+    assert code == 0, summary
+    assert summary["failed"] == []
+    assert_exactly_expected(client, clinic)  # S3 first, complete
+    objects = stored_objects(client)
+    prefix = f"images/{first['patient_guid']}/{clinic.clinic_id}_{first['image_id']}_"
+    (refused_key,) = (k for k in objects if k.startswith(prefix))
+    ids = orthanc_ids_of({k: v for k, v in objects.items() if k != refused_key})
+    # a file archived under two patientGuids (a patient with two CardIds) is one instance
+    distinct = set(ids.values())
+    assert len(distinct) < len(ids)
+    assert summary["orthanc"]["stored"] == len(distinct)
+    assert summary["orthanc"]["already_stored"] == len(ids) - len(distinct)
+    assert summary["orthanc"]["failed"] == []
+    assert summary["orthanc"]["rejected"] == [
+        {"path": first["path"], "reason": "refused by Orthanc: Inexistent tag"}
+    ]
+    # Orthanc holds exactly the S3 objects, under the ids their tags give
+    assert sorted(orthanc.instances()) == sorted(distinct)
+    rows = recorded(tmp_path, clinic, proxy.url)
+    assert {k: r.instance_id for k, r in rows.items()} == ids
+    assert sorted(r.status for r in rows.values()).count("stored") == len(distinct)
+    assert all(r.series_id and r.study_id and r.patient_id for r in rows.values())
+    posts = [p for m, p in proxy.state.log if m == "POST"]
+    assert posts == ["/instances"] * len(objects)
+
+    # a second run with nothing new: the credential check, and not one call per image
+    proxy.state.log.clear()
+    code, again = sync(config, env)
+    assert code == 0, again
+    assert again["uploaded"] == 0
+    assert again["orthanc"]["unchanged"] == len(objects) - 1
+    assert again["orthanc"]["stored"] == again["orthanc"]["already_stored"] == 0
+    assert [r["path"] for r in again["orthanc"]["rejected"]] == [first["path"]]
+    assert proxy.state.log == [("GET", "/system")]
+
+    # a full run sends what Orthanc rejected again (and only that)
+    proxy.state.log.clear()
+    code, full = sync(config, env, "--full")
+    assert code == 0, full
+    assert [m for m, _ in proxy.state.log].count("POST") == 1
+    assert full["orthanc"]["unchanged"] == len(objects) - 1
+
+
+def test_wrong_credentials_stop_the_run_before_any_work(site, orthanc):
+    clinic, client, proxy, configure, env, _ = site
+    config = configure()
+    out = run_cli(
+        ["sync", "--config", str(config), "--json"],
+        {**env, "PDATA_SYNC_ORTHANC_PASSWORD": "not-the-password"},
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("pdata-sync:")]
+    assert lines == [
+        f"pdata-sync: orthanc: Orthanc at {proxy.url} refused the credentials (user "
+        f"'{orthanc.user}', 401); check orthanc.username and the password"
+    ]
+    assert "not-the-password" not in out.stderr + out.stdout
+    assert stored_objects(client) == {}  # refused before any upload
+    assert [m for m, _ in proxy.state.log] == ["GET"]
+
+
+def test_orthanc_down_mid_run_then_back(site, orthanc):
+    """S3 stays complete when Orthanc stops; the next run fills Orthanc; verify reports an
+    instance deleted from Orthanc and the next sync stores it again."""
+    clinic, client, proxy, configure, env, tmp_path = site
+    config = configure(concurrency=1, batch_size=10, parallel_batches=1)
+    posts = []
+
+    def stop_at_fourth_post(method: str, path: str) -> None:
+        if method == "POST":
+            posts.append(path)
+            if len(posts) == 4:
+                orthanc.stop()
+
+    proxy.on_request = stop_at_fourth_post
+    code, summary = sync(config, env)
+    assert code == 1
+    assert summary["failed"] == []  # every image is in S3 and verified
+    assert_exactly_expected(client, clinic)
+    total = len(clinic.expected)
+    assert summary["orthanc"]["stored"] + summary["orthanc"]["already_stored"] == 3
+    failed_paths = {f["path"] for f in summary["orthanc"]["failed"]}  # listed once per file
+    paths = {e["path"] for e in clinic.expected}
+    assert failed_paths <= paths and len(failed_paths) >= len(paths) - 3
+    assert all("Orthanc" in f["reason"] for f in summary["orthanc"]["failed"])
+
+    proxy.on_request = None
+    orthanc.start()
+    code, again = sync(config, env)
+    assert code == 0, again
+    assert again["uploaded"] == 0
+    assert again["orthanc"]["stored"] + again["orthanc"]["already_stored"] == total - 3
+    assert again["orthanc"]["unchanged"] == 3
+    ids = orthanc_ids_of(stored_objects(client))
+    assert sorted(orthanc.instances()) == sorted(set(ids.values()))
+
+    # an instance deleted in Orthanc: verify reports it, the next sync puts it back
+    gone_key, gone_id = sorted(ids.items())[0]
+    with orthanc.http() as http:
+        assert http.delete(f"/instances/{gone_id}").status_code == 200
+    out = run_cli(["verify", "--config", str(config), "--json"], env)
+    assert out.returncode == 1, out.stderr[-2000:]
+    drift = json.loads(out.stdout)
+    assert drift["orthanc"] == {"checked": total, "missing": [gone_key]}
+    assert drift["missing"] == drift["changed"] == drift["unknown"] == []
+    code, third = sync(config, env)
+    assert code == 0, third
+    assert third["orthanc"]["stored"] == 1 and third["orthanc"]["unchanged"] == total - 1
+    assert sorted(orthanc.instances()) == sorted(set(ids.values()))
+
+
+def test_client_against_orthanc(orthanc):
+    """The REST calls on their own: ids known before the call, a non-DICOM body refused
+    with Orthanc's message, a preview, a missing instance."""
+    from pydicom.data import get_testdata_file
+
+    cfg = OrthancConfig(url=orthanc.url, username=orthanc.user)
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    expected = instance_ids(
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    with OrthancClient(cfg, orthanc.password) as client:
+        assert client.check() == "1.10.1"
+        first = client.store(data)
+        assert first.status == "Success"
+        assert first.instance_id == expected.instance_id
+        assert (first.series_id, first.study_id, first.patient_id) == (
+            expected.series_id,
+            expected.study_id,
+            expected.patient_id,
+        )
+        assert client.store(data).status == "AlreadyStored"
+        with pytest.raises(OrthancRejected, match="refused by Orthanc: Cannot parse an invalid"):
+            client.store(b"not a DICOM file at all")
+        png = client.preview(first.instance_id)
+        assert png is not None and png.startswith(b"\x89PNG")
+        assert client.exists(first.instance_id)
+        assert not client.exists("00000000-00000000-00000000-00000000-00000000")
+        assert client.preview("00000000-00000000-00000000-00000000-00000000") is None
+    with OrthancClient(cfg, "wrong") as client, pytest.raises(Exception, match="refused the cred"):
+        client.check()
