@@ -10,8 +10,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from pdata_sync.config import S3Config
+from pdata_sync.config import OrthancConfig, S3Config
 from pdata_sync.logsafety import protect_logs
+from pdata_sync.previews import write_previews
 from pdata_sync.retrieval import (
     DEFAULT_PRESIGN_SECONDS,
     list_patient_images,
@@ -20,7 +21,7 @@ from pdata_sync.retrieval import (
     validate_guid,
     write_private_json,
 )
-from tasks.credentials import s3_client
+from tasks.credentials import orthanc_client, s3_client
 
 
 @task(name="list-patient-images", cache_policy=NO_CACHE, persist_result=False)
@@ -41,6 +42,15 @@ def manifest_task(
     manifest, left_out = patient_manifest(s3_client(s3), s3, patient_guid, presign_seconds)
     write_private_json(manifest_path, manifest)
     return left_out
+
+
+@task(name="write-previews", cache_policy=NO_CACHE, persist_result=False)
+def previews_task(
+    s3: S3Config, patient_guid: str, previews_dir: str, orthanc: OrthancConfig | None
+) -> list[dict[str, str]]:
+    """One PNG per image: Orthanc's when the clinic has one, else drawn here."""
+    client = orthanc_client(orthanc) if orthanc is not None else None
+    return write_previews(s3_client(s3), s3, patient_guid, previews_dir, client)
 
 
 def found_images_table(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,6 +93,19 @@ _MANIFEST = Field(
     "long as the presigned URL lifetime, 3600 s if that is empty.",
     json_schema_extra={"title": "Viewer manifest file on the worker"},
 )
+_PREVIEWS = Field(
+    None,
+    description="Write one PNG preview per image into this folder on the worker (readable by "
+    "its owner only): Orthanc's preview when an Orthanc is given, else drawn on the worker.",
+    json_schema_extra={"title": "Preview folder on the worker"},
+)
+_ORTHANC = Field(
+    None,
+    description="The clinic's Orthanc, for previews (its password from the Secret block "
+    "named here, else PDATA_SYNC_ORTHANC_PASSWORD on the worker). Empty: previews are drawn "
+    "on the worker.",
+    json_schema_extra={"title": "Orthanc (previews)"},
+)
 
 
 @flow(name="retrieve-patient-images", persist_result=False)
@@ -92,9 +115,11 @@ def retrieve_patient_images(
     presign_seconds: int | None = _PRESIGN,
     download_dir: str | None = _DOWNLOAD,
     manifest_path: str | None = _MANIFEST,
+    previews_dir: str | None = _PREVIEWS,
+    orthanc: OrthancConfig | None = _ORTHANC,
 ) -> list[dict[str, Any]]:
-    """List every image under ``images/{patient_guid}/``; presign, download and/or write a
-    viewer manifest on request.
+    """List every image under ``images/{patient_guid}/``; presign, download, write a viewer
+    manifest and/or PNG previews on request.
 
     A patientGuid that is not a canonical UUID is refused before S3 is called.
     """
@@ -116,6 +141,26 @@ def retrieve_patient_images(
                 image["manifest_problem"] = reasons[image["key"]]
         for key, reason in reasons.items():
             logger.warning("left out of the viewer manifest: %s (%s)", key, reason)
+    if previews_dir is not None:
+        previews = {p["key"]: p for p in previews_task(s3, patient_guid, previews_dir, orthanc)}
+        for image in images:
+            preview = previews.get(image["key"], {})
+            if preview.get("file"):
+                image["preview"] = preview["file"]
+                image["preview_source"] = preview["source"]
+            elif preview:
+                image["preview_problem"] = preview.get("problem", "")
+            if preview.get("fallback"):
+                image["preview_fallback"] = preview["fallback"]
+        sources = sorted(p.get("source", "") for p in previews.values() if p.get("file"))
+        logger.info(
+            "patient %s: %d previews (%d from Orthanc, %d drawn here), %d not made",
+            patient_guid,
+            len(sources),
+            sources.count("orthanc"),
+            sources.count("local"),
+            len(previews) - len(sources),
+        )
     create_table_artifact(
         key="retrieve-patient-images",
         table=found_images_table(images)
@@ -125,6 +170,7 @@ def retrieve_patient_images(
             f"{'; presigned' if presign_seconds is not None else ''}"
             f"{'; downloaded on the worker' if download_dir is not None else ''}"
             f"{'; viewer manifest written on the worker' if manifest_path is not None else ''}"
+            f"{'; previews written on the worker' if previews_dir is not None else ''}"
             " (no URLs here: they are bearer credentials)"
         ),
     )

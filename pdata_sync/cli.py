@@ -122,6 +122,7 @@ def run_retrieve(
     presign: int | None,
     download: str | None,
     manifest: str | None = None,
+    previews: str | None = None,
 ) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
     """Run the ``retrieve-patient-images`` flow; return (images, error)."""
     _prepare_prefect_env()
@@ -133,6 +134,8 @@ def run_retrieve(
         presign_seconds=presign,
         download_dir=download,
         manifest_path=manifest,
+        previews_dir=previews,
+        orthanc=config.orthanc if previews else None,
         return_state=True,
     )
     return _outcome(state)
@@ -232,6 +235,10 @@ def _print_images(images: list[dict[str, Any]]) -> None:
             print(f"  {img['url']}")
         if img.get("manifest_problem"):
             print(f"  not in the viewer manifest: {img['manifest_problem']}")
+        if img.get("preview"):
+            print(f"  preview ({img['preview_source']}): {img['preview']}")
+        elif img.get("preview_problem"):
+            print(f"  no preview: {img['preview_problem']}")
     print(f"{len(images)} image(s)", file=sys.stderr)
 
 
@@ -330,7 +337,9 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     _, code = _run_and_print(
         args,
         "retrieve",
-        lambda: run_retrieve(config, args.patient_guid, args.presign, args.download, args.manifest),
+        lambda: run_retrieve(
+            config, args.patient_guid, args.presign, args.download, args.manifest, args.previews
+        ),
         _print_images,
     )
     if code is None and args.manifest:
@@ -525,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         metavar="FILE",
         help="write an OHIF DICOM JSON manifest (presigned URLs, --presign or 3600 s) to FILE",
+    )
+    p.add_argument(
+        "--previews",
+        metavar="DIR",
+        help="write one PNG preview per image into DIR: Orthanc's, when the clinic has one, "
+        "else drawn here",
     )
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)

@@ -19,6 +19,8 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc import OrthancClient, OrthancRejected, instance_ids
+from pdata_sync.previews import PREVIEW_MAX_SIDE
+from pdata_sync.render import render
 from tests.conftest import (
     BUCKET,
     assert_exactly_expected,
@@ -155,6 +157,37 @@ def test_sync_stores_every_image_in_orthanc_once(site, orthanc):
     assert code == 0, full
     assert [m for m, _ in proxy.state.log].count("POST") == 1
     assert full["orthanc"]["unchanged"] == len(objects) - 1
+
+    # previews: Orthanc's own where it holds the image, drawn here where it refused it
+    guid = first["patient_guid"]
+    out_dir = tmp_path / "previews"
+    got = run_cli(
+        [
+            "retrieve",
+            "--config",
+            str(config),
+            "--patient-guid",
+            guid,
+            "--previews",
+            str(out_dir),
+            "--json",
+        ],
+        env,
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    images = {i["key"]: i for i in json.loads(got.stdout)}
+    assert set(images) == {k for k in objects if k.startswith(f"images/{guid}/")}
+    with orthanc.http() as http:
+        for key, image in images.items():
+            png = Path(image["preview"]).read_bytes()
+            assert Path(image["preview"]).stat().st_mode & 0o077 == 0
+            if key == refused_key:
+                assert image["preview_source"] == "local"
+                assert image["preview_fallback"].endswith("(Orthanc needs StudyInstanceUID)")
+                assert png == render(objects[key], max_side=PREVIEW_MAX_SIDE, fmt="PNG")
+            else:
+                assert image["preview_source"] == "orthanc"
+                assert png == http.get(f"/instances/{ids[key]}/preview").content
 
 
 def test_wrong_credentials_stop_the_run_before_any_work(site, orthanc):
