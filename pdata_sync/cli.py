@@ -470,7 +470,7 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         import getpass
 
-        value = getpass.getpass(f"database password for block {args.name}: ")
+        value = getpass.getpass(f"{args.what} password for block {args.name}: ")
     else:
         value = sys.stdin.readline().rstrip("\r\n")
     if not value:
@@ -600,7 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_blocks_aws)
     b = bsub.add_parser("db-password", help="Secret block with the database password (stdin)")
     b.add_argument("--name", required=True, help="block name, e.g. clinic-001-sidexis-password")
-    b.set_defaults(func=cmd_blocks_db_password)
+    b.set_defaults(func=cmd_blocks_db_password, what="database")
+    b = bsub.add_parser("orthanc-password", help="Secret block with the Orthanc password (stdin)")
+    b.add_argument("--name", required=True, help="block name, e.g. clinic-001-orthanc-password")
+    b.set_defaults(func=cmd_blocks_db_password, what="Orthanc")
 
     p = sub.add_parser("demo", help="run a generated demo clinic end to end on this machine")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its data")

@@ -30,10 +30,16 @@ def orthanc_binary() -> str | None:
     return shutil.which("Orthanc")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class OrthancServer:
@@ -41,12 +47,13 @@ class OrthancServer:
     ``.http()`` (an authenticated client); ``stop()`` and ``start()`` again keep the data
     and the port."""
 
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, port: int = 0):
         self.data_dir = Path(data_dir)
         self.user = USER
         self.password = secrets.token_urlsafe(24)
-        self.port = 0
+        self.port = port  # 0: a free one
         self.proc: subprocess.Popen[bytes] | None = None
+        self.proc_started = False  # a restart keeps the port (and the data)
 
     @property
     def url(self) -> str:
@@ -60,7 +67,8 @@ class OrthancServer:
         if binary is None:
             raise RuntimeError("Orthanc is not installed (Debian: apt-get install orthanc)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or _free_port()
+        self.port = _free_port(self.port) if not self.proc_started else self.port
+        self.proc_started = True
         config = {
             "Name": "pdata-sync-test",
             "StorageDirectory": str(self.data_dir / "storage"),

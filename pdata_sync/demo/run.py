@@ -1,18 +1,20 @@
 """The README's first command: a demo clinic end to end on this machine.
 
 Generates the clinic once (PDATA of real DICOM files, a SQLite Sidexis database), starts a
-resolver and a real S3-compatible server on 127.0.0.1, runs the sync and a retrieval, prints
-the summaries, and stops what it started. Data persists in the work folder, so a second run
-shows everything unchanged.
+resolver, a real S3-compatible server and, when Debian's package is installed, Orthanc on
+127.0.0.1, runs the sync and a retrieval, prints the summaries, and stops what it started.
+Data persists in the work folder, so a second run shows everything unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import yaml
 
 from ..config import load_config
 from .generate import Manifest, generate_clinic
+from .orthanc_server import OrthancServer, orthanc_binary
 from .resolver_server import ResolverServer
 from .seaweed import SeaweedS3
 
@@ -138,6 +141,21 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
         )
 
 
+ORTHANC_PORT = 8042  # Orthanc's usual port, when free: the catalog knows Orthanc by its URL
+
+
+@contextlib.contextmanager
+def _orthanc(work: Path) -> Iterator[OrthancServer | None]:
+    """Orthanc for the demo when Debian's package is installed (its data kept in the work
+    folder, so a second demo finds it there), else None."""
+    if orthanc_binary() is None:
+        print("demo: Orthanc is not installed; syncing to S3 only", file=sys.stderr)
+        yield None
+        return
+    with OrthancServer(work / "orthanc", port=ORTHANC_PORT) as server:
+        yield server
+
+
 def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, run_retrieve, run_sync
 
@@ -145,17 +163,28 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
     manifest = load_or_generate(work, fresh)
     mapping = json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
 
-    with ResolverServer(mapping) as resolver, SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:
+    with (
+        ResolverServer(mapping) as resolver,
+        SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3,
+        _orthanc(work) as orthanc,
+    ):
         os.environ.update(s3.env())
+        if orthanc is not None:
+            os.environ["PDATA_SYNC_ORTHANC_PASSWORD"] = orthanc.password
         config_path = write_config(
             work / "clinic.yaml",
             manifest,
             resolver_url=resolver.url,
             endpoint=s3.endpoint,
             state_dir=work / "state",
+            orthanc=None if orthanc is None else {"url": orthanc.url, "username": orthanc.user},
         )
         config = load_config(config_path)
-        print(f"demo: resolver at {resolver.url}, S3 at {s3.endpoint}; syncing...", file=sys.stderr)
+        print(
+            f"demo: resolver at {resolver.url}, S3 at {s3.endpoint}"
+            f"{'' if orthanc is None else f', Orthanc at {orthanc.url}'}; syncing...",
+            file=sys.stderr,
+        )
         t0 = time.monotonic()
         summary, error = run_sync(config)
         elapsed = time.monotonic() - t0
@@ -176,10 +205,18 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
         print(f"\n=== retrieval of patient {guid}: {len(images)} images ===")
         for img in images:
             print(f"{img['key']}  {img['size']:>9} bytes  {img['name']}")
+        in_orthanc = summary["orthanc"]
+        if in_orthanc is not None:
+            print(
+                f"Orthanc: stored {in_orthanc['stored']}, already stored "
+                f"{in_orthanc['already_stored']}, unchanged {in_orthanc['unchanged']}, "
+                f"rejected {len(in_orthanc['rejected'])}, failed {len(in_orthanc['failed'])}"
+            )
         print(
             f"\nuploaded {summary['uploaded']}, unchanged {summary['unchanged']}, "
             f"rejected {len(summary['rejected'])}, failed {len(summary['failed'])}; "
             "run `make demo` again to see everything unchanged."
         )
         print(view_instructions(workdir, guid))
-        return EXIT_OK if not summary["failed"] else EXIT_FAILED
+        orthanc_failed = in_orthanc is not None and in_orthanc["failed"]
+        return EXIT_OK if not summary["failed"] and not orthanc_failed else EXIT_FAILED

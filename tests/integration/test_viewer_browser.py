@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,12 @@ def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefec
     env.update(prefect_server.env())
     demo = run_cli(["demo", "--workdir", str(work)], env)
     assert demo.returncode == 0, demo.stderr[-3000:]
+    # Orthanc is installed by the set-up: the demo stores every image there too
+    counts = re.search(
+        r"^Orthanc: stored (\d+), already stored (\d+), .* failed 0$", demo.stdout, re.M
+    )
+    assert counts, demo.stdout[-2000:]
+    assert int(counts[1]) + int(counts[2]) == len(clinic.expected)
     guid = clinic.expected[0]["patient_guid"]
     assert f".venv/bin/pdata-sync demo --view --workdir {work}" in demo.stdout
     assert (
