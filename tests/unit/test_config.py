@@ -207,3 +207,26 @@ def test_unsafe_key_templates_are_refused_naming_the_field(template, why):
         parse_config(with_change("s3.key_template", template), source="clinic.yaml")
     assert str(err.value).startswith("clinic.yaml: s3.key_template: ")
     assert why in str(err.value)
+
+
+def test_orthanc_section_is_optional_and_checked():
+    assert parse_config(VALID).orthanc is None
+    cfg = parse_config(
+        with_change("orthanc", {"url": "https://pacs.example:8042/", "username": "sync"})
+    )
+    assert cfg.orthanc is not None
+    assert cfg.orthanc.url == "https://pacs.example:8042"  # one form: the catalog keys by it
+    assert (cfg.orthanc.verify_tls, cfg.orthanc.concurrency) == (True, 4)
+    assert parse_config(with_change("orthanc", {"url": "http://h", "username": " "})).orthanc
+    for url, message in (
+        ("https://sync:hunter2@pacs.example", "contains a secret"),
+        ("ftp://pacs.example", "http:// or https://"),
+        ("https://pacs.example/?token=abc", "contains a secret"),
+    ):
+        with pytest.raises(ConfigError, match=f"orthanc.url: .*{message}") as err:
+            parse_config(with_change("orthanc", {"url": url}))
+        assert "hunter2" not in str(err.value) and "abc" not in str(err.value)
+    with pytest.raises(ConfigError, match="orthanc.password_secret_block"):
+        parse_config(with_change("orthanc", {"url": "http://h", "password_secret_block": "A B"}))
+    with pytest.raises(ConfigError, match="orthanc.concurrency"):
+        parse_config(with_change("orthanc", {"url": "http://h", "concurrency": 0}))
