@@ -107,7 +107,12 @@ class OrthancBatch:
                 image.key, image.rel_path, O_FAILED, f"not attempted: {self._down}"
             ), None
         try:
-            answer = self.client.store(self._content(image))
+            data = self._content(image)
+        except Exception as exc:  # noqa: BLE001 - S3 unreadable or content not the verified one
+            reason = f"not sent: {exc if isinstance(exc, ValueError) else describe(exc)}"
+            return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), None
+        try:
+            answer = self.client.store(data)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
             kind = classify(exc)
             if kind is ErrorKind.BAD_INPUT:
