@@ -108,7 +108,23 @@ def drop_study_uid(path: Path) -> None:
     ds.save_as(path)
 
 
-def test_sync_stores_every_image_in_orthanc_once(site, orthanc):
+def artifacts(prefect_server, flow_run_id: str, clinic_id: str) -> tuple[list[dict], str]:
+    """The sync's summary table rows and problems markdown, as the Prefect server keeps them."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with SyncPrefectClient(prefect_server.api_url) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_key = {a.key: a.data for a in found}
+    table = by_key[f"sync-summary-{clinic_id}"]
+    return (json.loads(table) if isinstance(table, str) else table), by_key[
+        f"sync-problems-{clinic_id}"
+    ]
+
+
+def test_sync_stores_every_image_in_orthanc_once(site, orthanc, prefect_server):
     clinic, client, proxy, configure, env, tmp_path = site
     paths = [e["path"] for e in clinic.expected]
     first = next(e for e in clinic.expected if paths.count(e["path"]) == 1)  # one key only
@@ -140,6 +156,14 @@ def test_sync_stores_every_image_in_orthanc_once(site, orthanc):
     assert all(r.series_id and r.study_id and r.patient_id for r in rows.values())
     posts = [p for m, p in proxy.state.log if m == "POST"]
     assert posts == ["/instances"] * len(objects)
+    # the run's audit trail: the summary table and the problems say what Orthanc did
+    table, problems = artifacts(prefect_server, summary["flow_run_id"], clinic.clinic_id)
+    orthanc_rows = {r["reason"]: r["count"] for r in table if r["outcome"] == "orthanc"}
+    assert orthanc_rows["stored (new in Orthanc)"] == len(distinct)
+    assert orthanc_rows["rejected by Orthanc"] == 1
+    assert f"`{first['path']}` | refused by Orthanc: Inexistent tag" in problems
+    for instance in rows.values():  # Orthanc's ids hash the patient id: catalog only
+        assert instance.instance_id not in json.dumps(table) + problems
 
     # a second run with nothing new: the credential check, and not one call per image
     proxy.state.log.clear()
