@@ -385,6 +385,47 @@ class OrthancConfig(_Model):
         return _block_name(value)
 
 
+class ResearchConfig(_Model):
+    """Where de-identified research exports go (docs/research-export.md): a bucket that may
+    belong to another account, and the key material of the pseudonyms."""
+
+    bucket: str = Field(description="Bucket of the exports (research/{project}/...).")
+    region: str = Field("eu-central-1", description="AWS region of the bucket.")
+    endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server; empty for AWS S3."
+    )
+    aws_credentials_block: str | None = Field(
+        None,
+        description="Name of a Prefect AwsCredentials block for the export bucket. Without "
+        "it, the standard AWS chain is used.",
+    )
+    secret_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the key of the pseudonyms and "
+        "UIDs (combined with the project, so projects differ). Without it, the "
+        "PDATA_SYNC_RESEARCH_SECRET environment variable is used.",
+    )
+
+    @model_validator(mode="after")
+    def _bucket_like_s3(self) -> ResearchConfig:
+        self.as_s3()  # the same rules as the archive's bucket and endpoint
+        return self
+
+    @field_validator("secret_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        return _block_name(value)
+
+    def as_s3(self) -> S3Config:
+        """The export bucket as an S3 destination (for the client)."""
+        return S3Config(
+            bucket=self.bucket,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_credentials_block=self.aws_credentials_block,
+        )
+
+
 class ClinicConfig(_Model):
     """Everything one clinic's sync needs (docs/product-rules.md §6)."""
 
@@ -399,6 +440,11 @@ class ClinicConfig(_Model):
         None,
         description="Orthanc as a second destination (url, username, password block). "
         "Empty: images go to S3 only.",
+    )
+    research: ResearchConfig | None = Field(
+        None,
+        description="Where de-identified research exports go (bucket, key material). "
+        "Empty: no research export.",
     )
     thumbnails: bool = Field(
         True,

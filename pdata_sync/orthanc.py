@@ -8,6 +8,8 @@ the product's taxonomy (pdata_sync.errors) here and nowhere else.
   Orthanc's own message); 5xx, timeouts and resets are retried.
 * ``GET /instances/{id}`` - does Orthanc still hold it (``verify``).
 * ``GET /instances/{id}/preview`` - a PNG of the image, drawn by Orthanc.
+* ``GET /instances/{id}/file``, ``POST /tools/find`` - an instance's file, and finding
+  instances by UID (research export, when the archive lacks one).
 
 Orthanc's ids are deterministic: SHA-1 over the patient id and UIDs
 (:func:`instance_ids`), so an instance's id is known before any call.
@@ -192,6 +194,29 @@ class OrthancClient:
         if response.status_code == 400:
             raise PermanentError(f"GET /instances/{{id}}: 400: {_detail(response)}")
         return response.status_code == 200
+
+    def file(self, instance_id: str) -> bytes | None:
+        """The DICOM file Orthanc holds for the instance; None if it holds none."""
+        response = self._call("GET", f"/instances/{instance_id}/file", "GET /instances/{id}/file")
+        if response.status_code in (400, 404):
+            return None
+        return response.content
+
+    def find_instances(self, study_uid: str, sop_uid: str | None = None) -> list[str]:
+        """Orthanc's ids of the instances of a study (``POST /tools/find``), or of one
+        instance of it."""
+        query = {"StudyInstanceUID": study_uid}
+        if sop_uid:
+            query["SOPInstanceUID"] = sop_uid
+        response = self._call(
+            "POST",
+            "/tools/find",
+            "POST /tools/find",
+            json={"Level": "Instance", "Query": query},
+        )
+        if response.status_code in (400, 404):
+            raise PermanentError(f"POST /tools/find: {response.status_code}: {_detail(response)}")
+        return [str(i) for i in response.json()]
 
     def preview(self, instance_id: str) -> bytes | None:
         """Orthanc's PNG of the instance's first frame; None if Orthanc does not hold it."""

@@ -374,6 +374,42 @@ class ClinicImages:
                 found.update((r.key, CatalogRow.of(r)) for r in result)
         return found
 
+    def archived(
+        self, guids: Iterable[str] = (), study_uids: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """What the archive should hold for these patients or studies: every row that S3
+        held once (verified, or drifted since) and that is not retired, with its study UID
+        (``key, patient_guid, rel_path, sha256, state, sop_instance_uid, study_instance_uid``),
+        by key."""
+        from .schema import series, studies
+
+        query = (
+            sa.select(
+                images.c.key,
+                images.c.patient_guid,
+                images.c.rel_path,
+                images.c.sha256,
+                images.c.state,
+                images.c.sop_instance_uid,
+                studies.c.study_instance_uid,
+            )
+            .select_from(
+                images.outerjoin(series, images.c.series_id == series.c.id).outerjoin(
+                    studies, series.c.study_id == studies.c.id
+                )
+            )
+            .where(self._mine(), images.c.state.in_([VERIFIED, DRIFTED]))
+        )
+        found: dict[str, dict[str, Any]] = {}
+        with self.db.engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(guids))):
+                for r in conn.execute(query.where(images.c.patient_guid.in_(chunk))):
+                    found[r.key] = dict(r._mapping)
+            for chunk in chunks(list(dict.fromkeys(study_uids))):
+                for r in conn.execute(query.where(studies.c.study_instance_uid.in_(chunk))):
+                    found[r.key] = dict(r._mapping)
+        return [found[k] for k in sorted(found)]
+
     def rows(self) -> list[CatalogRow]:
         """Every image row, ordered by key."""
         columns = [images.c[c] for c in ROW_COLUMNS]
