@@ -1,4 +1,4 @@
-"""Command line: ``pdata-sync sync | retrieve | view | verify | thumbnails | check-config |
+"""Command line: ``pdata-sync sync | retrieve | view | verify | export | thumbnails | check-config |
 demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
@@ -347,6 +347,66 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return EXIT_OK if code is None else code
 
 
+def run_export(
+    config: ClinicConfig, project: str, guids: list[str], studies: list[str]
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``export-research`` flow; return (report, error)."""
+    _prepare_prefect_env()
+    from flows.research import export_research
+
+    return _outcome(
+        export_research(
+            config=config,
+            project=project,
+            patient_guids=guids,
+            study_uids=studies,
+            return_state=True,
+        )
+    )
+
+
+def _print_export(report: dict[str, Any]) -> None:
+    by_source = ", ".join(f"{n} from {s}" for s, n in report["exported_by_source"].items())
+    print(
+        f"project {report['project']}: {report['exported']} exported ({by_source}), "
+        f"{report['skipped_already_exported']} already exported, "
+        f"{len(report['held_back'])} held back, {len(report['failed'])} failed"
+    )
+    for label in ("held_back", "failed"):
+        for item in report[label]:
+            print(f"  {label.replace('_', ' ')}: {item['key']}: {item['reason']}")
+    if report.get("manifest"):
+        print(f"manifest: {report['manifest']}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """De-identified research export of patients or studies (docs/research-export.md)."""
+    from .research import ExportRequest, read_request_csv, validate_project
+
+    try:
+        config = load_config(args.config)
+        validate_project(args.project)
+        if config.research is None:
+            raise ConfigError(f"{args.config}: no research section (bucket, secret_block)")
+        guids, studies = list(args.patient_guid or []), list(args.study_uid or [])
+        if args.from_csv:
+            from_file = read_request_csv(args.from_csv)
+            guids += from_file.patient_guids
+            studies += from_file.study_uids
+        ExportRequest(tuple(guids), tuple(studies))
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    report, code = _run_and_print(
+        args, "export", lambda: run_export(config, args.project, guids, studies), _print_export
+    )
+    if code is not None:
+        return code
+    if report["failed"]:
+        print(f"pdata-sync: {len(report['failed'])} instance(s) not exported", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve OHIF and the patient's manifest on 127.0.0.1 until interrupted."""
     from .ohif import OhifMissing, locate
@@ -543,6 +603,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser(
+        "export", help="de-identified research export of patients or studies to the research bucket"
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file (with research:)")
+    p.add_argument("--project", required=True, help="project slug (lower-case, digits, dashes)")
+    p.add_argument("--patient-guid", action="append", help="a patientGuid (repeatable)")
+    p.add_argument("--study-uid", action="append", help="a StudyInstanceUID (repeatable)")
+    p.add_argument(
+        "--from-csv",
+        metavar="FILE",
+        help="patients and/or studies from a CSV file (patient_guid, study_instance_uid)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "verify", help="re-check S3 against the catalog (reads S3; records drift in the catalog)"

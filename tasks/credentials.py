@@ -1,5 +1,5 @@
-"""Secrets for a run: the database, catalog and Orthanc passwords and AWS keys, from
-Prefect blocks or the environment. Never from the config file; never logged."""
+"""Secrets for a run: database, catalog and Orthanc passwords, AWS keys, the research key,
+from Prefect blocks or the environment. Never from the config file; never logged."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pdata_sync.config import (
     CatalogConfig,
     DatabaseConfig,
     OrthancConfig,
+    ResearchConfig,
     S3Config,
     TransferConfig,
 )
@@ -21,6 +22,7 @@ from pdata_sync.s3_store import AwsKeys, make_client
 DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
 CATALOG_PASSWORD_ENV = "PDATA_SYNC_CATALOG_PASSWORD"
 ORTHANC_PASSWORD_ENV = "PDATA_SYNC_ORTHANC_PASSWORD"
+RESEARCH_SECRET_ENV = "PDATA_SYNC_RESEARCH_SECRET"
 
 
 def _secret(block_name: str | None, field: str, env: str) -> str | None:
@@ -48,6 +50,12 @@ def catalog_password(cfg: CatalogConfig) -> str | None:
 def orthanc_password(cfg: OrthancConfig) -> str | None:
     """Orthanc's password: Secret block, else ``PDATA_SYNC_ORTHANC_PASSWORD``."""
     return _secret(cfg.password_secret_block, "orthanc.password_secret_block", ORTHANC_PASSWORD_ENV)
+
+
+def research_secret(cfg: ResearchConfig) -> str | None:
+    """The key material of a research project's pseudonyms: Secret block, else
+    ``PDATA_SYNC_RESEARCH_SECRET``."""
+    return _secret(cfg.secret_block, "research.secret_block", RESEARCH_SECRET_ENV)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,0 +1,206 @@
+"""Research export end to end (docs/research-export.md): ``pdata-sync export`` against a
+real SeaweedFS (archive and research bucket), a real Orthanc, a real Prefect server and the
+clinic's PDATA: the archive first, Orthanc for what it lacks, PDATA after that; each
+instance de-identified once; a second project gets other pseudonyms and UIDs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pdata_sync.deid import ProjectKey
+from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.orthanc import instance_ids
+from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
+
+pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed")
+
+RESEARCH = "research-exports"
+SECRET = "a-research-secret-for-tests"
+
+
+@pytest.fixture
+def site(tmp_path, seaweed, prefect_server):
+    clinic = make_clinic(tmp_path / "clinic")
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    if RESEARCH not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=RESEARCH)
+    empty_bucket(client, RESEARCH)
+    with (
+        OrthancServer(tmp_path / "orthanc") as orthanc,
+        ResolverServer(load_mapping(clinic)) as resolver,
+    ):
+        config = write_config(
+            tmp_path / "clinic.yaml",
+            clinic,
+            resolver_url=resolver.url,
+            endpoint=seaweed.endpoint,
+            state_dir=tmp_path / "state",
+            orthanc={"url": orthanc.url, "username": orthanc.user},
+        )
+        data = config.read_text() + (
+            f"research:\n  bucket: {RESEARCH}\n  region: us-east-1\n"
+            f"  endpoint_url: {seaweed.endpoint}\n"
+        )
+        config.write_text(data)
+        env = {
+            **prefect_server.env(),
+            **seaweed.env(),
+            "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password,
+            "PDATA_SYNC_RESEARCH_SECRET": SECRET,
+        }
+        yield clinic, client, orthanc, config, env
+    empty_bucket(client, BUCKET)
+    empty_bucket(client, RESEARCH)
+
+
+def export(config: Path, env: dict, project: str, *args: str):
+    out = run_cli(["export", "--config", str(config), "--project", project, "--json", *args], env)
+    assert out.stdout, out.stderr[-3000:]
+    return out.returncode, json.loads(out.stdout), out.stdout
+
+
+def header(data: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_export_takes_the_archive_then_orthanc_then_pdata_and_never_twice(site, tmp_path):
+    clinic, client, orthanc, config, env = site
+    paths = [e["path"] for e in clinic.expected]
+    single = [e for e in clinic.expected if paths.count(e["path"]) == 1]
+    burned, from_orthanc, from_pdata, lost = single[:4]
+    ds = pydicom.dcmread(Path(clinic.pdata_root, burned["path"]))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(Path(clinic.pdata_root, burned["path"]))
+
+    sync = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    archive = stored_objects(client)
+    originals = dict(archive)
+
+    def key_of(entry) -> str:
+        prefix = f"images/{entry['patient_guid']}/{clinic.clinic_id}_{entry['image_id']}_"
+        (key,) = (k for k in archive if k.startswith(prefix))
+        return key
+
+    # the archive loses three images; Orthanc two of them; PDATA the last one
+    for entry in (from_orthanc, from_pdata, lost):
+        client.delete_object(Bucket=BUCKET, Key=key_of(entry))
+    with orthanc.http() as http:
+        for entry in (from_pdata, lost):
+            ds = header(archive[key_of(entry)])
+            gone = instance_ids(
+                str(ds.PatientID), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+            )
+            assert http.delete(f"/instances/{gone.instance_id}").status_code == 200
+    Path(clinic.pdata_root, lost["path"]).unlink()
+
+    guids = sorted({e["patient_guid"] for e in clinic.expected})
+    request = tmp_path / "request.csv"
+    request.write_text("patient_guid\n" + "\n".join(guids) + "\n")
+    code, report, stdout = export(config, env, "caries-2027", "--from-csv", str(request))
+    assert code == 1  # one instance no source has
+    total = len(archive)
+    assert report["exported_by_source"] == {"archive": total - 4, "orthanc": 1, "pdata": 1}
+    assert report["exported"] == total - 2
+    assert report["failed"] == [
+        {
+            "key": key_of(lost),
+            "reason": "not in the archive; not in Orthanc; PDATA file gone or changed",
+        }
+    ]
+    assert [h["key"] for h in report["held_back"]] == [key_of(burned)]
+    assert "BurnedInAnnotation YES" in report["held_back"][0]["reason"]
+
+    key = ProjectKey.of(SECRET, "caries-2027")
+    exported = stored_objects(client, "research/caries-2027/", RESEARCH)
+    manifests = {k: v for k, v in exported.items() if "/manifests/" in k}
+    images = {k: v for k, v in exported.items() if k not in manifests}
+    assert len(images) == total - 2
+    expected_keys = set()
+    for archive_key, original_bytes in originals.items():
+        if archive_key in (key_of(burned), key_of(lost)):
+            continue
+        guid = archive_key.split("/")[1]
+        original = header(original_bytes)
+        study, series, sop = (
+            key.uid(original.StudyInstanceUID),
+            key.uid(original.SeriesInstanceUID),
+            key.uid(original.SOPInstanceUID),
+        )
+        target = f"research/caries-2027/{key.pseudonym(guid)}/{study}/{series}/{sop}.dcm"
+        expected_keys.add(target)
+        result = header(images[target])
+        assert result.PixelData == original.PixelData  # byte for byte
+        assert result.PatientID == result.PatientName == key.pseudonym(guid)
+        assert result.PatientIdentityRemoved == "YES"
+        assert result.StudyDate != original.StudyDate
+        for value in clinic.phi:
+            assert value.encode() not in images[target], value
+    assert set(images) == expected_keys
+    # the manifest: what was exported, de-identified only; no patientGuid anywhere
+    (manifest,) = manifests.values()
+    rows = list(csv.DictReader(io.StringIO(manifest.decode())))
+    assert {r["key"] for r in rows} == expected_keys
+    assert sorted(r["source"] for r in rows).count("orthanc") == 1
+    for guid in guids:
+        assert guid not in manifest.decode()
+        assert key.pseudonym(guid) not in stdout  # the report never pairs them
+
+    # a re-run exports nothing new
+    code, again, _ = export(config, env, "caries-2027", "--from-csv", str(request))
+    assert again["exported"] == 0
+    assert again["skipped_already_exported"] == total - 2
+    assert len(stored_objects(client, "research/caries-2027/", RESEARCH)) == len(exported)
+
+    # another project: other pseudonyms, other UIDs
+    code, other, _ = export(config, env, "perio-2027", "--patient-guid", guids[0])
+    assert other["exported"] >= 1
+    second = stored_objects(client, "research/perio-2027/", RESEARCH)
+    p2 = ProjectKey.of(SECRET, "perio-2027")
+    assert all(f"/{p2.pseudonym(guids[0])}/" in k for k in second if "/manifests/" not in k)
+    assert p2.pseudonym(guids[0]) != key.pseudonym(guids[0])
+    first_sops = {k.rsplit("/", 1)[-1] for k in images}
+    assert not first_sops & {k.rsplit("/", 1)[-1] for k in second}
+
+
+def test_export_refuses_without_a_secret_or_a_research_section(site):
+    clinic, client, orthanc, config, env = site
+    out = run_cli(
+        [
+            "export",
+            "--config",
+            str(config),
+            "--project",
+            "p1",
+            "--patient-guid",
+            clinic.expected[0]["patient_guid"],
+            "--json",
+        ],
+        {**env, "PDATA_SYNC_RESEARCH_SECRET": ""},
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "research: no secret for the pseudonyms" in out.stderr
+    assert stored_objects(client, "research/", RESEARCH) == {}
+    out = run_cli(
+        [
+            "export",
+            "--config",
+            str(config),
+            "--project",
+            "Bad_Slug",
+            "--patient-guid",
+            clinic.expected[0]["patient_guid"],
+        ],
+        env,
+    )
+    assert out.returncode == 2 and "project 'Bad_Slug'" in out.stderr
