@@ -9,6 +9,8 @@ written next to the export. Nothing links a patientGuid to its pseudonym.
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -39,10 +41,13 @@ from .sync import artifact_key
 
 
 @task(name="write-export-manifest", cache_policy=NO_CACHE, persist_result=False)
-def write_manifest(config: ClinicConfig, project: str, report: ExportReport, run_id: str) -> str:
-    """The manifest CSV of this run's export, next to it; returns its key."""
+def write_manifest(config: ClinicConfig, project: str, report: ExportReport) -> str:
+    """The manifest CSV of this run's export, next to it; returns its key. Its name is a
+    time and a random token, not the flow run's id: the run's parameters name patientGuids,
+    and a manifest findable from them would pair a patient with its pseudonym."""
     research = research_config(config)
-    key = f"{project_prefix(project)}manifests/{run_id}.csv"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    key = f"{project_prefix(project)}manifests/{stamp}-{secrets.token_hex(4)}.csv"
     put_derived(
         s3_client(research.as_s3()), research.bucket, key, report.manifest_csv(), "text/csv", None
     )
@@ -93,7 +98,7 @@ def export_research(
         report.add(future.result())
     result = report.to_dict()
     if sum(report.exported.values()):
-        result["manifest"] = write_manifest(config, project, report, str(flow_run.get_id()))
+        result["manifest"] = write_manifest(config, project, report)
     logger.info(
         "project %s: %d instances planned, exported %s, %d already exported, %d held back, "
         "%d failed",
