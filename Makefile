@@ -5,6 +5,7 @@
 #   make bench        - pdata-sync against s5cmd, rclone, aws s3 sync (bench/compare_tools.py)
 #   make bench-scale  - 100,000 images in 10,000 patient folders (bench/scale.py)
 #   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
+#   make bench-fleet  - a night of 200 clinics on one Prefect server on PostgreSQL (bench/fleet.py)
 # Dependencies: `make lock` re-resolves requirements.lock from pyproject.toml (after changing
 # a dependency there), then reinstalls .venv from it; run `make test` after.
 PYTHON ?= python3.11
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := .bench-venv/.installed
 
-.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge
+.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet
 
 setup: $(STAMP)
 
@@ -41,6 +42,9 @@ bench-scale: $(STAMP)
 
 bench-huge: $(STAMP)
 	$(VENV)/bin/python bench/huge_file.py
+
+bench-fleet: $(STAMP)
+	$(VENV)/bin/python bench/fleet.py
 
 # The lock is for Linux x86-64 and Python 3.11, what the tests run on; hashes make pip refuse
 # any file other than the one resolved here.

@@ -47,10 +47,20 @@ def recommended_settings(path: Path = SETTINGS_FILE) -> dict[str, str]:
 class PrefectServer:
     """``with PrefectServer(home) as server:`` -> ``server.api_url``, ``server.env()``."""
 
-    def __init__(self, home: str | Path, *, port: int | None = None, ui: bool = False):
+    def __init__(
+        self,
+        home: str | Path,
+        *,
+        port: int | None = None,
+        ui: bool = False,
+        extra_env: dict[str, str] | None = None,
+        timeout: float = 90.0,
+    ):
         self.home = Path(home)
         self.port = port or _free_port()
         self.ui = ui
+        self.extra_env = extra_env or {}  # e.g. the PostgreSQL connection settings
+        self.timeout = timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,11 +83,13 @@ class PrefectServer:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
 
-    def start(self, timeout: float = 90.0) -> PrefectServer:
+    def start(self, timeout: float | None = None) -> PrefectServer:
+        timeout = timeout or self.timeout
         self.home.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             **recommended_settings(),
+            **self.extra_env,
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             # the --port flag alone leaves the UI pointing at 4200
@@ -185,13 +197,21 @@ def deploy_all(prefect_file: Path, env: dict[str, str]) -> None:
 
 
 def start_worker(
-    pool: str, queues: list[str], env: dict[str, str], log_path: Path
+    pool: str,
+    queues: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    limit: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A process worker polling ``queues`` of ``pool``; runs flows from this checkout."""
+    """A process worker polling ``queues`` of ``pool`` (all of them when empty), running at
+    most ``limit`` flow runs at once; runs flows from this checkout."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     args = [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool]
     for queue in queues:
         args += ["--work-queue", queue]
+    if limit is not None:
+        args += ["--limit", str(limit)]
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             args,

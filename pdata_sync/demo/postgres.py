@@ -1,4 +1,5 @@
-"""Run a real PostgreSQL server on 127.0.0.1 for the tests and benchmarks.
+"""Run a real PostgreSQL server on 127.0.0.1 for the tests and benchmarks (the catalog's
+tests; the Prefect server of the fleet benchmark).
 
 Uses Debian's PostgreSQL binaries (``/usr/lib/postgresql/<version>/bin``; ``make`` installs
 them). The cluster lives in a fresh temporary folder, listens on 127.0.0.1 only (no Unix
@@ -18,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def pg_bin_dir() -> Path:
@@ -40,7 +42,8 @@ class PostgresServer:
     """``with PostgresServer() as pg:`` starts a cluster; ``pg.url(database, user)`` gives a
     SQLAlchemy URL without password; ``pg.superuser_password``; ``pg.execute(sql)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for tests (speed); on for benchmarks (what production does)
         self.bin = pg_bin_dir()
         self.port = _free_port()
         self.superuser = "pdata_test"
@@ -83,7 +86,8 @@ class PostgresServer:
         pwfile.unlink()
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-            f"-c unix_socket_directories={self._dir} -c fsync=off -c max_connections=100"
+            f"-c unix_socket_directories={self._dir} -c fsync={'on' if self.fsync else 'off'} "
+            "-c max_connections=100"
         )
         subprocess.run(
             self._cmd(
@@ -148,6 +152,22 @@ class PostgresServer:
                     conn.execute(sa.text(statement))
         finally:
             engine.dispose()
+
+    def scalar(self, query: str, database: str = "postgres") -> Any:
+        """The single value of ``query``, run as the superuser."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.admin_url(database))
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sa.text(query)).scalar()
+        finally:
+            engine.dispose()
+
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        assert self._dir is not None
+        return int((self._dir / "data" / "postmaster.pid").read_text().split()[0])
 
     def create_database(self, name: str, owner: str, password: str) -> str:
         """A database owned by a new login role; returns its URL without password."""
