@@ -113,12 +113,12 @@ class NightReport:
             ("objects in S3 / expected", f"{self.objects_in_s3} / {self.objects_expected}"),
             ("byte-identical sample", self.sample_identical),
             (
-                "Prefect server peak RSS / CPU",
+                "Prefect server peak PSS / CPU in the night",
                 f"{self.server_peak_rss_mb:.0f} MB / "
                 f"{self.server_cpu_s:.0f} s (peak {self.server_peak_cpu_pct:.0f} %)",
             ),
             (
-                "PostgreSQL peak RSS / CPU",
+                "PostgreSQL peak PSS / CPU in the night",
                 f"{self.postgres_peak_rss_mb:.0f} MB / {self.postgres_cpu_s:.0f} s",
             ),
             ("Prefect database size", f"{self.database_mb:.1f} MB"),
