@@ -217,6 +217,18 @@ class Sampler:
 
 # -- the night ---------------------------------------------------------------------------
 
+PAGE = 200  # the most the Prefect API returns at once
+
+
+def _paged(read: Any, **filters: Any) -> list[Any]:
+    """Every item a Prefect client ``read_*`` call finds, page by page."""
+    found: list[Any] = []
+    while True:
+        page = read(**filters, limit=PAGE, offset=len(found))
+        found += page
+        if len(page) < PAGE:
+            return found
+
 
 def generate_fleet(root: Path, params: FleetParams) -> list[Manifest]:
     """N small clinics of ``min_images`` to ``max_images`` images each (every special case
@@ -358,8 +370,8 @@ def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noq
                     )
                 )
                 while datetime.now(UTC) < deadline:
-                    runs = prefect.read_flow_runs(
-                        flow_run_filter=night, deployment_filter=fleet, limit=10 * len(names)
+                    runs = _paged(
+                        prefect.read_flow_runs, flow_run_filter=night, deployment_filter=fleet
                     )
                     final = [r for r in runs if r.state and r.state.is_final()]
                     if len(final) >= len(names) and len(runs) == len(final):
@@ -374,10 +386,7 @@ def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noq
                 report.postgres_cpu_s = pg_stats.cpu_seconds
 
                 deployments = {
-                    d.id: d.name
-                    for d in prefect.read_deployments(
-                        deployment_filter=fleet, limit=10 * len(names)
-                    )
+                    d.id: d.name for d in _paged(prefect.read_deployments, deployment_filter=fleet)
                 }
                 by_clinic: dict[str, list[Any]] = {}
                 for run in runs:
