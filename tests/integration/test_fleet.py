@@ -7,9 +7,13 @@ every task run recorded, every object in S3."""
 
 from __future__ import annotations
 
+import pytest
+
 from pdata_sync.demo.fleet import FleetParams, run_night
 
 
+# about 3 minutes alone (the schedules' minutes have to come); more beside the rest
+@pytest.mark.timeout(600)
 def test_a_night_of_ten_clinics_leaves_a_complete_history(tmp_path):
     params = FleetParams(clinics=10, workers=2, window_minutes=2, min_images=30, max_images=60)
     report = run_night(tmp_path / "fleet", params, log=print)
