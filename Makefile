@@ -6,6 +6,7 @@
 #   make bench-scale  - 100,000 images in 10,000 patient folders (bench/scale.py)
 #   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
 #   make bench-fleet  - a night of 200 clinics on one Prefect server on PostgreSQL (bench/fleet.py)
+#   make bench-datapath - upload data paths side by side against s5cmd (bench/datapath.py)
 # Dependencies: `make lock` re-resolves requirements.lock from pyproject.toml (after changing
 # a dependency there), then reinstalls .venv from it; run `make test` after.
 PYTHON ?= python3.11
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := .bench-venv/.installed
 
-.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet
+.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet bench-datapath
 
 setup: $(STAMP)
 
@@ -45,6 +46,9 @@ bench-huge: $(STAMP)
 
 bench-fleet: $(STAMP)
 	$(VENV)/bin/python bench/fleet.py
+
+bench-datapath: $(STAMP) $(BENCH_STAMP)
+	$(VENV)/bin/python bench/datapath.py
 
 # The lock is for Linux x86-64 and Python 3.11, what the tests run on; hashes make pip refuse
 # any file other than the one resolved here.

@@ -33,6 +33,7 @@ from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
+from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
 from pdata_sync.report import RunSummary
 from pdata_sync.retirement import source_view
 from tasks.catalog import clinic_lock, prepare_catalog
@@ -44,11 +45,6 @@ from tasks.upload import check_destination, upload_batch
 # Enough threads for config.transfer.parallel_batches (max 16); the flow itself keeps the
 # number of batches in flight at parallel_batches.
 _TASK_RUNNER = ThreadPoolTaskRunner(max_workers=16)
-
-# Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
-# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media,
-# retire-objects.
-BOOKKEEPING_TASKS = 8
 
 
 def artifact_key(kind: str, clinic_id: str) -> str:

@@ -23,6 +23,11 @@ from .pdata import Problem
 from .retirement import RetireReport
 from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
 
+# Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
+# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media,
+# retire-objects (flows/sync.py; the history of a run must hold exactly these + batches).
+BOOKKEEPING_TASKS = 8
+
 
 def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
     seen: dict[tuple[str, str], None] = {}

@@ -21,7 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ..deployments import render_to
+from ..report import BOOKKEEPING_TASKS
 from .generate import Manifest, generate_clinic
 from .postgres import PostgresServer
 from .prefect_server import (
@@ -75,6 +78,7 @@ class NightReport:
     postgres_cpu_s: float = 0.0
     database_mb: float = 0.0
     night_wall_s: float = 0.0
+    history_settled_s: float = 0.0  # after the last run ended, until every task run showed
     setup_s: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -123,6 +127,7 @@ class NightReport:
             ),
             ("Prefect database size", f"{self.database_mb:.1f} MB"),
             ("night wall time (first due to last done)", f"{self.night_wall_s:.0f} s"),
+            ("history complete after the last run", f"{self.history_settled_s:.0f} s"),
             ("set-up (generate, start, deploy)", f"{self.setup_s:.0f} s"),
         ]
         width = max(len(r[0]) for r in rows)
@@ -218,16 +223,39 @@ class Sampler:
 # -- the night ---------------------------------------------------------------------------
 
 PAGE = 200  # the most the Prefect API returns at once
+HISTORY_WAIT = 120  # seconds the task-run count may keep growing after the last run ends
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _paged(read: Any, **filters: Any) -> list[Any]:
-    """Every item a Prefect client ``read_*`` call finds, page by page."""
-    found: list[Any] = []
-    while True:
-        page = read(**filters, limit=PAGE, offset=len(found))
-        found += page
-        if len(page) < PAGE:
-            return found
+class PrefectApi:
+    """The few REST calls the night's audit needs, read straight from the server's API (the
+    report checks Prefect's record; it does not need Prefect's client to do it)."""
+
+    def __init__(self, api_url: str):
+        self.http = httpx.Client(base_url=api_url, timeout=60)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = self.http.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def paged(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.post(path, {**body, "limit": PAGE, "offset": len(found)})
+            found += page
+            if len(page) < PAGE:
+                return found
+
+    def __enter__(self) -> PrefectApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def generate_fleet(root: Path, params: FleetParams) -> list[Manifest]:
@@ -255,7 +283,7 @@ def generate_fleet(root: Path, params: FleetParams) -> list[Manifest]:
 def schedule_start(params: FleetParams, now: datetime | None = None) -> datetime:
     """The first due time: whole minutes ahead, leaving time to deploy every clinic."""
     now = now or datetime.now(UTC)
-    margin = timedelta(seconds=30 + 0.6 * params.clinics)
+    margin = timedelta(seconds=15 + 0.6 * params.clinics)
     return (now + margin).replace(second=0, microsecond=0) + timedelta(minutes=1)
 
 
@@ -283,19 +311,6 @@ def _prefect_on_postgres(work: Path) -> Iterator[tuple[PrefectServer, PostgresSe
 
 
 def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noqa: C901, PLR0915
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        DeploymentFilter,
-        DeploymentFilterName,
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-        FlowRunFilterId,
-    )
-
-    from flows.sync import BOOKKEEPING_TASKS
-
     report = NightReport(params.clinics, params.workers, params.window_minutes)
     t0 = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
@@ -355,25 +370,27 @@ def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noq
             for i in range(params.workers)
         ]
         deadline = last_due + timedelta(minutes=max(5, params.window_minutes // 2))
-        runs: list[Any] = []
+        runs: list[dict[str, Any]] = []
         try:
             with (
                 Sampler(server.proc.pid) as server_stats,  # type: ignore[union-attr]
                 Sampler(pg.postmaster_pid()) as pg_stats,
-                SyncPrefectClient(server.api_url) as prefect,
+                PrefectApi(server.api_url) as api,
             ):
-                fleet = DeploymentFilter(name=DeploymentFilterName(any_=names))
+                fleet = {"deployments": {"name": {"any_": names}}}
                 # the scheduler also creates the next days' runs: this night's only
-                night = FlowRunFilter(
-                    expected_start_time=FlowRunFilterExpectedStartTime(
-                        after_=start - timedelta(seconds=1), before_=last_due + timedelta(seconds=1)
-                    )
-                )
+                night = {
+                    **fleet,
+                    "flow_runs": {
+                        "expected_start_time": {
+                            "after_": (start - timedelta(seconds=1)).isoformat(),
+                            "before_": (last_due + timedelta(seconds=1)).isoformat(),
+                        }
+                    },
+                }
                 while datetime.now(UTC) < deadline:
-                    runs = _paged(
-                        prefect.read_flow_runs, flow_run_filter=night, deployment_filter=fleet
-                    )
-                    final = [r for r in runs if r.state and r.state.is_final()]
+                    runs = api.paged("/flow_runs/filter", night)
+                    final = [r for r in runs if r["state"] and r["state"]["type"] in FINAL]
                     if len(final) >= len(names) and len(runs) == len(final):
                         break
                     time.sleep(5)
@@ -385,52 +402,58 @@ def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noq
                 report.postgres_peak_rss_mb = pg_stats.peak_rss
                 report.postgres_cpu_s = pg_stats.cpu_seconds
 
-                deployments = {
-                    d.id: d.name for d in _paged(prefect.read_deployments, deployment_filter=fleet)
-                }
-                by_clinic: dict[str, list[Any]] = {}
+                deployments = {d["id"]: d["name"] for d in api.paged("/deployments/filter", fleet)}
+                by_clinic: dict[str, list[dict[str, Any]]] = {}
                 for run in runs:
-                    by_clinic.setdefault(deployments.get(run.deployment_id, "?"), []).append(run)
-                    report.runs_created_by_scheduler += bool(run.auto_scheduled)
-                    state = run.state
-                    if state and state.is_completed():
-                        report.runs_completed += 1
-                    elif state and state.is_failed():
-                        report.runs_failed += 1
-                    else:
-                        report.runs_other += 1
-                    if run.start_time and run.expected_start_time:
-                        delay = (run.start_time - run.expected_start_time).total_seconds()
+                    by_clinic.setdefault(deployments.get(run["deployment_id"], "?"), []).append(run)
+                    report.runs_created_by_scheduler += bool(run["auto_scheduled"])
+                    kind = (run["state"] or {}).get("type")
+                    report.runs_completed += kind == "COMPLETED"
+                    report.runs_failed += kind == "FAILED"
+                    report.runs_other += kind not in ("COMPLETED", "FAILED")
+                    started, due = _when(run["start_time"]), _when(run["expected_start_time"])
+                    if started and due:
+                        delay = (started - due).total_seconds()
                         report.max_start_delay_s = max(report.max_start_delay_s, delay)
                         report.runs_late += delay > LATE_AFTER.total_seconds()
-                starts = [r.expected_start_time for r in runs if r.expected_start_time]
-                ends = [r.end_time for r in runs if r.end_time]
-                if starts and ends:
-                    report.night_wall_s = (max(ends) - min(starts)).total_seconds()
+                dues = [d for r in runs if (d := _when(r["expected_start_time"]))]
+                ends = [e for r in runs if (e := _when(r["end_time"]))]
+                if dues and ends:
+                    report.night_wall_s = (max(ends) - min(dues)).total_seconds()
                 for clinic_runs in by_clinic.values():
-                    spans = sorted((r.start_time, r.end_time) for r in clinic_runs if r.start_time)
+                    spans = sorted(
+                        (_when(r["start_time"]), _when(r["end_time"]))
+                        for r in clinic_runs
+                        if r["start_time"]
+                    )
                     for (_, end), (begin, _) in zip(spans, spans[1:], strict=False):
                         report.overlapping_runs += end is None or begin < end
                 missing = set(names) - set(by_clinic)
                 if missing:
                     report.problems.append(f"no run of {len(missing)} clinic(s)")
-                for run in runs:
-                    tasks = prefect.read_task_runs(
-                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-                    )
-                    report.task_runs_recorded += len(tasks)
-                    artifacts = prefect.read_artifacts(
-                        artifact_filter=ArtifactFilter(
-                            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
-                        )
-                    )
-                    table = next(
-                        (a.data for a in artifacts if (a.key or "").startswith("sync-summary-")),
-                        None,
-                    )
+                ids = [r["id"] for r in runs]
+                wanted = {"flow_run_id": {"any_": ids}, "key": {"like_": "sync-summary-"}}
+                summaries = api.paged("/artifacts/filter", {"artifacts": wanted})
+                for artifact in summaries:
+                    table = artifact["data"]
                     rows = json.loads(table) if isinstance(table, str) else (table or [])
                     batches = next((r["count"] for r in rows if r["outcome"] == "batches"), 0)
                     report.task_runs_expected += BOOKKEEPING_TASKS + int(batches)
+                # task runs reach the database through the server's event pipeline, a little
+                # after their flow run ends: count until the count stops growing
+                settled_from = time.monotonic()
+                count, still = -1, 0
+                while ids and still < 3 and time.monotonic() - settled_from < HISTORY_WAIT:
+                    now_count = api.post("/task_runs/count", {"flow_runs": {"id": {"any_": ids}}})
+                    still = still + 1 if now_count == count else 0
+                    count = now_count
+                    if count == report.task_runs_expected:
+                        break
+                    time.sleep(2)
+                report.task_runs_recorded = max(count, 0)
+                report.history_settled_s = time.monotonic() - settled_from
+                if len(summaries) != len(runs):
+                    report.problems.append(f"{len(summaries)} summaries for {len(runs)} runs")
         finally:
             stop_processes(workers)
 
