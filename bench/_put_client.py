@@ -163,34 +163,28 @@ def run_crt(args: argparse.Namespace, files: list[Path]) -> None:
     checksum = S3ChecksumConfig(
         algorithm=S3ChecksumAlgorithm.SHA256, location=S3ChecksumLocation.HEADER
     )
-    pending = []
-    for start in range(0, len(files), CONCURRENCY * 4):
-        for path in files[start : start + CONCURRENCY * 4]:
-            size = path.stat().st_size
+    batch = CONCURRENCY * 4
+    for start in range(0, len(files), batch):
+        pending = []
+        for path in files[start : start + batch]:
             headers = HttpHeaders(
                 [
                     ("Host", host),
                     ("Content-Type", CONTENT_TYPE),
-                    ("Content-Length", str(size)),
+                    ("Content-Length", str(path.stat().st_size)),
                 ]
             )
-            request = HttpRequest(
-                "PUT",
-                f"/{args.bucket}/{args.prefix}{path.name}",
-                headers,
-                open(path, "rb"),  # noqa: SIM115
-            )
+            request = HttpRequest("PUT", f"/{args.bucket}/{args.prefix}{path.name}", headers)
             pending.append(
                 client.make_request(
                     type=S3RequestType.PUT_OBJECT,
                     request=request,
                     checksum_config=checksum,
-                    send_filepath=None,
+                    send_filepath=str(path),  # the CRT reads the file itself
                 )
             )
         for meta in pending:
             meta.finished_future.result(120)
-        pending = []
 
 
 MODES = {
