@@ -107,6 +107,17 @@ def postgres():
         yield server
 
 
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on 127.0.0.1 (loopback clients only), authentication on, for one test.
+    The set-up installs it (.ci/bootstrap): a missing Orthanc fails, it never skips."""
+    from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
+
+    assert orthanc_binary() is not None, "Orthanc is installed by the set-up (.ci/bootstrap)"
+    with OrthancServer(tmp_path / "orthanc") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     from pdata_sync.demo.prefect_server import PrefectServer

@@ -14,7 +14,6 @@ import pytest
 
 from pdata_sync.catalog import Catalog, default_catalog_url
 from pdata_sync.config import OrthancConfig
-from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
@@ -30,14 +29,6 @@ from tests.conftest import (
     stored_objects,
 )
 from tests.support.fault_proxy import FaultProxy
-
-pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed")
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    with OrthancServer(tmp_path / "orthanc") as server:
-        yield server
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 from pdata_sync.catalog import Catalog, default_catalog_url
 from pdata_sync.config import OrthancConfig
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
 from pdata_sync.orthanc import OrthancClient
 from pdata_sync.orthanc_store import (
     O_FAILED,
@@ -23,17 +22,14 @@ from pdata_sync.orthanc_store import (
     Verified,
 )
 
-pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed")
-
 
 @pytest.fixture
-def parts(tmp_path):
-    with OrthancServer(tmp_path / "orthanc") as orthanc:
-        catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
-        cfg = OrthancConfig(url=orthanc.url, username=orthanc.user, max_attempts=2)
-        with OrthancClient(cfg, orthanc.password) as client:
-            yield orthanc, catalog.orthanc("c1", orthanc.url), client, tmp_path / "pdata"
-        catalog.close()
+def parts(tmp_path, orthanc):
+    catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
+    cfg = OrthancConfig(url=orthanc.url, username=orthanc.user, max_attempts=2)
+    with OrthancClient(cfg, orthanc.password) as client:
+        yield orthanc, catalog.orthanc("c1", orthanc.url), client, tmp_path / "pdata"
+    catalog.close()
 
 
 def image(root: Path, n: int) -> tuple[Verified, bytes]:

@@ -14,31 +14,25 @@ import pydicom
 import pytest
 
 from pdata_sync.deid import ProjectKey
-from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc import instance_ids
 from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
 
-pytestmark = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed")
-
 RESEARCH = "research-exports"
 SECRET = "a-research-secret-for-tests"
 
 
 @pytest.fixture
-def site(tmp_path, seaweed, prefect_server):
+def site(tmp_path, seaweed, prefect_server, orthanc):
     clinic = make_clinic(tmp_path / "clinic")
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     if RESEARCH not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(Bucket=RESEARCH)
     empty_bucket(client, RESEARCH)
-    with (
-        OrthancServer(tmp_path / "orthanc") as orthanc,
-        ResolverServer(load_mapping(clinic)) as resolver,
-    ):
+    with ResolverServer(load_mapping(clinic)) as resolver:
         config = write_config(
             tmp_path / "clinic.yaml",
             clinic,
