@@ -29,10 +29,9 @@ from .sync import artifact_key, clinic_run_name
 def verify_task(config: ClinicConfig) -> Drift:
     client = s3_client(config.s3, config.transfer)
     check_bucket(client, config.s3.bucket)
-    orthanc = None
-    if config.orthanc is not None:
-        orthanc = orthanc_client(config.orthanc)
-        orthanc.check()
+    orthanc = orthanc_client(config.orthanc) if config.orthanc is not None else None
+    if orthanc is not None:
+        orthanc.check()  # unreachable or refused: before any work
     drift = verify_catalog(
         clinic_images(config),
         client,
@@ -40,9 +39,9 @@ def verify_task(config: ClinicConfig) -> Drift:
         belongs_to_clinic(config),
         flow_run.get_id(),
     )
-    if config.orthanc is not None and orthanc is not None:
-        records = open_catalog(config).orthanc(config.clinic_id, config.orthanc.url)
-        verify_orthanc(records, orthanc, drift, config.orthanc.concurrency)
+    if orthanc is not None:
+        records = open_catalog(config).orthanc(config.clinic_id, orthanc.url)
+        verify_orthanc(records, orthanc, drift, orthanc.cfg.concurrency)
     return drift
 
 

@@ -242,6 +242,15 @@ def _print_images(images: list[dict[str, Any]]) -> None:
     print(f"{len(images)} image(s)", file=sys.stderr)
 
 
+def orthanc_line(counts: dict[str, Any]) -> str:
+    """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
+    return (
+        f"Orthanc: stored {counts['stored']}, already stored {counts['already_stored']}, "
+        f"unchanged {counts['unchanged']}, rejected {len(counts['rejected'])}, "
+        f"failed {len(counts['failed'])}"
+    )
+
+
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
     print(
         f"clinic {summary['clinic_id']}: {summary['uploaded']} uploaded, "
@@ -258,12 +267,7 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
             print(f"  {label}: {item['path']}: {item['reason']}", file=out)
     orthanc = summary.get("orthanc")
     if orthanc is not None:
-        print(
-            f"Orthanc: {orthanc['stored']} stored, {orthanc['already_stored']} already stored, "
-            f"{orthanc['unchanged']} unchanged, {len(orthanc['rejected'])} rejected, "
-            f"{len(orthanc['failed'])} failed",
-            file=out,
-        )
+        print(orthanc_line(orthanc), file=out)
         for label in ("rejected", "failed"):
             for item in orthanc[label]:
                 print(f"  {label} by Orthanc: {item['path']}: {item['reason']}", file=out)

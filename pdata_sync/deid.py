@@ -215,7 +215,7 @@ class Deidentifier:
         if effect == "remove":
             del ds[tag]
             return
-        if elem.VR in ("DA", "DT") and effect != "remove":
+        if elem.VR in ("DA", "DT"):
             # the option: dates the profile touches are moved, consistently per patient
             values = elem.value if elem.VM > 1 else [elem.value]
             shifted = [_shift_date(str(v), shift) for v in values if v is not None]

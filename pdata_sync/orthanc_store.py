@@ -29,6 +29,7 @@ from .catalog.orthanc import (
 )
 from .errors import ErrorKind, classify, describe
 from .orthanc import SUCCESS, OrthancClient
+from .pdata import read_if_unchanged
 
 # what became of an image in Orthanc
 O_STORED = "stored"
@@ -65,10 +66,6 @@ def verified_in_s3(images: ClinicImages, keys: Sequence[str]) -> list[Verified]:
     ]
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class OrthancBatch:
     """Sends the images of one batch to one Orthanc and records the answers."""
 
@@ -90,14 +87,11 @@ class OrthancBatch:
 
     def _content(self, image: Verified) -> bytes:
         """The verified bytes: the PDATA file if unchanged since, else the S3 object."""
-        try:
-            data = (self.root / image.rel_path).read_bytes()
-            if _sha(data) == image.sha256:
-                return data
-        except OSError:
-            pass
+        data = read_if_unchanged(self.root / image.rel_path, image.sha256)
+        if data is not None:
+            return data
         data = self.read_s3(image.key)
-        if _sha(data) != image.sha256:
+        if hashlib.sha256(data).hexdigest() != image.sha256:
             raise ValueError("neither the file nor the S3 object has the verified content")
         return data
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -142,3 +143,13 @@ def scan_images(
             seen[image_id] = rel
             images.append(ImageFile(folder.patient_id, image_id, rel, st.st_size, st.st_mtime_ns))
     return images, skipped, problems
+
+
+def read_if_unchanged(path: Path, sha256_hex: str) -> bytes | None:
+    """The file's bytes if their SHA-256 is still ``sha256_hex`` (what was archived), else
+    None (changed, gone or unreadable): a later copy of an image must be the archived one."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256_hex else None

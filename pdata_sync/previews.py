@@ -10,7 +10,6 @@ readable by their owner only: a preview is patient data.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from .keys import patient_prefix
 from .manifest import HeaderError, read_header
 from .orthanc import OrthancClient, instance_ids
 from .render import RenderError, render
-from .retrieval import download_name, validate_guid
+from .retrieval import download_name, validate_guid, write_private
 from .s3_store import get_bytes, get_range, iter_prefix
 from .thumbnails import too_large
 
@@ -30,14 +29,6 @@ READERS = 8
 
 FROM_ORTHANC = "orthanc"
 FROM_LOCAL = "local"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def _orthanc_preview(client: Any, bucket: str, key: str, orthanc: OrthancClient) -> bytes | str:
@@ -82,7 +73,7 @@ def write_previews(
         if orthanc is not None:
             got = _orthanc_preview(client, s3.bucket, key, orthanc)
             if isinstance(got, bytes):
-                _write_private(target / names[key], got)
+                write_private(target / names[key], got)
                 return {**entry, "file": str(target / names[key]), "source": FROM_ORTHANC}
             entry["fallback"] = got
         if reason := too_large(size):
@@ -91,7 +82,7 @@ def write_previews(
             png = render(get_bytes(client, s3.bucket, key)[0], max_side=PREVIEW_MAX_SIDE, fmt="PNG")
         except RenderError as exc:
             return {**entry, "source": FROM_LOCAL, "problem": str(exc)}
-        _write_private(target / names[key], png)
+        write_private(target / names[key], png)
         return {**entry, "file": str(target / names[key]), "source": FROM_LOCAL}
 
     with ThreadPoolExecutor(READERS) as pool:

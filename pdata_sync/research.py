@@ -29,10 +29,10 @@ import pydicom
 
 from .deid import Deidentifier, held_back
 from .errors import BadInputError, ConfigError, describe
-from .keys import patient_prefix
 from .orthanc import OrthancClient
+from .pdata import read_if_unchanged
 from .retrieval import validate_guid
-from .s3_store import get_bytes, iter_prefix, list_prefix, put_small
+from .s3_store import get_bytes, list_patients, list_prefix, put_small
 
 ARCHIVE = "archive"
 ORTHANC = "orthanc"
@@ -279,11 +279,7 @@ class Exporter:
     def _from_pdata(self, item: ExportItem) -> bytes | None:
         if not item.rel_path or not item.sha256:
             return None
-        try:
-            data = (self.root / item.rel_path).read_bytes()
-        except OSError:
-            return None
-        return data if hashlib.sha256(data).hexdigest() == item.sha256 else None
+        return read_if_unchanged(self.root / item.rel_path, item.sha256)
 
     def fetch(self, item: ExportItem) -> tuple[bytes, str]:
         """The instance's bytes and where they came from; BadInputError when no source
@@ -366,6 +362,14 @@ class Exporter:
         return ExportOutcome(item.key, EXPORTED, **common)
 
 
-def archive_listings(client: Any, bucket: str, guids: Iterable[str]) -> dict[str, set[str]]:
-    """The archive keys under each patient's prefix."""
-    return {g: {o.key for o in iter_prefix(client, bucket, patient_prefix(g))} for g in guids}
+def archive_listings(
+    client: Any, bucket: str, guids: list[str], workers: int
+) -> dict[str, set[str]]:
+    """The archive keys under each patient's prefix; a listing that fails stops the plan
+    (an export must not mistake an unreadable prefix for missing images)."""
+    listings = {}
+    for guid, listing in list_patients(client, bucket, guids, workers).items():
+        if isinstance(listing, Exception):
+            raise listing
+        listings[guid] = set(listing)
+    return listings

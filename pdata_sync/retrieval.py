@@ -149,13 +149,19 @@ def patient_manifest(
     return build_manifest(items, guid), left_out
 
 
-def write_private_json(path: str | Path, document: Any) -> Path:
-    """Write JSON readable by its owner only (it holds presigned URLs), atomically."""
+def write_private(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` readable by its owner only (presigned URLs, previews: patient data),
+    atomically."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=1)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     os.replace(tmp, target)
     return target
+
+
+def write_private_json(path: str | Path, document: Any) -> Path:
+    """Write JSON readable by its owner only (it holds presigned URLs), atomically."""
+    return write_private(path, json.dumps(document, indent=1).encode("utf-8"))

@@ -52,7 +52,12 @@ def plan_export_task(config: ClinicConfig, request: ExportRequest) -> list[Expor
     """Every instance the request covers, with where it may be found."""
     rows = clinic_images(config).archived(request.patient_guids, request.study_uids)
     guids = sorted(set(request.patient_guids) | {r["patient_guid"] for r in rows})
-    listings = archive_listings(s3_client(config.s3, config.transfer), config.s3.bucket, guids)
+    listings = archive_listings(
+        s3_client(config.s3, config.transfer),
+        config.s3.bucket,
+        guids,
+        config.transfer.upload_concurrency,
+    )
     orthanc_ids: dict[str, str] = {}
     if config.orthanc is not None:
         records = open_catalog(config).orthanc(config.clinic_id, config.orthanc.url)

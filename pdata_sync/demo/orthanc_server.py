@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from .prefect_server import stop_process
+
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 USER = "pdata-sync"
 
@@ -94,6 +96,7 @@ class OrthancServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # stopped as its own group (prefect_server.stop_process)
         )
         deadline = time.monotonic() + timeout
         with self.http() as client:
@@ -111,13 +114,7 @@ class OrthancServer:
         raise RuntimeError(f"Orthanc did not answer within {timeout} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, timeout=10)
         self.proc = None
         if getattr(self, "_log", None) is not None:
             self._log.close()

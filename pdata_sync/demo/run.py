@@ -157,7 +157,7 @@ def _orthanc(work: Path) -> Iterator[OrthancServer | None]:
 
 
 def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
-    from ..cli import EXIT_FAILED, EXIT_OK, run_retrieve, run_sync
+    from ..cli import EXIT_FAILED, EXIT_OK, orthanc_line, run_retrieve, run_sync
 
     work = Path(workdir).resolve()
     manifest = load_or_generate(work, fresh)
@@ -207,11 +207,7 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
             print(f"{img['key']}  {img['size']:>9} bytes  {img['name']}")
         in_orthanc = summary["orthanc"]
         if in_orthanc is not None:
-            print(
-                f"Orthanc: stored {in_orthanc['stored']}, already stored "
-                f"{in_orthanc['already_stored']}, unchanged {in_orthanc['unchanged']}, "
-                f"rejected {len(in_orthanc['rejected'])}, failed {len(in_orthanc['failed'])}"
-            )
+            print(orthanc_line(in_orthanc))
         print(
             f"\nuploaded {summary['uploaded']}, unchanged {summary['unchanged']}, "
             f"rejected {len(summary['rejected'])}, failed {len(summary['failed'])}; "
