@@ -4,7 +4,6 @@ real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pdata_sync.demo.run import write_config
 from pdata_sync.errors import ConfigError, InvalidRequestError
 from pdata_sync.keys import thumbnail_key
 from tests.conftest import BUCKET, load_mapping, make_clinic
+from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,18 +51,11 @@ def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
 def task_runs_of(flow_run_id, expected: int | None = None, timeout: float = 30.0):
     """Task runs recorded for a flow run (waits for the event pipeline to catch up)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                limit=200,
-            )
-        if expected is None or len(runs) >= expected or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.5)
+    with get_client(sync_client=True) as client:
+        return wait_for_task_runs(
+            client, flow_run_id, at_least(expected or 0), timeout=timeout if expected else 0
+        )
 
 
 def artifacts_of(flow_run_id):

@@ -17,6 +17,7 @@ import httpx
 
 from pdata_sync.demo.serve import READY
 from tests.conftest import CLI, make_clinic
+from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -38,7 +39,6 @@ def processes_mentioning(text: str) -> list[str]:
 
 def test_demo_serve_runs_a_custom_run_and_leaves_nothing_behind(tmp_path):
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     work = tmp_path / "demo"
     # a small clinic where the demo looks for one (it reuses a generated clinic)
@@ -88,9 +88,7 @@ def test_demo_serve_runs_a_custom_run_and_leaves_nothing_behind(tmp_path):
             assert run.state.is_completed(), run.state
             assert run.name.startswith("demo-clinic-")
             assert run.parameters["config"]["transfer"]["batch_size"] == 50
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-            )
+            task_runs = wait_for_task_runs(client, run.id, has_task("upload-batch-01-of-01"))
             names = {t.name for t in task_runs}
             assert "upload-batch-01-of-01" in names, names
             assert {"scan-pdata", "resolve-card-ids"} <= {n.rsplit("-", 1)[0] for n in names}

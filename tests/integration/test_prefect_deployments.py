@@ -21,6 +21,7 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from tasks.catalog import clinic_limit_name
 from tests.conftest import BUCKET, load_mapping, make_clinic
+from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -229,8 +230,6 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
             from prefect.client.schemas.filters import (
                 ArtifactFilter,
                 ArtifactFilterFlowRunId,
-                FlowRunFilter,
-                FlowRunFilterId,
             )
 
             artifacts = client.read_artifacts(
@@ -247,14 +246,7 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
             from flows.sync import BOOKKEEPING_TASKS
 
             expected_runs = BOOKKEEPING_TASKS + batches
-            deadline = time.monotonic() + 30
-            while True:
-                task_runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200
-                )
-                if len(task_runs) >= expected_runs or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            task_runs = wait_for_task_runs(client, run.id, at_least(expected_runs))
             assert len(task_runs) == expected_runs
             assert all(t.state_type.value == "COMPLETED" for t in task_runs)
             assert sum(t.name.startswith("upload-batch") for t in task_runs) == batches

@@ -27,6 +27,7 @@ from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
 from pdata_sync.deployments import render_to
 from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_clinic
+from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 CLINIC = "sched-clinic"
 
@@ -37,7 +38,6 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
         DeploymentFilter,
         DeploymentFilterName,
         FlowRunFilter,
-        FlowRunFilterId,
     )
 
     clinic = make_clinic(tmp_path / "clinic", clinic_id=CLINIC)
@@ -90,9 +90,7 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
                 assert due.second == 0 and due.microsecond == 0
                 stamp = due.astimezone(UTC).strftime("%Y-%m-%dT%H-%MZ")
                 assert done.name == f"{CLINIC}-{stamp}"
-                task_runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done.id]))
-                )
+                task_runs = wait_for_task_runs(client, done.id, has_task("upload-batch-01-of-01"))
                 assert any(t.name == "upload-batch-01-of-01" for t in task_runs)
         finally:
             stop_process(worker, timeout=10)
