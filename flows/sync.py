@@ -28,15 +28,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from pdata_sync import progress
+from pdata_sync.catalog import now
+from pdata_sync.changes import images_by_patient, to_record
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
+from pdata_sync.pdata import Problem
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
 from pdata_sync.report import RunSummary
 from pdata_sync.retirement import source_view
 from tasks.catalog import clinic_lock, prepare_catalog
+from tasks.changes import detect_changes, record_changes
 from tasks.resolve import resolve_card_ids
 from tasks.retire import retire_objects
 from tasks.source import check_source, lookup_media, query_patients, scan_pdata
@@ -94,15 +98,29 @@ def _problems_markdown(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def problem_paths(summary: RunSummary, scan_problems: list[Problem]) -> list[str]:
+    """Every path this run failed, rejected or could not list, in S3 or in Orthanc: their
+    patients are read again next run."""
+    problems = [*summary.failed, *summary.rejected, *scan_problems]
+    if summary.orthanc is not None:
+        problems += [*summary.orthanc.failed, *summary.orthanc.rejected]
+    return [p.path for p in problems]
+
+
 def _sync(
     config: ClinicConfig, summary: RunSummary, locked_since: datetime | None, full_run: bool
 ) -> str | None:
     """The sync itself, under the clinic's lock; returns the configuration error that
     stopped it, if any."""
     logger = get_run_logger()
+    started_at = now()
     summary.interrupted_uploads_aborted = prepare_catalog(config, locked_since)
 
-    scan = scan_pdata(config)
+    # an incremental run reads only the folders of patients whose facts changed (ADR 0010)
+    changes = detect_changes(config, full_run) if config.incremental else None
+    if changes is not None:
+        summary.mode, summary.full_reason = changes.mode, changes.full_reason
+    scan = scan_pdata(config, None if changes is None else quote(changes.read))
     summary.folders = len(scan.folders)
     summary.images_found = len(scan.images)
     summary.skipped.update(scan.skipped)
@@ -189,7 +207,17 @@ def _sync(
         plan=plan,
         run_problems=[*summary.failed, *summary.rejected],
     )
-    summary.add_retirement(retire_objects(config, quote(view)))
+    retired = retire_objects(config, quote(view))
+    summary.add_retirement(retired)
+    if changes is not None and changes.tracked and not (retired.tripped or retired.fatal):
+        record = to_record(
+            changes,
+            read=[f.patient_id for f in scan.folders],
+            found=images_by_patient(scan.images),
+            problem_paths=problem_paths(summary, scan.problems),
+        )
+        summary.patients_to_read_again = len(record.forget)
+        record_changes(config, changes, quote(record), started_at)
     return summary.retirement_fatal
 
 

@@ -260,6 +260,14 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
         f"{summary['objects_planned']} objects)",
         file=out,
     )
+    if summary.get("mode") == "incremental":
+        print(
+            f"  incremental run: read the {summary['folders']} folder(s) of changed patients; "
+            f"{summary['patients_to_read_again']} to read again next run",
+            file=out,
+        )
+    elif summary.get("full_reason"):
+        print(f"  full run: {summary['full_reason']}", file=out)
     for reason, count in summary["skipped"].items():
         print(f"  skipped {count:>6}  {reason}", file=out)
     for label in ("rejected", "failed"):
@@ -577,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--full",
         action="store_true",
-        help="ask the resolver for every CardId (renewing cached answers) and list every "
-        "patient in S3: a remapped patient is seen now, not after the cache expires",
+        help="read every patient folder (also with incremental runs), ask the resolver for "
+        "every CardId (renewing cached answers) and list every patient in S3: a remapped "
+        "patient is seen now, not after the cache expires",
     )
     p.set_defaults(func=cmd_sync)
 

@@ -468,6 +468,20 @@ class ClinicConfig(_Model):
     retire_max_count: int = Field(
         500, ge=0, description="Safety limit: at most this many objects retired in one run."
     )
+    incremental: bool = Field(
+        False,
+        description="Nightly runs read only the folders of patients whose database rows or "
+        "patientGuids changed since the last complete run (docs/adr/0010). Needs "
+        "database.media_patient_column. Off: every run reads every folder.",
+    )
+    full_every_days: float = Field(
+        7,
+        gt=0,
+        le=90,
+        description="With incremental runs: a run reads every folder (a full reconcile) "
+        "when the last full run is this many days old. Only a full run sees a file "
+        "changed or added on the share without a database change.",
+    )
 
     @field_validator("clinic_id")
     @classmethod

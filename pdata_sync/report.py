@@ -26,7 +26,9 @@ from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
 # Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
 # prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media,
 # retire-objects (flows/sync.py; the history of a run must hold exactly these + batches).
+# A clinic with incremental runs adds detect-changes and record-changes (INCREMENTAL_TASKS).
 BOOKKEEPING_TASKS = 8
+INCREMENTAL_TASKS = 2
 
 
 def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
@@ -147,6 +149,9 @@ class RunSummary:
     thumbnails_made: int = 0
     thumbnails_not_made: list[Problem] = field(default_factory=list)
     orthanc: OrthancCounts | None = None  # None: the clinic has no Orthanc
+    mode: str = "full"  # or "incremental" (docs/adr/0010)
+    full_reason: str = ""  # why this run read every folder
+    patients_to_read_again: int = 0  # read this run, not recorded as done (incremental)
 
     def add_retirement(self, report: RetireReport) -> None:
         self.retire_mode = report.mode
@@ -187,6 +192,8 @@ class RunSummary:
             "clinic_id": self.clinic_id,
             "flow_run_id": self.flow_run_id,
             "ok": self.ok,
+            "mode": self.mode,
+            "full_reason": self.full_reason,
             "folders": self.folders,
             "patients_in_database": self.patients_in_database,
             "patients_resolved": self.patients_resolved,
@@ -211,12 +218,18 @@ class RunSummary:
                 "not_made": _dedupe(self.thumbnails_not_made),
             },
             "orthanc": None if self.orthanc is None else self.orthanc.to_dict(),
+            "patients_to_read_again": self.patients_to_read_again,
         }
 
     def counts_table(self) -> list[dict[str, Any]]:
         """Rows of (outcome, reason, count) for a table artifact."""
+        listed = (
+            "patient folders read (full run: " + self.full_reason + ")"
+            if self.mode == "full" and self.full_reason
+            else f"patient folders read ({self.mode} run)"
+        )
         rows: list[dict[str, Any]] = [
-            {"outcome": "folders", "reason": "patient folders listed", "count": self.folders},
+            {"outcome": "folders", "reason": listed, "count": self.folders},
             {
                 "outcome": "resolved",
                 "reason": "patients with a patientGuid",

@@ -189,3 +189,26 @@ def fetch_media(
                     patient_id=None if patient is None else int(patient),
                 )
     return result
+
+
+def fetch_media_by_patient(
+    engine: Engine, cfg: DatabaseConfig, patient_ids: Iterable[int]
+) -> dict[int, list[tuple[int, str | None, bool]]]:
+    """(imageId, name, deleted) of every media row naming one of ``patient_ids``, by
+    patient: one read of the media table's id, name, deleted and patient columns (what an
+    incremental run compares; docs/adr/0010). Needs ``media_patient_column``."""
+    if not cfg.media_patient_column:
+        raise ConfigError("database.media_patient_column is needed to match media rows")
+    wanted = set(patient_ids)
+    table, cols = _media_table(cfg)
+    roles = ["id", "name"] + ["deleted"] * bool(cfg.media_deleted_column) + ["patient"]
+    result: dict[int, list[tuple[int, str | None, bool]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(sa.select(*cols).select_from(table)):
+            values = dict(zip(roles, row, strict=True))
+            if values["patient"] is None or int(values["patient"]) not in wanted:
+                continue
+            name = None if values["name"] is None else str(values["name"])
+            deleted = _truthy(values["deleted"]) if "deleted" in values else False
+            result.setdefault(int(values["patient"]), []).append((int(values["id"]), name, deleted))
+    return result

@@ -29,12 +29,7 @@ def resolve_card_ids(
 ) -> ResolveResult:
     """Resolve CardIds in batches (cached across runs, transient errors retried);
     ``refresh``: ask for every CardId and renew the cache (a full run)."""
-    cache = None
-    if config.resolver.cache_ttl_hours > 0:
-        path = state_dir(config) / config.clinic_id / "resolver-cache.json"
-        cache = ResolutionCache(path, config.clinic_id, config.resolver.cache_ttl_hours * 3600)
-    with ResolverClient(config.resolver, config.clinic_id, cache) as client:
-        result = client.resolve(card_ids, refresh=refresh)
+    result = resolve(config, card_ids, refresh)
     get_run_logger().info(
         "%d of %d CardIds resolved (%d from the cache, %d resolver calls); %d unknown, %d failed",
         len(result.mapping),
@@ -45,3 +40,13 @@ def resolve_card_ids(
         len(result.failed),
     )
     return result
+
+
+def resolve(config: ClinicConfig, card_ids: list[str], refresh: bool = False) -> ResolveResult:
+    """The resolver's answers for ``card_ids`` through the worker's cache (no task run)."""
+    cache = None
+    if config.resolver.cache_ttl_hours > 0:
+        path = state_dir(config) / config.clinic_id / "resolver-cache.json"
+        cache = ResolutionCache(path, config.clinic_id, config.resolver.cache_ttl_hours * 3600)
+    with ResolverClient(config.resolver, config.clinic_id, cache) as client:
+        return client.resolve(card_ids, refresh=refresh)

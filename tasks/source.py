@@ -63,9 +63,12 @@ def check_source(config: ClinicConfig) -> None:
 
 
 @task(name="scan-pdata", cache_policy=NO_CACHE, persist_result=False)
-def scan_pdata(config: ClinicConfig) -> Scan:
-    """List patient folders and their image files."""
+def scan_pdata(config: ClinicConfig, only: frozenset[int] | None = None) -> Scan:
+    """List patient folders and their image files; ``only``: read just these patients'
+    folders (an incremental run; the others are not counted)."""
     folders, skipped = scan_patient_folders(config.pdata_root)
+    if only is not None:
+        folders = [f for f in folders if f.patient_id in only]
     images, skipped_files, problems = scan_images(config.pdata_root, folders)
     skipped.update(skipped_files)
     get_run_logger().info(

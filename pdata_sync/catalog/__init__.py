@@ -15,7 +15,8 @@ Alembic migrations (``pdata_sync/catalog_migrations``) when the catalog is opene
 
 Modules: :mod:`.schema` (tables), :mod:`.database` (connecting, migrating), :mod:`.series`
 (studies and series), :mod:`.states` (the lifecycle), :mod:`.images` (transitions and
-queries of one clinic's rows in one destination), :mod:`.lock` (one run per clinic).
+queries of one clinic's rows in one destination), :mod:`.lock` (one run per clinic),
+:mod:`.marks` (what incremental runs compare against).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .database import Database, default_catalog_url
 from .destination import destination_of
 from .images import ClinicImages
 from .lock import ClinicLock, Holder
+from .marks import SyncMarks
 from .orthanc import OrthancRecords, OrthancRow
 from .records import CatalogRow, PendingItem, Settled, SourceInfo, now
 from .schema import (
@@ -80,6 +82,10 @@ class Catalog(Database):
         """What the Orthanc at ``server`` holds of the clinic's images."""
         return OrthancRecords(self, clinic_id, server)
 
+    def marks(self, clinic_id: str, destination: str) -> SyncMarks:
+        """What incremental runs of the clinic in this destination compare against."""
+        return SyncMarks(self, clinic_id, destination)
+
     def lock(self, clinic_id: str, purpose: str, flow_run_id: str | None = None) -> ClinicLock:
         return ClinicLock(self, clinic_id, purpose, flow_run_id)
 
@@ -109,6 +115,7 @@ __all__ = [
     "ImageState",
     "PendingItem",
     "Settled",
+    "SyncMarks",
     "SourceInfo",
     "default_catalog_url",
     "destination_of",

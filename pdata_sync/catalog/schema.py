@@ -10,7 +10,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -140,6 +140,30 @@ orthanc_instances = sa.Table(
     sa.CheckConstraint(
         "status IN ('stored', 'already_stored', 'rejected', 'missing')", name="ck_orthanc_status"
     ),
+)
+
+# Incremental runs (pdata_sync.catalog.marks, docs/adr/0010): per clinic, destination and
+# Sidexis patient, the digest of what the database and the resolver said when a run last
+# handled the patient's folder completely; and per clinic and destination, the last full run.
+patient_marks = sa.Table(
+    "patient_marks",
+    metadata,
+    sa.Column("clinic_id", sa.String(64), primary_key=True),
+    sa.Column("destination", sa.String(1100), primary_key=True),
+    sa.Column("patient_id", sa.BigInteger, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("recorded_at", TS, nullable=False),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+)
+
+full_runs = sa.Table(
+    "full_runs",
+    metadata,
+    sa.Column("clinic_id", sa.String(64), primary_key=True),
+    sa.Column("destination", sa.String(1100), primary_key=True),
+    sa.Column("started_at", TS, nullable=False),  # the last full run's start
+    sa.Column("settings", sa.String(64), nullable=False),  # pdata_sync.changes.settings_digest
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
 )
 
 # One row per clinic while a sync or verify of it runs (pdata_sync.catalog.lock).
