@@ -38,7 +38,7 @@ $(BENCH_STAMP): bench/requirements.txt .ci/bench-setup
 bench: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/compare_tools.py
 
-bench-scale: $(STAMP)
+bench-scale: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/scale.py
 
 bench-huge: $(STAMP)

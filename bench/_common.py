@@ -196,3 +196,31 @@ def make_tree(
     tree = Tree(clinic_id, str(pdata), str(db_path), str(mapping_path), image_id - 1, total)
     stamp.write_text(_json.dumps({"spec": spec, "tree": tree.__dict__}))
     return tree
+
+
+def draw_chart(rows: list[tuple[str, float, float]], path: Path, title: str) -> None:
+    """Bars of wall time and files/s per tool (Pillow; no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    width, bar_h, gap, left = 900, 26, 10, 140
+    height = 70 + 2 * (len(rows) * (bar_h + gap)) + 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 10), title, fill="black")
+    y = 40
+    for label, unit, values in (
+        ("wall time (s, lower is better)", "s", [r[1] for r in rows]),
+        ("files per second (higher is better)", "/s", [r[2] for r in rows]),
+    ):
+        draw.text((10, y), label, fill="black")
+        y += 20
+        top = max(values) or 1
+        for (tool, _, _), value in zip(rows, values, strict=True):
+            length = int((width - left - 120) * value / top)
+            colour = (90, 90, 90) if tool.startswith("s5cmd") else (40, 110, 180)
+            draw.text((10, y + 7), tool, fill="black")
+            draw.rectangle([left, y, left + length, y + bar_h], fill=colour)
+            draw.text((left + length + 8, y + 7), f"{value:.1f}{unit}", fill="black")
+            y += bar_h + gap
+        y += 15
+    img.save(path)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine, run_measured
+from _common import ROOT, draw_chart, machine, run_measured
 
 from pdata_sync.demo.seaweed import SeaweedS3
 
@@ -64,34 +64,6 @@ def check_stored(client, prefix: str, digests: dict[str, bytes], with_checksum: 
         if with_checksum and head.get("ChecksumSHA256") != base64.b64encode(digests[name]).decode():
             return f"{name}: no SHA-256 checksum stored"
     return "ok"
-
-
-def draw_chart(rows: list[tuple[str, float, float]], path: Path, title: str) -> None:
-    """Bars of wall time and files/s per tool (Pillow; no plotting library needed)."""
-    from PIL import Image, ImageDraw
-
-    width, bar_h, gap, left = 900, 26, 10, 140
-    height = 70 + 2 * (len(rows) * (bar_h + gap)) + 40
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 10), title, fill="black")
-    y = 40
-    for label, unit, values in (
-        ("wall time (s, lower is better)", "s", [r[1] for r in rows]),
-        ("files per second (higher is better)", "/s", [r[2] for r in rows]),
-    ):
-        draw.text((10, y), label, fill="black")
-        y += 20
-        top = max(values) or 1
-        for (tool, _, _), value in zip(rows, values, strict=True):
-            length = int((width - left - 120) * value / top)
-            colour = (90, 90, 90) if tool == "s5cmd" else (40, 110, 180)
-            draw.text((10, y + 7), tool, fill="black")
-            draw.rectangle([left, y, left + length, y + bar_h], fill=colour)
-            draw.text((left + length + 8, y + 7), f"{value:.1f}{unit}", fill="black")
-            y += bar_h + gap
-        y += 15
-    img.save(path)
 
 
 def main() -> int:

@@ -14,12 +14,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from pdata_sync.changes import patient_of_path
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.s3_store import check_bucket
 from pdata_sync.verify import Drift, verify_catalog, verify_orthanc
 from tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock, open_catalog
+from tasks.changes import clinic_marks
 from tasks.credentials import orthanc_client, s3_client
 
 from .sync import artifact_key, clinic_run_name
@@ -42,6 +44,13 @@ def verify_task(config: ClinicConfig) -> Drift:
     if orthanc is not None:
         records = open_catalog(config).orthanc(config.clinic_id, orthanc.url)
         verify_orthanc(records, orthanc, drift, orthanc.cfg.concurrency)
+    # an incremental sync must read these patients' folders next, not wait for a full run
+    differing = {*drift.missing, *(c["key"] for c in drift.changed), *drift.orthanc_missing}
+    if differing:
+        paths = {row.key: row.rel_path for row in clinic_images(config).rows()}
+        clinic_marks(config).forget(
+            pid for key in differing if (pid := patient_of_path(paths.get(key, ""))) is not None
+        )
     return drift
 
 

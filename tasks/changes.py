@@ -45,6 +45,8 @@ def settings_of(config: ClinicConfig) -> str:
             "database": database,
             "key_template": config.s3.key_template,
             "resolver": config.resolver.url,
+            # a new second destination must receive every image, not only the changed ones
+            "orthanc": config.orthanc.url if config.orthanc is not None else None,
         }
     )
 

@@ -76,12 +76,7 @@ class SyncMarks:
                     )
                 )
             else:
-                for part in chunks(drop):
-                    conn.execute(
-                        patient_marks.delete().where(
-                            self._mine(patient_marks), patient_marks.c.patient_id.in_(part)
-                        )
-                    )
+                self._delete(conn, drop)
             rows = [
                 {
                     "clinic_id": self.clinic_id,
@@ -95,3 +90,17 @@ class SyncMarks:
             ]
             for part in chunks(rows):
                 conn.execute(patient_marks.insert(), part)
+
+    def forget(self, patient_ids: Iterable[int]) -> None:
+        """Drop these patients' digests: the next run reads their folders whatever the
+        database says (``verify`` found one of their objects missing or changed)."""
+        with self.db.begin() as conn:
+            self._delete(conn, sorted(set(patient_ids)))
+
+    def _delete(self, conn: sa.Connection, patient_ids: list[int]) -> None:
+        for part in chunks(patient_ids):
+            conn.execute(
+                patient_marks.delete().where(
+                    self._mine(patient_marks), patient_marks.c.patient_id.in_(part)
+                )
+            )

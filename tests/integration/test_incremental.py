@@ -23,9 +23,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pdata_sync.catalog import Catalog, now
+from pdata_sync.catalog import Catalog, destination_of, now
 from pdata_sync.catalog.schema import full_runs
 from pdata_sync.changes import WHY_DUE, WHY_FIRST
+from pdata_sync.config import load_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
@@ -37,7 +38,7 @@ from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_c
 
 @pytest.fixture
 def clinic_setup(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic")
+    clinic = make_clinic(tmp_path / "clinic", patients=18)  # six simple patients
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic)) as resolver:
@@ -59,8 +60,23 @@ def clinic_setup(tmp_path, seaweed, prefect_server):
             assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
             return json.loads(out.stdout)
 
-        yield clinic, client, resolver, sync, tmp_path
+        def verify() -> dict:
+            out = run_cli(["verify", "--config", str(config), "--json"], env)
+            assert out.returncode in (0, 1), out.stderr[-3000:]
+            return json.loads(out.stdout)
+
+        yield clinic, client, resolver, sync, verify, tmp_path
     empty_bucket(client, BUCKET)
+
+
+def rows_of(tmp_path: Path) -> list:
+    """The clinic's catalog rows in the test bucket."""
+    cfg = load_config(tmp_path / "clinic.yaml")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}")
+    try:
+        return catalog.images(cfg.clinic_id, destination_of(cfg.s3.endpoint_url, BUCKET)).rows()
+    finally:
+        catalog.close()
 
 
 def folder_of(clinic, patient_id: int) -> Path:
@@ -111,7 +127,7 @@ def simple_patients(clinic, mapping: dict[str, str], troubled: set[str]) -> list
 
 
 def test_incremental_runs_read_only_what_changed_and_keep_the_archive_exact(clinic_setup):
-    clinic, client, resolver, sync, tmp_path = clinic_setup
+    clinic, client, resolver, sync, verify, tmp_path = clinic_setup
     mapping = resolver.state.mapping[clinic.clinic_id]
 
     first = sync()
@@ -125,7 +141,7 @@ def test_incremental_runs_read_only_what_changed_and_keep_the_archive_exact(clin
     assert quiet["mode"] == "incremental" and quiet["folders"] == len(troubled)
     assert quiet["uploaded"] == 0 and quiet["retired"] == []
 
-    a, b, c, d, e = simple_patients(clinic, mapping, troubled)[:5]
+    a, b, c, d, e, f = simple_patients(clinic, mapping, troubled)[:6]
     # a: a new image
     new_path = add_image(clinic, a, 90001)
     sidexis(clinic, "INSERT INTO MediaBase VALUES (?,?,?,0)", 90001, a, "OPG")
@@ -175,11 +191,20 @@ def test_incremental_runs_read_only_what_changed_and_keep_the_archive_exact(clin
     assert moved_from != moved["patient_guid"]
     assert_exactly_expected(client, clinic)  # exactly what a full run would hold
 
+    # f: an object removed from S3 behind our back; verify finds it, and the next run,
+    # incremental as it is, reads f's folder again and puts the object back
+    lost = next(
+        r.key for r in rows_of(tmp_path) if r.rel_path.startswith(folder_of(clinic, f).name)
+    )
+    client.delete_object(Bucket=BUCKET, Key=lost)
+    assert verify()["missing"] == [lost]
     # e: a media row written before its file; the file comes after the run
     sidexis(clinic, "INSERT INTO MediaBase VALUES (?,?,?,0)", 90002, e, "Bitewing")
     early = sync()
-    assert early["folders"] == len(troubled) + 1
-    assert early["patients_to_read_again"] == len(troubled) + 1
+    assert early["mode"] == "incremental" and early["uploaded"] == 1  # f's lost object
+    assert early["folders"] == len(troubled) + 2  # e and f
+    assert early["patients_to_read_again"] == len(troubled) + 1  # e, until its file is there
+    assert_exactly_expected(client, clinic)
     late_path = add_image(clinic, e, 90002, seed=2)
     guid_e = next(
         x["patient_guid"]
