@@ -206,6 +206,9 @@ def _sync(
         patients=patients,
         plan=plan,
         run_problems=[*summary.failed, *summary.rejected],
+        scope=None
+        if changes is None or changes.read is None
+        else frozenset(f.name for f in scan.folders),
     )
     retired = retire_objects(config, quote(view))
     summary.add_retirement(retired)

@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from .pdata import ImageFile, parse_patient_folder
 
@@ -43,9 +44,9 @@ WHY_DUE = "the periodic full reconcile is due (full_every_days)"
 UNTRACKED = frozenset({WHY_DISABLED, WHY_NO_MEDIA_PATIENT})
 
 
-@dataclass(frozen=True)
-class MediaEntry:
-    """One media row as the digest sees it (Sidexis ids and the image name only)."""
+class MediaEntry(NamedTuple):
+    """One media row as the digest sees it (Sidexis ids and the image name only); a tuple,
+    as a clinic has a hundred thousand of them."""
 
     image_id: int
     name: str | None
@@ -82,7 +83,7 @@ def patient_facts(
             skipped=skipped.get(pid, ""),
             guids=tuple(dict.fromkeys(mapping[c] for c in cards if c in mapping)),
             failed="; ".join(sorted({failed[c] for c in cards if c in failed})),
-            media=tuple(MediaEntry(i, n, d) for i, n, d in media.get(pid, ())),
+            media=tuple(map(MediaEntry._make, media.get(pid, ()))),
         )
     return facts
 

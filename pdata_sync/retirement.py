@@ -57,6 +57,8 @@ class SourceView:
     listed_folders: frozenset[str]  # patient folders listed completely
     deleted: Mapping[str, str]  # rel_path -> why Sidexis no longer has it
     unsure: frozenset[str]  # failed, rejected, conflicting or unresolved this run
+    # the folders an incremental run read (only their rows can be decided); None: all
+    scope: frozenset[str] | None = None
 
 
 def retirements(
@@ -118,9 +120,11 @@ def source_view(
     patients: PatientResolution,
     plan: Plan,
     run_problems: Iterable[Problem],
+    scope: frozenset[str] | None = None,
 ) -> SourceView:
     """What a sync found, as retirement needs it. ``run_problems``: every image this run
-    failed or rejected (they keep their objects)."""
+    failed or rejected (they keep their objects); ``scope``: the folders an incremental run
+    read (None: a full run)."""
     images = list(images)
     scan_problems = list(scan_problems)
     planned: dict[str, set[str]] = {}
@@ -142,6 +146,7 @@ def source_view(
         listed_folders=frozenset(f.name for f in folders) - unlisted,
         deleted=deleted,
         unsure=frozenset(unsure),
+        scope=scope,
     )
 
 
@@ -171,15 +176,20 @@ def retire(
     at: datetime | None = None,
 ) -> RetireReport:
     """Retire what no longer belongs (``mode`` "move"), or only report it ("keep")."""
-    rows = images.rows()
-    archived = [r for r in rows if r.state in ARCHIVED]
+    # an incremental run decides only the rows of the folders it read (ADR 0010); the
+    # safety limit stays relative to the whole clinic
+    rows = images.rows() if view.scope is None else images.rows_in_folders(view.scope)
     verified = frozenset(r.key for r in rows if r.state == VERIFIED)
-    report = RetireReport(mode=mode, candidates=retirements(archived, view, verified))
+    report = RetireReport(
+        mode=mode,
+        candidates=retirements([r for r in rows if r.state in ARCHIVED], view, verified),
+    )
     n = len(report.candidates)
-    if n and limit.trips(n, len(archived)):
+    archived = sum(count for state, count in images.state_counts().items() if state in ARCHIVED)
+    if n and limit.trips(n, archived):
         report.tripped = (
             f"retirement stopped by its safety limit: {n} object(s) no longer belong, more "
-            f"than {limit.limit(len(archived))} ({limit.fraction:.0%} of {len(archived)}, at "
+            f"than {limit.limit(archived)} ({limit.fraction:.0%} of {archived}, at "
             f"most {limit.count}); nothing was retired. Check the Sidexis database and the "
             "resolver; for an intended large change raise retire_max_fraction for one run"
         )

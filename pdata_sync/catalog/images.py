@@ -417,6 +417,22 @@ class ClinicImages:
             result = conn.execute(sa.select(*columns).where(self._mine()).order_by(images.c.key))
             return [CatalogRow.of(r) for r in result]
 
+    def rows_in_folders(self, folders: Iterable[str]) -> list[CatalogRow]:
+        """The image rows whose files are (or were) in these PDATA folders, ordered by key:
+        what an incremental run's retirement needs, without reading the whole clinic."""
+        wanted = set(folders)
+        columns = [images.c[c] for c in ROW_COLUMNS]
+        found: list[CatalogRow] = []
+        with self.db.engine.connect() as conn:
+            for chunk in chunks(sorted(wanted), 100):
+                # folder names are P_{digits}: LIKE's "_" wildcard can only over-match, and
+                # the exact folder is checked below
+                near = sa.or_(*[images.c.rel_path.like(f"{name}/%") for name in chunk])
+                for r in conn.execute(sa.select(*columns).where(self._mine(), near)):
+                    if r.rel_path.split("/", 1)[0] in wanted:
+                        found.append(CatalogRow.of(r))
+        return sorted(found, key=lambda row: row.key)
+
     def history(self, key: str) -> list[dict[str, Any]]:
         """Earlier contents of one key, oldest first."""
         with self.db.engine.connect() as conn:
