@@ -202,7 +202,7 @@ def draw_chart(rows: list[tuple[str, float, float]], path: Path, title: str) -> 
     """Bars of wall time and files/s per tool (Pillow; no plotting library needed)."""
     from PIL import Image, ImageDraw
 
-    width, bar_h, gap, left = 900, 26, 10, 140
+    width, bar_h, gap, left = 900, 26, 10, 240
     height = 70 + 2 * (len(rows) * (bar_h + gap)) + 40
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
