@@ -38,6 +38,7 @@ class SeriesRegistry:
         if not wanted:
             return
         study_uids = sorted({study for study, _ in wanted})
+        found: dict[tuple[str, str, str], int] = {}
         with self.db.begin() as conn:
             conn.execute(
                 self.db.insert_ignore(studies, ["clinic_id", "study_instance_uid"]),
@@ -75,7 +76,10 @@ class SeriesRegistry:
                     )
                 ):
                     study_uid = by_study[int(r.study_id)]
-                    self._cache[(clinic_id, study_uid, r.series_instance_uid)] = int(r.id)
+                    found[(clinic_id, study_uid, r.series_instance_uid)] = int(r.id)
+        # shared with the other threads only now: an id from a transaction not yet committed
+        # would fail their image rows' foreign key (PostgreSQL cannot see the row yet)
+        self._cache.update(found)
 
     def id_of(self, clinic_id: str, header: DicomHeader) -> int | None:
         return self._cache.get((clinic_id, header.study_instance_uid, header.series_instance_uid))

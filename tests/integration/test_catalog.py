@@ -4,6 +4,7 @@ source, studies and series grouped by DICOM UIDs, and concurrent writers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -296,6 +297,29 @@ def test_studies_and_series_grouped_by_uid_under_concurrent_writers(catalog, img
             sa.text("SELECT series_id, count(*) FROM images GROUP BY series_id")
         ).all()
     assert sorted(n for _, n in per_series) == [16, 16, 16, 16]
+
+
+def test_a_series_id_is_shared_between_threads_only_once_its_row_is_committed(catalog):
+    """Found under load on PostgreSQL (the test above, 4 xdist workers on 2 cores): a thread
+    took the id of a series another thread had inserted but not committed yet, and its
+    image row failed the foreign key. The id may be handed out only after the commit."""
+    header = info(study="9.8", ser="9.8.7").header
+    before_commit: dict[str, int | None] = {}
+    begin = catalog.begin
+
+    @contextlib.contextmanager
+    def peek_before_commit():
+        with begin() as conn:
+            yield conn
+            before_commit["id"] = catalog.series.id_of("c1", header)  # what another thread sees
+
+    catalog.begin = peek_before_commit
+    try:
+        catalog.series.register("c1", [header], now())
+    finally:
+        del catalog.begin
+    assert before_commit == {"id": None}
+    assert catalog.series.id_of("c1", header) is not None
 
 
 def test_a_second_worker_on_the_same_catalog_reuses_studies_and_series(catalog, imgs):
