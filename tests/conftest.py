@@ -42,6 +42,27 @@ def load_mapping(manifest: Manifest) -> dict:
     return json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
 
 
+def clinic_yaml(path: Path, clinic: Manifest, resolver, seaweed, **settings) -> Path:
+    """The clinic's config file at ``path`` on the test servers (state beside it), with
+    top-level ``settings`` overridden."""
+    import yaml
+
+    from pdata_sync.demo.run import write_config
+
+    config = write_config(
+        path,
+        clinic,
+        resolver_url=resolver.url,
+        endpoint=seaweed.endpoint,
+        state_dir=path.parent / "state",
+    )
+    if settings:
+        data = yaml.safe_load(config.read_text())
+        data.update(settings)
+        config.write_text(yaml.safe_dump(data))
+    return config
+
+
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     """(size, mtime_ns, sha256) of every file under ``root``: proof nothing was written."""
     snap = {}

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from pdata_sync.catalog import Catalog, destination_of, now
 from pdata_sync.catalog.schema import full_runs
@@ -29,11 +28,17 @@ from pdata_sync.changes import WHY_DUE, WHY_FIRST
 from pdata_sync.config import load_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.pdata import parse_patient_folder
 from pdata_sync.retirement import FILE_GONE, PATIENT_CHANGED
-from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_clinic, run_cli
+from tests.conftest import (
+    BUCKET,
+    assert_exactly_expected,
+    clinic_yaml,
+    load_mapping,
+    make_clinic,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -42,17 +47,9 @@ def clinic_setup(tmp_path, seaweed, prefect_server):
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
-        settings = yaml.safe_load(config.read_text())
-        settings["incremental"] = True
-        settings["retire_max_fraction"] = 0.5  # a small clinic: one patient is > 5 %
-        config.write_text(yaml.safe_dump(settings))
+        # a small clinic: one patient is > 5 % of its objects
+        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed,
+                             incremental=True, retire_max_fraction=0.5)  # fmt: skip
         env = {**prefect_server.env(), **seaweed.env()}
 
         def sync(*extra: str) -> dict:

@@ -12,15 +12,13 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pdata_sync.catalog import RETIRED, VERIFIED, Catalog, destination_of
 from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
-from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
 
 
 @pytest.fixture
@@ -29,16 +27,9 @@ def clinic_setup(tmp_path, seaweed, prefect_server):
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
-        settings = yaml.safe_load(config.read_text())
-        settings["retire_max_fraction"] = 0.5  # a small clinic: one patient is > 5 %
-        config.write_text(yaml.safe_dump(settings))
+        # a small clinic: one patient is > 5 % of its objects
+        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed,
+                             retire_max_fraction=0.5)  # fmt: skip
         env = {**prefect_server.env(), **seaweed.env()}
 
         def sync(*extra: str) -> tuple[int, dict]:
