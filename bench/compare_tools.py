@@ -66,6 +66,8 @@ floor()
 CASES = {
     "small": {"patients": 200, "files_per_patient": 10, "file_bytes": 315 * 1024},
     "large": {"patients": 4, "files_per_patient": 5, "file_bytes": 42 * MB},
+    # issue 18's "10,000 x 315 KB initial <= 1.1x s5cmd" (3.1 GB): --cases medium --runs 1
+    "medium": {"patients": 1000, "files_per_patient": 10, "file_bytes": 315 * 1024},
     # for --link: 500 x 315 KB (155 MB) is about 12 s at 100 Mbit/s
     "wan": {"patients": 100, "files_per_patient": 5, "file_bytes": 315 * 1024},
 }
