@@ -126,6 +126,11 @@ def main() -> int:
     parser.add_argument("--workdir", default=".bench/compare")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
+        "--no-thumbnails",
+        action="store_true",
+        help="pdata-sync without its sync-time thumbnails (on by default, as in clinics)",
+    )
+    parser.add_argument(
         "--link", metavar="RTT_MS:UP_MBIT", help="a shaped link between the tools and the server"
     )
     args = parser.parse_args()
@@ -157,6 +162,8 @@ def main() -> int:
                     endpoint=endpoint,
                     state_dir=state,
                 )
+                if args.no_thumbnails:
+                    config.write_text(config.read_text() + "thumbnails: false\n")
                 for round_ in range(args.runs):
                     order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
                     for tool in order:
