@@ -247,9 +247,10 @@ def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
 def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
     """Copy every image of every resolvable patient of one clinic to S3.
 
-    ``full_run``: ask the resolver for every CardId (renewing its cached answers) and list
-    every patient in S3, trusting no recent confirmation: a remapped patient is seen at
-    once instead of after ``resolver.cache_ttl_hours``.
+    ``full_run``: read every patient folder (also for a clinic with incremental runs, ADR
+    0010), ask the resolver for every CardId (renewing its cached answers) and list every
+    patient in S3, trusting no recent confirmation: a remapped patient is seen at once
+    instead of after ``resolver.cache_ttl_hours``.
 
     Returns the run summary (a dict). The run ends Failed (with the summary as its data)
     when any image failed; rejected bad input is reported but does not fail the run.
