@@ -34,7 +34,6 @@ from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
-from pdata_sync.pdata import Problem
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
 from pdata_sync.report import RunSummary
@@ -96,15 +95,6 @@ def _problems_markdown(summary: RunSummary) -> str:
             lines += [f"| `{e['path']}` | `{e['key']}` | {e['reason']} |" for e in entries]
             lines.append("")
     return "\n".join(lines)
-
-
-def problem_paths(summary: RunSummary, scan_problems: list[Problem]) -> list[str]:
-    """Every path this run failed, rejected or could not list, in S3 or in Orthanc: their
-    patients are read again next run."""
-    problems = [*summary.failed, *summary.rejected, *scan_problems]
-    if summary.orthanc is not None:
-        problems += [*summary.orthanc.failed, *summary.orthanc.rejected]
-    return [p.path for p in problems]
 
 
 def _sync(
@@ -217,7 +207,7 @@ def _sync(
             changes,
             read=[f.patient_id for f in scan.folders],
             found=images_by_patient(scan.images),
-            problem_paths=problem_paths(summary, scan.problems),
+            problem_paths=summary.problem_paths(),  # their patients are read again
         )
         summary.patients_to_read_again = len(record.forget)
         record_changes(config, changes, quote(record), started_at)

@@ -168,9 +168,6 @@ class ChangeSet:
         """Whether this run records digests (the clinic can run incrementally)."""
         return self.full_reason not in UNTRACKED
 
-    def reads(self, patient_id: int) -> bool:
-        return self.read is None or patient_id in self.read
-
 
 @dataclass(frozen=True)
 class Record:

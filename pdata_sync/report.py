@@ -181,6 +181,14 @@ class RunSummary:
                 self.orthanc = OrthancCounts()
             self.orthanc.add(report.orthanc)
 
+    def problem_paths(self) -> list[str]:
+        """Every path this run failed, rejected or could not list (the share's problems
+        are among them), in S3 or in Orthanc."""
+        problems = [*self.failed, *self.rejected]
+        if self.orthanc is not None:
+            problems += [*self.orthanc.failed, *self.orthanc.rejected]
+        return [p.path for p in problems]
+
     @property
     def ok(self) -> bool:
         """True when nothing failed, in S3 or in Orthanc (rejected bad input is reported,

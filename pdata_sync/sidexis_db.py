@@ -6,8 +6,9 @@ of 2,100 parameters per statement. SQLite databases are opened read-only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -172,23 +173,30 @@ def fetch_media(
     absent."""
     ids = sorted(set(image_ids))
     table, cols = _media_table(cfg)
-    roles = ["id", "name"] + ["deleted"] * bool(cfg.media_deleted_column)
-    roles += ["patient"] * bool(cfg.media_patient_column)
+    roles = _media_roles(cfg)
     result: dict[int, MediaRow] = {}
     with engine.connect() as conn:
         for chunk in _chunks(ids):
             stmt = sa.select(*cols).select_from(table).where(cols[0].in_(chunk))
-            for row in conn.execute(stmt):
-                values = dict(zip(roles, row, strict=True))
-                name = None if values["name"] is None else str(values["name"])
-                deleted = _truthy(values["deleted"]) if "deleted" in values else False
-                patient = values.get("patient")
-                result[int(values["id"])] = MediaRow(
-                    name=name,
-                    deleted=deleted,
-                    patient_id=None if patient is None else int(patient),
-                )
+            result.update(_media_row(roles, row) for row in conn.execute(stmt))
     return result
+
+
+def _media_roles(cfg: DatabaseConfig) -> list[str]:
+    """The roles of :func:`_media_table`'s columns, in their order."""
+    roles = ["id", "name"] + ["deleted"] * bool(cfg.media_deleted_column)
+    return roles + ["patient"] * bool(cfg.media_patient_column)
+
+
+def _media_row(roles: list[str], row: Sequence[Any]) -> tuple[int, MediaRow]:
+    """(imageId, the row) of one media table row read with :func:`_media_table`."""
+    values = dict(zip(roles, row, strict=True))
+    patient = values.get("patient")
+    return int(values["id"]), MediaRow(
+        name=None if values["name"] is None else str(values["name"]),
+        deleted=_truthy(values["deleted"]) if "deleted" in values else False,
+        patient_id=None if patient is None else int(patient),
+    )
 
 
 def fetch_media_by_patient(
@@ -201,14 +209,13 @@ def fetch_media_by_patient(
         raise ConfigError("database.media_patient_column is needed to match media rows")
     wanted = set(patient_ids)
     table, cols = _media_table(cfg)
-    roles = ["id", "name"] + ["deleted"] * bool(cfg.media_deleted_column) + ["patient"]
+    roles = _media_roles(cfg)
     result: dict[int, list[tuple[int, str | None, bool]]] = {}
     with engine.connect() as conn:
         for row in conn.execute(sa.select(*cols).select_from(table)):
-            values = dict(zip(roles, row, strict=True))
-            if values["patient"] is None or int(values["patient"]) not in wanted:
-                continue
-            name = None if values["name"] is None else str(values["name"])
-            deleted = _truthy(values["deleted"]) if "deleted" in values else False
-            result.setdefault(int(values["patient"]), []).append((int(values["id"]), name, deleted))
+            image_id, media = _media_row(roles, row)
+            if media.patient_id in wanted:
+                result.setdefault(media.patient_id, []).append(
+                    (image_id, media.name, media.deleted)
+                )
     return result

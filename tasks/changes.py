@@ -27,7 +27,7 @@ from pdata_sync.sidexis_db import fetch_media_by_patient, fetch_patients
 
 from .catalog import open_catalog
 from .resolve import resolve
-from .source import _engine
+from .source import engine_of
 
 
 def clinic_marks(config: ClinicConfig) -> SyncMarks:
@@ -73,7 +73,7 @@ def detect_changes(config: ClinicConfig, requested_full: bool) -> ChangeSet:
         return ChangeSet(mode=FULL, full_reason=why, digests={}, read=None, settings=settings)
     folders, _ = scan_patient_folders(config.pdata_root)
     ids = sorted({f.patient_id for f in folders})
-    engine = _engine(config)
+    engine = engine_of(config)
     lookup = fetch_patients(engine, config.database, ids)
     media = fetch_media_by_patient(engine, config.database, ids)
     cards = sorted({c for cs in lookup.card_ids.values() for c in cs})

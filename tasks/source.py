@@ -43,7 +43,7 @@ _ENGINES: dict[tuple[str, str | None], Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _engine(config: ClinicConfig) -> Engine:
+def engine_of(config: ClinicConfig) -> Engine:
     """One engine per database per process: a run's three database tasks share its pooled
     connection (one SQL Server login instead of three; stale connections are pinged)."""
     password = database_password(config.database)
@@ -58,7 +58,7 @@ def _engine(config: ClinicConfig) -> Engine:
 def check_source(config: ClinicConfig) -> None:
     """Fail fast if PDATA or the database is not usable."""
     check_root(config.pdata_root)
-    check_database(_engine(config), config.database)
+    check_database(engine_of(config), config.database)
     get_run_logger().info("PDATA share and Sidexis database are readable")
 
 
@@ -84,7 +84,7 @@ def scan_pdata(config: ClinicConfig, only: frozenset[int] | None = None) -> Scan
 @task(name="query-patients", cache_policy=NO_CACHE, persist_result=False)
 def query_patients(config: ClinicConfig, patient_ids: list[int]) -> PatientLookup:
     """CardIds of the listed patients; skipped patients with their reasons."""
-    lookup = fetch_patients(_engine(config), config.database, patient_ids)
+    lookup = fetch_patients(engine_of(config), config.database, patient_ids)
     get_run_logger().info(
         "%d of %d patients have CardIds (%d CardIds); %d skipped",
         len(lookup.card_ids),
@@ -106,6 +106,6 @@ class Media:
 @task(name="lookup-media", cache_policy=NO_CACHE, persist_result=False)
 def lookup_media(config: ClinicConfig, image_ids: list[int]) -> Media:
     """Media rows (name, deleted flag) of the images to upload."""
-    rows = fetch_media(_engine(config), config.database, image_ids)
+    rows = fetch_media(engine_of(config), config.database, image_ids)
     get_run_logger().info("%d media rows found for %d images", len(rows), len(image_ids))
     return Media(rows)

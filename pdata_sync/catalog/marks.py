@@ -61,7 +61,6 @@ class SyncMarks:
         (``full_started_at``) also replaces the clinic's whole set (patients it did not keep
         are dropped) and becomes the last full run."""
         at = now()
-        drop = sorted(set(forget) | set(keep))
         with self.db.begin() as conn:
             if full_started_at is not None:
                 conn.execute(patient_marks.delete().where(self._mine(patient_marks)))
@@ -76,7 +75,7 @@ class SyncMarks:
                     )
                 )
             else:
-                self._delete(conn, drop)
+                self._delete(conn, sorted(set(forget) | set(keep)))
             rows = [
                 {
                     "clinic_id": self.clinic_id,
