@@ -6,8 +6,11 @@ checksums S3 verifies (x-amz-checksum-sha256), 16 at a time, and print what it d
 Run by bench/datapath.py as a child process (its wall time, CPU and peak RSS are the
 candidate's), with the credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. MODE:
 
-* ``botocore``: pdata-sync's path today (pdata_sync.s3_store.put_small: SHA-256 and MD5,
-  metadata), 16 threads on one boto3 client.
+* ``pdata-sync``: the product's path (pdata_sync.s3_store.put_small: obstore since ADR
+  0011, called from 16 threads as the uploader does; SHA-256 checked by S3, metadata, the
+  ETag compared with our MD5 afterwards).
+* ``botocore``: the path before ADR 0011, one boto3 client's ``put_object`` with SHA-256,
+  Content-MD5 and metadata, 16 threads.
 * ``signed-httpx``: the same request signed with botocore's SigV4 signer and sent on a
   pooled httpx connection (no botocore request machinery), 16 threads.
 * ``obstore``: obstore (Rust, GIL released), ``checksum_algorithm="sha256"``, 16 concurrent
@@ -40,14 +43,18 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def run_botocore(args: argparse.Namespace, files: list[Path]) -> None:
+def _product_client(args: argparse.Namespace):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from pdata_sync.config import S3Config
-    from pdata_sync.s3_store import make_client, put_small
+    from pdata_sync.s3_store import make_client
 
-    client = make_client(
-        S3Config(bucket=args.bucket, region="us-east-1", endpoint_url=args.endpoint)
-    )
+    return make_client(S3Config(bucket=args.bucket, region="us-east-1", endpoint_url=args.endpoint))
+
+
+def run_pdata_sync(args: argparse.Namespace, files: list[Path]) -> None:
+    from pdata_sync.s3_store import put_small
+
+    client = _product_client(args)
 
     def one(path: Path) -> None:
         data = path.read_bytes()
@@ -59,6 +66,26 @@ def run_botocore(args: argparse.Namespace, files: list[Path]) -> None:
             data,
             {"sha256": digest.hex()},
             sha256_digest=digest,
+        )
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(one, files))
+
+
+def run_botocore(args: argparse.Namespace, files: list[Path]) -> None:
+    client = _product_client(args)
+
+    def one(path: Path) -> None:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).digest()
+        client.put_object(
+            Bucket=args.bucket,
+            Key=f"{args.prefix}{path.name}",
+            Body=data,
+            ContentType=CONTENT_TYPE,
+            ContentMD5=_b64(hashlib.md5(data).digest()),  # noqa: S324 - S3's own check
+            ChecksumSHA256=_b64(digest),
+            Metadata={"sha256": digest.hex()},
         )
 
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -188,6 +215,7 @@ def run_crt(args: argparse.Namespace, files: list[Path]) -> None:
 
 
 MODES = {
+    "pdata-sync": run_pdata_sync,
     "botocore": run_botocore,
     "signed-httpx": run_signed_httpx,
     "obstore": run_obstore,

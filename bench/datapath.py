@@ -4,7 +4,8 @@ the same SeaweedFS, each with the SHA-256 checksum S3 verifies, 16 at a time.
     make bench-datapath   # or: .venv/bin/python bench/datapath.py [--files 2000] [--kb 315]
                           #        [--rounds 3] [--chart bench/datapath.png]
 
-Candidates (bench/_put_client.py): ``botocore`` (pdata-sync today), ``signed-httpx``
+Candidates (bench/_put_client.py): ``pdata-sync`` (the product's put_small: obstore from
+16 threads since ADR 0011), ``botocore`` (the path before it), ``signed-httpx``
 (botocore's signer, httpx's pooled connections), ``obstore`` and ``crt`` (awscrt), against
 ``s5cmd`` in the same run. Each is a whole child process: wall time, CPU and peak RSS are
 its own. After each, a sample of what it stored is checked: the object count, the stored
@@ -32,6 +33,7 @@ BUCKET = "datapath"
 BENCH_VENV = ROOT / ".bench-venv" / "bin"
 CLIENT = str(ROOT / "bench" / "_put_client.py")
 CANDIDATES = {
+    "pdata-sync": sys.executable,
     "botocore": sys.executable,
     "signed-httpx": sys.executable,
     "obstore": str(BENCH_VENV / "python"),

@@ -20,6 +20,8 @@ S3 errors by operation and code, from one table (docs/adr/0003-error-taxonomy.md
 from __future__ import annotations
 
 import enum
+import re
+from dataclasses import dataclass
 
 from .url_secrets import redact
 
@@ -130,12 +132,52 @@ _S3_CONFIG_MESSAGES = {
 
 
 def s3_code(exc: BaseException) -> tuple[str, str]:
-    """(operation, error code) of a botocore ClientError; ("", "") for anything else."""
+    """(operation, error code) of a botocore ClientError or an obstore error; ("", "") for
+    anything else. An obstore error without an answer (connection refused, reset, timeout)
+    has the code ""."""
+    if _is_obstore(exc):
+        answer = _obstore_answer(exc)
+        return answer.operation, answer.code or answer.status
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return "", ""
     code = str(response.get("Error", {}).get("Code", ""))
     return str(getattr(exc, "operation_name", "") or ""), code
+
+
+def _is_obstore(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("obstore")
+
+
+@dataclass(frozen=True)
+class _ObstoreAnswer:
+    operation: str  # PutObject, ...
+    status: str  # the HTTP status S3 answered, "" when none came
+    code: str  # S3's error code from the XML body, if any
+    message: str  # S3's message, or what went wrong on the way (e.g. "Connection refused")
+
+
+_OPERATIONS = {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject"}
+
+
+def _obstore_answer(exc: BaseException) -> _ObstoreAnswer:
+    """What an obstore error says (it has only text: "Error performing PUT <url> in <t> -
+    Server returned non-2xx status code: 503 ...: <Error><Code>SlowDown</Code>...")."""
+    text = str(exc)
+    method = re.search(r"Error performing (\w+) ", text)
+    status = re.search(r"status code: (\d{3})", text)
+    code = re.search(r"<Code>([^<]{1,64})</Code>", text)
+    message = re.search(r"<Message>([^<]{0,300})</Message>", text)
+    if message is None:  # no answer: the transport's reason, else the summary line
+        message = re.search(r'message: "([^"]{1,200})"', text) or re.search(
+            r" - ([^\n]{1,200})", text
+        )
+    return _ObstoreAnswer(
+        operation=_OPERATIONS.get(method.group(1), "S3") if method else "S3",
+        status=status.group(1) if status else "",
+        code=code.group(1) if code else "",
+        message=message.group(1) if message else text.splitlines()[0][:200],
+    )
 
 
 def _s3_kind(operation: str, code: str) -> ErrorKind:
@@ -180,6 +222,16 @@ def classify(exc: BaseException) -> ErrorKind:
         return _s3_kind(*s3_code(exc))
     if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
         return ErrorKind.TRANSIENT
+    if _is_obstore(exc):
+        answer = _obstore_answer(exc)
+        if type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError"):
+            return ErrorKind.CONFIG
+        if not answer.status:  # no answer: refused, reset, timed out
+            return ErrorKind.TRANSIENT
+        kind = _s3_kind(answer.operation, answer.code or answer.status)
+        if kind is ErrorKind.PERMANENT and not answer.code and answer.status >= "500":
+            return ErrorKind.TRANSIENT  # a 5xx without a body
+        return kind
 
     import httpx
 
@@ -211,6 +263,10 @@ def describe(exc: BaseException) -> str:
         msg = err.get("Message") or ""
         op = getattr(exc, "operation_name", "") or "S3"
         return f"S3 {op} failed: {code} {msg}".strip()
+    if _is_obstore(exc):
+        answer = _obstore_answer(exc)
+        what = answer.code or (f"HTTP {answer.status}" if answer.status else "no answer:")
+        return redact(f"S3 {answer.operation} failed: {what} {answer.message}".strip())
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = redact(text)  # a driver's message may repeat a connection string
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

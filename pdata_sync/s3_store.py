@@ -1,9 +1,11 @@
 """S3 side: client, bucket check, prefix listing, checksummed uploads, presigned URLs.
 
 Every upload carries a SHA-256 that S3 verifies on receipt (``x-amz-checksum-sha256``, and
-per part for multipart uploads) plus a Content-MD5, so a body damaged in transit is refused
-by the server. Transient S3 errors are retried by botocore's ``standard`` retry mode
-(exponential backoff with jitter on throttling, 5xx, timeouts and connection errors).
+per part with a Content-MD5 for multipart uploads), so a body damaged in transit is refused
+by the server. Single PUTs go through obstore (:mod:`pdata_sync.s3_put`, ADR 0011), which
+retries them itself; everything else goes through boto3, whose transient errors are retried
+by botocore's ``standard`` retry mode (exponential backoff with jitter on throttling, 5xx,
+timeouts and connection errors).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.handlers import add_expect_header
 
+from . import s3_put
 from .config import S3Config, TransferConfig
 from .dicom_meta import DicomHeader, multipart_etag
 from .errors import (
@@ -129,6 +132,17 @@ def make_client(
         }
     session = boto3.session.Session(**session_kwargs)
     client = session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
+    s3_put.register(
+        client,
+        s3_put.PutSettings(
+            bucket_region=cfg.region,
+            endpoint_url=cfg.endpoint_url,
+            max_attempts=transfer.max_attempts,
+            connect_timeout=transfer.connect_timeout_seconds,
+            read_timeout=transfer.read_timeout_seconds,
+            session=session,
+        ),
+    )
     # No "Expect: 100-continue": it costs a round trip per PUT (about half the time of a
     # small upload against a nearby server) to save sending a body S3 would refuse, which
     # for our parts of at most a few MB is the cheaper risk.
@@ -224,26 +238,16 @@ def put_small(
     metadata: dict[str, str],
     sha256_digest: bytes | None = None,
 ) -> Stored:
-    """Upload ``data`` in one PUT with SHA-256 and MD5 checks (``sha256_digest``: the
-    caller's SHA-256 of ``data``, if it has it already)."""
+    """Upload ``data`` in one PUT through obstore (:mod:`pdata_sync.s3_put`) with the
+    SHA-256 check S3 makes on receipt (``sha256_digest``: the caller's SHA-256 of ``data``,
+    if it has it already). The MD5 is ours, for :func:`confirm_object` to compare with the
+    ETag S3 answers."""
     md5 = hashlib.md5(data).digest()
     sha = _b64(sha256_digest or hashlib.sha256(data).digest())
-    response = client.put_object(
-        Bucket=bucket,
-        Key=key,
-        Body=data,
-        ContentType=CONTENT_TYPE,
-        ContentMD5=_b64(md5),
-        ChecksumSHA256=sha,
-        Metadata=metadata,
+    etag = s3_put.put_object(
+        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata
     )
-    return Stored(
-        etag=str(response.get("ETag", "")).strip('"'),
-        sent_etag=md5.hex(),
-        sent_sha256=sha,
-        size=len(data),
-        answered_sha256=response.get("ChecksumSHA256"),
-    )
+    return Stored(etag=etag, sent_etag=md5.hex(), sent_sha256=sha, size=len(data))
 
 
 def _read_part(fh: Any, part_size: int) -> bytes:
@@ -527,13 +531,13 @@ def put_derived(
 ) -> None:
     """Store a picture made from an image (a thumbnail), checksummed by S3 like the images;
     ``source-sha256`` records which image content it was made from."""
-    client.put_object(
-        Bucket=bucket,
-        Key=key,
-        Body=body,
-        ContentType=content_type,
-        ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
-        Metadata={"source-sha256": source_sha256} if source_sha256 else {},
+    s3_put.put_object(
+        client,
+        bucket,
+        key,
+        body,
+        content_type=content_type,
+        metadata={"source-sha256": source_sha256} if source_sha256 else {},
     )
 
 

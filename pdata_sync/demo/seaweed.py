@@ -91,21 +91,13 @@ class SeaweedS3:
         }
 
     def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
+        """An admin client made as the product makes its own (``make_client``: path-style,
+        our retries, single PUTs through obstore), so code given it runs as in production."""
+        from pdata_sync.config import S3Config
+        from pdata_sync.s3_store import AwsKeys, make_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
+        cfg = S3Config(bucket="any-bucket", region="us-east-1", endpoint_url=self.endpoint)
+        return make_client(cfg, keys=AwsKeys(self.access_key, self.secret_key))
 
     def start(self, timeout: float = 60.0) -> SeaweedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)

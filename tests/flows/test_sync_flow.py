@@ -1,5 +1,5 @@
-"""The flows under prefect_test_harness, with S3 on moto (in-process) and the resolver as a
-real HTTP server on 127.0.0.1."""
+"""The flows under prefect_test_harness, with S3 on the session's SeaweedFS and the resolver
+as a real HTTP server, both on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import json
 from datetime import UTC
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.errors import ConfigError, InvalidRequestError
 from pdata_sync.keys import thumbnail_key
 from tests.conftest import BUCKET, load_mapping, make_clinic
@@ -28,12 +27,19 @@ def harness():
         yield
 
 
+ENDPOINT = ""  # the session's SeaweedFS, set by the s3 fixture
+
+
 @pytest.fixture
-def s3(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+def s3(seaweed, monkeypatch):
+    """The session's SeaweedFS, its bucket empty, its credentials in the environment."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(f"{__name__}.ENDPOINT", seaweed.endpoint)
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    yield client
 
 
 def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
@@ -41,7 +47,7 @@ def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
         tmp_path / "clinic.yaml",
         clinic,
         resolver_url=resolver_url,
-        endpoint="",
+        endpoint=ENDPOINT,
         state_dir=tmp_path / "state",
         **transfer,
     )

@@ -1,17 +1,18 @@
-"""Uploading a batch against moto (fast; moto does not verify checksums, so integrity is
-tested against SeaweedFS in tests/integration)."""
+"""Uploading a batch against a real SeaweedFS on 127.0.0.1 (the tests' session server): the
+single PUTs go through obstore, which no in-process mock intercepts, and SeaweedFS checks
+the SHA-256 each upload carries."""
 
 import hashlib
 import random
 from pathlib import Path
 
-import boto3
 import pydicom
 import pytest
-from moto import mock_aws
 
+from pdata_sync import s3_put
 from pdata_sync.config import parse_config
 from pdata_sync.demo.generate import write_dicom
+from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import decode_name_from_metadata, thumbnail_key
 from pdata_sync.plan import PlannedImage
 from pdata_sync.render import render
@@ -21,6 +22,8 @@ from pdata_sync.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, BatchUplo
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
+BUCKET = "dental-images"
+ENDPOINT: str | None = None  # the session's SeaweedFS, set by the s3 fixture
 
 
 def config(root: Path, bucket: str = "dental-images", thumbnails: bool = True, **transfer):
@@ -31,7 +34,7 @@ def config(root: Path, bucket: str = "dental-images", thumbnails: bool = True, *
             "pdata_root": str(root),
             "database": {"url": "sqlite:////nonexistent.db", "schema": None},
             "resolver": {"url": "http://127.0.0.1:9/x"},
-            "s3": {"bucket": bucket, "region": "us-east-1"},
+            "s3": {"bucket": bucket, "region": "us-east-1", "endpoint_url": ENDPOINT},
             "transfer": {"max_attempts": 1, **transfer},
         }
     )
@@ -60,11 +63,18 @@ def item(rel, guid, image_id, name="OPG"):
 
 
 @pytest.fixture
-def s3(aws_env):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="dental-images")
-        yield client
+def s3(seaweed, monkeypatch):
+    """The session's SeaweedFS with an empty bucket, and its credentials in the environment
+    (boto3's standard chain, as on a worker)."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(f"{__name__}.ENDPOINT", seaweed.endpoint)
+    client = seaweed.client()
+    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=BUCKET)
+    empty_bucket(client, BUCKET)
+    yield client
 
 
 def test_upload_then_unchanged_then_changed(tmp_path, s3):
@@ -156,14 +166,19 @@ class _Lying:
     """A client through which S3's reports differ from what was sent: a PUT answers another
     ETag, a HEAD one byte less. S3 did not confirm the upload."""
 
-    def __init__(self, client):
+    def __init__(self, client, monkeypatch):
         self._client = client
+        s3_put.register(self, s3_put.settings_of(client))
+        real_put = s3_put.put_object
+
+        def lying_put(client, *args, **kwargs):
+            etag = real_put(client, *args, **kwargs)
+            return "0" * 32 if isinstance(client, _Lying) else etag
+
+        monkeypatch.setattr(s3_put, "put_object", lying_put)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
-
-    def put_object(self, **kwargs):
-        return {**self._client.put_object(**kwargs), "ETag": '"' + "0" * 32 + '"'}
 
     def head_object(self, **kwargs):
         response = self._client.head_object(**kwargs)
@@ -182,10 +197,10 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
     cfg = config(root, multipart_threshold_mb=5, part_size_mb=5)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
+    rows_of = catalog.images("c-1", destination_of(ENDPOINT, BUCKET))
     client = make_client(cfg.s3, cfg.transfer)
 
-    lying = BatchUploader(cfg, _Lying(client), rows_of, "run-1").upload_batch(items)
+    lying = BatchUploader(cfg, _Lying(client, monkeypatch), rows_of, "run-1").upload_batch(items)
     assert [o.status for o in lying] == [FAILED, FAILED]
     assert "answered ETag" in lying[0].reason and "bytes for" in lying[1].reason
     assert all("not verified" in o.reason for o in lying)
@@ -201,15 +216,16 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     def no_reading(*args, **kwargs):
         raise AssertionError("a verified, unchanged file was read")
 
-    monkeypatch.setattr("pdata_sync.uploader.file_digests", no_reading)
-    monkeypatch.setattr("pdata_sync.uploader._read_stable", no_reading)
-    again = BatchUploader(cfg, client, rows_of, "run-3").upload_batch(items)
+    with monkeypatch.context() as m:
+        m.setattr("pdata_sync.uploader.file_digests", no_reading)
+        m.setattr("pdata_sync.uploader._read_stable", no_reading)
+        again = BatchUploader(cfg, client, rows_of, "run-3").upload_batch(items)
     assert [o.status for o in again] == [UNCHANGED, UNCHANGED]
-    monkeypatch.undo()
 
     # a changed file goes pending -> verified again, with the old content in the history
     dcm(root, "P_1/0000_1.dcm", 1, seed=99)
-    changed = BatchUploader(cfg, _Lying(client), rows_of, "run-4").upload_batch(items[:1])
+    liar = _Lying(client, monkeypatch)
+    changed = BatchUploader(cfg, liar, rows_of, "run-4").upload_batch(items[:1])
     assert [o.status for o in changed] == [FAILED]
     assert rows_of.lookup([items[0].key])[items[0].key].state == "uploaded"
     # S3 holds the new content (it just did not say so): the next run settles it, no upload
@@ -244,7 +260,7 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     ]
     cfg = config(root)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
+    rows_of = catalog.images("c-1", destination_of(ENDPOINT, BUCKET))
     client = make_client(cfg.s3, cfg.transfer)
     calls: list[tuple[str, str | None]] = []
     client.meta.events.register(
@@ -316,7 +332,7 @@ def test_pixel_data_cut_short_is_archived_byte_for_byte_noted_and_flagged(tmp_pa
     items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
     cfg = config(root)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    rows_of = catalog.images("c-1", destination_of(None, "dental-images"))
+    rows_of = catalog.images("c-1", destination_of(ENDPOINT, BUCKET))
     out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer), rows_of, "run-1").upload_batch(
         items
     )
