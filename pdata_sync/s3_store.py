@@ -41,7 +41,7 @@ from .errors import (
     s3_code,
     s3_config_message,
 )
-from .keys import encode_name_for_metadata, patient_prefix
+from .keys import encode_name_for_metadata, is_canonical_guid, patient_prefix
 
 CONTENT_TYPE = "application/dicom"
 MB = 1024 * 1024
@@ -167,17 +167,21 @@ def check_bucket(client: Any, bucket: str) -> None:
         raise ConfigError(f"S3: bucket {bucket!r} cannot be checked: {describe(exc)}") from None
 
 
+def _remote(obj: Mapping[str, Any]) -> RemoteObject:
+    return RemoteObject(
+        key=obj["Key"],
+        size=int(obj["Size"]),
+        etag=str(obj.get("ETag", "")).strip('"'),
+        last_modified=obj["LastModified"],
+    )
+
+
 def iter_prefix(client: Any, bucket: str, prefix: str) -> Iterator[RemoteObject]:
     """Every object under ``prefix``, all pages."""
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            yield RemoteObject(
-                key=obj["Key"],
-                size=int(obj["Size"]),
-                etag=str(obj.get("ETag", "")).strip('"'),
-                last_modified=obj["LastModified"],
-            )
+            yield _remote(obj)
 
 
 def list_prefix(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject]:
@@ -185,12 +189,57 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject
     return {o.key: o for o in iter_prefix(client, bucket, prefix)}
 
 
+# A batch's patients are listed as one range of images/ when they are many: a LIST page
+# holds up to 1,000 keys, where listing each patient's prefix costs one request per patient
+# (10,000 requests for a new worker or a full run at 10,000 patients). That pays only while
+# the range holds few other objects: in a bucket shared with other clinics their patients'
+# random GUIDs interleave with ours. So the walk stops after one page per
+# RANGE_PATIENTS_PER_PAGE patients, and the patients it did not reach are listed one by one
+# (at worst 1/RANGE_PATIENTS_PER_PAGE more requests than listing each patient).
+RANGE_MIN_PATIENTS = 8
+RANGE_PATIENTS_PER_PAGE = 4
+LIST_PAGE_KEYS = 1000
+_IMAGES = "images/"
+
+
+def _list_range(client: Any, bucket: str, guids: list[str]) -> dict[str, dict[str, RemoteObject]]:
+    """The objects of ``guids`` from one walk of ``images/`` from the smallest GUID to the
+    largest; the GUIDs the walk did not finish (it gives up after a page budget) are left
+    out."""
+    wanted = sorted(set(guids))
+    found: dict[str, dict[str, RemoteObject]] = {g: {} for g in wanted}
+    request: dict[str, Any] = {
+        "Bucket": bucket,
+        "Prefix": _IMAGES,
+        # just before images/{first}/...: with the slash, as SeaweedFS skips a "folder"
+        # named by StartAfter (AWS compares keys as strings; both agree on this form)
+        "StartAfter": f"{_IMAGES}{wanted[0]}/",
+        "MaxKeys": LIST_PAGE_KEYS,
+    }
+    reached = wanted[0]  # every GUID before this one is complete
+    for _ in range(max(1, len(wanted) // RANGE_PATIENTS_PER_PAGE)):
+        page = client.list_objects_v2(**request)
+        for obj in page.get("Contents", []):
+            guid, slash, _ = obj["Key"][len(_IMAGES) :].partition("/")
+            if guid > wanted[-1]:
+                return found
+            reached = guid
+            if slash and guid in found:
+                found[guid][obj["Key"]] = _remote(obj)
+        if not page.get("IsTruncated"):
+            return found
+        request["ContinuationToken"] = page["NextContinuationToken"]
+    return {guid: objects for guid, objects in found.items() if guid < reached}
+
+
 def list_patients(
     client: Any, bucket: str, patient_guids: list[str], workers: int
 ) -> dict[str, dict[str, RemoteObject] | Exception]:
-    """:func:`list_prefix` of each patient's prefix, ``workers`` at a time (each listing is
-    a round trip: one after the other, a WAN's latency times the patients), by patientGuid.
-    A patient whose listing failed maps to its exception."""
+    """Each patient's objects under ``images/{guid}/`` (``key -> RemoteObject``), by
+    patientGuid. Many patients are walked as one range of ``images/`` (above); the others
+    are listed one prefix each, ``workers`` at a time (each listing is a round trip: one
+    after the other, a WAN's latency times the patients). A patient whose listing failed
+    maps to its exception."""
 
     def listing(guid: str) -> dict[str, RemoteObject] | Exception:
         try:
@@ -200,8 +249,20 @@ def list_patients(
 
     if not patient_guids:
         return {}
-    with ThreadPoolExecutor(min(workers, len(patient_guids)), thread_name_prefix="s3-list") as pool:
-        return dict(zip(patient_guids, pool.map(listing, patient_guids), strict=True))
+    listed: dict[str, dict[str, RemoteObject] | Exception] = {}
+    rest = list(dict.fromkeys(patient_guids))
+    canonical = [g for g in rest if is_canonical_guid(g)]
+    if len(canonical) >= RANGE_MIN_PATIENTS:
+        try:
+            ranged = _list_range(client, bucket, canonical)
+        except Exception:  # noqa: BLE001 - each patient's own listing says what is wrong
+            ranged = {}
+        listed.update(ranged)
+        rest = [g for g in rest if g not in ranged]
+    if rest:
+        with ThreadPoolExecutor(min(workers, len(rest)), thread_name_prefix="s3-list") as pool:
+            listed.update(zip(rest, pool.map(listing, rest), strict=True))
+    return {guid: listed[guid] for guid in patient_guids}
 
 
 def is_md5_etag(etag: str) -> bool:
