@@ -13,8 +13,8 @@
 * :class:`ClinicBusyError` - another sync or verify of the clinic is running; the run
   refuses before any work, naming the holder.
 
-:func:`classify` maps third-party exceptions (httpx, botocore, OS errors) onto these kinds;
-S3 errors by operation and code, from one table (docs/adr/0003-error-taxonomy.md).
+:func:`classify` maps third-party exceptions (httpx, botocore, obstore, OS errors) onto these
+kinds; S3 errors by operation and code, from one table (docs/adr/0003-error-taxonomy.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Retries with exponential backoff for our own HTTP calls (the resolver).
+"""Retries with exponential backoff for our own calls (the resolver, obstore PUTs).
 
-S3 calls use botocore's own retry machinery (``standard`` mode); this module covers the
-rest with tenacity, honouring a server's ``Retry-After`` when it gives one.
+S3 calls through boto3 use botocore's own retry machinery (``standard`` mode); this module
+covers the rest with tenacity (the resolver, and single PUTs through obstore, whose own
+retries are off: ADR 0011), honouring a server's ``Retry-After`` when it gives one.
 """
 
 from __future__ import annotations
