@@ -137,7 +137,7 @@ def s3_code(exc: BaseException) -> tuple[str, str]:
     has the code ""."""
     if _is_obstore(exc):
         answer = _obstore_answer(exc)
-        return answer.operation, answer.code or answer.status
+        return answer.operation, answer.key
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return "", ""
@@ -155,6 +155,11 @@ class _ObstoreAnswer:
     status: str  # the HTTP status S3 answered, "" when none came
     code: str  # S3's error code from the XML body, if any
     message: str  # S3's message, or what went wrong on the way (e.g. "Connection refused")
+
+    @property
+    def key(self) -> str:
+        """What the S3 rules are looked up by: S3's code, else the bare HTTP status."""
+        return self.code or self.status
 
 
 _OPERATIONS = {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject"}
@@ -228,8 +233,8 @@ def classify(exc: BaseException) -> ErrorKind:
             return ErrorKind.CONFIG
         if not answer.status:  # no answer: refused, reset, timed out
             return ErrorKind.TRANSIENT
-        kind = _s3_kind(answer.operation, answer.code or answer.status)
-        if kind is ErrorKind.PERMANENT and not answer.code and answer.status >= "500":
+        kind = _s3_kind(answer.operation, answer.key)
+        if kind is ErrorKind.PERMANENT and not answer.code and answer.status.startswith("5"):
             return ErrorKind.TRANSIENT  # a 5xx without a body
         return kind
 

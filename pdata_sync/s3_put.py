@@ -54,7 +54,7 @@ class PutSettings:
     session: Any  # boto3.session.Session: its credentials
 
 
-_NO_CREDENTIALS = (
+NO_CREDENTIALS = (
     "S3: no AWS credentials found (set s3.aws_credentials_block, or "
     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile on the worker)"
 )
@@ -77,7 +77,7 @@ class _Credentials:
     def __call__(self) -> dict[str, Any]:
         credentials = self.session.get_credentials()
         if credentials is None:
-            raise ConfigError(_NO_CREDENTIALS)
+            raise ConfigError(NO_CREDENTIALS)
         frozen = credentials.get_frozen_credentials()
         return {
             "access_key_id": frozen.access_key,
@@ -96,7 +96,7 @@ def _store(client: Any, bucket: str) -> Any:
             return stores[bucket]
         settings = settings_of(client)
         if settings.session.get_credentials() is None:
-            raise ConfigError(_NO_CREDENTIALS)
+            raise ConfigError(NO_CREDENTIALS)
         from obstore.store import S3Store
 
         config: dict[str, Any] = {

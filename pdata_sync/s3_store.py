@@ -155,10 +155,7 @@ def check_bucket(client: Any, bucket: str) -> None:
     try:
         client.head_bucket(Bucket=bucket)
     except NoCredentialsError:
-        raise ConfigError(
-            "S3: no AWS credentials found (set s3.aws_credentials_block, or AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY or a profile on the worker)"
-        ) from None
+        raise ConfigError(s3_put.NO_CREDENTIALS) from None
     except EndpointConnectionError as exc:
         raise ConfigError(f"S3: cannot connect to {exc.kwargs.get('endpoint_url')}") from None
     except ClientError as exc:
