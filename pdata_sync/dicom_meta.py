@@ -9,10 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .dicom_scan import MEDIA_SOP_INSTANCE_UID, scan
 from .errors import BadInputError
 
 UNKNOWN = "unknown"  # some S3 servers drop empty metadata values, so absent fields say this
 _HASH_CHUNK = 1024 * 1024
+# How much of a file the lean scan reads; a longer header is read by pydicom.
+_SCAN_BYTES = 64 * 1024
+_SOP = 0x00080018
 # The elements a header read needs; pydicom converts only these (a real header has hundreds).
 _HEADER_TAGS = [
     "StudyInstanceUID",
@@ -56,19 +60,65 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
     """Parse the DICOM header of ``source`` (bytes, a path or a binary file).
 
     Raises :class:`BadInputError` for an empty file or anything that is not DICOM Part 10.
+    The plain cases are read by :func:`dicom_scan.scan`; pydicom reads the rest, and is the
+    reference the scan is tested against.
     """
     if isinstance(source, (str, Path)):
         with open(source, "rb") as fh:
             return read_header(fh)
-    fp: BinaryIO
     if isinstance(source, bytes):
         if not source:
             raise BadInputError("empty file")
-        fp = io.BytesIO(source)
+        return _from_scan(source, io.BytesIO(source), whole=True) or _read_with_pydicom(
+            io.BytesIO(source)
+        )
+    start = source.tell()
+    head = source.read(_SCAN_BYTES)
+    header = _from_scan(head, source, whole=len(head) < _SCAN_BYTES, base=start)
+    if header is not None:
+        return header
+    source.seek(start)
+    return _read_with_pydicom(source)
+
+
+def _from_scan(data: bytes, fp: BinaryIO, *, whole: bool, base: int = 0) -> DicomHeader | None:
+    """The header from a lean scan of ``data`` (the start of ``fp``, at ``base``), or None
+    when pydicom must read it. ``whole``: ``data`` is all of the file."""
+    found = scan(data)
+    if found is None or found.values[_SOP] is None:
+        return None  # pydicom reads it (and says what is wrong, if anything)
+    if found.pixel_offset is None and not whole:
+        return None  # the header may go on past what was read
+    if found.pixel_offset is None:
+        defect = None
     else:
-        fp = source
+        fp.seek(base + found.pixel_offset)
+        defect = pixel_data_defect(fp, found.implicit_vr, True)
+    values = found.values
+
+    def text(*tags: int) -> str:
+        for tag in tags:
+            value = (values[tag] or "").strip()
+            if value and value.isascii():
+                return value
+        return UNKNOWN
+
+    sop = text(_SOP)
+    if sop == UNKNOWN:
+        sop = text(MEDIA_SOP_INSTANCE_UID)
+    return DicomHeader(
+        study_instance_uid=text(0x0020000D),
+        series_instance_uid=text(0x0020000E),
+        sop_instance_uid=sop,
+        modality=text(0x00080060),
+        acquisition_date=text(0x00080022, 0x00080023, 0x00080021, 0x00080020),
+        defect=defect,
+    )
+
+
+def _read_with_pydicom(fp: BinaryIO) -> DicomHeader:
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False, specific_tags=_HEADER_TAGS)
@@ -84,8 +134,14 @@ def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
         OverflowError,
         NotImplementedError,
         struct.error,
+        BytesLengthException,  # a value cut short (a RuntimeError, not a ValueError)
     ) as exc:
         # pydicom raises these on truncated or garbled headers
+        raise BadInputError(f"damaged DICOM header: {type(exc).__name__}") from None
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the share could not be read: not the file's fault
+        # pydicom's own "No tag to read at file position ...": a sequence cut short
         raise BadInputError(f"damaged DICOM header: {type(exc).__name__}") from None
     if "SOPInstanceUID" not in ds and "SOPInstanceUID" not in getattr(ds, "file_meta", {}):
         raise BadInputError("DICOM file without a SOP Instance UID")

@@ -217,9 +217,14 @@ class BatchUploader:
         if verified_unchanged(item, row, remote, st):
             return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
         if remote is not None and remote.size == size:
-            etag, sha = file_digests(path, size, self.threshold, self.part_size)
+            source: bytes | Path = path
+            if size <= self.threshold:  # read once for the digests and the header
+                source = path.read_bytes()
+                etag, sha = hashlib.md5(source).hexdigest(), hashlib.sha256(source).hexdigest()
+            else:
+                etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
-                header = read_header(path)
+                header = read_header(source)
                 if self.images is not None:
                     info = self._info(item, size, st.st_mtime_ns, sha, header)
                     self.settled.add(Settled(item.key, info, MATCH, remote.etag))
