@@ -144,6 +144,11 @@ def _like_boto3(endpoint_url: str | None) -> dict[str, Any]:
     return options
 
 
+def store_of(client: Any, bucket: str) -> Any:
+    """The obstore store of ``client`` for ``bucket`` (also used to walk ``images/``)."""
+    return _store(client, bucket)
+
+
 def settings_of(client: Any) -> PutSettings:
     """How ``client`` was made (:func:`register`)."""
     settings = _SETTINGS.get(client)

@@ -5,15 +5,19 @@ crowd the range."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from pdata_sync import s3_store
+from pdata_sync.config import S3Config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import patient_prefix
-from pdata_sync.s3_store import list_patients, list_prefix
+from pdata_sync.s3_store import AwsKeys, list_patients, list_prefix, make_client
+from tests.support.fault_proxy import FaultProxy
 
 BUCKET = "listing-test"
 
@@ -26,8 +30,9 @@ def client(seaweed):
     empty_bucket(client, BUCKET)
 
 
-def guid(n: int) -> str:
-    return str(uuid.UUID(int=n * 0x0123456789ABCDEF0123 + 7, version=4))
+def guid(n: int, k: int = 0) -> str:
+    """The n-th GUID in string order (k > 0: one between the n-th and the next)."""
+    return str(uuid.UUID(int=n * 0x0123456789ABCDEF0123 + 7 + k, version=4))
 
 
 def put_all(client, keys: list[str]) -> None:
@@ -38,14 +43,20 @@ def put_all(client, keys: list[str]) -> None:
         list(pool.map(put, keys))
 
 
-def counted(client) -> list[str]:
-    """The ListObjectsV2 requests ``client`` sends from now on (their prefixes)."""
-    calls: list[str] = []
-    client.meta.events.register(
-        "provide-client-params.s3.ListObjectsV2",
-        lambda params, **_: calls.append(params.get("Prefix", "")),
-    )
-    return calls
+@contextlib.contextmanager
+def counted_lister(seaweed):
+    """A client made as the product makes it, through a proxy that logs every request;
+    yields it and the list of prefixes its ListObjectsV2 requests asked for (boto3's and
+    obstore's alike)."""
+    with FaultProxy(seaweed.endpoint) as proxy:
+        cfg = S3Config(bucket=BUCKET, region="us-east-1", endpoint_url=proxy.url)
+        lister = make_client(cfg, keys=AwsKeys(seaweed.access_key, seaweed.secret_key))
+        calls: list[str] = []
+        yield lister, calls
+        for method, target in proxy.state.log:
+            query = parse_qs(urlsplit(target).query)
+            if method == "GET" and query.get("list-type") == ["2"]:
+                calls.append(query.get("prefix", [""])[0])
 
 
 def one_by_one(client, guids):
@@ -59,32 +70,37 @@ def test_many_patients_are_one_walk_with_the_same_answer(seaweed, client, monkey
     keys = [f"images/{g}/c-1_{i}_x.dcm" for g in ours[:-2] for i in range(3)]
     keys += [f"images/{g}/c-9_1_x.dcm" for g in others]
     keys += [f"images/{ours[0]}", f"thumbnails/{ours[0]}/a.jpg"]  # not in any patient prefix
+    keys += [f"images/{ours[1]}/c-1_9_a b+c=\u00fc%20&.dcm"]  # listed byte for byte
     put_all(client, keys)
-    monkeypatch.setattr(s3_store, "LIST_PAGE_KEYS", 25)  # pages: 4 of 25 keys for 110 keys
+    monkeypatch.setattr(s3_store, "LIST_PAGE_KEYS", 25)  # a budget of 5 x 25 keys, 110 here
 
-    lister = seaweed.client()
-    calls = counted(lister)
-    listed = list_patients(lister, BUCKET, ours, workers=8)
+    with counted_lister(seaweed) as (lister, calls):
+        listed = list_patients(lister, BUCKET, ours, workers=8)
     assert listed == one_by_one(client, ours)
-    assert [len(listed[g]) for g in ours] == [3] * 18 + [0, 0]  # two patients with nothing
-    assert calls == ["images/"] * 4  # one walk (5 pages allowed), not 20 listings
+    assert [len(listed[g]) for g in ours] == [3, 4] + [3] * 16 + [0, 0]  # two with nothing
+    # one walk (110 keys: one page) and the smallest patient's own prefix, not 20 listings
+    assert sorted(calls) == ["images/", patient_prefix(min(ours))]
 
 
 def test_a_crowded_range_falls_back_to_listing_the_rest_one_by_one(seaweed, client, monkeypatch):
     empty_bucket(client, BUCKET)
     ours = [guid(n) for n in range(8)]
-    others = [guid(n) for n in range(200, 400)]
+    # another clinic's patients, 30 between each two of ours
+    others = [guid(n, k) for n in range(7) for k in range(1, 31)]
     keys = [f"images/{g}/c-1_1_x.dcm" for g in ours]
     keys += [f"images/{g}/c-9_{i}_x.dcm" for g in others for i in range(2)]
     put_all(client, keys)
     monkeypatch.setattr(s3_store, "LIST_PAGE_KEYS", 20)
 
-    lister = seaweed.client()
-    calls = counted(lister)
-    listed = list_patients(lister, BUCKET, ours, workers=8)
+    with counted_lister(seaweed) as (lister, calls):
+        listed = list_patients(lister, BUCKET, ours, workers=8)
     assert listed == one_by_one(client, ours)
     walked = [c for c in calls if c == "images/"]
-    assert len(walked) == 2  # the budget: one page per 4 patients
+    # the walk stopped at its budget (one page's worth of keys per 4 patients, 2 x 20
+    # here: obstore asks for 1,000 keys a page, so one request) and the patients it did
+    # not reach were listed one by one
+    assert len(walked) == 1
+    assert len(calls) - len(walked) > 1
     assert len(calls) <= len(ours) + len(walked)  # at worst a quarter more requests
 
 
