@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from pdata_sync.catalog import Catalog, ClinicImages, default_catalog_url, destination_of
 from pdata_sync.config import ClinicConfig
@@ -64,8 +64,16 @@ def _deployment_slot(clinic_id: str) -> Iterator[None]:
         yield
         return
     name = clinic_limit_name(clinic_id)
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with get_client(sync_client=True) as client:
+        # Look before creating: the server logs a traceback (a UNIQUE constraint) for every
+        # create of a limit that exists, i.e. on every run after the clinic's first.
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run was quicker
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
     get_run_logger().info("clinic %s: waiting for concurrency limit %r", clinic_id, name)
     with concurrency(name, occupy=1, strict=True):
         get_run_logger().info("clinic %s: holding concurrency limit %r", clinic_id, name)
