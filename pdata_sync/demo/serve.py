@@ -50,6 +50,7 @@ def write_deployment_file(
     description: str,
     work_queue: str | None = None,
     verify_schedule: dict[str, Any] | None = None,
+    full_schedule: dict[str, Any] | None = None,
 ) -> Path:
     """A clinic's deployment file (as in ``deployments/``) around a clinic config file."""
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -63,6 +64,8 @@ def write_deployment_file(
     }
     if verify_schedule:
         document["verify_schedule"] = verify_schedule
+    if full_schedule:
+        document["full_schedule"] = full_schedule
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{config['clinic_id']}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")

@@ -4,6 +4,8 @@ deploy --all`` from a prefect.yaml rendered from a clinic file whose schedule is
 (a test override: prefect.yaml keeps the clinics' real schedules), a real process worker.
 The run must be created by the scheduler (not by ``deployment run``), executed by the
 worker and complete with every object in SeaweedFS; the server's log must hold no traceback.
+The clinic's full-reconcile schedule (``full_schedule``, every other minute here) must create
+runs with ``full_run: true`` that the worker runs as full reconciles.
 
 With SQLAlchemy 2.1 (Prefect 3.8.8's scheduler fails every minute with "Can't evaluate bulk
 DML statement") no run is ever created and this test fails.
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import time
 from datetime import UTC
+from typing import Any
+
+import yaml
 
 from pdata_sync.demo.prefect_server import (
     PrefectServer,
@@ -30,6 +35,16 @@ from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_c
 from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 CLINIC = "sched-clinic"
+
+
+def summary_table(client: Any, flow_run_id: Any) -> str:
+    """The text of a sync run's counts table (its sync-summary artifact)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    )
+    return "\n".join(str(a.data) for a in artifacts if a.key and "sync-summary" in a.key)
 
 
 def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
@@ -53,11 +68,18 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
             endpoint=seaweed.endpoint,
             state_dir=tmp_path / "state",
         )
+        # incremental runs: a full reconcile is then a run of its own kind, with its reason
+        data = yaml.safe_load(config_path.read_text())
+        config_path.write_text(yaml.safe_dump({**data, "incremental": True}))
         folder = tmp_path / "deployments"
         write_deployment_file(
             folder,
             config_path,
-            schedule={"cron": "* * * * *", "timezone": "Europe/Berlin"},
+            # even minutes; the full-reconcile schedule on odd ones (a clinic's: nightly
+            # Monday to Saturday, full on Sunday). Two runs of one deployment due in the
+            # same second make Prefect 3.8.8's server log a UNIQUE-constraint traceback.
+            schedule={"cron": "*/2 * * * *", "timezone": "Europe/Berlin"},
+            full_schedule={"cron": "1-59/2 * * * *", "timezone": "Europe/Berlin"},
             description="every minute (test override)",
         )
         render_to(folder, tmp_path / "prefect.yaml")
@@ -71,19 +93,28 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
             with SyncPrefectClient(server.api_url) as client:
                 runs_of_clinic = FlowRunFilter()
                 deployment = DeploymentFilter(name=DeploymentFilterName(any_=[CLINIC]))
-                done = None
-                deadline = time.monotonic() + 200
-                while done is None and time.monotonic() < deadline:
+                done: dict[bool, Any] = {}  # full_run -> the first run of that kind to end
+                deadline = time.monotonic() + 300
+                while len(done) < 2 and time.monotonic() < deadline:
                     runs = client.read_flow_runs(
                         flow_run_filter=runs_of_clinic, deployment_filter=deployment
                     )
-                    done = next((r for r in runs if r.state and r.state.is_final()), None)
+                    for r in runs:
+                        if r.state and r.state.is_final():
+                            done.setdefault(bool(r.parameters.get("full_run")), r)
                     time.sleep(2)
-                assert done is not None, (
-                    f"no scheduled run finished in 200 s; runs: {[(r.name, r.state) for r in runs]}"
+                assert len(done) == 2, (
+                    f"no nightly and full run both finished in 300 s; runs: "
+                    f"{[(r.name, r.parameters.get('full_run'), r.state) for r in runs]}"
                     f"\nserver log tail:\n{server.log_path.read_text()[-3000:]}"
                 )
-                assert done.state.is_completed(), done.state
+                for r in done.values():
+                    assert r.state.is_completed(), r.state
+                    assert r.auto_scheduled
+                # the full schedule's run is a full reconcile, the nightly one is not
+                assert "requested (--full / full_run)" in summary_table(client, done[True].id)
+                assert "requested" not in summary_table(client, done[False].id)
+                done = done[False]
                 # created by the scheduler, for a whole minute of the schedule's clock
                 assert done.auto_scheduled
                 due = done.expected_start_time

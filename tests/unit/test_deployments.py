@@ -68,6 +68,28 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
     )
 
 
+def test_a_full_schedule_is_a_second_schedule_with_full_run(tmp_path: Path):
+    """A clinic's full reconcile night: the sync deployment gets a second schedule whose
+    runs carry full_run: true (tests/integration/test_schedules_fire.py runs one)."""
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    spec = yaml.safe_load((REPO / "deployments" / "clinic-001.yaml").read_text())
+    spec["schedule"] = {"cron": "30 1 * * 1-6", "timezone": "Europe/Berlin"}
+    spec["full_schedule"] = {"cron": "30 1 * * 0", "timezone": "Europe/Berlin"}
+    (folder / "clinic-001.yaml").write_text(yaml.safe_dump(spec))
+    (sync, _verify, _retrieve) = yaml.safe_load(render(load_all(folder)))["deployments"]
+    assert sync["schedules"] == [
+        {"cron": "30 1 * * 1-6", "timezone": "Europe/Berlin", "active": True},
+        {
+            "cron": "30 1 * * 0",
+            "timezone": "Europe/Berlin",
+            "active": True,
+            "parameters": {"full_run": True},
+        },
+    ]
+    assert "full reconcile: cron '30 1 * * 0', Europe/Berlin time" in sync["description"]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
