@@ -19,7 +19,6 @@ from botocore.exceptions import ClientError
 from .config import S3Config
 from .errors import describe, s3_code
 from .keys import THUMBNAILS_ROOT, parse_key, patient_prefix, thumbnail_key, thumbnail_prefix
-from .render import RenderError, render
 from .s3_store import get_bytes, iter_prefix, put_derived
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,10 @@ def make_thumbnail(
     reason = too_large(len(data))
     if reason:
         raise ThumbnailError(reason)
+    # imported here: numpy, Pillow and pydicom's pixel handlers cost about 0.3 s at start,
+    # which a run that draws nothing (a no-change night) should not pay
+    from .render import RenderError, render
+
     try:
         jpeg = render(data)
     except RenderError as exc:

@@ -14,6 +14,7 @@ from pdata_sync.sidexis_db import (
     check_database,
     clean_card_id,
     fetch_media,
+    fetch_media_by_patient,
     fetch_patients,
     make_engine,
 )
@@ -80,6 +81,26 @@ def test_media_names_and_deleted_flags(db):
         make_engine(db), db.model_copy(update={"media_patient_column": None}), [10]
     )
     assert without[10].patient_id is None and without[10].name == "OPG"
+
+
+def test_media_rows_by_patient_agree_with_the_rows_by_id(db):
+    """What an incremental run compares per patient is what the plan reads per image."""
+    engine = make_engine(db)
+    with sqlite3.connect(db.url.removeprefix("sqlite:///")) as con:
+        con.executescript(
+            "INSERT INTO MediaBase VALUES (20, 7, 'PSA', 'true');"
+            "INSERT INTO MediaBase VALUES (21, NULL, 'orphan', 0);"
+            "INSERT INTO MediaBase VALUES (22, 9, 'not wanted', 0);"
+        )
+    by_patient = fetch_media_by_patient(engine, db, [1, 7, 8])
+    by_id = fetch_media(engine, db, [10, 11, 12, 20, 21, 22])
+    assert by_patient == {
+        pid: [(i, by_id[i].name, by_id[i].deleted) for i in sorted(by_id)
+              if by_id[i].patient_id == pid]
+        for pid in (1, 7)
+    }  # fmt: skip
+    assert by_patient[7] == [(20, "PSA", True)]
+    assert by_patient[1] == [(10, "OPG", False), (11, "Bissflügel", True), (12, None, False)]
 
 
 def test_more_ids_than_sql_server_allows_in_one_statement(tmp_path: Path):
