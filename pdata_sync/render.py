@@ -24,6 +24,11 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 THUMBNAIL_MAX_SIDE = 256
 JPEG_QUALITY = 85
+# Shrink by whole factors with a box filter while more than this factor remains, then
+# Lanczos for the rest (Pillow's ``reducing_gap``). 1.0 instead of Pillow's 2.0 for
+# thumbnails: 1.9 -> 1.3 ms per 315 KB image (a third of a loopback sync's thumbnail cost)
+# for at most a grey level or two of difference at 256 px.
+REDUCING_GAP = 1.0
 # A header declaring more than this per frame is refused before anything is decoded (a
 # full-mouth panoramic is about 3,000 x 1,500 = 4.5 million).
 MAX_PIXELS = 100_000_000
@@ -166,7 +171,7 @@ def _render_dataset(ds: pydicom.Dataset, max_side: int, fmt: str) -> bytes:
         image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
     else:
         raise RenderError(f"unsupported image: {samples} samples per pixel")
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     out = io.BytesIO()
     if fmt == "JPEG":
         image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)

@@ -73,7 +73,7 @@ REJECTED = "rejected"
 FAILED = "failed"
 
 _STABLE_READ_TRIES = 3
-SETTLE_EVERY = 64  # catalog rows written per transaction while a batch runs
+SETTLE_EVERY = 256  # catalog rows written per transaction while a batch runs
 SOURCE_CHANGE_ATTEMPTS = 3
 SOURCE_CHANGE_PAUSE = 0.5  # seconds, times the attempt number
 
