@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from .dicom_scan import MEDIA_SOP_INSTANCE_UID, scan
+from .dicom_scan import LONG_VRS, MEDIA_SOP, scan
 from .errors import BadInputError
 
 UNKNOWN = "unknown"  # some S3 servers drop empty metadata values, so absent fields say this
 _HASH_CHUNK = 1024 * 1024
 # How much of a file the lean scan reads; a longer header is read by pydicom.
 _SCAN_BYTES = 64 * 1024
-_SOP = 0x00080018
 # The elements a header read needs; pydicom converts only these (a real header has hundreds).
 _HEADER_TAGS = [
     "StudyInstanceUID",
@@ -42,18 +42,32 @@ class DicomHeader:
     defect: str | None = None
 
 
-if TYPE_CHECKING:  # pydicom is imported when a header is read: a no-change run never does
-    import pydicom
-
-
-def _text(ds: pydicom.Dataset | Any, *keywords: str) -> str:
+def _text(get: Callable[[str], Any], *keywords: str) -> str:
+    """The first of ``keywords`` whose value (``get(keyword)``) is usable ASCII text."""
     for kw in keywords:
-        value = ds.get(kw)
+        value = get(kw)
         if value not in (None, ""):
             text = str(value).strip()
             if text and text.isascii():
                 return text
     return UNKNOWN
+
+
+def _header(
+    get: Callable[[str], Any], get_meta: Callable[[str], Any], defect: str | None
+) -> DicomHeader:
+    """The catalog's fields from the data set's elements (``get``) and the file meta's."""
+    sop = _text(get, "SOPInstanceUID")
+    if sop == UNKNOWN:
+        sop = _text(get_meta, MEDIA_SOP)
+    return DicomHeader(
+        study_instance_uid=_text(get, "StudyInstanceUID"),
+        series_instance_uid=_text(get, "SeriesInstanceUID"),
+        sop_instance_uid=sop,
+        modality=_text(get, "Modality"),
+        acquisition_date=_text(get, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
+        defect=defect,
+    )
 
 
 def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:
@@ -85,7 +99,7 @@ def _from_scan(data: bytes, fp: BinaryIO, *, whole: bool, base: int = 0) -> Dico
     """The header from a lean scan of ``data`` (the start of ``fp``, at ``base``), or None
     when pydicom must read it. ``whole``: ``data`` is all of the file."""
     found = scan(data)
-    if found is None or found.values[_SOP] is None:
+    if found is None or found.values["SOPInstanceUID"] is None:
         return None  # pydicom reads it (and says what is wrong, if anything)
     if found.pixel_offset is None and not whole:
         return None  # the header may go on past what was read
@@ -94,26 +108,7 @@ def _from_scan(data: bytes, fp: BinaryIO, *, whole: bool, base: int = 0) -> Dico
     else:
         fp.seek(base + found.pixel_offset)
         defect = pixel_data_defect(fp, found.implicit_vr, True)
-    values = found.values
-
-    def text(*tags: int) -> str:
-        for tag in tags:
-            value = (values[tag] or "").strip()
-            if value and value.isascii():
-                return value
-        return UNKNOWN
-
-    sop = text(_SOP)
-    if sop == UNKNOWN:
-        sop = text(MEDIA_SOP_INSTANCE_UID)
-    return DicomHeader(
-        study_instance_uid=text(0x0020000D),
-        series_instance_uid=text(0x0020000E),
-        sop_instance_uid=sop,
-        modality=text(0x00080060),
-        acquisition_date=text(0x00080022, 0x00080023, 0x00080021, 0x00080020),
-        defect=defect,
-    )
+    return _header(found.values.get, found.values.get, defect)
 
 
 def _read_with_pydicom(fp: BinaryIO) -> DicomHeader:
@@ -145,21 +140,10 @@ def _read_with_pydicom(fp: BinaryIO) -> DicomHeader:
         raise BadInputError(f"damaged DICOM header: {type(exc).__name__}") from None
     if "SOPInstanceUID" not in ds and "SOPInstanceUID" not in getattr(ds, "file_meta", {}):
         raise BadInputError("DICOM file without a SOP Instance UID")
-    sop = _text(ds, "SOPInstanceUID")
-    if sop == UNKNOWN:
-        sop = _text(ds.file_meta, "MediaStorageSOPInstanceUID")
-    return DicomHeader(
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=sop,
-        modality=_text(ds, "Modality"),
-        acquisition_date=_text(ds, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
-        defect=defect,
-    )
+    return _header(ds.get, ds.file_meta.get, defect)
 
 
 _PIXEL_DATA = (0x7FE0, 0x0010)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0, little endian
 _TAIL = 1024
 
@@ -180,7 +164,7 @@ def pixel_data_defect(fp: BinaryIO, implicit_vr: bool, little_endian: bool) -> s
         return None
     if implicit_vr:
         length, value_start = struct.unpack(order + "L", head[4:8])[0], start + 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6] in LONG_VRS:
         more = fp.read(4)
         if len(more) < 4:
             return "pixel data cut short: its element header is incomplete"

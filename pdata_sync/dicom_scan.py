@@ -19,24 +19,26 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.100.1")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # pydicom's stop_before_pixels
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 8  # sequences nested deeper than this go to pydicom
 
-# The dataset elements read, with the VR the DICOM dictionary gives them (pydicom decodes
-# an element by the VR written in an explicit-VR file; another VR there goes to pydicom).
-WANTED: dict[int, bytes] = {
-    0x00080018: b"UI",  # SOPInstanceUID
-    0x00080020: b"DA",  # StudyDate
-    0x00080021: b"DA",  # SeriesDate
-    0x00080022: b"DA",  # AcquisitionDate
-    0x00080023: b"DA",  # ContentDate
-    0x00080060: b"CS",  # Modality
-    0x0020000D: b"UI",  # StudyInstanceUID
-    0x0020000E: b"UI",  # SeriesInstanceUID
+# The dataset elements read: keyword (pydicom's, the scan's answer is keyed by it) and the
+# VR the DICOM dictionary gives them (pydicom decodes an element by the VR written in an
+# explicit-VR file; another VR there goes to pydicom).
+WANTED: dict[int, tuple[str, bytes]] = {
+    0x00080018: ("SOPInstanceUID", b"UI"),
+    0x00080020: ("StudyDate", b"DA"),
+    0x00080021: ("SeriesDate", b"DA"),
+    0x00080022: ("AcquisitionDate", b"DA"),
+    0x00080023: ("ContentDate", b"DA"),
+    0x00080060: ("Modality", b"CS"),
+    0x0020000D: ("StudyInstanceUID", b"UI"),
+    0x0020000E: ("SeriesInstanceUID", b"UI"),
 }
-MEDIA_SOP_INSTANCE_UID = 0x00020003
+_MEDIA_SOP_INSTANCE_UID = 0x00020003  # file meta: read too, the SOP UID's fallback
+MEDIA_SOP = "MediaStorageSOPInstanceUID"
 _TRANSFER_SYNTAX = 0x00020010
 _VALID_VRS = {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
@@ -55,7 +57,7 @@ class Scan:
     the offset of the pixel data element (None when the header runs to the end of the
     data), and the dataset's encoding."""
 
-    values: dict[int, str | None]
+    values: dict[str, str | None]  # by keyword
     pixel_offset: int | None
     implicit_vr: bool
 
@@ -80,7 +82,7 @@ def _element(data: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, 
     vr = data[pos + 4 : pos + 6]
     if vr not in _VALID_VRS:
         raise _Decline
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         if pos + 12 > len(data):
             raise _Decline
         return tag, vr, struct.unpack_from("<L", data, pos + 8)[0], pos + 12
@@ -126,8 +128,8 @@ def _scan(data: bytes) -> Scan:
     if data[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         raise _Decline
     pos = _PREAMBLE + 4
-    values: dict[int, str | None] = dict.fromkeys(WANTED)
-    values[MEDIA_SOP_INSTANCE_UID] = None
+    values: dict[str, str | None] = {keyword: None for keyword, _ in WANTED.values()}
+    values[MEDIA_SOP] = None
     syntax = None
     while pos < len(data) and data[pos : pos + 2] == b"\x02\x00":  # group 0002
         tag, vr, length, start = _element(data, pos, False)
@@ -135,8 +137,8 @@ def _scan(data: bytes) -> Scan:
             raise _Decline
         if tag == _TRANSFER_SYNTAX:
             syntax = _text(data[start : start + length])
-        elif tag == MEDIA_SOP_INSTANCE_UID:
-            values[tag] = _text(data[start : start + length])
+        elif tag == _MEDIA_SOP_INSTANCE_UID:
+            values[MEDIA_SOP] = _text(data[start : start + length])
         pos = start + length
     if syntax is None or syntax == _EXPLICIT_BE or syntax in _DEFLATED:
         raise _Decline
@@ -164,11 +166,12 @@ def _scan(data: bytes) -> Scan:
         end = start + length
         if end > len(data):
             raise _Decline
-        wanted_vr = WANTED.get(tag)
-        if wanted_vr is not None:
+        wanted = WANTED.get(tag)
+        if wanted is not None:
+            keyword, wanted_vr = wanted
             if tag in seen or (vr is not None and vr != wanted_vr):
                 raise _Decline
             seen.add(tag)
-            values[tag] = _text(data[start:end])
+            values[keyword] = _text(data[start:end])
         pos = end
     return Scan(values, None, implicit)

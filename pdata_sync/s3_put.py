@@ -87,9 +87,9 @@ class _Credentials:
         }
 
 
-def _store(client: Any, bucket: str) -> Any:
+def store_of(client: Any, bucket: str) -> Any:
     """The obstore S3Store of ``client``'s settings for ``bucket`` (one per client and
-    bucket, shared by the upload threads)."""
+    bucket, shared by the upload threads and the walks of ``images/``)."""
     with _LOCK:
         stores = _STORES.setdefault(client, {})
         if bucket in stores:
@@ -144,11 +144,6 @@ def _like_boto3(endpoint_url: str | None) -> dict[str, Any]:
     return options
 
 
-def store_of(client: Any, bucket: str) -> Any:
-    """The obstore store of ``client`` for ``bucket`` (also used to walk ``images/``)."""
-    return _store(client, bucket)
-
-
 def settings_of(client: Any) -> PutSettings:
     """How ``client`` was made (:func:`register`)."""
     settings = _SETTINGS.get(client)
@@ -170,7 +165,7 @@ def put_object(
     S3 answered (without quotes, "" if none). Transient errors are retried."""
     import obstore
 
-    store = _store(client, bucket)
+    store = store_of(client, bucket)
     attributes: dict[str, str] = {"Content-Type": content_type, **metadata}
 
     def once() -> Any:

@@ -4,7 +4,6 @@ it cannot be sure, it declines and pydicom reads the file."""
 
 import copy
 import io
-import random
 from pathlib import Path
 
 import pydicom
@@ -13,7 +12,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pdata_sync.demo.generate import write_dicom
 from pdata_sync.dicom_meta import _read_with_pydicom, read_header
 from pdata_sync.dicom_scan import scan
 from pdata_sync.errors import BadInputError
@@ -40,24 +38,6 @@ def ours(source):
         return f"BadInputError: {exc}"
 
 
-def demo_file(tmp_path: Path, **kw) -> bytes:
-    path = tmp_path / "0000_5.dcm"
-    write_dicom(
-        path,
-        rng=random.Random(1),
-        clinic_id="c",
-        patient_id=1,
-        patient_name="A^B",
-        birth_date="19700101",
-        image_id=5,
-        modality="IO",
-        rows=16,
-        cols=16,
-        **kw,
-    )
-    return path.read_bytes()
-
-
 def saved(ds: Dataset, implicit: bool = False) -> bytes:
     ds = copy.deepcopy(ds)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
@@ -78,14 +58,14 @@ def test_corpus_answers_equal_pydicom(tmp_path: Path):
     assert answered >= 40, answered
 
 
-def test_plain_files_are_scanned(tmp_path: Path):
+def test_plain_files_are_scanned(dicom_file: Path):
     """The files a clinic has most (explicit and implicit VR little endian, compressed
     pixel data, sequences in the header) take the lean path."""
     names = ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "rtplan.dcm"]
     for name in names:
         data = pydicom.data.get_testdata_file(name, read=False)
         assert scan(Path(data).read_bytes()) is not None, name
-    assert scan(demo_file(tmp_path)) is not None
+    assert scan(dicom_file.read_bytes()) is not None
 
 
 @pytest.mark.parametrize(
@@ -106,8 +86,8 @@ def test_every_truncation_equals_pydicom(name: str):
         assert ours(part) == expected, (name, cut)
 
 
-def test_unusual_values_go_to_pydicom(tmp_path: Path):
-    base = pydicom.dcmread(io.BytesIO(demo_file(tmp_path)))
+def test_unusual_values_go_to_pydicom(dicom_file: Path):
+    base = pydicom.dcmread(dicom_file)
     cases = {}
 
     ds = copy.deepcopy(base)
@@ -154,8 +134,8 @@ def test_unusual_values_go_to_pydicom(tmp_path: Path):
     assert read_header(cases["empty first date"]).acquisition_date == "20200102"
 
 
-def test_undefined_length_sequences_are_skipped(tmp_path: Path):
-    base = pydicom.dcmread(io.BytesIO(demo_file(tmp_path)))
+def test_undefined_length_sequences_are_skipped(dicom_file: Path):
+    base = pydicom.dcmread(dicom_file)
     inner = Dataset()
     inner.CodeValue = "A"
     item = Dataset()
@@ -175,9 +155,9 @@ def test_undefined_length_sequences_are_skipped(tmp_path: Path):
         assert read_header(data).sop_instance_uid == base.SOPInstanceUID
 
 
-def test_long_header_read_from_a_file(tmp_path: Path):
+def test_long_header_read_from_a_file(tmp_path: Path, dicom_file: Path):
     """A header longer than the scan reads from a file goes to pydicom, same answer."""
-    base = pydicom.dcmread(io.BytesIO(demo_file(tmp_path)))
+    base = pydicom.dcmread(dicom_file)
     base.ImageComments = "x" * 100_000
     data = saved(base)
     path = tmp_path / "long.dcm"
