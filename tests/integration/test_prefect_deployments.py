@@ -108,10 +108,15 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
             assert dep.work_pool_name == spec["work_pool"]
             assert dep.work_queue_name == spec["work_queue"]
             assert dep.parameters["config"]["clinic_id"] == clinic_id
-            assert len(dep.schedules) == 1
-            schedule = dep.schedules[0].schedule
-            assert schedule.cron == spec["schedule"]["cron"]
-            assert schedule.timezone == spec["schedule"]["timezone"]
+            # the nightly schedule, and a clinic's full-reconcile night with full_run: true
+            wanted = [(spec["schedule"], {})]
+            if "full_schedule" in spec:
+                wanted.append((spec["full_schedule"], {"full_run": True}))
+            got = sorted(
+                ((s.schedule.cron, s.schedule.timezone, s.parameters) for s in dep.schedules),
+                key=lambda s: bool(s[2]),
+            )
+            assert got == [(w["cron"], w["timezone"], params) for w, params in wanted]
             assert dep.global_concurrency_limit.limit == 1
             assert dep.concurrency_options.collision_strategy.value == "ENQUEUE"
             assert set(spec["tags"]) <= set(dep.tags)
