@@ -4,7 +4,7 @@ deploy --all`` from a prefect.yaml rendered from a clinic file whose schedule is
 (a test override: prefect.yaml keeps the clinics' real schedules), a real process worker.
 The run must be created by the scheduler (not by ``deployment run``), executed by the
 worker and complete with every object in SeaweedFS; the server's log must hold no traceback.
-The clinic's full-reconcile schedule (``full_schedule``, every other minute here) must create
+The clinic's full-reconcile schedule (``full_schedule``, also every minute here) must create
 runs with ``full_run: true`` that the worker runs as full reconciles.
 
 With SQLAlchemy 2.1 (Prefect 3.8.8's scheduler fails every minute with "Can't evaluate bulk
@@ -75,11 +75,10 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
         write_deployment_file(
             folder,
             config_path,
-            # even minutes; the full-reconcile schedule on odd ones (a clinic's: nightly
-            # Monday to Saturday, full on Sunday). Two runs of one deployment due in the
-            # same second make Prefect 3.8.8's server log a UNIQUE-constraint traceback.
-            schedule={"cron": "*/2 * * * *", "timezone": "Europe/Berlin"},
-            full_schedule={"cron": "1-59/2 * * * *", "timezone": "Europe/Berlin"},
+            # the full-reconcile schedule every minute too (a clinic's: nightly Monday to
+            # Saturday, full on Sunday); the two runs due together run one after the other
+            schedule={"cron": "* * * * *", "timezone": "Europe/Berlin"},
+            full_schedule={"cron": "* * * * *", "timezone": "Europe/Berlin"},
             description="every minute (test override)",
         )
         render_to(folder, tmp_path / "prefect.yaml")
