@@ -41,6 +41,9 @@ def _make_handler(state: ResolverState) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(body).encode()
+            # recorded before the answer goes: a client that has its answer may read it
+            with state.lock:
+                state.statuses.append(status)
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
@@ -48,8 +51,6 @@ def _make_handler(state: ResolverState) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
-            with state.lock:
-                state.statuses.append(status)
 
         def _error(self, status: int, code: str, message: str, **headers: str) -> None:
             self._send(
