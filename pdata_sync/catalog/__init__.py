@@ -10,8 +10,9 @@ no longer belongs (docs/adr/0007). A source that changes keeps its history
 (``image_history``); every state change is an ``image_events`` row with its flow run. What
 a second destination, Orthanc, holds is in ``orthanc_instances`` (:mod:`.orthanc`).
 
-SQLite (default, one file per worker) or PostgreSQL; the schema is created and upgraded by
-Alembic migrations (``pdata_sync/catalog_migrations``) when the catalog is opened.
+SQLite (default, one file per worker) or PostgreSQL; when the catalog is opened, a new one is
+created from :mod:`.schema` at the newest revision and an older one is upgraded by Alembic
+migrations (``pdata_sync/catalog_migrations``).
 
 Modules: :mod:`.schema` (tables), :mod:`.database` (connecting, migrating), :mod:`.series`
 (studies and series), :mod:`.states` (the lifecycle), :mod:`.images` (transitions and

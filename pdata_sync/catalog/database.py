@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import ConfigError
-from .schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE
+from .schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE, metadata
 
 _PG_MIGRATION_LOCK = 0x70646174  # "pdat": the advisory lock key of catalog migrations
 
@@ -35,6 +35,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def default_catalog_url(state_dir: str | Path) -> str:
     """``sqlite:///{state_dir}/catalog.sqlite``."""
     return f"sqlite:///{Path(state_dir) / 'catalog.sqlite'}"
+
+
+def _is_new(conn: sa.Connection) -> bool:
+    """No table of the catalog exists yet (nor Alembic's version table)."""
+    existing = set(sa.inspect(conn).get_table_names())
+    return not existing & {*metadata.tables, VERSION_TABLE}
+
+
+def _create_at_head(conn: sa.Connection) -> None:
+    """Create a new catalog in one step from the declared schema, at the newest revision.
+
+    The same tables the migrations build (tests/integration/test_catalog.py compares the
+    two, CHECK constraints included), without replaying six migrations, SQLite's table
+    copies among them: 0.2 s instead of 0.02 s, on every clinic's first run. Alembic's
+    version table is written as Alembic writes it, so later migrations start from here.
+    """
+    metadata.create_all(conn)
+    version = sa.Table(
+        VERSION_TABLE,
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+    )
+    version.create(conn)
+    conn.execute(version.insert().values(version_num=HEAD_REVISION))
 
 
 class Database:
@@ -90,21 +115,24 @@ class Database:
             return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
     def migrate(self) -> None:
-        """Create or upgrade the schema to the newest Alembic revision."""
+        """Create (a new catalog) or upgrade the schema to the newest Alembic revision."""
         if self.schema_revision() == HEAD_REVISION:
             return
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
         lock = self._write_lock or threading.Lock()
         # Two processes opening a new catalog at once must not both create it: one waits
         # for the other (a file lock beside an SQLite file, an advisory lock on PostgreSQL),
-        # then Alembic finds the schema at head and does nothing.
+        # then finds the schema at head and does nothing.
         with lock, self._migration_lock(), self.engine.begin() as conn:
             if not self.is_sqlite:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            if _is_new(conn):
+                _create_at_head(conn)
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

@@ -1,5 +1,6 @@
 """The catalog's tables (SQLAlchemy Core). Alembic migrations in
-``pdata_sync/catalog_migrations`` build exactly this schema; a test compares the two."""
+``pdata_sync/catalog_migrations`` build exactly this schema, and a new catalog is created
+from it directly at HEAD_REVISION; a test compares the two ways."""
 
 from __future__ import annotations
 

@@ -81,19 +81,100 @@ def info(path="P_1/0000_7.dcm", sha="a" * 64, size=100, mtime=1, study="1.2.3", 
     return SourceInfo(path, 7, GUID, size, mtime, sha, header)
 
 
-def test_migrations_build_exactly_the_declared_schema(catalog):
-    with catalog.engine.connect() as conn:
-        diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), metadata
-        )
-        version = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    assert diff == []
-    # the constant that lets an up-to-date catalog skip Alembic names the newest script
+@pytest.fixture
+def second_db(request, tmp_path):
+    """(url, password) of a second empty database on the same server as catalog_db."""
+    if "sqlite" in request.node.callspec.id:
+        return f"sqlite:///{tmp_path / 'other' / 'catalog.sqlite'}", None
+    pg = request.getfixturevalue("postgres")
+    name = f"catalog_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(12)
+    return pg.create_database(name, f"owner_{name}", password), password
+
+
+def migrated(db) -> Catalog:
+    """A catalog built by running every migration script, as an upgraded clinic's is."""
+    cat = Catalog.open(*db, migrate=False)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    assert version == HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head()
-    catalog.migrate()  # idempotent
-    assert catalog.schema_revision() == HEAD_REVISION
+    with cat.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return cat
+
+
+def reflected(engine: sa.Engine) -> dict:
+    """Every table as the database reports it: columns (type, nullability, default), keys,
+    indexes, unique and CHECK constraints."""
+    insp = sa.inspect(engine)
+
+    def norm(sql) -> str:
+        return " ".join(str(sql).replace("(", " ( ").replace(")", " ) ").split()).lower()
+
+    schema = {}
+    for table in sorted(insp.get_table_names()):
+        schema[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in insp.get_columns(table)
+            ],
+            "pk": sorted(insp.get_pk_constraint(table)["constrained_columns"]),
+            "fks": sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                for f in insp.get_foreign_keys(table)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in insp.get_indexes(table)
+            ),
+            "unique": sorted(
+                (u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)
+            ),
+            "checks": sorted(norm(c["sqltext"]) for c in insp.get_check_constraints(table)),
+        }
+    return schema
+
+
+def test_a_new_catalog_is_created_as_the_migrations_build_it(catalog_db, second_db):
+    """A clinic's first run creates its catalog in one step from the declared schema; an
+    upgraded clinic's catalog is built by the migration scripts. Both must be the same
+    database, and the migrations must build exactly the declared schema."""
+    old = migrated(catalog_db)
+    new = Catalog.open(*second_db)
+    try:
+        with old.engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), metadata
+            )
+        assert diff == []
+        built, created = reflected(old.engine), reflected(new.engine)
+        assert set(built) == {*metadata.tables, VERSION_TABLE}
+        assert any(t["checks"] for t in built.values())  # the comparison sees CHECKs
+        assert created == built
+        # both at the newest script, which the constant that skips Alembic names
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        assert old.schema_revision() == new.schema_revision() == HEAD_REVISION == head
+        with new.engine.begin() as conn:  # Alembic agrees the new one is at head
+            assert MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE}
+            ).get_current_heads() == (head,)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")  # nothing to do
+        assert reflected(new.engine) == built
+        new.migrate()  # idempotent
+        assert new.schema_revision() == HEAD_REVISION
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_new_catalog_enforces_what_the_migrations_enforce(catalog):
+    """The CHECK on an image's state holds in a catalog created in one step."""
+    upload(catalog.images("c1", DEST))
+    with pytest.raises(sa.exc.IntegrityError, match="(?i)check"), catalog.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE images SET state = 'lost'"))
 
 
 def test_an_older_catalog_is_upgraded_keeping_its_rows(catalog_db):
