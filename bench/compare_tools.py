@@ -32,6 +32,7 @@ from _common import (
     MB,
     ROOT,
     Measured,
+    draw_chart,
     machine,
     make_tree,
     run_measured,
@@ -139,6 +140,11 @@ def main() -> int:
     parser.add_argument(
         "--link", metavar="RTT_MS:UP_MBIT", help="a shaped link between the tools and the server"
     )
+    parser.add_argument(
+        "--chart",
+        default=str(Path(__file__).parent / "compare"),
+        help="draw each case's initial runs to {CHART}-{case}.png ('' for none)",
+    )
     args = parser.parse_args()
     paths = tool_paths()
     tools = [t for t in TOOLS if t in args.tools.split(",")]
@@ -197,6 +203,8 @@ def main() -> int:
                             file=sys.stderr,
                         )
             report(case, tree, results[case], args.link)
+            if args.chart:
+                chart(case, tree, results[case], args, Path(f"{args.chart}-{case}.png"))
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -214,6 +222,30 @@ def check(tool: str, first: Measured, again: Measured, files: int) -> None:
     a, b = json.loads(first.stdout), json.loads(again.stdout)
     if a["uploaded"] != files or b["unchanged"] != files or b["uploaded"] != 0:
         sys.exit(f"pdata-sync: unexpected summaries {a['uploaded']} / {b['unchanged']}")
+
+
+def chart(case: str, tree, results: dict[str, dict[str, list[float]]], args, path: Path) -> None:
+    """Initial runs side by side (medians): wall time and files/s, next to report()'s table."""
+    rows = [
+        (tool, statistics.median(r["initial"]), tree.files / statistics.median(r["initial"]))
+        for tool, r in results.items()
+    ]
+    thumbs = (
+        ""
+        if "pdata-sync" not in results
+        else (
+            ", pdata-sync without thumbnails"
+            if args.no_thumbnails
+            else ", pdata-sync with thumbnails"
+        )
+    )
+    via = f"link {args.link} (RTT ms : Mbit/s up)" if args.link else "loopback"
+    title = (
+        f"{case}: {tree.files} files, {tree.bytes / MB:.0f} MB, initial upload, median of "
+        f"{args.runs}; {via}{thumbs}; {machine()}"
+    )
+    draw_chart(rows, path, title)
+    print(f"chart: {path}")
 
 
 def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: str | None) -> None:
