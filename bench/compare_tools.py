@@ -6,8 +6,11 @@ For each case (2,000 x ~300 KB and 20 x ~40 MB real DICOM files) and each round,
 run in a rotating order: an initial upload into an empty prefix, then a no-change re-run.
 pdata-sync runs as in production: the whole ``pdata-sync sync`` process against a running
 Prefect server, with its database, resolver, DICOM header reads, checksums and catalog (its
-state is wiped before each initial run). Prints medians, min-max, files/s, MB/s, peak RSS
-and pdata-sync / s5cmd.
+state is wiped before each initial run), twice: ``pdata-sync`` as clinics run it, drawing
+and storing each image's thumbnail during the sync, and ``pdata-sync-data`` (thumbnails:
+false), its data path alone, which is what the other tools do (docs/adr/0013). Prints
+medians, min-max, files/s, MB/s, peak RSS and each against s5cmd, and draws
+bench/compare-{case}.png.
 
     .venv/bin/python bench/compare_tools.py --link 20:100 --cases wan
 
@@ -46,17 +49,24 @@ from pdata_sync.demo.seaweed import empty_bucket
 
 BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"
-TOOLS = ("pdata-sync", "s5cmd", "rclone", "aws", "prefect-floor")
+# pdata-sync as clinics run it (thumbnails drawn and stored during the sync), and its data
+# path alone ("pdata-sync-data": thumbnails: false), which is what the other tools do.
+TOOLS = ("pdata-sync", "pdata-sync-data", "s5cmd", "rclone", "aws", "prefect-floor")
+PDATA_SYNC = ("pdata-sync", "pdata-sync-data")
 # The least a deployable Prefect flow run costs as a whole process on this machine, against
 # the same server: import Prefect, run a flow with one parameter (a pydantic model, as every
 # deployment takes one) and one task, exit. No sync, no S3. The parameter is not free: Prefect
 # imports FastAPI to serialise it and pydantic.v1 to check its type (about 0.4 s here). Like
-# the pdata-sync CLI, it skips Python's final garbage-cycle searches (gc.freeze at exit).
+# the pdata-sync CLI, it imports with garbage collection off, then freezes what it loaded, and
+# skips Python's final garbage-cycle searches (gc.freeze at exit).
 PREFECT_FLOOR = """
 import atexit, gc
 atexit.register(gc.freeze)
+gc.disable()
 from pydantic import BaseModel
 from prefect import flow, task
+gc.freeze()
+gc.enable()
 class Settings(BaseModel):
     name: str = "floor"
 @task
@@ -72,6 +82,8 @@ CASES = {
     "medium": {"patients": 1000, "files_per_patient": 10, "file_bytes": 315 * 1024},
     # for --link: 500 x 315 KB (155 MB) is about 12 s at 100 Mbit/s
     "wan": {"patients": 100, "files_per_patient": 5, "file_bytes": 315 * 1024},
+    # a fifth of make bench-scale's tree (4 KB files): first-sync cost per file, quickly
+    "many": {"patients": 2000, "files_per_patient": 10, "file_bytes": 4 * 1024},
 }
 
 
@@ -89,7 +101,9 @@ def tool_paths() -> dict[str, str]:
 
 def command(tool: str, paths: dict[str, str], src: str, endpoint: str, config: Path) -> list[str]:
     target = f"{BUCKET}/{tool}/"
-    if tool == "pdata-sync":
+    if tool in PDATA_SYNC:
+        if tool == "pdata-sync-data":
+            config = config.with_name(f"{config.stem}-data{config.suffix}")
         return [CLI, "sync", "--config", str(config), "--json"]
     if tool == "prefect-floor":
         return [sys.executable, "-c", PREFECT_FLOOR]
@@ -127,11 +141,6 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--workdir", default=".bench/compare")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument(
-        "--no-thumbnails",
-        action="store_true",
-        help="pdata-sync without its sync-time thumbnails (on by default, as in clinics)",
-    )
     parser.add_argument(
         "--wrap",
         default="",
@@ -174,16 +183,16 @@ def main() -> int:
                     endpoint=endpoint,
                     state_dir=state,
                 )
-                if args.no_thumbnails:
-                    config.write_text(config.read_text() + "thumbnails: false\n")
+                data_only = config.with_name(f"{config.stem}-data{config.suffix}")
+                data_only.write_text(config.read_text() + "thumbnails: false\n")
                 for round_ in range(args.runs):
                     order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
                     for tool in order:
-                        prefix = "images/" if tool == "pdata-sync" else f"{tool}/"
+                        prefix = "images/" if tool in PDATA_SYNC else f"{tool}/"
                         empty_bucket(client, BUCKET, prefix)
                         shutil.rmtree(state, ignore_errors=True)
                         cmd = command(tool, paths, tree.pdata_root, endpoint, config)
-                        wrap = shlex.split(args.wrap) if tool == "pdata-sync" else []
+                        wrap = shlex.split(args.wrap) if tool in PDATA_SYNC else []
                         first = run_measured(wrap + cmd, env)
                         again = run_measured(cmd, env)
                         for m in (first, again):
@@ -217,7 +226,7 @@ def main() -> int:
 
 def check(tool: str, first: Measured, again: Measured, files: int) -> None:
     """pdata-sync must really have uploaded everything, then nothing."""
-    if tool != "pdata-sync":
+    if tool not in PDATA_SYNC:
         return
     a, b = json.loads(first.stdout), json.loads(again.stdout)
     if a["uploaded"] != files or b["unchanged"] != files or b["uploaded"] != 0:
@@ -230,19 +239,10 @@ def chart(case: str, tree, results: dict[str, dict[str, list[float]]], args, pat
         (tool, statistics.median(r["initial"]), tree.files / statistics.median(r["initial"]))
         for tool, r in results.items()
     ]
-    thumbs = (
-        ""
-        if "pdata-sync" not in results
-        else (
-            ", pdata-sync without thumbnails"
-            if args.no_thumbnails
-            else ", pdata-sync with thumbnails"
-        )
-    )
     via = f"link {args.link} (RTT ms : Mbit/s up)" if args.link else "loopback"
     title = (
         f"{case}: {tree.files} files, {tree.bytes / MB:.0f} MB, initial upload, median of "
-        f"{args.runs}; {via}{thumbs}; {machine()}"
+        f"{args.runs}; {via}; {machine()}"
     )
     draw_chart(rows, path, title)
     print(f"chart: {path}")
@@ -253,29 +253,29 @@ def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: st
     via = f", link {link} (RTT ms : Mbit/s up)" if link else ", loopback"
     print(f"\n{case}: {tree.files} files, {mb:.0f} MB  ({machine()}{via})")
     print(
-        f"{'tool':11} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
+        f"{'tool':15} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
         f"{'no-change':24} {'peak RSS':>9}"
     )
     for tool, r in results.items():
         med = statistics.median(r["initial"])
         print(
-            f"{tool:11} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
+            f"{tool:15} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
             f"{fmt(r['nochange']):24} {max(r['rss']):6.0f} MB"
         )
-    if "pdata-sync" in results and "prefect-floor" in results:
+    if "prefect-floor" in results:
         floor = statistics.median(
             results["prefect-floor"]["initial"] + results["prefect-floor"]["nochange"]
         )
-        nochange = statistics.median(results["pdata-sync"]["nochange"])
         print(
-            f"Prefect floor (a flow with one parameter and one task, whole process): "
-            f"{floor:.2f} s; pdata-sync "
-            f"no-change spends {nochange - floor:.2f} s above it"
+            f"Prefect floor (a flow with one parameter and one task, whole process): {floor:.2f} s"
         )
-    if "pdata-sync" in results and "s5cmd" in results:
-        p, s = results["pdata-sync"], results["s5cmd"]
+        for tool in (t for t in PDATA_SYNC if t in results):
+            nochange = statistics.median(results[tool]["nochange"])
+            print(f"{tool} no-change spends {nochange - floor:.2f} s above it")
+    for tool in (t for t in PDATA_SYNC if t in results and "s5cmd" in results):
+        p, s = results[tool], results["s5cmd"]
         print(
-            f"pdata-sync / s5cmd: initial "
+            f"{tool} / s5cmd: initial "
             f"{statistics.median(p['initial']) / statistics.median(s['initial']):.2f}x, "
             f"no-change {statistics.median(p['nochange']) / statistics.median(s['nochange']):.2f}x"
         )
