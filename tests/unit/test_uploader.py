@@ -400,3 +400,45 @@ def test_thumbnails_switched_off_makes_none(tmp_path, s3):
     [outcome] = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
     assert outcome.status == UPLOADED and outcome.thumbnail == ""
     assert "Contents" not in s3.list_objects_v2(Bucket="dental-images", Prefix="thumbnails/")
+
+
+def test_each_in_threads_runs_every_item_once_in_at_most_n_threads_keeping_order():
+    import threading
+    import time
+
+    from pdata_sync.uploader import each_in_threads
+
+    lock = threading.Lock()
+    running, peak, seen = [0], [0], []
+
+    def work(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen.append(threading.current_thread().name)
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    items = list(range(200))
+    assert each_in_threads(work, items, 4, "pdata-upload") == [i * i for i in items]
+    assert peak[0] == 4
+    assert len(seen) == 200 and all(n.startswith("pdata-upload") for n in seen)
+    assert each_in_threads(work, [], 4, "pdata-upload") == []
+
+
+def test_each_in_threads_raises_the_first_failure_after_every_thread_stopped():
+    import threading
+
+    from pdata_sync.uploader import each_in_threads
+
+    def work(i: int) -> int:
+        if i == 7:
+            raise RuntimeError("item 7")
+        return i
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="item 7"):
+        each_in_threads(work, list(range(50)), 3, "pdata-upload")
+    assert threading.active_count() == before
