@@ -8,9 +8,10 @@ SeaweedFS, and ``s5cmd sync`` of the same tree in the same run: the first sync o
 no-change run; then the day (100 new images in 10 folders, 2 patients the resolver newly
 knows): pdata-sync's incremental run (drawing the thumbnails of what it uploads, as clinics
 run) against s5cmd's sync, which walks everything; a ``--full`` run (every patient listed in
-S3, as after ``transfer.recheck_days``); and a no-change run on a new worker (no catalog, no resolver cache: listing and content
-comparison). Prints wall time, files/s, task runs (all must be recorded) and each
-command's peak RSS, checks the targets of issue 18 and draws bench/scale.png.
+S3, as after ``transfer.recheck_days``); and a no-change run on a new worker (no catalog, no
+resolver cache: listing and content comparison). Prints wall time, files/s, task runs (all
+must be recorded) and each command's peak RSS, checks the targets of issue 18 and draws
+bench/scale.png.
 """
 
 from __future__ import annotations
