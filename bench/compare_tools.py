@@ -99,11 +99,16 @@ def tool_paths() -> dict[str, str]:
     return paths
 
 
+def data_only(config: Path) -> Path:
+    """The config of "pdata-sync-data": the clinic's, with thumbnails: false."""
+    return config.with_name(f"{config.stem}-data{config.suffix}")
+
+
 def command(tool: str, paths: dict[str, str], src: str, endpoint: str, config: Path) -> list[str]:
     target = f"{BUCKET}/{tool}/"
     if tool in PDATA_SYNC:
         if tool == "pdata-sync-data":
-            config = config.with_name(f"{config.stem}-data{config.suffix}")
+            config = data_only(config)
         return [CLI, "sync", "--config", str(config), "--json"]
     if tool == "prefect-floor":
         return [sys.executable, "-c", PREFECT_FLOOR]
@@ -183,8 +188,7 @@ def main() -> int:
                     endpoint=endpoint,
                     state_dir=state,
                 )
-                data_only = config.with_name(f"{config.stem}-data{config.suffix}")
-                data_only.write_text(config.read_text() + "thumbnails: false\n")
+                data_only(config).write_text(config.read_text() + "thumbnails: false\n")
                 for round_ in range(args.runs):
                     order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
                     for tool in order:

@@ -497,7 +497,7 @@ class BatchUploader:
         done: dict[str, Outcome] = {}
         try:
             if work:
-                workers = min(self.config.transfer.upload_concurrency, len(work))
+                workers = self.config.transfer.upload_concurrency
                 results = each_in_threads(run_and_report, work, workers, "pdata-upload")
                 done = {i.key: o for i, o in zip(work, results, strict=True)}
         finally:

@@ -52,15 +52,21 @@ from pdata_sync.errors import ClinicBusyError, ConfigError
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog_db(request, tmp_path):
-    """(url, password) of an empty catalog database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}", None
+def empty_db(request, kind: str, folder) -> tuple[str, str | None]:
+    """(url, password) of a new empty database: an SQLite file in ``folder``, or a database
+    of its own on the test PostgreSQL server."""
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'catalog.sqlite'}", None
     pg = request.getfixturevalue("postgres")
     name = f"catalog_{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(12)
     return pg.create_database(name, f"owner_{name}", password), password
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_db(request, tmp_path):
+    """(url, password) of an empty catalog database."""
+    return empty_db(request, request.param, tmp_path / "state")
 
 
 @pytest.fixture
@@ -82,14 +88,9 @@ def info(path="P_1/0000_7.dcm", sha="a" * 64, size=100, mtime=1, study="1.2.3", 
 
 
 @pytest.fixture
-def second_db(request, tmp_path):
-    """(url, password) of a second empty database on the same server as catalog_db."""
-    if "sqlite" in request.node.callspec.id:
-        return f"sqlite:///{tmp_path / 'other' / 'catalog.sqlite'}", None
-    pg = request.getfixturevalue("postgres")
-    name = f"catalog_{secrets.token_hex(4)}"
-    password = secrets.token_urlsafe(12)
-    return pg.create_database(name, f"owner_{name}", password), password
+def second_db(request, catalog_db, tmp_path):
+    """(url, password) of a second empty database of catalog_db's kind."""
+    return empty_db(request, request.node.callspec.params["catalog_db"], tmp_path / "other")
 
 
 def migrated(db) -> Catalog:

@@ -4,6 +4,8 @@ the SHA-256 each upload carries."""
 
 import hashlib
 import random
+import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -18,7 +20,14 @@ from pdata_sync.plan import PlannedImage
 from pdata_sync.render import render
 from pdata_sync.report import BatchReport
 from pdata_sync.s3_store import METADATA_KEYS, make_client
-from pdata_sync.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, BatchUploader
+from pdata_sync.uploader import (
+    FAILED,
+    REJECTED,
+    UNCHANGED,
+    UPLOADED,
+    BatchUploader,
+    each_in_threads,
+)
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
@@ -403,11 +412,6 @@ def test_thumbnails_switched_off_makes_none(tmp_path, s3):
 
 
 def test_each_in_threads_runs_every_item_once_in_at_most_n_threads_keeping_order():
-    import threading
-    import time
-
-    from pdata_sync.uploader import each_in_threads
-
     lock = threading.Lock()
     running, peak, seen = [0], [0], []
 
@@ -429,10 +433,6 @@ def test_each_in_threads_runs_every_item_once_in_at_most_n_threads_keeping_order
 
 
 def test_each_in_threads_raises_the_first_failure_after_every_thread_stopped():
-    import threading
-
-    from pdata_sync.uploader import each_in_threads
-
     def work(i: int) -> int:
         if i == 7:
             raise RuntimeError("item 7")
