@@ -60,6 +60,71 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: str | None = None) ->
     return Measured(seconds, peak_mb, proc.returncode, cpu, proc.stdout, proc.stderr)
 
 
+def fresh_bucket(client: object, bucket: str) -> None:
+    """Drop ``bucket`` with everything in it and create it again, empty.
+
+    Not ``empty_bucket``: SeaweedFS keeps the folders of deleted objects for a while, and a
+    listing walks every one of them. After deleting the 100,000 objects of the last run, one
+    ``list_objects_v2`` under ``images/`` took 8.5 s instead of 0.01 s, a cost that fell on
+    pdata-sync alone (it lists each batch's patients; s5cmd lists its prefix once). A clinic's
+    first sync starts from a bucket with nothing in it, and so does every tool here.
+    """
+    from pdata_sync.demo.seaweed import empty_bucket
+
+    try:
+        client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]  # SeaweedFS: any
+    except Exception:  # noqa: BLE001 - a server that wants it empty first
+        empty_bucket(client, bucket)
+        client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+
+
+def _tree_cpu_seconds(roots: set[int]) -> float:
+    """CPU seconds used so far by the processes ``roots`` and all their descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, grew = set(roots), True
+    while grew:
+        children = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
+def wait_until_idle(
+    *servers: object, below: float = 0.05, window: float = 2.0, timeout: float = 300.0
+) -> float:
+    """Wait until the servers (objects with a ``proc``) use less than ``below`` of a core over
+    ``window`` seconds; return the seconds waited (said on stderr when it is more than 5).
+
+    SeaweedFS works for a minute or more after a mass delete (100,000 objects: a core or two
+    for about 100 s), and whichever tool runs next would pay for it. Every measured command
+    starts against idle servers instead.
+    """
+    pids = {s.proc.pid for s in servers if getattr(s, "proc", None)}  # type: ignore[attr-defined]
+    if not pids or not Path("/proc/self/stat").exists():
+        return 0.0
+    t0 = time.perf_counter()
+    used = _tree_cpu_seconds(pids)
+    while time.perf_counter() - t0 < timeout:
+        time.sleep(window)
+        now = _tree_cpu_seconds(pids)
+        if now - used < below * window:
+            break
+        used = now
+    waited = time.perf_counter() - t0
+    if waited > 5:
+        print(f"  (waited {waited:.0f} s for the servers to go idle)", file=sys.stderr)
+    return waited
+
+
 @contextlib.contextmanager
 def servers(workdir: Path) -> Iterator[tuple[object, object]]:
     """SeaweedFS (bucket dental-images) and a Prefect server, both on 127.0.0.1."""

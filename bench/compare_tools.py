@@ -3,7 +3,8 @@
     make bench            # or: .venv/bin/python bench/compare_tools.py [--runs 3]
 
 For each case (2,000 x ~300 KB and 20 x ~40 MB real DICOM files) and each round, the tools
-run in a rotating order: an initial upload into an empty prefix, then a no-change re-run.
+run in a rotating order: an initial upload into an empty bucket (dropped and created again),
+then a no-change re-run, each command started against idle servers.
 pdata-sync runs as in production: the whole ``pdata-sync sync`` process against a running
 Prefect server, with its database, resolver, DICOM header reads, checksums and catalog (its
 state is wiped before each initial run), twice: ``pdata-sync`` as clinics run it, drawing
@@ -36,16 +37,17 @@ from _common import (
     ROOT,
     Measured,
     draw_chart,
+    fresh_bucket,
     machine,
     make_tree,
     run_measured,
     servers,
+    wait_until_idle,
 )
 from _link import maybe_link
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from pdata_sync.demo.seaweed import empty_bucket
 
 BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"
@@ -192,12 +194,13 @@ def main() -> int:
                 for round_ in range(args.runs):
                     order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
                     for tool in order:
-                        prefix = "images/" if tool in PDATA_SYNC else f"{tool}/"
-                        empty_bucket(client, BUCKET, prefix)
+                        fresh_bucket(client, BUCKET)
                         shutil.rmtree(state, ignore_errors=True)
                         cmd = command(tool, paths, tree.pdata_root, endpoint, config)
                         wrap = shlex.split(args.wrap) if tool in PDATA_SYNC else []
+                        wait_until_idle(s3, prefect)
                         first = run_measured(wrap + cmd, env)
+                        wait_until_idle(s3, prefect)
                         again = run_measured(cmd, env)
                         for m in (first, again):
                             if m.returncode != 0:

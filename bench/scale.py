@@ -27,15 +27,16 @@ from _common import (
     CLI,
     MB,
     draw_chart,
+    fresh_bucket,
     machine,
     make_tree,
     run_measured,
     servers,
+    wait_until_idle,
 )
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from pdata_sync.demo.seaweed import empty_bucket
 
 
 def task_runs(api_url: str, flow_run_id: str) -> dict[str, int]:
@@ -144,7 +145,7 @@ def main() -> int:
     new_paths: list[Path] = []
     rows = []
     with servers(work / "servers") as (s3, prefect), ResolverServer(mapping) as resolver:
-        empty_bucket(s3.client(), "dental-images")  # type: ignore[attr-defined]
+        fresh_bucket(s3.client(), "dental-images")  # type: ignore[attr-defined]
         state = work / "state"
         import shutil
 
@@ -171,6 +172,9 @@ def main() -> int:
               f"{tree.pdata_root}/", "s3://dental-images/s5cmd/"]  # fmt: skip
 
         def measure(label: str, cmd: list[str], files: int) -> bool:
+            # against idle servers: SeaweedFS works on for a minute or more after the mass
+            # delete of the last run, and whichever command came first would pay for it
+            wait_until_idle(s3, prefect)
             m = run_measured(cmd, s5_env if cmd[0] == str(s5cmd) else env)
             if m.returncode != 0:
                 print(f"{label}: exit {m.returncode}\n{m.stderr[-3000:]}", file=sys.stderr)
