@@ -26,6 +26,7 @@ from pdata_sync.uploader import (
     UNCHANGED,
     UPLOADED,
     BatchUploader,
+    compare_workers,
     each_in_threads,
 )
 
@@ -442,3 +443,38 @@ def test_each_in_threads_raises_the_first_failure_after_every_thread_stopped():
     with pytest.raises(RuntimeError, match="item 7"):
         each_in_threads(work, list(range(50)), 3, "pdata-upload")
     assert threading.active_count() == before
+
+
+def test_images_s3_holds_are_compared_one_thread_per_core_and_new_ones_uploaded_together(
+    tmp_path, s3, monkeypatch
+):
+    """A new worker compares what S3 holds without eight threads per batch fighting over
+    the GIL on two cores, still uploads new images concurrently, and still uploads an image
+    whose bytes differ from the object of the same size."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cfg = config(tmp_path, thumbnails=False, upload_concurrency=8, parallel_batches=2)
+    assert compare_workers(cfg) == 1  # 2 cores shared by 2 batches in flight
+    held = [item(f"P_1/0000_{n}.dcm", G1, n) for n in range(10, 16)]
+    new = [item(f"P_2/0000_{n}.dcm", G2, n) for n in range(20, 26)]
+    for i in held + new:
+        dcm(tmp_path, i.rel_path, i.image_id)
+    client = make_client(cfg.s3, cfg.transfer)
+    assert [o.status for o in BatchUploader(cfg, client).upload_batch(held)] == [UPLOADED] * 6
+    dcm(tmp_path, held[0].rel_path, held[0].image_id, seed=99)  # same size, other bytes
+
+    pools: list[tuple[str, int, list[str]]] = []
+
+    def spy(fn, items, workers, name):
+        pools.append((name, workers, [i.key for i in items]))
+        return each_in_threads(fn, items, workers, name)
+
+    monkeypatch.setattr("pdata_sync.uploader.each_in_threads", spy)
+    outcomes = BatchUploader(cfg, client).upload_batch(held + new)  # no catalog: all listed
+
+    assert [o.status for o in outcomes] == [UPLOADED] + [UNCHANGED] * 5 + [UPLOADED] * 6
+    assert pools == [
+        ("pdata-compare", 1, [i.key for i in held]),
+        ("pdata-upload", 8, [i.key for i in new]),
+    ]
+    body = s3.get_object(Bucket=BUCKET, Key=held[0].key)["Body"].read()
+    assert body == (tmp_path / held[0].rel_path).read_bytes()
