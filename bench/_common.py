@@ -104,9 +104,10 @@ def wait_until_idle(
     """Wait until the servers (objects with a ``proc``) use less than ``below`` of a core over
     ``window`` seconds; return the seconds waited (said on stderr when it is more than 5).
 
-    SeaweedFS works for a minute or more after a mass delete (100,000 objects: a core or two
-    for about 100 s), and whichever tool runs next would pay for it. Every measured command
-    starts against idle servers instead.
+    A command must not pay for the servers' work on the one before it (SeaweedFS settling
+    the writes or deletes of the last run, the Prefect server its services' loops): every
+    measured command starts against idle servers. After a 100,000-file run this usually
+    takes one window.
     """
     pids = {s.proc.pid for s in servers if getattr(s, "proc", None)}  # type: ignore[attr-defined]
     if not pids or not Path("/proc/self/stat").exists():

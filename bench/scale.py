@@ -172,8 +172,7 @@ def main() -> int:
               f"{tree.pdata_root}/", "s3://dental-images/s5cmd/"]  # fmt: skip
 
         def measure(label: str, cmd: list[str], files: int) -> bool:
-            # against idle servers: SeaweedFS works on for a minute or more after the mass
-            # delete of the last run, and whichever command came first would pay for it
+            # against idle servers: no command pays for the servers' work on the one before
             wait_until_idle(s3, prefect)
             m = run_measured(cmd, s5_env if cmd[0] == str(s5cmd) else env)
             if m.returncode != 0:

@@ -521,12 +521,14 @@ class BatchUploader:
         # only images with work to do go to threads (a no-change batch needs none)
         progress.advance(len(items) - len(work))
         done: dict[str, Outcome] = {}
-        local = [i for i in work if _compares(i, listings, stats)]
-        remote = [i for i in work if not _compares(i, listings, stats)]
+        to_compare: list[PlannedImage] = []
+        to_upload: list[PlannedImage] = []
+        for i in work:
+            (to_compare if _compares(i, listings, stats) else to_upload).append(i)
         try:
             for part, workers, name in (
-                (local, compare_workers(self.config), "pdata-compare"),
-                (remote, self.config.transfer.upload_concurrency, "pdata-upload"),
+                (to_compare, compare_workers(self.config), "pdata-compare"),
+                (to_upload, self.config.transfer.upload_concurrency, "pdata-upload"),
             ):
                 if part:
                     results = each_in_threads(run_and_report, part, workers, name)
