@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
+import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.config import ClinicConfig
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import run_name

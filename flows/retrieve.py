@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.config import OrthancConfig, S3Config
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.previews import write_previews

@@ -27,6 +27,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync import progress
 from pdata_sync.catalog import now
 from pdata_sync.changes import images_by_patient, to_record

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.config import ClinicConfig
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.retrieval import validate_guid

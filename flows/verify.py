@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.changes import patient_of_path
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError
