@@ -97,6 +97,13 @@ def deployed(prefect_server):
     )
     assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr
     prefect(["deploy", "--all"], env)
+    # The tests start their own runs. The clinics' real schedules must not add runs to the
+    # queues the tests' workers take from: clinic-001's nightly run (01:30 Berlin, 00:30
+    # UTC) once took the clinic's slot, and the test's run waited for it until it failed.
+    # A paused deployment keeps its schedules (read below) but the scheduler creates no run.
+    with api(prefect_server) as client:
+        for deployment in client.read_deployments():
+            client.pause_deployment(deployment.id)
     return env
 
 
