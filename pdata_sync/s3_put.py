@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, s3_code
 from .retrying import call_with_retries
 
 # How long obstore may keep credentials before asking botocore again (botocore refreshes
@@ -61,6 +61,12 @@ NO_CREDENTIALS = (
 _SETTINGS: weakref.WeakKeyDictionary[Any, PutSettings] = weakref.WeakKeyDictionary()
 _STORES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+# Whether the server checks x-amz-checksum-sha256, per client and bucket (checks_sha256).
+_CHECKS: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+_CHECKS_LOCK = threading.Lock()
+# What S3 answers when a body does not match the x-amz-checksum-sha256 sent with it (AWS and
+# SeaweedFS: BadDigest; MinIO: XAmzContentChecksumMismatch).
+CHECKSUM_MISMATCH = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
 
 
 def register(client: Any, settings: PutSettings) -> None:
@@ -173,3 +179,60 @@ def put_object(
 
     result = call_with_retries(once, max_attempts=settings_of(client).max_attempts)
     return str(result.get("e_tag") or "").strip('"')
+
+
+def checks_sha256(
+    client: Any,
+    bucket: str,
+    key: str,
+    data: bytes,
+    *,
+    content_type: str,
+    metadata: dict[str, str],
+) -> bool:
+    """Whether the server refuses a body that does not match its ``x-amz-checksum-sha256``.
+
+    Asked once per client and bucket, by the first upload: ``data`` is sent to ``key`` (with
+    boto3) with a SHA-256 that is not its own.
+
+    * Refused as a checksum mismatch (:data:`CHECKSUM_MISMATCH`): the server checks the
+      SHA-256 every upload carries, so its 200 already says it holds the bytes sent, and no
+      MD5 of them is needed to confirm it (ADR 0004). Nothing was stored.
+    * Accepted: the server stored ``data`` (the real bytes, type and metadata) without
+      checking. The upload that follows replaces it and is confirmed by its MD5 ETag.
+    * Any other answer (an error, after boto3's retries): not shown, so treated as not
+      checking for the rest of the client's life (one run): the uploads take an MD5, as
+      they all did before this question was asked. Asking again per upload would add
+      requests to a server that is already failing.
+    """
+    with _CHECKS_LOCK:
+        known = _CHECKS.setdefault(client, {})
+        if bucket not in known:
+            known[bucket] = _ask_checks_sha256(client, bucket, key, data, content_type, metadata)
+        return known[bucket]
+
+
+def _ask_checks_sha256(
+    client: Any,
+    bucket: str,
+    key: str,
+    data: bytes,
+    content_type: str,
+    metadata: dict[str, str],
+) -> bool:
+    import base64
+    import hashlib
+
+    not_its_own = hashlib.sha256(b"not the body: " + data).digest()
+    try:
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            Metadata=metadata,
+            ChecksumSHA256=base64.b64encode(not_its_own).decode("ascii"),
+        )
+    except Exception as exc:  # noqa: BLE001 - every answer is a verdict, read here
+        return s3_code(exc)[1] in CHECKSUM_MISMATCH
+    return False

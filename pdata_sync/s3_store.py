@@ -85,7 +85,9 @@ class Stored:
     """What one upload sent: the ETag S3 answered and the checksums of the bytes sent."""
 
     etag: str  # as S3 answered, without quotes
-    sent_etag: str  # MD5 ETag of the bytes sent (multipart: md5 of the part md5s, -N)
+    # MD5 ETag of the bytes sent (multipart: md5 of the part md5s, -N); None for a single
+    # PUT to a server that checks x-amz-checksum-sha256 (s3_put.checks_sha256)
+    sent_etag: str | None
     sent_sha256: str  # base64 SHA-256 (multipart: composite of the part SHA-256s, -N)
     size: int
     multipart: bool = False
@@ -339,14 +341,18 @@ def put_small(
 ) -> Stored:
     """Upload ``data`` in one PUT through obstore (:mod:`pdata_sync.s3_put`) with the
     SHA-256 check S3 makes on receipt (``sha256_digest``: the caller's SHA-256 of ``data``,
-    if it has it already). The MD5 is ours, for :func:`confirm_object` to compare with the
-    ETag S3 answers."""
-    md5 = hashlib.md5(data).digest()
+    if it has it already). Where the server does not show that it makes that check
+    (:func:`~pdata_sync.s3_put.checks_sha256`), our MD5 of ``data`` goes with the answer,
+    for :func:`confirm_object` to compare with the ETag."""
     sha = _b64(sha256_digest or hashlib.sha256(data).digest())
+    checked = s3_put.checks_sha256(
+        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata
+    )
+    md5 = None if checked else hashlib.md5(data).hexdigest()
     etag = s3_put.put_object(
         client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata
     )
-    return Stored(etag=etag, sent_etag=md5.hex(), sent_sha256=sha, size=len(data))
+    return Stored(etag=etag, sent_etag=md5, sent_sha256=sha, size=len(data))
 
 
 def _read_part(fh: Any, part_size: int) -> bytes:
@@ -476,14 +482,19 @@ def _changed(path: str | Path, size: int, mtime_ns: int | None) -> bool:
 def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
     """Check that what S3 stores under ``key`` is what was sent; returns the ETag.
 
-    For a single PUT, S3's answer already reports its own checksum of what it stored: an
-    MD5 ETag (or, where the ETag is not an MD5, e.g. SSE-KMS, the SHA-256 it computed)
-    equal to ours means the same bytes, hence the same size. Otherwise (multipart, or an
-    answer without a checksum), S3 is asked with a HEAD: the size must match, and its MD5
-    ETag or SHA-256 checksum must match ours. Raises :class:`PermanentError` when S3 does
-    not confirm: such an object is never marked verified.
+    For a single PUT to a server that checks ``x-amz-checksum-sha256`` (no MD5 was taken:
+    ``sent_etag`` is None), its acceptance is the confirmation: it refuses a body whose
+    SHA-256 is not the one sent. Otherwise S3's answer reports its own checksum of what it
+    stored: an MD5 ETag (or, where the ETag is not an MD5, e.g. SSE-KMS, the SHA-256 it
+    computed) equal to ours means the same bytes, hence the same size. Otherwise
+    (multipart, or an answer without a checksum), S3 is asked with a HEAD: the size must
+    match, and its MD5 ETag or SHA-256 checksum must match ours. Raises
+    :class:`PermanentError` when S3 does not confirm: such an object is never marked
+    verified.
     """
     if not stored.multipart:
+        if stored.sent_etag is None:
+            return stored.etag
         if is_md5_etag(stored.etag):
             if stored.etag != stored.sent_etag:
                 raise PermanentError(

@@ -309,7 +309,9 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
         through_proxy = make_client(cfg.s3.model_copy(update={"endpoint_url": proxy.url}), transfer)
         with pytest.raises(Exception, match=REFUSED):
             put_small(through_proxy, BUCKET, "images/x/corrupt.dcm", data, {"sha256": "x"})
-        assert proxy.state.faults_fired == 2  # damaged, refused, sent again, refused
+        # boto3 asking whether the server checks SHA-256 (refused), then obstore's upload:
+        # damaged, refused, sent again, refused
+        assert proxy.state.faults_fired == 3
 
     damaged = []
 

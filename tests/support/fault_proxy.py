@@ -9,6 +9,9 @@ unchanged (the Host header too, so S3 signatures stay valid) and, when told to, 
 * ``delay`` - hold the request longer than the client's timeout, then forward it
 * ``corrupt-body`` - flip one byte in the middle of the request body, then forward it (the
   damage a bad NIC or middlebox does; the server must refuse it by its checksum)
+* ``unchecked`` - answer a PUT as a server that does not check ``x-amz-checksum-sha256``
+  would: 200 with the MD5 of the body received as its ETag (nothing is forwarded or stored)
+* ``damaged-unchecked`` - the same for a body damaged in transit (one byte flipped first)
 * ``malformed-json`` / ``wrong-content-type`` / ``partial-items`` - resolver answers that are
   broken JSON, not JSON, or missing half of their ``items``
 
@@ -18,6 +21,7 @@ only ``limit`` times. One connection per request (``Connection: close``).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -35,6 +39,8 @@ KINDS = {
     "reset-response",
     "delay",
     "corrupt-body",
+    "unchecked",
+    "damaged-unchecked",
     "malformed-json",
     "wrong-content-type",
     "partial-items",
@@ -159,6 +165,12 @@ class _Handler(socketserver.BaseRequestHandler):
             ctype = "application/xml" if proxy.flavour == "s3" else "application/json"
             self._send(sock, fault.status, [("Content-Type", ctype)], payload)
             return
+        if kind in ("unchecked", "damaged-unchecked"):
+            if kind == "damaged-unchecked" and body:
+                body = _flip_middle_byte(body)
+            etag = hashlib.md5(body).hexdigest()
+            self._send(sock, 200, [("ETag", f'"{etag}"')], b"")
+            return
         if kind == "malformed-json":
             self._send(sock, 200, [("Content-Type", "application/json")], b'{"items": [')
             return
@@ -166,8 +178,7 @@ class _Handler(socketserver.BaseRequestHandler):
             assert fault is not None
             time.sleep(fault.delay)
         if kind == "corrupt-body" and body:
-            middle = len(body) // 2
-            body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+            body = _flip_middle_byte(body)
 
         try:
             status, reason, resp_headers, resp_body = self._forward(method, target, headers, body)
@@ -226,6 +237,11 @@ class _Handler(socketserver.BaseRequestHandler):
             sock.sendall(head + body)
         except OSError:
             pass
+
+
+def _flip_middle_byte(body: bytes) -> bytes:
+    middle = len(body) // 2
+    return body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
 
 
 class FaultProxy:

@@ -174,7 +174,8 @@ def test_missing_bucket_stops_the_batch_with_one_clear_reason(tmp_path, s3):
 
 class _Lying:
     """A client through which S3's reports differ from what was sent: a PUT answers another
-    ETag, a HEAD one byte less. S3 did not confirm the upload."""
+    ETag, a HEAD one byte less. S3 did not confirm the upload. Such a server does not check
+    the SHA-256 sent either (it accepts one that is not the body's)."""
 
     def __init__(self, client, monkeypatch):
         self._client = client
@@ -193,6 +194,9 @@ class _Lying:
     def head_object(self, **kwargs):
         response = self._client.head_object(**kwargs)
         return {**response, "ContentLength": response["ContentLength"] - 1}
+
+    def put_object(self, ChecksumSHA256=None, **kwargs):  # noqa: N803 - boto3's name
+        return self._client.put_object(**kwargs)
 
 
 def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files(
