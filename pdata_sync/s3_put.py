@@ -24,6 +24,8 @@ refreshed through botocore).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import threading
 import weakref
@@ -208,31 +210,17 @@ def checks_sha256(
     with _CHECKS_LOCK:
         known = _CHECKS.setdefault(client, {})
         if bucket not in known:
-            known[bucket] = _ask_checks_sha256(client, bucket, key, data, content_type, metadata)
+            not_its_own = hashlib.sha256(b"not the body: " + data).digest()
+            try:
+                client.put_object(
+                    Bucket=bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    Metadata=metadata,
+                    ChecksumSHA256=base64.b64encode(not_its_own).decode("ascii"),
+                )
+                known[bucket] = False  # stored unchecked
+            except Exception as exc:  # noqa: BLE001 - every answer is a verdict, read here
+                known[bucket] = s3_code(exc)[1] in CHECKSUM_MISMATCH
         return known[bucket]
-
-
-def _ask_checks_sha256(
-    client: Any,
-    bucket: str,
-    key: str,
-    data: bytes,
-    content_type: str,
-    metadata: dict[str, str],
-) -> bool:
-    import base64
-    import hashlib
-
-    not_its_own = hashlib.sha256(b"not the body: " + data).digest()
-    try:
-        client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            Metadata=metadata,
-            ChecksumSHA256=base64.b64encode(not_its_own).decode("ascii"),
-        )
-    except Exception as exc:  # noqa: BLE001 - every answer is a verdict, read here
-        return s3_code(exc)[1] in CHECKSUM_MISMATCH
-    return False
