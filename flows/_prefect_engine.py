@@ -11,8 +11,9 @@ Joining protects nothing: the thread checks the stop event before every heartbea
 it is set no heartbeat is sent, joined or not, and the thread ends at its next step.
 Prefect's own asynchronous engine does not join it (``join_on_exit=False``). Importing
 this module makes the synchronous engine do the same; heartbeats during the run are
-unchanged (tests/integration/test_flow_exit.py checks both). Every flow module imports it,
-because a worker loads a flow's file by path, without this package's ``__init__``.
+unchanged (tests/integration/test_flow_exit.py checks both; ADR 0014). Every flow module
+imports it, because a worker loads a flow's file by path, without this package's
+``__init__``.
 """
 
 from __future__ import annotations
