@@ -32,7 +32,7 @@ from .errors import BadInputError, ConfigError, describe
 from .orthanc import OrthancClient
 from .pdata import read_if_unchanged
 from .retrieval import validate_guid
-from .s3_store import get_bytes, list_patients, list_prefix, put_small
+from .s3_store import confirm_object, get_bytes, list_patients, list_prefix, put_small
 
 ARCHIVE = "archive"
 ORTHANC = "orthanc"
@@ -349,13 +349,15 @@ class Exporter:
             return ExportOutcome(item.key, FAILED, source=source, reason=f"cannot write: {exc}")
         body = out.getvalue()
         try:
-            put_small(
+            stored = put_small(
                 self.dest_client,
                 self.dest_bucket,
                 key,
                 body,
                 {"project": self.project, "sha256": hashlib.sha256(body).hexdigest()},
             )
+            # exported only once the server confirmed it holds these bytes (ADR 0004)
+            confirm_object(self.dest_client, self.dest_bucket, key, stored)
         except Exception as exc:  # noqa: BLE001 - reported per instance
             return ExportOutcome(item.key, FAILED, source=source, reason=describe(exc))
         self.already_exported(pseudonym).add(sop)

@@ -198,3 +198,28 @@ def test_export_refuses_without_a_secret_or_a_research_section(site):
         env,
     )
     assert out.returncode == 2 and "project 'Bad_Slug'" in out.stderr
+
+
+def test_an_export_a_research_server_did_not_store_as_sent_is_reported_failed(site):
+    """A research bucket on a server that does not check the SHA-256 it is sent (emulated by
+    the fault proxy, which answers as such a server would) and a body damaged on its way
+    there: the ETag it answers is not our MD5, so the instance is reported failed, never
+    exported."""
+    from tests.support.fault_proxy import Fault, FaultProxy
+
+    clinic, client, orthanc, config, env = site
+    sync = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    guid = clinic.expected[0]["patient_guid"]
+    research = f"research:\n  bucket: {RESEARCH}\n  region: us-east-1\n  endpoint_url: "
+    endpoint = client.meta.endpoint_url
+    assert research + endpoint in config.read_text()
+    with FaultProxy(endpoint) as proxy:
+        proxy.set(Fault("damaged-unchecked", match=lambda method, path: method == "PUT"))
+        config.write_text(config.read_text().replace(research + endpoint, research + proxy.url))
+        code, report, _ = export(config, env, "caries-2027", "--patient-guid", guid)
+    images = sum(e["patient_guid"] == guid for e in clinic.expected)
+    assert code == 1
+    assert report["exported"] == 0
+    assert len(report["failed"]) == images
+    assert all("not verified" in f["reason"] for f in report["failed"])
