@@ -348,13 +348,15 @@ class Exporter:
         except (AttributeError, ValueError) as exc:  # e.g. no File Meta Information
             return ExportOutcome(item.key, FAILED, source=source, reason=f"cannot write: {exc}")
         body = out.getvalue()
+        digest = hashlib.sha256(body).digest()
         try:
             stored = put_small(
                 self.dest_client,
                 self.dest_bucket,
                 key,
                 body,
-                {"project": self.project, "sha256": hashlib.sha256(body).hexdigest()},
+                {"project": self.project, "sha256": digest.hex()},
+                sha256_digest=digest,
             )
             # exported only once the server confirmed it holds these bytes (ADR 0004)
             confirm_object(self.dest_client, self.dest_bucket, key, stored)
