@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .key_template import ambiguity
 from .url_secrets import url_secret
 
 DEFAULT_KEY_TEMPLATE = "images/{patient_guid}/{clinic_id}_{image_id}_{name}.dcm"
@@ -260,6 +261,9 @@ class S3Config(_Model):
             raise ValueError("must not contain '..' or '.' segments")
         if any(not s for s in segments):
             raise ValueError("must not contain an empty segment ('//' or a trailing '/')")
+        why = ambiguity(value)
+        if why:
+            raise ValueError(why)
         return value
 
     @field_validator("aws_credentials_block")
@@ -463,10 +467,19 @@ class ClinicConfig(_Model):
         ge=0,
         le=1,
         description="Safety limit: a run that would retire more than this share of the "
-        "clinic's objects (or more than retire_max_count) retires nothing and fails.",
+        "clinic's objects (or more than retire_max_count) retires nothing and fails. Media "
+        "rows that vanish from the database count against the same limit, checked before "
+        "any upload.",
     )
     retire_max_count: int = Field(
         500, ge=0, description="Safety limit: at most this many objects retired in one run."
+    )
+    retire_always_allowed: int = Field(
+        25,
+        ge=0,
+        description="Safety limit for small clinics: a run may always retire this many "
+        "objects, whatever retire_max_fraction allows (5 % of 35 images is 1); never more "
+        "than retire_max_count.",
     )
     incremental: bool = Field(
         False,
@@ -486,10 +499,11 @@ class ClinicConfig(_Model):
     @field_validator("clinic_id")
     @classmethod
     def _clinic(cls, value: str) -> str:
-        if not _CLINIC_ID.fullmatch(value):
+        if not _CLINIC_ID.fullmatch(value) or ".." in value:
             raise ValueError(
-                f"{value!r}: use 1-64 letters, digits, dots and dashes (it is part of every "
-                "S3 key; no underscores, slashes or spaces)"
+                f"{value!r}: use 1-64 letters, digits, dots and dashes, starting with a letter "
+                "or digit, never two dots in a row (it is part of every S3 key and must be "
+                "read back from it: no underscores, slashes or spaces)"
             )
         return value
 

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 from text_unidecode import unidecode
 
 from .config import DEFAULT_KEY_TEMPLATE
+from .key_template import FIELD_PATTERNS
 
 NAME_MAX = 100
 FALLBACK_NAME = "unnamed"
@@ -116,12 +117,7 @@ def patient_prefix(patient_guid: str) -> str:
     return f"images/{patient_guid}/"
 
 
-_GROUPS = {
-    "patient_guid": r"(?P<patient_guid>[0-9a-f-]{36})",
-    "clinic_id": r"(?P<clinic_id>[A-Za-z0-9.-]+)",
-    "image_id": r"(?P<image_id>\d+)",
-    "name": r"(?P<name>[A-Za-z0-9._-]+)",
-}
+_GROUPS = {field: f"(?P<{field}>{pattern})" for field, pattern in FIELD_PATTERNS.items()}
 
 
 def key_pattern(template: str = DEFAULT_KEY_TEMPLATE) -> re.Pattern[str]:

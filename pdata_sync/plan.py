@@ -141,7 +141,35 @@ def build_plan(
                 name=name,
             )
             planned.append(PlannedImage(image.rel_path, guid, image.image_id, name, key))
+    planned, conflicts = without_shared_keys(planned)
+    failed.extend(conflicts)
+    conflicted = {p.path for p in conflicts}
+    notes = [n for n in notes if n.path not in conflicted]
     return Plan(planned, skipped, notes, failed, media_deleted)
+
+
+def key_conflict(key: str, other_path: str) -> str:
+    """The reason an image whose key another image also got is not uploaded."""
+    return f"key conflict: {other_path} has the same key {key}; neither is uploaded"
+
+
+def without_shared_keys(planned: list[PlannedImage]) -> tuple[list[PlannedImage], list[Problem]]:
+    """Drop every image that shares a key with another file, failing each with the other's
+    path: uploading either would hide the other (product-rules §3.1). The configuration
+    refuses templates that allow this; this is the check at the moment it would matter."""
+    paths_of: dict[str, list[str]] = defaultdict(list)
+    for item in planned:
+        if item.rel_path not in paths_of[item.key]:
+            paths_of[item.key].append(item.rel_path)
+    shared = {key: paths for key, paths in paths_of.items() if len(paths) > 1}
+    if not shared:
+        return planned, []
+    conflicts: dict[str, Problem] = {}
+    for key, paths in sorted(shared.items()):
+        for path in paths:
+            other = next(p for p in paths if p != path)
+            conflicts.setdefault(path, Problem(path, key_conflict(key, other)))
+    return [i for i in planned if i.rel_path not in conflicts], list(conflicts.values())
 
 
 def make_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:

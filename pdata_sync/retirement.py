@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from .catalog import DRIFTED, PENDING, UPLOADED, VERIFIED, CatalogRow, ClinicImages, now
+from .config import ClinicConfig
 from .errors import ErrorKind, classify, describe, s3_config_message
 from .pdata import ImageFile, PatientFolder, Problem
 from .plan import PatientResolution, Plan
@@ -96,16 +97,24 @@ def _why_not_wanted(row: CatalogRow, source: SourceView, verified: frozenset[str
 
 @dataclass(frozen=True)
 class SafetyLimit:
-    """At most ``fraction`` of the clinic's archived objects, and at most ``count``, in
-    one run (whichever is smaller): a database or resolver outage that makes everything
-    look deleted must fail the run, not empty the archive."""
+    """At most ``fraction`` of the clinic's archived objects in one run, but always
+    ``floor`` (a small clinic: 5 % of 35 is 1, and one remapped patient would fail every
+    run), and never more than ``count``: a database or resolver outage that makes
+    everything look deleted must fail the run, not empty the archive."""
 
     fraction: float = 0.05
     count: int = 500
+    floor: int = 25
+
+    @classmethod
+    def of(cls, config: ClinicConfig) -> SafetyLimit:
+        return cls(
+            config.retire_max_fraction, config.retire_max_count, config.retire_always_allowed
+        )
 
     def limit(self, archived: int) -> int:
         """The most one run may retire of a clinic with ``archived`` objects."""
-        return min(self.count, math.floor(self.fraction * archived))
+        return min(self.count, max(self.floor, math.floor(self.fraction * archived)))
 
     def trips(self, candidates: int, archived: int) -> bool:
         return candidates > self.limit(archived)
@@ -189,9 +198,10 @@ def retire(
     if n and limit.trips(n, archived):
         report.tripped = (
             f"retirement stopped by its safety limit: {n} object(s) no longer belong, more "
-            f"than {limit.limit(archived)} ({limit.fraction:.0%} of {archived}, at "
-            f"most {limit.count}); nothing was retired. Check the Sidexis database and the "
-            "resolver; for an intended large change raise retire_max_fraction for one run"
+            f"than {limit.limit(archived)} ({limit.fraction:.0%} of {archived}, at least "
+            f"{limit.floor}, at most {limit.count}); nothing was retired. Check the Sidexis "
+            "database and the resolver; for an intended large change raise "
+            "retire_max_fraction for one run"
         )
         return report
     if mode != "move":

@@ -613,6 +613,11 @@ def move_to_retired(
     return True
 
 
+def head_metadata(client: Any, bucket: str, key: str) -> dict[str, str]:
+    """The user metadata of an object (empty when it has none)."""
+    return dict(client.head_object(Bucket=bucket, Key=key).get("Metadata") or {})
+
+
 def head_sha256(client: Any, bucket: str, key: str) -> str | None:
     """The ``sha256`` user metadata of an object, or None."""
     response = client.head_object(Bucket=bucket, Key=key)

@@ -55,6 +55,7 @@ from .s3_store import (
     Stored,
     build_metadata,
     confirm_object,
+    head_metadata,
     head_sha256,
     is_md5_etag,
     list_patients,
@@ -296,9 +297,26 @@ class BatchUploader:
                     info = self._info(item, size, st.st_mtime_ns, sha, header)
                     self.settled.add(Settled(item.key, info, MATCH, remote.etag))
                 return Outcome(UNCHANGED, item.rel_path, item.key, note=header.defect or "")
+        if remote is not None and (row is None or row.sha256 is None):
+            self._check_owner(item)  # about to replace an object this catalog never held
         if size <= self.threshold:
             return self._upload_small(item, path)
         return self._upload_multipart(item, path)
+
+    def _check_owner(self, item: PlannedImage) -> None:
+        """Raise :class:`PermanentError` unless the object S3 holds at ``item.key`` is this
+        clinic's image ``item.image_id`` by its own metadata: a key is one image's, and an
+        object another clinic (sharing the bucket, with another template) or another tool
+        wrote there is never overwritten (product-rules §3.1)."""
+        meta = head_metadata(self.client, self.config.s3.bucket, item.key)
+        owner = (meta.get("clinic-id"), meta.get("image-id"))
+        if owner == (self.config.clinic_id, str(item.image_id)):
+            return
+        if owner == (None, None):
+            holder = "an object pdata-sync did not write (no clinic-id, image-id metadata)"
+        else:
+            holder = f"image {owner[1]} of clinic {owner[0]}"
+        raise PermanentError(f"key conflict: S3 holds {holder} at this key; not overwritten")
 
     def _upload_small(self, item: PlannedImage, path: Path) -> Outcome:
         data, st = _read_stable(path)
@@ -486,11 +504,11 @@ class BatchUploader:
         if self.images is not None:
             pending = [PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid) for i in work]
             try:
-                self.images.begin_upload(pending, self.flow_run_id)
+                unrecorded.update(self.images.begin_upload(pending, self.flow_run_id))
             except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
                 reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
                 unrecorded.update(dict.fromkeys((i.key for i in work), reason))
-                work = []
+            work = [i for i in work if i.key not in unrecorded]
 
         def run(item: PlannedImage) -> Outcome:
             if item.key in plan.trusted:

@@ -24,7 +24,7 @@ def retire_objects(config: ClinicConfig, view: SourceView) -> RetireReport:
         config.clinic_id,
         view,
         mode=config.retire,
-        limit=SafetyLimit(config.retire_max_fraction, config.retire_max_count),
+        limit=SafetyLimit.of(config),
         flow_run_id=flow_run.get_id(),
     )
     logger = get_run_logger()

@@ -47,7 +47,7 @@ def _create_at_head(conn: sa.Connection) -> None:
     """Create a new catalog in one step from the declared schema, at the newest revision.
 
     The same tables the migrations build (tests/integration/test_catalog.py compares the
-    two, CHECK constraints included), without replaying six migrations, SQLite's table
+    two, CHECK constraints included), without replaying seven migrations, SQLite's table
     copies among them: 0.02 s instead of 0.2 s, on every clinic's first run. Alembic's
     version table is written as Alembic writes it, so later migrations start from here.
     """

@@ -110,16 +110,42 @@ class ClinicImages:
 
     # -- transitions ---------------------------------------------------------------------
 
-    def begin_upload(self, items: list[PendingItem], flow_run_id: str | None) -> None:
+    def _held_by_others(self, conn: sa.Connection, items: list[PendingItem]) -> dict[str, str]:
+        """Keys of ``items`` that a row of another image holds in this destination, whatever
+        its clinic or state, with why: a key is one image's, never shared (product-rules
+        §3.1)."""
+        wanted = {i.key: i.image_id for i in items}
+        refused: dict[str, str] = {}
+        for chunk in chunks(list(wanted)):
+            query = sa.select(images.c.key, images.c.clinic_id, images.c.image_id).where(
+                images.c.destination == self.destination, images.c.key.in_(chunk)
+            )
+            for r in conn.execute(query):
+                if (r.clinic_id, int(r.image_id)) == (self.clinic_id, wanted[r.key]):
+                    continue
+                holder = "this clinic" if r.clinic_id == self.clinic_id else f"clinic {r.clinic_id}"
+                refused[r.key] = (
+                    f"key conflict: the catalog records {r.key} as image {r.image_id} of "
+                    f"{holder}; image {wanted[r.key]} is not uploaded over it"
+                )
+        return refused
+
+    def begin_upload(self, items: list[PendingItem], flow_run_id: str | None) -> dict[str, str]:
         """BEGIN_UPLOAD: these keys are about to be uploaded (before any of their bytes go).
 
         A new key gets a row without content; an existing row keeps its last accepted
         content (and path) until the new content is settled, and remembers the state it
-        leaves, which :meth:`release` restores."""
+        leaves, which :meth:`release` restores.
+
+        Returns the keys refused, with why: a key that a row of another image (of this
+        clinic or another) holds in this destination gets no pending row and must not be
+        uploaded."""
         if not items:
-            return
+            return {}
         t = now()
         with self.db.begin() as conn:
+            refused = self._held_by_others(conn, items)
+            items = [i for i in items if i.key not in refused]
             existing = self._current(
                 conn,
                 [i.key for i in items],
@@ -171,6 +197,7 @@ class ClinicImages:
                 flow_run_id,
                 t,
             )
+        return refused
 
     def release(self, keys: list[str], flow_run_id: str | None = None) -> None:
         """RELEASE: the upload of these pending keys will not happen (bad input). A row that

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -74,6 +74,12 @@ images = sa.Table(
     # a retired row: where its object went (outside images/) and why
     sa.Column("retired_to", sa.String(1200), nullable=True),
     sa.Column("retired_reason", sa.String(200), nullable=True),
+    # what else identifies the source file (a full run compares them; an edit that kept
+    # size and mtime changes the ctime), and when its bytes were last hashed (the rolling
+    # content check re-hashes the oldest first); migration 0007
+    sa.Column("source_ctime_ns", sa.BigInteger, nullable=True),
+    sa.Column("source_inode", sa.String(24), nullable=True),
+    sa.Column("content_checked_at", TS, nullable=True),
     sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
     sa.CheckConstraint(
         "state IN ('pending', 'uploaded', 'verified', 'drifted', 'retired')",
@@ -81,6 +87,8 @@ images = sa.Table(
     ),
 )
 sa.Index("ix_images_clinic_dest_state", images.c.clinic_id, images.c.destination, images.c.state)
+# who holds a key in a destination, whatever the clinic (a key is never shared)
+sa.Index("ix_images_dest_key", images.c.destination, images.c.key)
 
 image_history = sa.Table(
     "image_history",

@@ -500,3 +500,36 @@ def test_a_stale_lock_is_taken_over(catalog):
         )  # fmt: skip
     with pytest.raises(ClinicBusyError, match="host elsewhere pid 1"):
         catalog.lock("c1", "sync").acquire()
+
+
+def test_a_key_held_by_another_image_is_refused_and_said_so(catalog, imgs):
+    """The catalog never records one key for two images: not for another image of the
+    clinic, not for another clinic's image in the same destination. The refused key gets no
+    row and no event; the holder's row is untouched. Another destination is another key."""
+    upload(imgs)  # KEY is image 7 of clinic c1, verified
+    before = imgs.lookup([KEY])[KEY]
+    refused = imgs.begin_upload([PendingItem(KEY, "P_1/0000_71.dcm", 71, GUID)], "run-2")
+    assert refused == {
+        KEY: f"key conflict: the catalog records {KEY} as image 7 of this clinic; image 71 "
+        "is not uploaded over it"
+    }
+    other_clinic = catalog.images("c1-x", DEST)
+    fresh = f"images/{GUID}/other.dcm"
+    refused = other_clinic.begin_upload(
+        [
+            PendingItem(KEY, "P_9/0000_7.dcm", 7, GUID),
+            PendingItem(fresh, "P_9/0000_8.dcm", 8, GUID),
+        ],
+        "run-3",
+    )
+    assert refused == {
+        KEY: f"key conflict: the catalog records {KEY} as image 7 of clinic c1; image 7 is "
+        "not uploaded over it"
+    }
+    assert set(other_clinic.lookup([KEY, fresh])) == {fresh}  # only the free key is pending
+    assert imgs.lookup([KEY])[KEY] == before
+    assert [e["transition"] for e in imgs.events(KEY)] == ["begin_upload", "confirm"]
+    # the same image of the same clinic goes on as before
+    assert imgs.begin_upload(pending(), "run-4") == {}
+    # another bucket holds nothing yet
+    assert catalog.images("c1-x", DEST + "-2").begin_upload(pending(), "run-5") == {}

@@ -121,7 +121,7 @@ def sync(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None
             config.clinic_id,
             view,
             mode=config.retire,
-            limit=SafetyLimit(config.retire_max_fraction, config.retire_max_count),
+            limit=SafetyLimit.of(config),
             flow_run_id=run_id,
         )
     return result

@@ -24,6 +24,12 @@ CASES = [
     ("s3.key_template", "images/{patient_guid}/{clinic_id}_{image_id}_{name!r}.dcm"),
     ("s3.key_template", "images/{patient_guid}/{clinic_id}_{image_id:>2000}.dcm"),
     ("s3.key_template", "images/{patient_guid}/../{clinic_id}_{image_id}.dcm"),
+    # keys that do not parse back to one image: two images (of one clinic, or of two
+    # clinics sharing the bucket) could get the same key
+    ("s3.key_template", "images/{patient_guid}/{clinic_id}_{image_id}{name}.dcm"),
+    ("s3.key_template", "images/{patient_guid}/{clinic_id}-{image_id}-{name}.dcm"),
+    ("clinic_id", "clinic_001"),
+    ("clinic_id", "clinic..001"),
 ]
 
 

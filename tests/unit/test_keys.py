@@ -122,3 +122,72 @@ def test_metadata_name_round_trip_and_bound():
     encoded = encode_name_for_metadata("ä" * 300)
     assert encoded.isascii() and len(encoded) <= 1024
     assert decode_name_from_metadata(encoded) == "ä" * len(decode_name_from_metadata(encoded))
+
+
+# --- keys parse back to exactly one image (docs/product-rules.md §3.1) -------------------
+
+ACCEPTED_TEMPLATES = [
+    DEFAULT_KEY_TEMPLATE,
+    "images/{patient_guid}/{clinic_id}/{image_id}-{name}.dcm",
+    "images/{patient_guid}/{name}_{clinic_id}_{image_id}.dcm",
+    "images/{patient_guid}/{clinic_id}_{image_id}.dcm",
+    "images/{patient_guid}/{clinic_id}/{name}/{image_id}",
+    "images/{patient_guid}/{image_id}_{clinic_id}/{name}.dcm",
+    "images/{patient_guid}/{image_id}_{name}_{clinic_id}_x.dcm",
+]
+REFUSED_TEMPLATES = [
+    # the issue's two: image 61 "2x" / image 612 "x";
+    # clinic a image 1 "2-x" / clinic a-1 image 2 "x"
+    "images/{patient_guid}/{clinic_id}_{image_id}{name}.dcm",
+    "images/{patient_guid}/{clinic_id}-{image_id}-{name}.dcm",
+    "images/{patient_guid}/{clinic_id}.{image_id}.{name}.dcm",
+    "images/{patient_guid}/{name}-{clinic_id}_{image_id}.dcm",
+    "images/{patient_guid}/{clinic_id}{image_id}.dcm",
+    "images/{patient_guid}/{image_id}-{clinic_id}-{name}.dcm",
+]
+
+
+def _render(template, clinic, image_id, name):
+    return render_key(template, patient_guid=GUID, clinic_id=clinic, image_id=image_id, name=name)
+
+
+def test_the_issues_templates_really_collide():
+    """Why they are refused: two different images get one key."""
+    first, second = REFUSED_TEMPLATES[0], REFUSED_TEMPLATES[1]
+    assert _render(first, "c", 61, "2x") == _render(first, "c", 612, "x")
+    assert _render(second, "a", 1, "2-x") == _render(second, "a-1", 2, "x")
+
+
+@pytest.mark.parametrize("template", REFUSED_TEMPLATES)
+def test_ambiguous_templates_are_refused(template):
+    from pdata_sync.key_template import ambiguity
+
+    assert ambiguity(template)
+
+
+@pytest.mark.parametrize("template", ACCEPTED_TEMPLATES)
+def test_accepted_templates_parse_back_to_the_one_image(template):
+    """Random clinic ids, image ids and names made of every character their fields allow:
+    every key parses back to the values it was made from, and no two images share a key."""
+    import random
+
+    from pdata_sync.key_template import ambiguity
+
+    assert ambiguity(template) is None
+    rng = random.Random(template)
+    clinic_chars = "aZ09.-"
+    name_chars = "aZ09._-"
+    keys: dict[str, tuple] = {}
+    for _ in range(3000):
+        clinic = rng.choice("aZ0") + "".join(rng.choices(clinic_chars, k=rng.randint(0, 4)))
+        if ".." in clinic:
+            continue  # refused by the config (a key never holds "..")
+        image_id = rng.randint(1, 10 ** rng.randint(1, 6))
+        name = safe_name("".join(rng.choices(name_chars, k=rng.randint(1, 6))))
+        key = _render(template, clinic, image_id, name)
+        fields = parse_key(key, template)
+        assert fields is not None, key
+        assert (fields["clinic_id"], fields["image_id"]) == (clinic, image_id), key
+        assert fields.get("name", name) == name, key
+        made = (clinic, image_id, name if "{name}" in template else None)
+        assert keys.setdefault(key, made) == made, f"{key}: {keys[key]} and {made}"

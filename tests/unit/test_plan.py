@@ -103,3 +103,27 @@ def test_a_media_row_of_another_patient_is_a_conflict_not_uploaded():
          "patient 7: not uploaded (conflict)")
     ]  # fmt: skip
     assert "Bitewing" not in plan.failed[0].reason  # ids only, no names
+
+
+def test_two_images_with_one_key_are_both_failed_naming_each_other():
+    """A template the configuration refuses (``{image_id}{name}``) given to the planner
+    directly: image 61 named "2x" and image 612 named "x" get one key. Neither is planned;
+    each is failed naming the other's path. Every other image is planned as usual."""
+    template = "images/{patient_guid}/{clinic_id}_{image_id}{name}.dcm"
+    plan = build_plan(
+        images=[img(1, 61), img(1, 612), img(1, 7)],
+        patient_guids={1: [G1]},
+        failed_patients={},
+        media={61: MediaRow("2x", False), 612: MediaRow("x", False), 7: MediaRow("x", False)},
+        clinic_id="c",
+        key_template=template,
+    )
+    assert [i.rel_path for i in plan.images] == ["P_1/0000_7.dcm"]
+    reasons = {p.path: p.reason for p in plan.failed}
+    key = f"images/{G1}/c_612x.dcm"
+    assert reasons == {
+        "P_1/0000_61.dcm": f"key conflict: P_1/0000_612.dcm has the same key {key}; "
+        "neither is uploaded",
+        "P_1/0000_612.dcm": f"key conflict: P_1/0000_61.dcm has the same key {key}; "
+        "neither is uploaded",
+    }

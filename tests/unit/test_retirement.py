@@ -73,9 +73,15 @@ def test_gone_and_deleted_sources_retire_unsure_ones_never():
     ]
 
 
-def test_the_safety_limit_is_the_smaller_of_five_percent_and_five_hundred():
+def test_the_safety_limit_is_five_percent_at_least_twenty_five_at_most_five_hundred():
     limit = SafetyLimit()
-    assert limit.limit(100) == 5 and limit.limit(100_000) == 500 and limit.limit(10) == 0
-    assert not limit.trips(5, 100) and limit.trips(6, 100)
+    assert limit.limit(1000) == 50 and limit.limit(100_000) == 500
+    # a small clinic: 5 % of 35 is 1; one remapped patient with 10 images must not fail
+    # every run until someone edits the config
+    assert limit.limit(35) == 25 and limit.limit(10) == 25 and limit.limit(0) == 25
+    assert not limit.trips(10, 35) and limit.trips(26, 35)
+    assert not limit.trips(50, 1000) and limit.trips(51, 1000)
     assert limit.trips(501, 1_000_000)
-    assert SafetyLimit(fraction=0.5, count=500).limit(40) == 20
+    assert SafetyLimit(fraction=0.5, count=500).limit(100) == 50
+    assert SafetyLimit(count=10).limit(35) == 10  # an operator's maximum stays the maximum
+    assert SafetyLimit(floor=0).limit(10) == 0

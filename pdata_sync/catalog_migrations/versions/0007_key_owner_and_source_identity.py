@@ -1,0 +1,36 @@
+"""An index to find who holds a key in a destination (any clinic), and what identifies a
+source file besides its size and mtime: its ctime and inode (a full run compares them) and
+when its bytes were last hashed (the rolling content check). docs/product-rules.md §3.1, §8.6.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+TS = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("images") as batch:
+        batch.add_column(sa.Column("source_ctime_ns", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("source_inode", sa.String(24), nullable=True))
+        batch.add_column(sa.Column("content_checked_at", TS, nullable=True))
+    op.create_index("ix_images_dest_key", "images", ["destination", "key"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_images_dest_key", table_name="images")
+    with op.batch_alter_table("images") as batch:
+        batch.drop_column("content_checked_at")
+        batch.drop_column("source_inode")
+        batch.drop_column("source_ctime_ns")
