@@ -35,10 +35,12 @@ from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
+from pdata_sync.pdata import Problem
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
 from pdata_sync.report import RunSummary
-from pdata_sync.retirement import source_view
+from pdata_sync.retirement import SafetyLimit, source_view
+from pdata_sync.sidexis_db import SKIP_PATIENT_NOT_IN_DB, qualified
 from tasks.catalog import clinic_lock, prepare_catalog
 from tasks.changes import detect_changes, record_changes
 from tasks.resolve import resolve_card_ids
@@ -134,14 +136,30 @@ def _sync(
     summary.patients_resolved = len(patients.guids)
 
     wanted = patients.wanted(scan.images)
-    media = lookup_media(config, quote(patients.media_ids(wanted))).rows
+    no_patient_row = [
+        i.image_id
+        for i in scan.images
+        if lookup.skipped.get(i.patient_id) == SKIP_PATIENT_NOT_IN_DB
+    ]
+    media = lookup_media(config, quote(patients.media_ids(wanted)), quote(no_patient_row))
+    # a database that answers with empty tables for a night stops here, before any upload
+    database_problem = media.check.problem(
+        SafetyLimit.of(config).limit(media.check.archived),
+        qualified(config.database, config.database.media_table),
+        qualified(config.database, config.database.patient_table),
+    )
+    if database_problem:
+        logger.error("clinic %s: %s", config.clinic_id, database_problem)
+        summary.failed.append(Problem("(database)", database_problem))
+        return None
     plan = build_plan(
         images=wanted,
         patient_guids=patients.guids,
         failed_patients=patients.failed,
-        media=media,
+        media=media.rows,
         clinic_id=config.clinic_id,
         key_template=config.s3.key_template,
+        archived_names=media.check.media,
     )
     summary.skipped.update(plan.skipped)
     summary.notes.extend(plan.notes)

@@ -99,8 +99,10 @@ def _why_not_wanted(row: CatalogRow, source: SourceView, verified: frozenset[str
 class SafetyLimit:
     """At most ``fraction`` of the clinic's archived objects in one run, but always
     ``floor`` (a small clinic: 5 % of 35 is 1, and one remapped patient would fail every
-    run), and never more than ``count``: a database or resolver outage that makes
-    everything look deleted must fail the run, not empty the archive."""
+    run) as long as that is not half of them, and never more than ``count``: a database or
+    resolver outage that makes everything look deleted must fail the run, not empty the
+    archive. Without the half, a clinic of 25 images whose patient table answered empty for
+    a night would have every image retired."""
 
     fraction: float = 0.05
     count: int = 500
@@ -114,7 +116,8 @@ class SafetyLimit:
 
     def limit(self, archived: int) -> int:
         """The most one run may retire of a clinic with ``archived`` objects."""
-        return min(self.count, max(self.floor, math.floor(self.fraction * archived)))
+        small_clinic = min(self.floor, archived // 2)
+        return min(self.count, max(small_clinic, math.floor(self.fraction * archived)))
 
     def trips(self, candidates: int, archived: int) -> bool:
         return candidates > self.limit(archived)
@@ -199,7 +202,7 @@ def retire(
         report.tripped = (
             f"retirement stopped by its safety limit: {n} object(s) no longer belong, more "
             f"than {limit.limit(archived)} ({limit.fraction:.0%} of {archived}, at least "
-            f"{limit.floor}, at most {limit.count}); nothing was retired. Check the Sidexis "
+            f"{limit.floor} up to half, at most {limit.count}); nothing was retired. Check the Sidexis "
             "database and the resolver; for an intended large change raise "
             "retire_max_fraction for one run"
         )

@@ -99,7 +99,8 @@ def _media_table(cfg: DatabaseConfig) -> tuple[sa.TableClause, list[sa.ColumnCla
     return sa.table(cfg.media_table, *cols, schema=cfg.db_schema), cols
 
 
-def _qualified(cfg: DatabaseConfig, table: str) -> str:
+def qualified(cfg: DatabaseConfig, table: str) -> str:
+    """``schema.table`` as an operator reads it (``table`` without a schema)."""
     return f"{cfg.db_schema}.{table}" if cfg.db_schema else table
 
 
@@ -121,7 +122,7 @@ def check_database(engine: Engine, cfg: DatabaseConfig) -> None:
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 names = ", ".join(c.name for c in cols)
                 raise ConfigError(
-                    f"database: table {_qualified(cfg, name)} or one of its columns ({names}) "
+                    f"database: table {qualified(cfg, name)} or one of its columns ({names}) "
                     f"cannot be read: {reason[:300]}"
                 ) from None
 

@@ -41,6 +41,7 @@ from .dicom_meta import DicomHeader, file_digests, part_digests, read_header
 from .errors import (
     BadInputError,
     ErrorKind,
+    PdataSyncError,
     PermanentError,
     SourceChangedError,
     classify,
@@ -397,6 +398,7 @@ class BatchUploader:
             mtime_ns=mtime_ns,
             sha256=sha,
             header=header,
+            image_name=item.image_name,
         )
 
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
@@ -448,7 +450,9 @@ class BatchUploader:
         if kind is ErrorKind.ENVIRONMENT:
             reason = f"cannot read the file: {describe(exc)}"
             return Outcome(FAILED, item.rel_path, item.key, reason=reason)
-        return Outcome(FAILED, item.rel_path, item.key, reason=describe(exc))
+        # our own errors are written for the operator; anything else says what it was
+        reason = str(exc) if isinstance(exc, PdataSyncError) and str(exc) else describe(exc)
+        return Outcome(FAILED, item.rel_path, item.key, reason=reason)
 
     def _failed_all(self, items: list[PlannedImage], reason: str, fatal: bool) -> list[Outcome]:
         progress.advance(len(items))

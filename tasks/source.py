@@ -19,6 +19,8 @@ from pdata_sync.pdata import (
     scan_images,
     scan_patient_folders,
 )
+from pdata_sync.plan import DatabaseCheck, names_archived
+from pdata_sync.retirement import ARCHIVED
 from pdata_sync.sidexis_db import (
     MediaRow,
     PatientLookup,
@@ -28,6 +30,7 @@ from pdata_sync.sidexis_db import (
     make_engine,
 )
 
+from .catalog import clinic_images
 from .credentials import database_password
 
 
@@ -98,14 +101,48 @@ def query_patients(config: ClinicConfig, patient_ids: list[int]) -> PatientLooku
 @dataclass(frozen=True)
 class Media:
     """Media rows by imageId, in one object: Prefect links every element of a task's
-    result (one level deep) to its state, which for 100,000 rows cost seconds."""
+    result (one level deep) to its state, which for 100,000 rows cost seconds. ``check``:
+    what the database no longer says about archived images."""
 
     rows: dict[int, MediaRow]
+    check: DatabaseCheck
+
+
+def database_check(
+    config: ClinicConfig, no_media_row: list[int], no_patient_row: list[int]
+) -> DatabaseCheck:
+    """Which of these images (without a media row; of patients without a patient row) the
+    catalog holds: rows that vanished from the database, not images that never had one."""
+    if not no_media_row and not no_patient_row:
+        return DatabaseCheck({}, 0, 0)
+    images = clinic_images(config)
+    archived = images.archived_images([*no_media_row, *no_patient_row])
+    lost_media = set(no_media_row)
+    names = names_archived((a for a in archived if a[0] in lost_media), config.s3.key_template)
+    lost_patient = set(no_patient_row)
+    patient_images = len({a[0] for a in archived if a[0] in lost_patient})
+    if not names and not patient_images:
+        return DatabaseCheck({}, 0, 0)
+    counts = images.state_counts()
+    return DatabaseCheck(names, patient_images, sum(counts[s] for s in counts if s in ARCHIVED))
 
 
 @task(name="lookup-media", cache_policy=NO_CACHE, persist_result=False)
-def lookup_media(config: ClinicConfig, image_ids: list[int]) -> Media:
-    """Media rows (name, deleted flag) of the images to upload."""
+def lookup_media(
+    config: ClinicConfig, image_ids: list[int], no_patient_row: list[int] | None = None
+) -> Media:
+    """Media rows (name, deleted flag) of the images to upload, and which archived images
+    lost their media row or (``no_patient_row``: images of patients the patient table no
+    longer has) their patient row."""
     rows = fetch_media(engine_of(config), config.database, image_ids)
-    get_run_logger().info("%d media rows found for %d images", len(rows), len(image_ids))
-    return Media(rows)
+    check = database_check(config, [i for i in image_ids if i not in rows], no_patient_row or [])
+    logger = get_run_logger()
+    logger.info("%d media rows found for %d images", len(rows), len(image_ids))
+    if check.media or check.patient_images:
+        logger.warning(
+            "clinic %s: %d archived image(s) without their media row, %d without their patient row",
+            config.clinic_id,
+            len(check.media),
+            check.patient_images,
+        )
+    return Media(rows, check)

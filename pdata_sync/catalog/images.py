@@ -50,6 +50,7 @@ _CONTENT = (
     "modality",
     "acquisition_date",
     "source_defect",
+    "image_name",
     "retired_to",
     "retired_reason",
     "state",
@@ -267,6 +268,7 @@ class ClinicImages:
                     "modality": info.header.modality,
                     "acquisition_date": info.header.acquisition_date,
                     "source_defect": (info.header.defect or "")[:200] or None,
+                    "image_name": None if info.image_name is None else info.image_name[:300],
                     "state": state,
                     "verified_at": t if state == VERIFIED else None,
                     "prior_state": None,
@@ -436,6 +438,20 @@ class ClinicImages:
                 for r in conn.execute(query.where(studies.c.study_instance_uid.in_(chunk))):
                     found[r.key] = dict(r._mapping)
         return [found[k] for k in sorted(found)]
+
+    def archived_images(self, image_ids: Iterable[int]) -> list[tuple[int, str, str | None]]:
+        """(image id, key, image name) of every row of these images that is not retired:
+        what the archive holds of them, and the name their media row gave them (None: no
+        row, or recorded before names were)."""
+        found: list[tuple[int, str, str | None]] = []
+        query = sa.select(images.c.image_id, images.c.key, images.c.image_name).where(
+            self._mine(), images.c.state != RETIRED
+        )
+        with self.db.engine.connect() as conn:
+            for chunk in chunks(sorted(set(image_ids))):
+                for r in conn.execute(query.where(images.c.image_id.in_(chunk))):
+                    found.append((int(r.image_id), r.key, r.image_name))
+        return found
 
     def rows(self) -> list[CatalogRow]:
         """Every image row, ordered by key."""

@@ -33,6 +33,8 @@ class SourceInfo:
     mtime_ns: int
     sha256: str
     header: DicomHeader
+    # the name from the media row ("" for a row without one); None: no row (fallback name)
+    image_name: str | None = None
 
 
 @dataclass(frozen=True)

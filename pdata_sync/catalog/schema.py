@@ -74,6 +74,9 @@ images = sa.Table(
     # a retired row: where its object went (outside images/) and why
     sa.Column("retired_to", sa.String(1200), nullable=True),
     sa.Column("retired_reason", sa.String(200), nullable=True),
+    # the image's name from its media row when it was settled ("" for a row without a
+    # name); NULL: it had no row (the fallback name), or the row predates migration 0007
+    sa.Column("image_name", sa.String(300), nullable=True),
     # what else identifies the source file (a full run compares them; an edit that kept
     # size and mtime changes the ctime), and when its bytes were last hashed (the rolling
     # content check re-hashes the oldest first); migration 0007

@@ -1,7 +1,7 @@
 """Retirement end to end (docs/adr/0007): ``pdata-sync sync`` as a subprocess against
 SeaweedFS, the resolver and a Prefect server on 127.0.0.1. What no longer belongs leaves
 ``images/`` for ``retired/`` once its replacement is verified; a database that suddenly
-returns no patients trips the safety limit and nothing is retired."""
+returns no patients stops the run before anything is uploaded or retired."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pdata_sync.catalog import RETIRED, VERIFIED, Catalog, destination_of
 from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.keys import parse_key
 from pdata_sync.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
 
@@ -91,7 +92,7 @@ def test_a_remapped_patient_moves_and_the_old_guid_returns_nothing(clinic_setup)
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
 
 
-def test_deleted_media_rows_and_patients_retire_and_an_empty_database_trips_the_limit(
+def test_deleted_media_rows_and_patients_retire_and_an_empty_patient_table_stops_the_run(
     clinic_setup,
 ):
     clinic, client, resolver, config, env, sync, tmp_path = clinic_setup
@@ -120,15 +121,17 @@ def test_deleted_media_rows_and_patients_retire_and_an_empty_database_trips_the_
     assert set(stored_objects(client)) == set(before) - gone
     assert len(stored_objects(client, prefix="retired/")) == len(gone)
 
-    # the database suddenly returns no patients: everything would "no longer belong"
+    # the database suddenly returns no patients: everything would "no longer belong"; the
+    # run stops before any upload or retirement (product-rules §2.6)
     with closing(sqlite3.connect(clinic.database_path)) as db:
         db.execute("DELETE FROM Patient")
         db.commit()
     still = stored_objects(client)
     code, summary = sync()
     assert code == 1
-    assert [f["path"] for f in summary["failed"]] == ["(retirement)"]
-    assert "safety limit" in summary["failed"][0]["reason"]
-    assert summary["retired"] == [] and len(summary["to_retire"]) == len(still)
+    assert [f["path"] for f in summary["failed"]] == ["(database)"]
+    images = len({parse_key(k)["image_id"] for k in still})  # an image may have two keys
+    assert f"{images} archived image(s) no patient row in Patient" in summary["failed"][0]["reason"]
+    assert summary["retired"] == [] and summary["to_retire"] == []
     assert stored_objects(client) == still  # nothing retired
     assert len(stored_objects(client, prefix="retired/")) == len(gone)

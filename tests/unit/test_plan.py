@@ -127,3 +127,42 @@ def test_two_images_with_one_key_are_both_failed_naming_each_other():
         "P_1/0000_612.dcm": f"key conflict: P_1/0000_61.dcm has the same key {key}; "
         "neither is uploaded",
     }
+
+
+def test_an_image_whose_media_row_vanished_keeps_the_name_it_is_archived_under():
+    """The catalog knows image 10 as "OPG" and image 11 by a key that carries "Bite" (a row
+    from before names were recorded); image 12 never had a row (its key says unnamed), and
+    image 13's row had no name. Only 12 gets the fallback name with the usual note."""
+    from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED, names_archived
+
+    archived = names_archived(
+        [
+            (10, f"images/{G1}/c_10_OPG.dcm", "OPG"),
+            (11, f"images/{G1}/c_11_Bite.dcm", None),
+            (12, f"images/{G1}/c_12_unnamed.dcm", None),
+            (13, f"images/{G1}/c_13_unnamed.dcm", ""),
+        ],
+        DEFAULT_KEY_TEMPLATE,
+    )
+    assert archived == {10: "OPG", 11: "Bite", 13: ""}
+    plan = build_plan(
+        images=[img(1, 10), img(1, 11), img(1, 12), img(1, 13)],
+        patient_guids={1: [G1]},
+        failed_patients={},
+        media={},
+        clinic_id="c",
+        key_template=DEFAULT_KEY_TEMPLATE,
+        archived_names=archived,
+    )
+    assert [i.key.rsplit("/", 1)[1] for i in plan.images] == [
+        "c_10_OPG.dcm",
+        "c_11_Bite.dcm",
+        "c_12_unnamed.dcm",
+        "c_13_unnamed.dcm",
+    ]
+    assert {n.path: n.reason for n in plan.notes} == {
+        "P_1/0000_10.dcm": NOTE_MEDIA_ROW_VANISHED,
+        "P_1/0000_11.dcm": NOTE_MEDIA_ROW_VANISHED,
+        "P_1/0000_12.dcm": NOTE_NO_MEDIA_ROW,
+        "P_1/0000_13.dcm": NOTE_MEDIA_ROW_VANISHED,
+    }

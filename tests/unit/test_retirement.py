@@ -73,13 +73,15 @@ def test_gone_and_deleted_sources_retire_unsure_ones_never():
     ]
 
 
-def test_the_safety_limit_is_five_percent_at_least_twenty_five_at_most_five_hundred():
+def test_the_safety_limit_is_five_percent_at_least_25_up_to_half_at_most_500():
     limit = SafetyLimit()
     assert limit.limit(1000) == 50 and limit.limit(100_000) == 500
     # a small clinic: 5 % of 35 is 1; one remapped patient with 10 images must not fail
-    # every run until someone edits the config
-    assert limit.limit(35) == 25 and limit.limit(10) == 25 and limit.limit(0) == 25
-    assert not limit.trips(10, 35) and limit.trips(26, 35)
+    # every run until someone edits the config, but a patient table that answers empty for a
+    # night must not retire half of it
+    assert limit.limit(100) == 25 and limit.limit(60) == 25
+    assert limit.limit(35) == 17 and limit.limit(10) == 5 and limit.limit(1) == 0
+    assert not limit.trips(10, 35) and limit.trips(18, 35) and limit.trips(35, 35)
     assert not limit.trips(50, 1000) and limit.trips(51, 1000)
     assert limit.trips(501, 1_000_000)
     assert SafetyLimit(fraction=0.5, count=500).limit(100) == 50

@@ -1,6 +1,8 @@
-"""An index to find who holds a key in a destination (any clinic), and what identifies a
+"""An index to find who holds a key in a destination (any clinic); the image's name from its
+media row (a row that vanishes never re-keys an archived image); and what identifies a
 source file besides its size and mtime: its ctime and inode (a full run compares them) and
-when its bytes were last hashed (the rolling content check). docs/product-rules.md §3.1, §8.6.
+when its bytes were last hashed (the rolling content check). docs/product-rules.md §2.5,
+§3.1, §8.6.
 
 Revision ID: 0007
 Revises: 0006
@@ -22,6 +24,7 @@ TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     with op.batch_alter_table("images") as batch:
+        batch.add_column(sa.Column("image_name", sa.String(300), nullable=True))
         batch.add_column(sa.Column("source_ctime_ns", sa.BigInteger, nullable=True))
         batch.add_column(sa.Column("source_inode", sa.String(24), nullable=True))
         batch.add_column(sa.Column("content_checked_at", TS, nullable=True))
@@ -34,3 +37,4 @@ def downgrade() -> None:
         batch.drop_column("content_checked_at")
         batch.drop_column("source_inode")
         batch.drop_column("source_ctime_ns")
+        batch.drop_column("image_name")

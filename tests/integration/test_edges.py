@@ -1,0 +1,118 @@
+"""What arrives at the edges ends correct or loud (docs/product-rules.md): ``pdata-sync sync``
+as a subprocess against SeaweedFS, the resolver and a Prefect server on 127.0.0.1, with the
+clinic's database, share and bucket turned against it the way a broken night or another
+tool would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from contextlib import closing
+
+import pytest
+
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.seaweed import empty_bucket
+from pdata_sync.keys import parse_key
+from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
+
+
+@pytest.fixture
+def setup(tmp_path, seaweed, prefect_server):
+    clinic = make_clinic(tmp_path / "clinic")
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
+        env = {**prefect_server.env(), **seaweed.env()}
+
+        def sync(*extra: str, config=config) -> tuple[int, dict]:
+            out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
+            assert out.returncode in (0, 1), out.stderr[-3000:]
+            return out.returncode, json.loads(out.stdout)
+
+        yield clinic, client, config, sync, tmp_path
+    empty_bucket(client, BUCKET)
+
+
+def sidexis(clinic, *statements: tuple) -> None:
+    """What happens to the clinic's Sidexis database (the test's, never one pdata-sync writes)."""
+    with closing(sqlite3.connect(clinic.database_path)) as db:
+        for statement in statements:
+            db.execute(*statement)
+        db.commit()
+
+
+def test_a_database_answering_with_an_empty_media_table_uploads_nothing(setup):
+    """MediaBase empty for a night (a restore in progress): the run fails before any upload,
+    in one line naming the table and the count; nothing is re-keyed to the fallback name,
+    nothing retired. With the table back, the archive is what it was: no image twice. A
+    single row that vanishes keeps its image under the name it was archived with."""
+    clinic, client, config, sync, tmp_path = setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    saved = tmp_path / "sidexis-backup.sqlite"
+    shutil.copyfile(clinic.database_path, saved)
+    archived = {parse_key(k)["image_id"] for k in before}
+    with closing(sqlite3.connect(clinic.database_path)) as db:
+        rows = {r[0] for r in db.execute("SELECT MediaBaseId FROM MediaBase")}
+    named = len(archived & rows)
+    assert 5 < named < len(before)  # images that never had a row are not counted
+    sidexis(clinic, ("DELETE FROM MediaBase",))
+
+    code, summary = sync()
+    assert code == 1
+    assert [f["path"] for f in summary["failed"]] == ["(database)"]
+    reason = summary["failed"][0]["reason"]
+    assert reason.startswith(
+        f"database: {named} archived image(s) have no row in MediaBase and 0 archived "
+        f"image(s) no patient row in Patient any more, more than the safety limit allows "
+        f"({len(before) // 2} of {len(before)})"
+    )
+    assert "Nothing was uploaded" in reason
+    assert summary["uploaded"] == 0 and summary["retired"] == [] and summary["notes"] == []
+    assert stored_objects(client) == before
+
+    shutil.copyfile(saved, clinic.database_path)  # the database is back
+    code, summary = sync()
+    assert code == 0, summary["failed"]
+    assert summary["uploaded"] == 0 and summary["retired"] == [] and summary["to_retire"] == []
+    assert stored_objects(client) == before
+
+    # one media row vanishes (below the safety limit): its image keeps its key
+    image_id = min(parse_key(k)["image_id"] for k in before if "_unnamed.dcm" not in k)
+    sidexis(clinic, ("DELETE FROM MediaBase WHERE MediaBaseId = ?", (image_id,)))
+    code, summary = sync("--full")
+    assert code == 0, summary["failed"]
+    vanished = [n for n in summary["notes"] if n["reason"] == NOTE_MEDIA_ROW_VANISHED]
+    assert [n["path"].endswith(f"_{image_id}.dcm") for n in vanished] == [True]
+    assert summary["uploaded"] == 0 and summary["retired"] == []
+    assert stored_objects(client) == before
+    assert not [k for k in before if f"_{image_id}_unnamed" in k]
+
+
+def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(setup):
+    """A bucket shared with another clinic (or tool) that wrote at this image's key: a new
+    worker (no catalog) finds other bytes there whose metadata name another clinic's image.
+    The image fails as a key conflict and the other object stays as it was."""
+    clinic, client, config, sync, tmp_path = setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    key = sorted(before)[0]
+    foreign = b"DICM of another clinic" * 50
+    client.put_object(
+        Bucket=BUCKET,
+        Key=key,
+        Body=foreign,
+        Metadata={"clinic-id": "other-clinic", "image-id": "999"},
+    )
+    shutil.rmtree(tmp_path / "state")  # a new worker: nothing recorded
+    code, summary = sync()
+    assert code == 1
+    assert [f["reason"] for f in summary["failed"]] == [
+        "key conflict: S3 holds image 999 of clinic other-clinic at this key; not overwritten"
+    ]
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == foreign
+    assert summary["uploaded"] == 0 and summary["unchanged"] == len(before) - 1
