@@ -35,10 +35,11 @@ from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import ClinicBusyError, ConfigError
 from pdata_sync.logsafety import protect_logs
 from pdata_sync.naming import batch_task_name, run_name
+from pdata_sync.orthanc import Unavailable
 from pdata_sync.pdata import Problem
 from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, resolve_patients
 from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
-from pdata_sync.report import RunSummary
+from pdata_sync.report import OrthancCounts, RunSummary
 from pdata_sync.retirement import SafetyLimit, source_view
 from pdata_sync.sidexis_db import SKIP_PATIENT_NOT_IN_DB, qualified
 from tasks.catalog import clinic_lock, prepare_catalog
@@ -101,7 +102,11 @@ def _problems_markdown(summary: RunSummary) -> str:
 
 
 def _sync(
-    config: ClinicConfig, summary: RunSummary, locked_since: datetime | None, full_run: bool
+    config: ClinicConfig,
+    summary: RunSummary,
+    locked_since: datetime | None,
+    full_run: bool,
+    orthanc_down: Unavailable | None = None,
 ) -> str | None:
     """The sync itself, under the clinic's lock; returns the configuration error that
     stopped it, if any."""
@@ -192,7 +197,7 @@ def _sync(
     while (queue and not fatal) or in_flight:
         while queue and not fatal and len(in_flight) < config.transfer.parallel_batches:
             task, batch = queue.pop(0)
-            in_flight.append(task.submit(config, quote(batch), full_run))
+            in_flight.append(task.submit(config, quote(batch), full_run, orthanc_down))
         finished = next(as_completed(in_flight))
         in_flight.remove(finished)
         report = finished.result()
@@ -272,13 +277,16 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
     logger = get_run_logger()
     summary = RunSummary(clinic_id=config.clinic_id, flow_run_id=flow_run.get_id())
 
-    # Configuration problems stop the run here, before any work.
+    # Configuration problems stop the run here, before any work; an Orthanc that cannot be
+    # used does not: S3 is the archive of record (product-rules §12.4)
     check_source(config)
-    check_destination(config)
+    orthanc_down = check_destination(config)
+    if config.orthanc is not None:
+        summary.orthanc = OrthancCounts(unavailable=orthanc_down)
     try:
         with clinic_lock(config, "sync", flow_run.get_id()) as lock:
             try:
-                fatal = _sync(config, summary, lock.acquired_at, full_run)
+                fatal = _sync(config, summary, lock.acquired_at, full_run, orthanc_down)
             finally:  # whatever happened, the run's record says what was done
                 _write_artifacts(config, summary)
     except ClinicBusyError as exc:  # refused before any work: no traceback, one line
@@ -309,6 +317,8 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
         raise ConfigError(fatal.removeprefix("not attempted: "))
     if not summary.ok:
         failures = [f"{len(result['failed'])} image(s) failed"] if result["failed"] else []
+        if orthanc_down is not None:
+            failures.append(f"{orthanc_down.reason} (images in S3 only)")
         if result["orthanc"] is not None and result["orthanc"]["failed"]:
             failures.append(
                 f"{len(result['orthanc']['failed'])} image(s) not stored in Orthanc (in S3)"

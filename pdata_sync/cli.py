@@ -323,6 +323,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         )
     if code is not None:
         return code
+    orthanc_down = (summary["orthanc"] or {}).get("unavailable")
+    if orthanc_down:  # S3 was synced; Orthanc was not (product-rules §12.4)
+        print(f"pdata-sync: {orthanc_down['reason']} (images in S3 only)", file=sys.stderr)
+        if orthanc_down["config"]:
+            return EXIT_REFUSED
     if summary["failed"]:
         print(f"pdata-sync: {len(summary['failed'])} image(s) failed", file=sys.stderr)
         return EXIT_FAILED

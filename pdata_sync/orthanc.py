@@ -1,8 +1,10 @@
 """The Orthanc REST calls pdata-sync makes (docs/orthanc.md), with their errors read into
 the product's taxonomy (pdata_sync.errors) here and nowhere else.
 
-* ``GET /system`` - the check before any work: unreachable, or credentials refused, is a
-  :class:`~pdata_sync.errors.ConfigError` naming the server (never the password).
+* ``GET /system`` - the check at the start of a run: unreachable
+  (:class:`OrthancUnreachable`), or credentials refused, is a
+  :class:`~pdata_sync.errors.ConfigError` naming the server (never the password); a sync
+  records it as :class:`Unavailable` and goes on with S3.
 * ``POST /instances`` - store one DICOM file. ``Success`` and ``AlreadyStored`` are both
   done; a 400 is Orthanc refusing that file (:class:`OrthancRejected`, bad input, with
   Orthanc's own message); 5xx, timeouts and resets are retried.
@@ -34,6 +36,26 @@ _DETAIL_MAX = 200
 
 class OrthancRejected(BadInputError):
     """Orthanc answered 400 to a file: it will not take it as it is."""
+
+
+class OrthancUnreachable(ConfigError):
+    """Orthanc did not answer the check at all (down, wrong host, a network problem): the
+    environment, not the set-up. A sync goes on to S3 and ends Failed (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why a run cannot use the clinic's Orthanc, found by the check at its start. S3, the
+    archive of record, is synced all the same (product-rules §12.4). ``config``: the set-up
+    is wrong (credentials refused, not Orthanc at that URL; exit 2), else it did not answer
+    (exit 1)."""
+
+    reason: str
+    config: bool
+
+    @classmethod
+    def of(cls, exc: ConfigError) -> Unavailable:
+        return cls(str(exc), config=not isinstance(exc, OrthancUnreachable))
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,7 @@ class OrthancClient:
         try:
             response = self._http.get("/system")
         except httpx.TransportError as exc:
-            raise ConfigError(
+            raise OrthancUnreachable(
                 f"orthanc: cannot reach Orthanc at {self.url}: {type(exc).__name__}"
                 f"{': ' + str(exc) if str(exc) else ''}"
             ) from None

@@ -71,18 +71,19 @@ class OrthancBatch:
 
     def __init__(
         self,
-        client: OrthancClient,
+        client: OrthancClient | None,
         records: OrthancRecords,
         root: Path,
         read_s3: Callable[[str], bytes],
         flow_run_id: str | None = None,
+        down: str | None = None,
     ):
-        self.client = client
+        self.client = client  # None only with ``down``: nothing is sent
         self.records = records
         self.root = root
         self.read_s3 = read_s3
         self.flow_run_id = flow_run_id
-        self._down: str | None = None  # why Orthanc is given up on for this batch
+        self._down: str | None = down  # why Orthanc is given up on for this batch
         self._lock = threading.Lock()
 
     def _content(self, image: Verified) -> bytes:
@@ -106,6 +107,7 @@ class OrthancBatch:
             reason = f"not sent: {exc if isinstance(exc, ValueError) else describe(exc)}"
             return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), None
         try:
+            assert self.client is not None
             answer = self.client.store(data)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
             kind = classify(exc)

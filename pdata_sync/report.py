@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .orthanc import Unavailable
 from .orthanc_store import (
     O_ALREADY_STORED,
     O_FAILED,
@@ -47,6 +48,7 @@ class OrthancCounts:
     unchanged: int = 0  # recorded as held with the same content: not sent
     rejected: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
+    unavailable: Unavailable | None = None  # Orthanc could not be used this run: why
 
     @classmethod
     def of(cls, outcomes: Iterable[OrthancOutcome]) -> OrthancCounts:
@@ -73,6 +75,9 @@ class OrthancCounts:
             "unchanged": self.unchanged,
             "rejected": _dedupe(self.rejected),
             "failed": _dedupe(self.failed),
+            "unavailable": None
+            if self.unavailable is None
+            else {"reason": self.unavailable.reason, "config": self.unavailable.config},
         }
 
 
@@ -193,7 +198,8 @@ class RunSummary:
     def ok(self) -> bool:
         """True when nothing failed, in S3 or in Orthanc (rejected bad input is reported,
         not a failure)."""
-        return not self.failed and not (self.orthanc and self.orthanc.failed)
+        orthanc = self.orthanc
+        return not self.failed and not (orthanc and (orthanc.failed or orthanc.unavailable))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -202,8 +202,8 @@ def retire(
         report.tripped = (
             f"retirement stopped by its safety limit: {n} object(s) no longer belong, more "
             f"than {limit.limit(archived)} ({limit.fraction:.0%} of {archived}, at least "
-            f"{limit.floor} up to half, at most {limit.count}); nothing was retired. Check the Sidexis "
-            "database and the resolver; for an intended large change raise "
+            f"{limit.floor} up to half, at most {limit.count}); nothing was retired. Check "
+            "the Sidexis database and the resolver; for an intended large change raise "
             "retire_max_fraction for one run"
         )
         return report

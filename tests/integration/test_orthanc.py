@@ -205,22 +205,65 @@ def test_sync_stores_every_image_in_orthanc_once(site, orthanc, prefect_server):
                 assert png == http.get(f"/instances/{ids[key]}/preview").content
 
 
-def test_wrong_credentials_stop_the_run_before_any_work(site, orthanc):
-    clinic, client, proxy, configure, env, _ = site
+def test_wrong_credentials_never_stop_the_archive(site, orthanc):
+    """S3 is the archive of record: Orthanc refusing the credentials at the start of a run
+    does not keep a single image out of S3. The run syncs S3, fails the Orthanc part in one
+    line naming the server and user (never the password), and exits 2: the set-up needs
+    fixing. With the right password the next run fills Orthanc."""
+    clinic, client, proxy, configure, env, tmp_path = site
     config = configure()
     out = run_cli(
         ["sync", "--config", str(config), "--json"],
         {**env, "PDATA_SYNC_ORTHANC_PASSWORD": "not-the-password"},
     )
     assert out.returncode == 2, out.stderr[-2000:]
-    lines = [line for line in out.stderr.splitlines() if line.startswith("pdata-sync:")]
-    assert lines == [
-        f"pdata-sync: orthanc: Orthanc at {proxy.url} refused the credentials (user "
+    refused = (
+        f"orthanc: Orthanc at {proxy.url} refused the credentials (user "
         f"'{orthanc.user}', 401); check orthanc.username and the password"
-    ]
+    )
+    lines = [line for line in out.stderr.splitlines() if line.startswith("pdata-sync:")]
+    assert lines == [f"pdata-sync: {refused} (images in S3 only)"]
     assert "not-the-password" not in out.stderr + out.stdout
-    assert stored_objects(client) == {}  # refused before any upload
-    assert [m for m, _ in proxy.state.log] == ["GET"]
+    summary = json.loads(out.stdout)
+    assert summary["failed"] == [] and summary["uploaded"] == len(clinic.expected)
+    assert_exactly_expected(client, clinic)  # the archive did not wait for Orthanc
+    assert summary["orthanc"]["unavailable"] == {"reason": refused, "config": True}
+    assert {f["reason"] for f in summary["orthanc"]["failed"]} == {f"not attempted: {refused}"}
+    assert [m for m, _ in proxy.state.log] == ["GET"]  # only the check reached Orthanc
+    assert orthanc.instances() == []
+
+    code, again = sync(config, env)
+    assert code == 0, again
+    assert again["uploaded"] == 0 and again["orthanc"]["unavailable"] is None
+    assert again["orthanc"]["stored"] + again["orthanc"]["already_stored"] == len(clinic.expected)
+
+
+def test_an_orthanc_that_does_not_answer_at_the_start_never_stops_the_archive(site, orthanc):
+    """Orthanc down before the run starts: S3 is synced completely, the run ends Failed
+    with exit 1 and one line naming the server; the next run, with Orthanc back, fills it."""
+    clinic, client, proxy, configure, env, tmp_path = site
+    config = configure()
+    orthanc.stop()
+    out = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert out.returncode == 1, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["failed"] == [] and summary["uploaded"] == len(clinic.expected)
+    assert_exactly_expected(client, clinic)
+    down = summary["orthanc"]["unavailable"]
+    assert down["config"] is False and down["reason"].startswith(
+        f"orthanc: cannot reach Orthanc at {proxy.url}"
+    )
+    lines = [line for line in out.stderr.splitlines() if line.startswith("pdata-sync:")]
+    assert lines[0] == f"pdata-sync: {down['reason']} (images in S3 only)"
+    assert "Traceback" not in out.stderr
+
+    orthanc.start()
+    code, again = sync(config, env)
+    assert code == 0, again
+    assert again["uploaded"] == 0
+    assert again["orthanc"]["stored"] + again["orthanc"]["already_stored"] == len(clinic.expected)
+    ids = orthanc_ids_of(stored_objects(client))
+    assert sorted(orthanc.instances()) == sorted(set(ids.values()))
 
 
 def test_orthanc_down_mid_run_then_back(site, orthanc):
