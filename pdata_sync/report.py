@@ -186,6 +186,18 @@ class RunSummary:
                 self.orthanc = OrthancCounts()
             self.orthanc.add(report.orthanc)
 
+    def outcomes(self) -> dict[str, list[dict[str, str]]]:
+        """``failed``, ``rejected`` and ``notes``, each path under one of them only: a path
+        that failed is not also rejected, and one that failed or was rejected has no note
+        (notes are about archived images, e.g. a plan's "uploaded under the fallback name"
+        for a file that then turned out empty)."""
+        failed = _dedupe(self.failed)
+        seen = {p["path"] for p in failed}
+        rejected = [p for p in _dedupe(self.rejected) if p["path"] not in seen]
+        seen |= {p["path"] for p in rejected}
+        notes = [p for p in _dedupe(self.notes) if p["path"] not in seen]
+        return {"failed": failed, "rejected": rejected, "notes": notes}
+
     def problem_paths(self) -> list[str]:
         """Every path this run failed, rejected or could not list (the share's problems
         are among them), in S3 or in Orthanc."""
@@ -202,6 +214,7 @@ class RunSummary:
         return not self.failed and not (orthanc and (orthanc.failed or orthanc.unavailable))
 
     def to_dict(self) -> dict[str, Any]:
+        outcomes = self.outcomes()
         return {
             "clinic_id": self.clinic_id,
             "flow_run_id": self.flow_run_id,
@@ -222,9 +235,9 @@ class RunSummary:
             "resolver_cache_hits": self.resolver_cache_hits,
             "interrupted_uploads_aborted": self.interrupted_uploads_aborted,
             "skipped": dict(sorted(self.skipped.items())),
-            "rejected": _dedupe(self.rejected),
-            "failed": _dedupe(self.failed),
-            "notes": _dedupe(self.notes),
+            "rejected": outcomes["rejected"],
+            "failed": outcomes["failed"],
+            "notes": outcomes["notes"],
             "retired": self.retired,
             "to_retire": self.to_retire,
             "thumbnails": {
@@ -300,8 +313,9 @@ class RunSummary:
         rows += [
             {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())
         ]
-        for label, problems in (("rejected", self.rejected), ("failed", self.failed)):
-            reasons = Counter(p["reason"] for p in _dedupe(problems))
+        outcomes = self.outcomes()
+        for label in ("rejected", "failed"):
+            reasons = Counter(p["reason"] for p in outcomes[label])
             rows += [
                 {"outcome": label, "reason": r, "count": n} for r, n in sorted(reasons.items())
             ]

@@ -2,9 +2,10 @@
 
 Every verified row must have its object, with the size and ETag (S3's own checksum of the
 content) recorded when it was verified. Objects under the listed patient prefixes that
-belong to the clinic (by their key) but have no catalog row are *unknown*. Rows not yet
-verified (an interrupted or failing upload) are reported as *unverified*, not as drift:
-the next sync finishes them.
+belong to the clinic (by their key) but have no catalog row, or only a retired one, are
+*unknown*. Rows not yet verified (an interrupted or failing upload) are reported as
+*unverified*, not as drift: the next sync finishes them. Retired rows are counted, nothing
+else: their objects live outside ``images/``.
 
 What the listing showed is recorded in the catalog: a row whose object is missing or
 changed becomes *drifted* (CONTRADICT: the next sync uploads it again, however recently it
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import DRIFTED, VERIFIED, ClinicImages, OrthancRecords
+from .catalog import DRIFTED, RETIRED, VERIFIED, ClinicImages, OrthancRecords
 from .orthanc import OrthancClient
 from .s3_store import RemoteObject, list_patients
 
@@ -44,6 +45,7 @@ class Drift:
     changed: list[dict[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
+    retired: int = 0  # rows of objects moved out of images/: nothing to compare
     orthanc_checked: int | None = None  # None: the clinic has no Orthanc
     orthanc_missing: list[str] = field(default_factory=list)
 
@@ -83,6 +85,7 @@ class Drift:
             "changed": sorted(self.changed, key=lambda c: c["key"]),
             "unknown": sorted(self.unknown),
             "unverified": sorted(self.unverified),
+            "retired": self.retired,
             "orthanc": None
             if self.orthanc_checked is None
             else {"checked": self.orthanc_checked, "missing": sorted(self.orthanc_missing)},
@@ -110,6 +113,11 @@ def verify_catalog(
     known: dict[str, set[str]] = defaultdict(set)
     confirmed: list[str] = []
     for row in rows:
+        if row.state == RETIRED:
+            # moved out of images/: an object under its key again is not vouched for
+            # (reported unknown, below), and nothing of it is "not yet verified"
+            drift.retired += 1
+            continue
         known[row.patient_guid].add(row.key)
         obj: RemoteObject | None = listings[row.patient_guid].get(row.key)
         if row.state not in (VERIFIED, DRIFTED):

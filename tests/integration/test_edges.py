@@ -9,6 +9,7 @@ import json
 import shutil
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def setup(tmp_path, seaweed, prefect_server):
             assert out.returncode in (0, 1), out.stderr[-3000:]
             return out.returncode, json.loads(out.stdout)
 
-        yield clinic, client, config, sync, tmp_path
+        yield clinic, client, config, sync, tmp_path, env
     empty_bucket(client, BUCKET)
 
 
@@ -50,7 +51,7 @@ def test_a_database_answering_with_an_empty_media_table_uploads_nothing(setup):
     in one line naming the table and the count; nothing is re-keyed to the fallback name,
     nothing retired. With the table back, the archive is what it was: no image twice. A
     single row that vanishes keeps its image under the name it was archived with."""
-    clinic, client, config, sync, tmp_path = setup
+    clinic, client, config, sync, tmp_path, env = setup
     assert sync()[0] == 0
     before = stored_objects(client)
     saved = tmp_path / "sidexis-backup.sqlite"
@@ -97,7 +98,7 @@ def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(setup):
     """A bucket shared with another clinic (or tool) that wrote at this image's key: a new
     worker (no catalog) finds other bytes there whose metadata name another clinic's image.
     The image fails as a key conflict and the other object stays as it was."""
-    clinic, client, config, sync, tmp_path = setup
+    clinic, client, config, sync, tmp_path, env = setup
     assert sync()[0] == 0
     before = stored_objects(client)
     key = sorted(before)[0]
@@ -116,3 +117,30 @@ def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(setup):
     ]
     assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == foreign
     assert summary["uploaded"] == 0 and summary["unchanged"] == len(before) - 1
+
+
+def test_every_path_is_under_one_outcome_and_verify_counts_retired_rows(setup):
+    """An empty file without a media row is rejected, and only that: no note says it was
+    uploaded under the fallback name. After an image is retired, verify counts the retired
+    row and does not call it "not yet verified"."""
+    clinic, client, config, sync, tmp_path, env = setup
+    folder = Path(clinic.pdata_root, clinic.expected[0]["path"]).parent  # a resolved patient
+    empty = folder / "0000_987654.dcm"  # no media row has this id
+    empty.write_bytes(b"")
+    code, summary = sync()
+    assert code == 0, summary["failed"]
+    path = f"{folder.name}/{empty.name}"
+    assert {"path": path, "reason": "empty file"} in summary["rejected"]
+    assert path not in {n["path"] for n in summary["notes"]}
+    paths = [p["path"] for label in ("failed", "rejected", "notes") for p in summary[label]]
+    assert len(paths) == len(set(paths))
+
+    retired_entry = next(e for e in clinic.expected if e["path"] not in clinic.no_media_row_paths)
+    sidexis(clinic, ("UPDATE MediaBase SET IsDeleted = 1 WHERE MediaBaseId = ?",
+                     (retired_entry["image_id"],)))  # fmt: skip
+    code, summary = sync()
+    assert code == 0 and {r["path"] for r in summary["retired"]} == {retired_entry["path"]}
+    out = run_cli(["verify", "--config", str(config), "--json"], env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    drift = json.loads(out.stdout)
+    assert drift["unverified"] == [] and drift["retired"] == len(summary["retired"])
