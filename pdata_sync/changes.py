@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from .clock import in_the_future
 from .pdata import ImageFile, parse_patient_folder
 
 FULL = "full"
@@ -40,6 +41,10 @@ WHY_NO_MEDIA_PATIENT = (
 WHY_FIRST = "no earlier run recorded for this clinic and destination"
 WHY_CONFIG = "the clinic's source, key or resolver settings changed since the last full run"
 WHY_DUE = "the periodic full reconcile is due (full_every_days)"
+WHY_FUTURE = (
+    "the last full run or a patient's mark is dated in the future (a clock that ran ahead, "
+    "a restored VM): nothing recorded is trusted"
+)
 # reasons that hold for every run of the clinic: such runs record nothing
 UNTRACKED = frozenset({WHY_DISABLED, WHY_NO_MEDIA_PATIENT})
 
@@ -125,8 +130,10 @@ def choose_mode(
     settings: str,
     full_every: timedelta,
     now: datetime,
+    latest_mark: datetime | None = None,
 ) -> tuple[str, str]:
-    """(``FULL`` or ``INCREMENTAL``, why a full run); the first reason that applies wins."""
+    """(``FULL`` or ``INCREMENTAL``, why a full run); the first reason that applies wins.
+    ``latest_mark``: when the newest patient mark was recorded."""
     if not enabled:
         return FULL, WHY_DISABLED
     if not media_patient_column:
@@ -135,6 +142,8 @@ def choose_mode(
         return FULL, WHY_REQUESTED
     if last_full is None:
         return FULL, WHY_FIRST
+    if in_the_future(last_full.at, now) or in_the_future(latest_mark, now):
+        return FULL, WHY_FUTURE  # else no full run would be due until that date
     if last_full.settings != settings:
         return FULL, WHY_CONFIG
     if now - last_full.at >= full_every:

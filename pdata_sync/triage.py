@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .catalog import VERIFIED, CatalogRow
+from .catalog import VERIFIED, CatalogRow, in_the_future
 from .plan import PlannedImage
 from .s3_store import RemoteObject
 
@@ -41,7 +41,9 @@ def trusted_unchanged(
     item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
 ) -> bool:
     """The catalog verified this key from this file, and S3 confirmed it at or after
-    ``since``: neither S3 nor the file needs to be asked."""
+    ``since``: neither S3 nor the file needs to be asked. A confirmation dated in the
+    future (a clock that ran ahead, a restored VM) is no confirmation: it would otherwise be
+    trusted until that date, however long."""
     return (
         since is not None
         and st.st_size > 0
@@ -49,6 +51,7 @@ def trusted_unchanged(
         and row is not None
         and row.confirmed_at is not None
         and row.confirmed_at >= since
+        and not in_the_future(row.confirmed_at)
     )
 
 

@@ -13,6 +13,7 @@ from pdata_sync.catalog import SyncMarks, destination_of, now
 from pdata_sync.changes import (
     FULL,
     UNTRACKED,
+    WHY_FUTURE,
     ChangeSet,
     Record,
     changed_patients,
@@ -67,7 +68,10 @@ def detect_changes(config: ClinicConfig, requested_full: bool) -> ChangeSet:
         settings=settings,
         full_every=timedelta(days=config.full_every_days),
         now=now(),
+        latest_mark=marks.latest(),
     )
+    if why == WHY_FUTURE:
+        logger.warning("clinic %s: full run: %s", config.clinic_id, why)
     if why in UNTRACKED:  # no run of this clinic can be incremental: nothing to compare
         logger.info("clinic %s: full run: %s", config.clinic_id, why)
         return ChangeSet(mode=FULL, full_reason=why, digests={}, read=None, settings=settings)

@@ -28,7 +28,15 @@ from .images import ClinicImages
 from .lock import ClinicLock, Holder
 from .marks import SyncMarks
 from .orthanc import OrthancRecords, OrthancRow
-from .records import CatalogRow, PendingItem, Settled, SourceInfo, now
+from .records import (
+    CLOCK_TOLERANCE,
+    CatalogRow,
+    PendingItem,
+    Settled,
+    SourceInfo,
+    in_the_future,
+    now,
+)
 from .schema import (
     HEAD_REVISION,
     LEGACY_DESTINATION,
@@ -93,6 +101,7 @@ class Catalog(Database):
 
 __all__ = [
     "ACCEPT",
+    "CLOCK_TOLERANCE",
     "CONFIRM",
     "DRIFTED",
     "HEAD_REVISION",
@@ -123,6 +132,7 @@ __all__ = [
     "image_events",
     "image_history",
     "images",
+    "in_the_future",
     "metadata",
     "now",
     "orthanc_instances",

@@ -41,6 +41,12 @@ class SyncMarks:
         assert started is not None
         return LastFull(at=started, settings=row.settings)
 
+    def latest(self) -> datetime | None:
+        """When the newest patient mark was recorded (None: there is none)."""
+        query = sa.select(sa.func.max(patient_marks.c.recorded_at)).where(self._mine(patient_marks))
+        with self.db.engine.connect() as conn:
+            return aware(conn.execute(query).scalar())
+
     def digests(self) -> dict[int, str]:
         query = sa.select(patient_marks.c.patient_id, patient_marks.c.digest).where(
             self._mine(patient_marks)

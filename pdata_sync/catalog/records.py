@@ -4,22 +4,12 @@ be uploaded, what S3 answered, and a row as the uploader and ``verify`` read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from ..clock import CLOCK_TOLERANCE, aware, in_the_future, now  # noqa: F401 - re-exported
 from ..dicom_meta import DicomHeader
 from .states import ImageState, Transition
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything the catalog writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,35 @@ def test_every_path_is_under_one_outcome_and_verify_counts_retired_rows(setup):
     assert out.returncode == 0, out.stderr[-2000:]
     drift = json.loads(out.stdout)
     assert drift["unverified"] == [] and drift["retired"] == len(summary["retired"])
+
+
+def test_a_clock_that_ran_ahead_is_not_trusted(setup):
+    """The worker's clock ran a month ahead when the catalog was written (a restored VM):
+    the last full run and every confirmation are dated in the future. Meanwhile an object
+    was changed behind the product's back. The next run does not trust those dates: it is a
+    full run, says why, lists S3, and puts the image back."""
+    import sqlalchemy as sa
+
+    from pdata_sync.catalog import Catalog, default_catalog_url
+    from pdata_sync.changes import WHY_FUTURE
+
+    clinic, client, config, sync, tmp_path, env = setup
+    incremental = config.with_name("clinic-incremental.yaml")
+    incremental.write_text(config.read_text() + "incremental: true\n")
+    assert sync(config=incremental)[0] == 0
+    before = stored_objects(client)
+    ahead = "2099-01-01 00:00:00"
+    catalog = Catalog.open(default_catalog_url(tmp_path / "state"))
+    with catalog.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE full_runs SET started_at = :t"), {"t": ahead})
+        conn.execute(sa.text("UPDATE patient_marks SET recorded_at = :t"), {"t": ahead})
+        conn.execute(sa.text("UPDATE images SET verified_at = :t, checked_at = :t"), {"t": ahead})
+    catalog.close()
+    key = sorted(before)[0]
+    client.put_object(Bucket=BUCKET, Key=key, Body=b"not the X-ray")
+
+    code, summary = sync(config=incremental)
+    assert code == 0, summary["failed"]
+    assert (summary["mode"], summary["full_reason"]) == ("full", WHY_FUTURE)
+    assert summary["uploaded"] == 1 and summary["unchanged_by_catalog"] == 0
+    assert stored_objects(client) == before

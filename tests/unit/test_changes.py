@@ -15,6 +15,7 @@ from pdata_sync.changes import (
     WHY_DISABLED,
     WHY_DUE,
     WHY_FIRST,
+    WHY_FUTURE,
     WHY_NO_MEDIA_PATIENT,
     WHY_REQUESTED,
     ChangeSet,
@@ -97,6 +98,13 @@ def test_a_run_is_incremental_only_when_nothing_calls_for_a_full_one():
     assert mode(settings="t") == (FULL, WHY_CONFIG)
     assert mode(last_full=LastFull(NOW - timedelta(days=7), "s")) == (FULL, WHY_DUE)
     assert mode(last_full=LastFull(NOW - timedelta(days=6, hours=23), "s")) == (INCREMENTAL, "")
+    # a clock that ran ahead: a full run dated next week would keep the next one from being
+    # due until then; a patient's mark from the future says nothing either
+    assert mode(last_full=LastFull(NOW + timedelta(days=7), "s")) == (FULL, WHY_FUTURE)
+    assert mode(latest_mark=NOW + timedelta(hours=1)) == (FULL, WHY_FUTURE)
+    # another worker's few minutes of skew are not a wrong clock
+    assert mode(last_full=LastFull(NOW + timedelta(minutes=5), "s")) == (INCREMENTAL, "")
+    assert mode(latest_mark=NOW + timedelta(minutes=5)) == (INCREMENTAL, "")
 
 
 def test_changed_patients_are_new_ones_and_those_whose_digest_differs():

@@ -47,6 +47,20 @@ def test_a_recent_confirmation_of_this_very_file_is_trusted_without_listing():
     assert trusted_keys([a], rows, stats, None) == set()  # recheck_days 0: trust nothing
 
 
+def test_a_confirmation_dated_in_the_future_is_no_confirmation():
+    """A clock that ran ahead (a restored VM) dated the confirmation next month: trusted as
+    it is, S3 would not be asked about the object until then, whatever happened to it."""
+    from datetime import UTC, datetime
+
+    a = item(1)
+    ahead = datetime.now(UTC) + timedelta(days=30)
+    stats = {a.key: stat()}
+    since = datetime.now(UTC) - timedelta(days=7)
+    assert trusted_keys([a], {a.key: row(a, confirmed=ahead)}, stats, since) == set()
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    assert trusted_keys([a], {a.key: row(a, confirmed=recent)}, stats, since) == {a.key}
+
+
 def test_the_listing_confirms_contradicts_or_leaves_work():
     same, gone, other_etag, new, pending = item(1), item(2), item(3), item(4), item(5)
     items = [same, gone, other_etag, new, pending]
