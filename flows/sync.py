@@ -119,6 +119,9 @@ def _sync(
     if changes is not None:
         summary.mode, summary.full_reason = changes.mode, changes.full_reason
     scan = scan_pdata(config, None if changes is None else quote(changes.read))
+    if scan.empty_share:  # an unmounted share is not a clinic whose files were all deleted
+        summary.failed.append(Problem("(pdata)", scan.empty_share))
+        return None
     summary.folders = len(scan.folders)
     summary.images_found = len(scan.images)
     summary.skipped.update(scan.skipped)

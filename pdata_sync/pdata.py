@@ -85,20 +85,49 @@ def check_root(root: str | Path) -> Path:
     return path
 
 
-def scan_patient_folders(root: str | Path) -> tuple[list[PatientFolder], Counter[str]]:
-    """List the patient folders directly under ``root``; count everything else as skipped."""
+def not_regular(entry: os.DirEntry[str], wanted: str) -> str | None:
+    """Why an entry named like a ``wanted`` ("folder" or "file") is not one, or None when it
+    is. Links are never followed: one could lead outside PDATA, or into another patient's
+    folder."""
+    try:
+        if entry.is_symlink():
+            dangling = not os.path.exists(entry.path)
+            return "a dangling symbolic link" if dangling else "a symbolic link (not followed)"
+        if entry.is_dir(follow_symlinks=False):
+            return None if wanted == "folder" else "a folder"
+        if entry.is_file(follow_symlinks=False):
+            return None if wanted == "file" else "a file"
+        return "neither a file nor a folder"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+
+
+def scan_patient_folders(
+    root: str | Path,
+) -> tuple[list[PatientFolder], Counter[str], list[Problem]]:
+    """List the patient folders directly under ``root``; count everything else as skipped.
+
+    An entry named like a patient folder that is not one (a file, a link, a dangling link)
+    is a problem of the environment, reported as *failed*: skipping it silently would leave
+    its patient's images unarchived, or have them retired as gone."""
     path = check_root(root)
     folders: list[PatientFolder] = []
     skipped: Counter[str] = Counter()
+    problems: list[Problem] = []
     with os.scandir(path) as it:
         for entry in it:
             pid = parse_patient_folder(entry.name)
-            if pid is not None and entry.is_dir(follow_symlinks=False):
-                folders.append(PatientFolder(pid, entry.name))
-            else:
+            if pid is None:
                 skipped[SKIP_NOT_PATIENT_FOLDER] += 1
+            elif why := not_regular(entry, "folder"):
+                problems.append(
+                    Problem(entry.name, f"not a patient folder: {why}", environment=True)
+                )
+            else:
+                folders.append(PatientFolder(pid, entry.name))
     folders.sort(key=lambda f: (f.patient_id, f.name))
-    return folders, skipped
+    problems.sort(key=lambda p: p.path)
+    return folders, skipped, problems
 
 
 def scan_images(
@@ -108,7 +137,8 @@ def scan_images(
 
     Returns the images, counts of skipped non-image entries, and problems that the run
     reports: a duplicate imageId (bad input, *rejected*), a folder or file that cannot be
-    read (the environment: ``environment=True``, *failed*).
+    read, an entry named like an image that is a link or a folder (the environment:
+    ``environment=True``, *failed*).
     """
     root = Path(root)
     images: list[ImageFile] = []
@@ -127,8 +157,13 @@ def scan_images(
         for entry in entries:
             rel = f"{folder.name}/{entry.name}"
             image_id = parse_image_file(entry.name)
-            if image_id is None or not entry.is_file(follow_symlinks=False):
+            if image_id is None:
                 skipped[SKIP_NOT_IMAGE_FILE] += 1
+                continue
+            if why := not_regular(entry, "file"):
+                # an image replaced by a link or a folder: never read through it, never
+                # take it for gone (its archived object stays)
+                problems.append(Problem(rel, f"not an image file: {why}", environment=True))
                 continue
             if image_id in seen:
                 problems.append(

@@ -75,7 +75,7 @@ def detect_changes(config: ClinicConfig, requested_full: bool) -> ChangeSet:
     if why in UNTRACKED:  # no run of this clinic can be incremental: nothing to compare
         logger.info("clinic %s: full run: %s", config.clinic_id, why)
         return ChangeSet(mode=FULL, full_reason=why, digests={}, read=None, settings=settings)
-    folders, _ = scan_patient_folders(config.pdata_root)
+    folders, _, _ = scan_patient_folders(config.pdata_root)
     ids = sorted({f.patient_id for f in folders})
     engine = engine_of(config)
     lookup = fetch_patients(engine, config.database, ids)

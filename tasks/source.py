@@ -40,6 +40,23 @@ class Scan:
     images: list[ImageFile]
     skipped: Counter[str]
     problems: list[Problem]
+    # the share has no patient folder at all while the archive holds this clinic's images
+    # (an unmounted share): why the run must stop; "" when it need not
+    empty_share: str = ""
+
+
+def empty_share(config: ClinicConfig) -> str:
+    """Why a share without a single patient folder stops the run, or "" when the catalog
+    holds no image of this clinic there either (a new clinic, an empty practice)."""
+    counts = clinic_images(config).state_counts()
+    archived = sum(counts[s] for s in counts if s in ARCHIVED)
+    if not archived:
+        return ""
+    return (
+        f"share empty: {config.pdata_root} has no patient folder, but the archive holds "
+        f"{archived} image(s) of this clinic: is the share mounted? Nothing was uploaded "
+        "or retired"
+    )
 
 
 _ENGINES: dict[tuple[str, str | None], Engine] = {}
@@ -69,11 +86,15 @@ def check_source(config: ClinicConfig) -> None:
 def scan_pdata(config: ClinicConfig, only: frozenset[int] | None = None) -> Scan:
     """List patient folders and their image files; ``only``: read just these patients'
     folders (an incremental run; the others are not counted)."""
-    folders, skipped = scan_patient_folders(config.pdata_root)
+    folders, skipped, problems = scan_patient_folders(config.pdata_root)
+    if not folders and not problems and (why := empty_share(config)):
+        get_run_logger().error("clinic %s: %s", config.clinic_id, why)
+        return Scan([], [], skipped, [], empty_share=why)
     if only is not None:
         folders = [f for f in folders if f.patient_id in only]
-    images, skipped_files, problems = scan_images(config.pdata_root, folders)
+    images, skipped_files, image_problems = scan_images(config.pdata_root, folders)
     skipped.update(skipped_files)
+    problems += image_problems
     get_run_logger().info(
         "%d patient folders, %d image files (%d entries skipped, %d unreadable)",
         len(folders),

@@ -176,3 +176,38 @@ def test_a_clock_that_ran_ahead_is_not_trusted(setup):
     assert (summary["mode"], summary["full_reason"]) == ("full", WHY_FUTURE)
     assert summary["uploaded"] == 1 and summary["unchanged_by_catalog"] == 0
     assert stored_objects(client) == before
+
+
+def test_an_empty_share_and_a_folder_turned_link_are_reported_never_taken_for_deletions(setup):
+    """The share is not mounted (its mount point is an empty folder): the run fails with
+    "share empty: mounted?" instead of ending Completed with 0 folders. A patient folder
+    replaced by a dangling link is failed by name, and its images stay archived."""
+    clinic, client, config, sync, tmp_path, env = setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    pdata = Path(clinic.pdata_root)
+    away = tmp_path / "unmounted"
+    pdata.rename(away)
+    pdata.mkdir()  # the bare mount point
+    code, summary = sync()
+    assert code == 1
+    assert [f["path"] for f in summary["failed"]] == ["(pdata)"]
+    assert summary["failed"][0]["reason"].startswith(
+        f"share empty: {pdata} has no patient folder, but the archive holds {len(before)} "
+        "image(s) of this clinic: is the share mounted?"
+    )
+    assert summary["retired"] == [] and summary["to_retire"] == []
+    assert stored_objects(client) == before
+
+    pdata.rmdir()
+    away.rename(pdata)  # mounted again
+    folder = Path(clinic.expected[0]["path"]).parent.name
+    (pdata / folder).rename(tmp_path / "moved-away")
+    (pdata / folder).symlink_to(tmp_path / "nowhere")
+    code, summary = sync()
+    assert code == 1
+    assert summary["failed"] == [
+        {"path": folder, "reason": "not a patient folder: a dangling symbolic link"}
+    ]
+    assert summary["retired"] == [] and summary["to_retire"] == []
+    assert stored_objects(client) == before

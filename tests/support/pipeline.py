@@ -57,7 +57,7 @@ class Found:
 
 def find(config: ClinicConfig) -> Found:
     """What a sync of ``config`` finds in PDATA, the database and the resolver."""
-    folders, _ = scan_patient_folders(config.pdata_root)
+    folders, _, _ = scan_patient_folders(config.pdata_root)
     files, _, problems = scan_images(config.pdata_root, folders)
     engine = make_engine(config.database)
     try:

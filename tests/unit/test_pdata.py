@@ -69,10 +69,19 @@ def test_scan_counts_junk_and_lists_images(tmp_path: Path):
     (tmp_path / "P_abc").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "P_5").write_text("a file named like a folder")
+    (tmp_path / "P_6").symlink_to(tmp_path / "P_0001")  # another patient's folder
+    (tmp_path / "P_7").symlink_to(tmp_path / "gone")  # a share that went away
+    (tmp_path / "P_0001" / "0000_12.dcm").symlink_to(tmp_path / "notes.txt")
+    (tmp_path / "P_0001" / "0000_13.dcm").mkdir()
 
-    folders, skipped = scan_patient_folders(tmp_path)
+    folders, skipped, problems = scan_patient_folders(tmp_path)
     assert [(f.patient_id, f.name) for f in folders] == [(1, "P_0001"), (22, "P_22")]
-    assert skipped[SKIP_NOT_PATIENT_FOLDER] == 3
+    assert skipped[SKIP_NOT_PATIENT_FOLDER] == 2
+    assert [(p.path, p.reason, p.environment) for p in problems] == [
+        ("P_5", "not a patient folder: a file", True),
+        ("P_6", "not a patient folder: a symbolic link (not followed)", True),
+        ("P_7", "not a patient folder: a dangling symbolic link", True),
+    ]
 
     images, skipped_files, problems = scan_images(tmp_path, folders)
     assert [(i.patient_id, i.image_id, i.rel_path, i.size) for i in images] == [
@@ -80,7 +89,10 @@ def test_scan_counts_junk_and_lists_images(tmp_path: Path):
         (1, 10, "P_0001/0000_10.dcm", 1),
     ]
     assert skipped_files[SKIP_NOT_IMAGE_FILE] == 2
-    assert problems == []
+    assert [(p.path, p.reason, p.environment) for p in problems] == [
+        ("P_0001/0000_12.dcm", "not an image file: a symbolic link (not followed)", True),
+        ("P_0001/0000_13.dcm", "not an image file: a folder", True),
+    ]
 
 
 def test_duplicate_image_id_is_reported(tmp_path: Path):
