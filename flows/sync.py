@@ -42,7 +42,7 @@ from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests re
 from pdata_sync.report import OrthancCounts, RunSummary
 from pdata_sync.retirement import SafetyLimit, source_view
 from pdata_sync.sidexis_db import SKIP_PATIENT_NOT_IN_DB, qualified
-from tasks.catalog import clinic_lock, prepare_catalog
+from tasks.catalog import clinic_lock, open_catalog, prepare_catalog
 from tasks.changes import detect_changes, record_changes
 from tasks.resolve import resolve_card_ids
 from tasks.retire import retire_objects
@@ -261,13 +261,18 @@ def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
     persist_result=False,
     log_prints=False,
 )
-def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
+def sync_clinic(config: ClinicConfig, full_run: bool = False, new_catalog: bool = False) -> Any:
     """Copy every image of every resolvable patient of one clinic to S3.
 
     ``full_run``: read every patient folder (also for a clinic with incremental runs, ADR
     0010), ask the resolver for every CardId (renewing its cached answers) and list every
     patient in S3, trusting no recent confirmation: a remapped patient is seen at once
     instead of after ``resolver.cache_ttl_hours``.
+
+    ``new_catalog``: set the worker's SQLite catalog aside (kept beside it, renamed) and
+    start a new one, which trusts nothing and compares S3's contents like a new worker. Only
+    for a catalog that was lost or damaged: a run refuses one cut to zero bytes or failing
+    SQLite's check rather than start over silently.
 
     Returns the run summary (a dict). The run ends Failed (with the summary as its data)
     when any image failed; rejected bad input is reported but does not fail the run.
@@ -282,6 +287,7 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False) -> Any:
 
     # Configuration problems stop the run here, before any work; an Orthanc that cannot be
     # used does not: S3 is the archive of record (product-rules §12.4)
+    open_catalog(config, new=new_catalog)  # a damaged or emptied catalog stops the run
     check_source(config)
     orthanc_down = check_destination(config)
     if config.orthanc is not None:

@@ -107,13 +107,15 @@ def _run_and_print(
 
 
 def run_sync(
-    config: ClinicConfig, full_run: bool = False
+    config: ClinicConfig, full_run: bool = False, new_catalog: bool = False
 ) -> tuple[dict[str, Any] | None, BaseException | None]:
     """Run the ``sync-clinic`` flow; return (summary, error)."""
     with _loading_prefect():
         from flows.sync import sync_clinic
 
-    return _outcome(sync_clinic(config=config, full_run=full_run, return_state=True))
+    return _outcome(
+        sync_clinic(config=config, full_run=full_run, new_catalog=new_catalog, return_state=True)
+    )
 
 
 def run_retrieve(
@@ -318,7 +320,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         summary, code = _run_and_print(
             args,
             "sync",
-            lambda: run_sync(config, args.full),
+            lambda: run_sync(config, args.full, args.new_catalog),
             lambda s: _print_summary(s, sys.stdout),
         )
     if code is not None:
@@ -593,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read every patient folder (also with incremental runs), ask the resolver for "
         "every CardId (renewing cached answers) and list every patient in S3: a remapped "
         "patient is seen now, not after the cache expires",
+    )
+    p.add_argument(
+        "--new-catalog",
+        action="store_true",
+        help="set the worker's catalog file aside (kept, renamed) and start a new one that "
+        "trusts nothing, for a catalog that was lost or damaged (a run refuses those)",
     )
     p.set_defaults(func=cmd_sync)
 

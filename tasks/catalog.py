@@ -18,6 +18,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from pdata_sync.catalog import Catalog, ClinicImages, default_catalog_url, destination_of
 from pdata_sync.config import ClinicConfig
+from pdata_sync.errors import describe
 from pdata_sync.keys import parse_key
 from pdata_sync.s3_store import abort_interrupted_uploads
 
@@ -33,12 +34,16 @@ def catalog_url(config: ClinicConfig) -> str:
     return config.catalog.url or default_catalog_url(state_dir(config))
 
 
-def open_catalog(config: ClinicConfig) -> Catalog:
-    """The clinic's catalog, shared by the tasks of this process (schema migrated once)."""
+def open_catalog(config: ClinicConfig, new: bool = False) -> Catalog:
+    """The clinic's catalog, shared by the tasks of this process (checked and migrated
+    once). ``new``: set an existing SQLite catalog aside and start a new one (sync
+    --new-catalog; a run asks for it before any task opens the catalog)."""
     url = catalog_url(config)
     with _LOCK:
+        if new and url in _OPEN:
+            _OPEN.pop(url).close()
         if url not in _OPEN:
-            _OPEN[url] = Catalog.open(url, catalog_password(config.catalog))
+            _OPEN[url] = Catalog.open(url, catalog_password(config.catalog), new=new)
         return _OPEN[url]
 
 
@@ -84,9 +89,10 @@ def _deployment_slot(clinic_id: str) -> Iterator[None]:
 def clinic_lock(config: ClinicConfig, purpose: str, flow_run_id: str | None) -> Iterator[object]:
     """Hold the clinic's lock (or raise ClinicBusyError naming the holder); a deployment
     run first waits for the clinic's shared concurrency slot."""
+    catalog = open_catalog(config)
     with (
         _deployment_slot(config.clinic_id),
-        open_catalog(config).lock(config.clinic_id, purpose, flow_run_id) as lock,
+        catalog.lock(config.clinic_id, purpose, flow_run_id) as lock,
     ):
         if lock.taken_over is not None:
             get_run_logger().warning(
@@ -94,7 +100,13 @@ def clinic_lock(config: ClinicConfig, purpose: str, flow_run_id: str | None) -> 
                 config.clinic_id,
                 lock.taken_over.describe(),
             )
-        yield lock
+        try:
+            yield lock
+        finally:  # the catalog file alone holds what this run recorded
+            try:
+                catalog.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - the log keeps it; a later run copies it
+                get_run_logger().warning("catalog: checkpoint not written: %s", describe(exc))
 
 
 def belongs_to_clinic(config: ClinicConfig):

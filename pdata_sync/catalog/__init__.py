@@ -22,7 +22,9 @@ queries of one clinic's rows in one destination), :mod:`.lock` (one run per clin
 
 from __future__ import annotations
 
-from .database import Database, default_catalog_url
+import logging
+
+from .database import Database, check_sqlite_file, default_catalog_url, set_aside, sqlite_path
 from .destination import destination_of
 from .images import ClinicImages
 from .lock import ClinicLock, Holder
@@ -65,6 +67,8 @@ from .states import (
     ImageState,
 )
 
+log = logging.getLogger(__name__)
+
 
 class Catalog(Database):
     """A catalog database: ``Catalog.open(url)``, then ``.images(clinic, destination)``."""
@@ -74,14 +78,33 @@ class Catalog(Database):
         self.series = SeriesRegistry(self)
 
     @classmethod
-    def open(cls, url: str, password: str | None = None, *, migrate: bool = True) -> Catalog:
-        """Connect to the catalog at ``url`` and bring its schema up to date.
+    def open(
+        cls, url: str, password: str | None = None, *, migrate: bool = True, new: bool = False
+    ) -> Catalog:
+        """Connect to the catalog at ``url``, check it and bring its schema up to date.
 
-        Raises :class:`~pdata_sync.errors.ConfigError` naming the database when it cannot
-        be reached."""
+        A new catalog is created only where none existed (a new worker: no SQLite file, or
+        an empty PostgreSQL database), or with ``new``, which sets an SQLite catalog file
+        aside (kept, renamed) and starts over. An SQLite file that exists must be a whole
+        catalog: one cut to zero bytes, without its tables, or failing SQLite's
+        ``quick_check`` is refused. Raises :class:`~pdata_sync.errors.ConfigError` naming
+        the database when it cannot be reached or is refused."""
+        path = sqlite_path(url)
+        if path is not None and new and path.exists():
+            kept = set_aside(path, now().strftime("%Y%m%dT%H%M%SZ"))
+            log.warning("catalog: started a new catalog; the old one is kept as %s", kept)
+        existed = path is not None and path.exists()
+        if existed:
+            check_sqlite_file(path)  # type: ignore[arg-type]
         catalog = cls(Database.connect(url, password))
-        if migrate:
-            catalog.migrate()
+        try:
+            if existed:
+                catalog.check_integrity()
+            if migrate:
+                catalog.migrate(create=not existed)
+        except BaseException:
+            catalog.close()
+            raise
         return catalog
 
     def images(self, clinic_id: str, destination: str) -> ClinicImages:

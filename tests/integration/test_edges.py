@@ -211,3 +211,55 @@ def test_an_empty_share_and_a_folder_turned_link_are_reported_never_taken_for_de
     ]
     assert summary["retired"] == [] and summary["to_retire"] == []
     assert stored_objects(client) == before
+
+
+def test_a_catalog_cut_to_zero_or_damaged_stops_the_run_until_a_person_decides(setup):
+    """The catalog is the proof of what S3 holds. A file cut to zero bytes or damaged is
+    refused in one line (exit 2), by sync and verify, instead of silently becoming a new,
+    empty catalog. ``sync --new-catalog`` sets it aside, keeps it, and starts over."""
+    clinic, client, config, sync, tmp_path, env = setup
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    catalog = tmp_path / "state" / "catalog.sqlite"
+    original = catalog.read_bytes()
+    # a run leaves its whole catalog in the file: a copy of it alone has every row
+    alone = tmp_path / "copy" / "catalog.sqlite"
+    alone.parent.mkdir()
+    alone.write_bytes(original)
+    with closing(sqlite3.connect(alone)) as db:
+        assert db.execute("SELECT count(*) FROM images").fetchone()[0] >= len(before)
+
+    def refused(command: str) -> str:
+        out = run_cli([command, "--config", str(config), "--json"], env)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [line for line in out.stderr.splitlines() if line.startswith("pdata-sync:")]
+        assert len(lines) == 1, out.stderr[-2000:]
+        return lines[0]
+
+    catalog.write_bytes(b"")
+    assert refused("sync") == (
+        f"pdata-sync: catalog {catalog} is empty (0 bytes): restore it from a backup, or "
+        "start over with a new catalog (sync --new-catalog, which keeps this file beside it)"
+    )
+    assert catalog.stat().st_size == 0  # nothing was created in its place
+
+    damaged = bytearray(original)
+    page = 4096
+    for start in range(2 * page, len(damaged) - page, 3 * page):  # every third page
+        damaged[start + 100 : start + 400] = bytes(range(256)) + bytes(44)
+    catalog.write_bytes(bytes(damaged))
+    for command in ("sync", "verify"):
+        line = refused(command)
+        assert line.startswith(f"pdata-sync: catalog {catalog} is damaged ("), line
+    assert stored_objects(client) == before
+
+    code, summary = sync("--new-catalog")
+    assert code == 0, summary["failed"]
+    assert summary["uploaded"] == 0 and summary["unchanged"] == len(before)
+    kept = [
+        p
+        for p in catalog.parent.glob("catalog.sqlite.set-aside-*")
+        if not p.name.endswith(("-wal", "-shm"))
+    ]
+    assert len(kept) == 1 and kept[0].stat().st_size >= len(damaged)  # kept, for a person
+    assert sync()[0] == 0  # the new catalog is a catalog
