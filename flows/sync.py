@@ -168,6 +168,8 @@ def _sync(
         clinic_id=config.clinic_id,
         key_template=config.s3.key_template,
         archived_names=media.check.media,
+        card_ids=lookup.card_ids,
+        header_rule=config.database.header_patient_id,
     )
     summary.skipped.update(plan.skipped)
     summary.notes.extend(plan.notes)

@@ -1,5 +1,5 @@
-"""Command line: ``pdata-sync sync | retrieve | view | verify | export | thumbnails | check-config |
-demo``.
+"""Command line: ``pdata-sync sync | retrieve | view | verify | export | thumbnails | probe |
+check-config | demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
@@ -487,6 +487,33 @@ def cmd_view(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """What a sample of the share's files and their database rows say (pdata_sync.probe):
+    read-only, nothing uploaded, no resolver, no names or CardIds printed."""
+    from .pdata import check_root
+    from .probe import probe, render_text
+    from .sidexis_db import check_database
+
+    try:
+        config = load_config(args.config)
+        if args.sample < 1:
+            raise ConfigError("--sample: at least 1 file")
+        check_root(config.pdata_root)
+        with _loading_prefect():  # the database password may be in a Prefect block
+            from tasks.source import engine_of
+
+        engine = engine_of(config)
+        check_database(engine, config.database)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    report = probe(config, engine, args.sample)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(render_text(report)))
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -678,6 +705,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redo", action="store_true", help="draw every thumbnail again")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_thumbnails)
+
+    p = sub.add_parser(
+        "probe",
+        help="read a sample of the share and the database (nothing uploaded) and report how "
+        "file headers relate to folders and CardIds, and media rows to folders",
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument(
+        "--sample", type=int, default=500, help="files to read (default 500, spread over folders)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("check-config", help="validate a clinic config file and exit")
     p.add_argument("--config", required=True)

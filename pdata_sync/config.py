@@ -123,6 +123,14 @@ class DatabaseConfig(_Model):
         description="Patient id on media rows: an image whose row names another patient "
         "than its folder is not uploaded (a conflict); empty if the table has none.",
     )
+    header_patient_id: Literal["folder_or_card", "folder", "card", "off"] = Field(
+        "folder_or_card",
+        description="What a file's own PatientID must name, or it is not uploaded (an "
+        "identity conflict): its folder's Sidexis patient id or one of that patient's "
+        "CardIds (folder_or_card), only the one or the other, or nothing is checked (off). "
+        "An empty PatientID is accepted and counted. `pdata-sync probe` shows which rule "
+        "a clinic's files follow.",
+    )
 
     @field_validator("url")
     @classmethod

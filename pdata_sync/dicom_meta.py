@@ -6,7 +6,7 @@ import hashlib
 import io
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +27,7 @@ _HEADER_TAGS = [
     "ContentDate",
     "SeriesDate",
     "StudyDate",
+    "PatientID",
 ]
 
 
@@ -40,6 +41,9 @@ class DicomHeader:
     # what is wrong with a file that is still archived byte for byte (e.g. pixel data cut
     # short): reported in the run's notes and kept on the catalog row; None when intact
     defect: str | None = None
+    # the file's own PatientID (None: absent), compared with its folder's patient
+    # (pdata_sync.identity); never logged, stored or put in metadata, hence no repr
+    patient_id: str | None = field(default=None, repr=False)
 
 
 def _text(get: Callable[[str], Any], *keywords: str) -> str:
@@ -67,7 +71,15 @@ def _header(
         modality=_text(get, "Modality"),
         acquisition_date=_text(get, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
         defect=defect,
+        patient_id=_patient_id(get("PatientID")),
     )
+
+
+def _patient_id(value: Any) -> str | None:
+    """The PatientID as text (None when the element is absent; "" when empty)."""
+    if value is None:
+        return None
+    return str(value).strip()
 
 
 def read_header(source: bytes | str | Path | BinaryIO) -> DicomHeader:

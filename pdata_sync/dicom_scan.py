@@ -34,6 +34,7 @@ WANTED: dict[int, tuple[str, bytes]] = {
     0x00080022: ("AcquisitionDate", b"DA"),
     0x00080023: ("ContentDate", b"DA"),
     0x00080060: ("Modality", b"CS"),
+    0x00100020: ("PatientID", b"LO"),  # compared with the folder's patient, never kept
     0x0020000D: ("StudyInstanceUID", b"UI"),
     0x0020000E: ("SeriesInstanceUID", b"UI"),
 }
@@ -63,9 +64,12 @@ class Scan:
 
 
 def _text(raw: bytes) -> str:
-    """The value as pydicom gives it for UI, CS and DA: Latin-1, trailing spaces and NULs
-    removed; several values (a backslash) go to pydicom, whose text for them differs."""
-    value = raw.decode("latin-1").rstrip(" \x00")
+    """The value as pydicom gives it for UI, CS, DA and an ASCII LO: trailing spaces and NULs
+    removed; several values (a backslash) and bytes outside ASCII (pydicom decodes those by
+    the file's character set) go to pydicom, whose text for them differs."""
+    if not raw.isascii():
+        raise _Decline
+    value = raw.decode("ascii").rstrip(" \x00")
     if "\\" in value:
         raise _Decline
     return value

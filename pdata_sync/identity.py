@@ -1,13 +1,25 @@
-"""Which patientGuids may name a patient (docs/adr/0007-identity-rules.md).
+"""Which patientGuids may name a patient, and which patient a file may name itself
+(docs/adr/0007-identity-rules.md).
 
 An image under the wrong patientGuid is a patient-safety incident: retrieval hands out a
 patient's X-rays by patientGuid alone. A patientGuid is therefore accepted only when it is
 a canonical UUID and not the nil UUID, and a CardId only when the resolver gave it exactly
 one. Anything else is the resolver's fault: the CardId's images fail (exit 1) with the
 reason, they are never uploaded and never counted as "unknown patient".
+
+A file's own header names a patient too (PatientID). A file copied into another patient's
+folder keeps the PatientID of the patient it was taken of; archived under the folder's
+patientGuid it would be shown under the wrong patient, and the viewer manifest (which
+replaces PatientID with the patientGuid) would hide it. :class:`HeaderCheck` compares the
+header with the folder's Sidexis id and that patient's CardIds.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
 
 from .keys import is_canonical_guid
 
@@ -29,3 +41,60 @@ def guid_fault(value: object) -> str | None:
 def conflict(guids: set[str]) -> str:
     """The reason for a CardId the resolver gave several patientGuids in one answer."""
     return f"the resolver returned {len(guids)} different patientGuids for one CardId"
+
+
+# --- the file's own PatientID (product-rules §10) -------------------------------------
+
+HEADER_RULES = ("folder_or_card", "folder", "card", "off")
+# CardIds are compared as keyed digests: a planned image carries its patient's, never the
+# CardIds themselves. The key lives and dies with the process (plan and upload run in one).
+_CARD_KEY = secrets.token_bytes(32)
+
+
+def card_digest(card_id: str) -> str:
+    """A digest of a CardId, normalized as for the resolver (trimmed), for this process."""
+    return hmac.new(_CARD_KEY, card_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class HeaderCheck:
+    """What a file's PatientID may say: its folder's Sidexis patient id and (as digests)
+    that patient's CardIds, under the clinic's rule (``database.header_patient_id``)."""
+
+    rule: str
+    patient_id: int
+    card_digests: frozenset[str] = frozenset()
+
+    def conflict(self, header_patient_id: str | None) -> str | None:
+        """Why a file whose header says ``header_patient_id`` is not archived under this
+        folder's patient, or None. An absent or empty PatientID is accepted (counted by
+        the caller). The reason names the folder's Sidexis id and, never the header's
+        value itself (it may be a CardId), what the header does not match."""
+        value = (header_patient_id or "").strip()
+        if self.rule == "off" or not value:
+            return None
+        is_folder = value.isascii() and value.isdigit() and int(value) == self.patient_id
+        is_card = card_digest(value) in self.card_digests
+        if self.rule == "folder_or_card" and (is_folder or is_card):
+            return None
+        if (self.rule == "folder" and is_folder) or (self.rule == "card" and is_card):
+            return None
+        what = {
+            "folder_or_card": f"names neither patient {self.patient_id} (its folder) nor one "
+            "of its CardIds",
+            "folder": f"does not name patient {self.patient_id} (its folder)",
+            "card": f"is not a CardId of patient {self.patient_id} (its folder)",
+        }[self.rule]
+        return (
+            f"identity conflict: the file's PatientID {what} (database.header_patient_id: "
+            f"{self.rule}); not uploaded"
+        )
+
+
+def names_other_folder(header_patient_id: str | None, folders: frozenset[int]) -> int | None:
+    """The Sidexis patient the header names, when it is the id of a patient folder on the
+    share (a Sidexis id may be shown; a value that is not one may be a CardId, never is)."""
+    value = (header_patient_id or "").strip()
+    if value.isascii() and value.isdigit() and int(value) in folders:
+        return int(value)
+    return None

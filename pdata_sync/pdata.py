@@ -130,6 +130,17 @@ def scan_patient_folders(
     return folders, skipped, problems
 
 
+def patient_ids_on_share(root: str | Path) -> frozenset[int]:
+    """The Sidexis ids of every patient folder directly under ``root`` (empty when it cannot
+    be listed): which ids a file's PatientID may be shown as (a Sidexis id, not a CardId)."""
+    try:
+        with os.scandir(root) as it:
+            ids = (parse_patient_folder(entry.name) for entry in it)
+            return frozenset(i for i in ids if i is not None)
+    except OSError:
+        return frozenset()
+
+
 def scan_images(
     root: str | Path, folders: list[PatientFolder]
 ) -> tuple[list[ImageFile], Counter[str], list[Problem]]:

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .identity import HeaderCheck, card_digest
 from .keys import FALLBACK_NAME, parse_key, render_key
 from .pdata import ImageFile, Problem
 from .sidexis_db import MediaRow
@@ -31,6 +32,8 @@ class PlannedImage:
     image_id: int
     image_name: str | None
     key: str
+    # what the file's own PatientID may name (None: not checked)
+    header: HeaderCheck | None = None
 
 
 @dataclass
@@ -106,6 +109,8 @@ def build_plan(
     clinic_id: str,
     key_template: str,
     archived_names: Mapping[int, str] | None = None,
+    card_ids: Mapping[int, list[str]] | None = None,
+    header_rule: str = "off",
 ) -> Plan:
     """Decide the key of every image of every resolved patient.
 
@@ -117,8 +122,13 @@ def build_plan(
     (:func:`names_archived`). Such an image keeps that name: a media row that vanished (a
     database being restored, a wrong database) never re-keys it to the fallback name. Only an
     image that never had a name gets the fallback name.
+
+    ``card_ids`` (each patient's CardIds) and ``header_rule`` say what each file's own
+    PatientID may name (:class:`~pdata_sync.identity.HeaderCheck`, checked when the file is
+    read).
     """
     archived_names = archived_names or {}
+    checks: dict[int, HeaderCheck] = {}
     skipped: Counter[str] = Counter()
     notes: list[Problem] = []
     failed: list[Problem] = []
@@ -148,6 +158,14 @@ def build_plan(
         else:
             name = None
             notes.append(Problem(image.rel_path, NOTE_NO_MEDIA_ROW))
+        header = None
+        if header_rule != "off":
+            header = checks.get(image.patient_id)
+            if header is None:
+                cards = (card_ids or {}).get(image.patient_id, [])
+                header = checks[image.patient_id] = HeaderCheck(
+                    header_rule, image.patient_id, frozenset(map(card_digest, cards))
+                )
         for guid in guids:
             key = render_key(
                 key_template,
@@ -156,7 +174,7 @@ def build_plan(
                 image_id=image.image_id,
                 name=name,
             )
-            planned.append(PlannedImage(image.rel_path, guid, image.image_id, name, key))
+            planned.append(PlannedImage(image.rel_path, guid, image.image_id, name, key, header))
     planned, conflicts = without_shared_keys(planned)
     failed.extend(conflicts)
     conflicted = {p.path for p in conflicts}

@@ -100,6 +100,7 @@ class BatchReport:
     thumbnails_made: int = 0
     thumbnails_not_made: tuple[Problem, ...] = ()
     orthanc: OrthancCounts | None = None  # None: the clinic has no Orthanc
+    header_patient_id_empty: int = 0  # files read whose PatientID is empty (accepted)
 
     @classmethod
     def of(
@@ -120,6 +121,7 @@ class BatchReport:
             thumbnails_not_made=tuple(
                 Problem(o.path, o.thumbnail) for o in outcomes if o.thumbnail not in ("", "made")
             ),
+            header_patient_id_empty=len({o.path for o in outcomes if o.header_id_empty}),
         )
 
 
@@ -157,6 +159,7 @@ class RunSummary:
     mode: str = "full"  # or "incremental" (docs/adr/0010)
     full_reason: str = ""  # why this run read every folder
     patients_to_read_again: int = 0  # read this run, not recorded as done (incremental)
+    header_patient_id_empty: int = 0  # files read whose own PatientID is empty (accepted)
 
     def add_retirement(self, report: RetireReport) -> None:
         self.retire_mode = report.mode
@@ -180,6 +183,7 @@ class RunSummary:
         self.failed.extend(report.failed)
         self.notes.extend(report.notes)
         self.thumbnails_made += report.thumbnails_made
+        self.header_patient_id_empty += report.header_patient_id_empty
         self.thumbnails_not_made.extend(report.thumbnails_not_made)
         if report.orthanc is not None:
             if self.orthanc is None:
@@ -246,6 +250,7 @@ class RunSummary:
             },
             "orthanc": None if self.orthanc is None else self.orthanc.to_dict(),
             "patients_to_read_again": self.patients_to_read_again,
+            "header_patient_id_empty": self.header_patient_id_empty,
         }
 
     def counts_table(self) -> list[dict[str, Any]]:

@@ -48,7 +48,9 @@ from .errors import (
     describe,
     s3_config_message,
 )
+from .identity import names_other_folder
 from .keys import patient_prefix
+from .pdata import patient_ids_on_share
 from .plan import PlannedImage
 from .s3_store import (
     MB,
@@ -92,6 +94,7 @@ class Outcome:
     trusted: bool = False  # unchanged by the catalog alone: S3 was not asked this run
     note: str = ""  # archived byte for byte, but worth telling (the file's defect)
     thumbnail: str = ""  # "made", or why no thumbnail was made; "" when none was tried
+    header_id_empty: bool = False  # read this run, and its PatientID is empty or absent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,6 +246,7 @@ class BatchUploader:
         self.part_size = config.transfer.part_size_mb * MB
         self.fatal: str | None = None  # first configuration error seen; stops the batch
         self.settled = SettleBuffer(images, flow_run_id)
+        self._share_ids: frozenset[int] | None = None  # patient folders, read on a conflict
 
     def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
         """True if the object has the content whose ETag / SHA-256 are given."""
@@ -294,10 +298,17 @@ class BatchUploader:
                 etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
                 header = read_header(source)
+                self._check_header(item, header)
                 if self.images is not None:
                     info = self._info(item, size, st.st_mtime_ns, sha, header)
                     self.settled.add(Settled(item.key, info, MATCH, remote.etag))
-                return Outcome(UNCHANGED, item.rel_path, item.key, note=header.defect or "")
+                return Outcome(
+                    UNCHANGED,
+                    item.rel_path,
+                    item.key,
+                    note=header.defect or "",
+                    header_id_empty=not header.patient_id,
+                )
         if remote is not None and (row is None or row.sha256 is None):
             self._check_owner(item)  # about to replace an object this catalog never held
         if size <= self.threshold:
@@ -319,10 +330,27 @@ class BatchUploader:
             holder = f"image {owner[1]} of clinic {owner[0]}"
         raise PermanentError(f"key conflict: S3 holds {holder} at this key; not overwritten")
 
+    def _check_header(self, item: PlannedImage, header: DicomHeader) -> None:
+        """Raise :class:`PermanentError` when the file's own PatientID names another patient
+        than its folder (docs/product-rules.md §10): never archived under this patientGuid."""
+        if item.header is None:
+            return
+        why = item.header.conflict(header.patient_id)
+        if why is None:
+            return
+        if self._share_ids is None:
+            self._share_ids = patient_ids_on_share(self.root)
+        other = names_other_folder(header.patient_id, self._share_ids)
+        if other is not None:
+            why += f"; it names Sidexis patient {other}, who has a folder"
+        raise PermanentError(why)
+
     def _upload_small(self, item: PlannedImage, path: Path) -> Outcome:
         data, st = _read_stable(path)
         digest = hashlib.sha256(data).digest()
-        info = self._info(item, st.st_size, st.st_mtime_ns, digest.hex(), read_header(data))
+        header = read_header(data)
+        self._check_header(item, header)
+        info = self._info(item, st.st_size, st.st_mtime_ns, digest.hex(), header)
         stored = put_small(
             self.client,
             self.config.s3.bucket,
@@ -344,10 +372,12 @@ class BatchUploader:
             bytes=len(data),
             note=info.header.defect or "",
             thumbnail=self._thumbnail(item, lambda: data, info.sha256, len(data)),
+            header_id_empty=not header.patient_id,
         )
 
     def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
         header = read_header(path)
+        self._check_header(item, header)
         before = os.stat(path)
         sha, digests = part_digests(path, self.part_size)
         info = self._info(item, before.st_size, before.st_mtime_ns, sha, header)
@@ -370,6 +400,7 @@ class BatchUploader:
             bytes=before.st_size,
             note=header.defect or "",
             thumbnail=self._thumbnail(item, path.read_bytes, info.sha256, before.st_size),
+            header_id_empty=not header.patient_id,
         )
 
     def _thumbnail(self, item: PlannedImage, read: Callable[[], bytes], sha: str, size: int) -> str:

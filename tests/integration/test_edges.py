@@ -17,6 +17,7 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import parse_key
 from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
+from pdata_sync.probe import CARD, FOLDER, NEITHER
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
 
 
@@ -263,3 +264,105 @@ def test_a_catalog_cut_to_zero_or_damaged_stops_the_run_until_a_person_decides(s
     ]
     assert len(kept) == 1 and kept[0].stat().st_size >= len(damaged)  # kept, for a person
     assert sync()[0] == 0  # the new catalog is a catalog
+
+
+def _image(clinic, folder: str, image_id: int, header_patient_id: str) -> str:
+    """Write a real DICOM file into ``folder`` whose own PatientID is ``header_patient_id``
+    (what a copy from another patient's folder keeps), with a media row naming the folder's
+    patient. Returns its PDATA-relative path."""
+    import random
+
+    from pdata_sync.demo.generate import write_dicom
+
+    path = Path(clinic.pdata_root, folder, f"0000_{image_id}.dcm")
+    write_dicom(path, rng=random.Random(image_id), clinic_id=clinic.clinic_id,
+                patient_id=0, patient_name="Test^Edge", birth_date="19800101",
+                image_id=image_id, modality="IO", rows=32, cols=32)  # fmt: skip
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.PatientID = header_patient_id
+    ds.save_as(path)
+    folder_patient = int(folder.removeprefix("P_"))
+    sidexis(clinic, ("INSERT INTO MediaBase VALUES (?,?,?,0)", (image_id, folder_patient, "Bite")))
+    return f"{folder}/{path.name}"
+
+
+def test_a_file_whose_header_names_another_patient_is_never_archived_under_this_one(setup):
+    """A file of patient A copied into patient B's folder, with a media row saying B: its
+    header's PatientID names A. It fails as an identity conflict naming B's folder (and A,
+    a Sidexis id with a folder), is never uploaded, and nothing names a CardId. An empty
+    PatientID is accepted and counted. With the check off, the copy is archived."""
+    clinic, client, config, sync, tmp_path, env = setup
+    folders = sorted({e["path"].split("/")[0] for e in clinic.expected})
+    b_folder, a_folder = folders[0], folders[1]
+    a_id, b_id = int(a_folder.removeprefix("P_")), int(b_folder.removeprefix("P_"))
+    copied = _image(clinic, b_folder, 990001, str(a_id))
+    anonymous = _image(clinic, b_folder, 990002, "")
+    code, summary = sync()
+    assert code == 1
+    assert summary["failed"] == [
+        {
+            "path": copied,
+            "reason": f"identity conflict: the file's PatientID names neither patient {b_id} "
+            "(its folder) nor one of its CardIds (database.header_patient_id: "
+            f"folder_or_card); not uploaded; it names Sidexis patient {a_id}, who has a folder",
+        }
+    ]
+    assert summary["header_patient_id_empty"] == 1
+    keys = stored_objects(client)
+    assert not [k for k in keys if "_990001_" in k]
+    assert [k for k in keys if "_990002_" in k]  # the empty PatientID: archived
+
+    off = config.with_name("clinic-header-off.yaml")
+    text = config.read_text().replace("database:\n", "database:\n  header_patient_id: 'off'\n")
+    off.write_text(text)
+    code, summary = sync(config=off)
+    assert code == 0, summary["failed"]
+    assert [k for k in stored_objects(client) if "_990001_" in k]
+
+
+def test_probe_reports_how_headers_and_media_rows_relate_without_uploading(setup):
+    """``pdata-sync probe`` on the demo clinic (whose files carry the Sidexis id) with one
+    file copied from another patient and one whose PatientID is that patient's CardId: the
+    counts say so, the suggested rule is folder_or_card, the copy is listed by path, and no
+    CardId or patient name appears anywhere. Nothing is uploaded; the share is unchanged."""
+    from tests.conftest import tree_snapshot
+
+    clinic, client, config, sync, tmp_path, env = setup
+    folders = sorted({e["path"].split("/")[0] for e in clinic.expected})
+    b_folder, a_folder = folders[0], folders[1]
+    copied = _image(clinic, b_folder, 990001, a_folder.removeprefix("P_"))
+    with closing(sqlite3.connect(clinic.database_path)) as db:
+        card = db.execute(
+            "SELECT CardId FROM Patient WHERE PatientId = ? AND IsDeleted = 0",
+            (int(b_folder.removeprefix("P_")),),
+        ).fetchone()[0]
+        cards = [r[0] for r in db.execute("SELECT CardId FROM Patient") if r[0] and r[0].strip()]
+    by_card = _image(clinic, b_folder, 990002, card)
+    before = tree_snapshot(Path(clinic.pdata_root))
+
+    out = run_cli(["probe", "--config", str(config), "--sample", "1000", "--json"], env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    header = report["header_patient_id"]
+    assert header["names"][NEITHER] == 1 and header["names"][CARD] == 1
+    assert header["names_another_patients_folder"] == 1
+    assert header["names"][FOLDER] == report["files_read"] - 2 > 10
+    assert header["refused_by_rule"] == {
+        "folder_or_card": 1,
+        "folder": 2,
+        "card": report["files_read"] - 1,
+    }
+    assert header["suggested_rule"] is None  # the copy must be looked at first
+    assert report["examples"]["header_names_neither"] == [copied]
+    assert report["media_rows"]["agrees_with_folder"] >= report["files_read"] - 5
+    assert by_card not in json.dumps(report["examples"].get("header_names_neither", []))
+
+    text = run_cli(["probe", "--config", str(config), "--sample", "1000"], env)
+    assert text.returncode == 0 and copied in text.stdout
+    everything = out.stdout + out.stderr + text.stdout + text.stderr
+    assert not [c for c in cards if c in everything]  # no CardId
+    assert "Test^Edge" not in everything and "19800101" not in everything
+    assert stored_objects(client) == {}  # nothing uploaded
+    assert tree_snapshot(Path(clinic.pdata_root)) == before
