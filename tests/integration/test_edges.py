@@ -298,7 +298,7 @@ def test_a_file_whose_header_names_another_patient_is_never_archived_under_this_
     b_folder, a_folder = folders[0], folders[1]
     a_id, b_id = int(a_folder.removeprefix("P_")), int(b_folder.removeprefix("P_"))
     copied = _image(clinic, b_folder, 990001, str(a_id))
-    anonymous = _image(clinic, b_folder, 990002, "")
+    _image(clinic, b_folder, 990002, "")  # an empty PatientID
     code, summary = sync()
     assert code == 1
     assert summary["failed"] == [
