@@ -11,6 +11,7 @@ one for dependency tracking (40% of a 100,000-image no-change run's CPU).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests re
 from pdata_sync.report import OrthancCounts, RunSummary
 from pdata_sync.retirement import SafetyLimit, source_view
 from pdata_sync.sidexis_db import SKIP_PATIENT_NOT_IN_DB, qualified
-from tasks.catalog import clinic_lock, open_catalog, prepare_catalog
+from tasks.catalog import clinic_lock, open_catalog, prepare_catalog, recheck_content
 from tasks.changes import detect_changes, record_changes
 from tasks.resolve import resolve_card_ids
 from tasks.retire import retire_objects
@@ -118,6 +119,12 @@ def _sync(
     changes = detect_changes(config, full_run) if config.incremental else None
     if changes is not None:
         summary.mode, summary.full_reason = changes.mode, changes.full_reason
+    # a slice of the archived files is hashed again; one that changed with its size and
+    # mtime kept is read like any changed file (its patient's folder too, when incremental)
+    recheck = recheck_content(config)
+    summary.content_check = recheck
+    if recheck.changed and changes is not None and changes.read is not None:
+        changes = replace(changes, read=changes.read | recheck.patients)
     scan = scan_pdata(config, None if changes is None else quote(changes.read))
     if scan.empty_share:  # an unmounted share is not a clinic whose files were all deleted
         summary.failed.append(Problem("(pdata)", scan.empty_share))
@@ -202,7 +209,9 @@ def _sync(
     while (queue and not fatal) or in_flight:
         while queue and not fatal and len(in_flight) < config.transfer.parallel_batches:
             task, batch = queue.pop(0)
-            in_flight.append(task.submit(config, quote(batch), full_run, orthanc_down))
+            in_flight.append(
+                task.submit(config, quote(batch), full_run, orthanc_down, quote(recheck.changed))
+            )
         finished = next(as_completed(in_flight))
         in_flight.remove(finished)
         report = finished.result()

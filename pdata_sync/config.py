@@ -306,6 +306,16 @@ class TransferConfig(_Model):
         "confirmed (by the upload, a sync's listing or verify) within this many days. 0: "
         "list every patient on every run.",
     )
+    rehash_days: int = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="The rolling content check: every run re-hashes the archived files "
+        "hashed longest ago, a share of them such that each is re-hashed at least every "
+        "this many days, and uploads again (keeping the old version in retired/) any whose "
+        "bytes changed although their size and mtime did not. 0: off. Each night reads "
+        "1/rehash_days of the archive from the share.",
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache and the default catalog; default "

@@ -21,14 +21,16 @@ from .orthanc_store import (
     OrthancOutcome,
 )
 from .pdata import Problem
+from .recheck import Recheck
 from .retirement import RetireReport
 from .uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
 
 # Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
-# prepare-catalog, scan-pdata, query-patients, resolve-card-ids, lookup-media,
-# retire-objects (flows/sync.py; the history of a run must hold exactly these + batches).
-# A clinic with incremental runs adds detect-changes and record-changes (INCREMENTAL_TASKS).
-BOOKKEEPING_TASKS = 8
+# prepare-catalog, recheck-content, scan-pdata, query-patients, resolve-card-ids,
+# lookup-media, retire-objects (flows/sync.py; the history of a run must hold exactly these
+# + batches). A clinic with incremental runs adds detect-changes and record-changes
+# (INCREMENTAL_TASKS).
+BOOKKEEPING_TASKS = 9
 INCREMENTAL_TASKS = 2
 
 
@@ -160,6 +162,7 @@ class RunSummary:
     full_reason: str = ""  # why this run read every folder
     patients_to_read_again: int = 0  # read this run, not recorded as done (incremental)
     header_patient_id_empty: int = 0  # files read whose own PatientID is empty (accepted)
+    content_check: Recheck = field(default_factory=Recheck)  # the rolling content check
 
     def add_retirement(self, report: RetireReport) -> None:
         self.retire_mode = report.mode
@@ -251,6 +254,7 @@ class RunSummary:
             "orthanc": None if self.orthanc is None else self.orthanc.to_dict(),
             "patients_to_read_again": self.patients_to_read_again,
             "header_patient_id_empty": self.header_patient_id_empty,
+            "content_check": self.content_check.to_dict(),
         }
 
     def counts_table(self) -> list[dict[str, Any]]:
@@ -276,6 +280,16 @@ class RunSummary:
                 "count": self.unchanged_by_catalog,
             },
             {"outcome": "batches", "reason": "upload task runs", "count": self.batches},
+            {
+                "outcome": "content check",
+                "reason": "archived files hashed again (transfer.rehash_days)",
+                "count": self.content_check.files,
+            },
+            {
+                "outcome": "content check",
+                "reason": "changed although size and mtime did not (uploaded again)",
+                "count": len(self.content_check.changed),
+            },
             {
                 "outcome": "thumbnails",
                 "reason": "made for new images",

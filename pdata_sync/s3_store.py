@@ -585,6 +585,19 @@ def move_to_retired(
 
     A failure before the delete leaves the original in place (a copy without a delete is
     harmless: the next run copies again under a new time)."""
+    if not copy_to_retired(client, bucket, key, target, retirement):
+        return False
+    client.delete_object(Bucket=bucket, Key=key)
+    return True
+
+
+def copy_to_retired(
+    client: Any, bucket: str, key: str, target: str, retirement: Mapping[str, str]
+) -> bool:
+    """Copy ``key`` to ``target`` (under ``retired/``) with its metadata plus
+    ``retirement``, and check the copy holds the same size and SHA-256; the original stays.
+    What an upload over an object keeps of the content it replaces. False when ``key`` is
+    gone."""
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -609,7 +622,6 @@ def move_to_retired(
             f"the retired copy of {key} does not match the original (size or sha256); "
             "the original was kept"
         )
-    client.delete_object(Bucket=bucket, Key=key)
     return True
 
 

@@ -1,8 +1,9 @@
 """Which planned images of a batch need work: pure decisions over the catalog rows, the
 files' ``stat`` and S3's listing, testable without S3 or a database.
 
-* *trusted*: the catalog verified this key from this very file (path, size, mtime) and S3
-  confirmed it within the trust window (docs/adr/0005): no S3 request, no read.
+* *trusted*: the catalog verified this key from this very file (path, size, mtime; in a full
+  run also ctime and inode) and S3 confirmed it within the trust window (docs/adr/0005): no
+  S3 request, no read. A file the rolling content check found changed is never trusted.
 * *unchanged*: the row is verified from this file and the listing shows the verified size
   and ETag: no read; the confirmation is renewed (RECONFIRM).
 * *contradicted*: the row is verified but the listing shows the key missing or with another
@@ -26,19 +27,33 @@ from .s3_store import RemoteObject
 Listing = Mapping[str, RemoteObject]
 
 
-def verified_from_this_file(item: PlannedImage, row: CatalogRow | None, st: os.stat_result) -> bool:
-    """The catalog verified this key from this path with this size and mtime."""
+def verified_from_this_file(
+    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, strict: bool = False
+) -> bool:
+    """The catalog verified this key from this path with this size and mtime; ``strict``
+    (a full run): and the ctime and inode recorded with it, where they were. An edit that
+    put back the old mtime (``os.utime``) cannot put back the ctime."""
     return (
         row is not None
         and row.state == VERIFIED
         and row.rel_path == item.rel_path
         and row.size == st.st_size
         and row.mtime_ns == st.st_mtime_ns
+        and (not strict or row.ctime_ns is None or same_file_identity(row, st))
     )
 
 
+def same_file_identity(row: CatalogRow, st: os.stat_result) -> bool:
+    """The file has the ctime and inode recorded when its row was settled."""
+    return row.ctime_ns == st.st_ctime_ns and row.inode == str(st.st_ino)
+
+
 def trusted_unchanged(
-    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, since: datetime | None
+    item: PlannedImage,
+    row: CatalogRow | None,
+    st: os.stat_result,
+    since: datetime | None,
+    strict: bool = False,
 ) -> bool:
     """The catalog verified this key from this file, and S3 confirmed it at or after
     ``since``: neither S3 nor the file needs to be asked. A confirmation dated in the
@@ -47,7 +62,7 @@ def trusted_unchanged(
     return (
         since is not None
         and st.st_size > 0
-        and verified_from_this_file(item, row, st)
+        and verified_from_this_file(item, row, st, strict)
         and row is not None
         and row.confirmed_at is not None
         and row.confirmed_at >= since
@@ -56,12 +71,16 @@ def trusted_unchanged(
 
 
 def verified_unchanged(
-    item: PlannedImage, row: CatalogRow | None, remote: RemoteObject | None, st: os.stat_result
+    item: PlannedImage,
+    row: CatalogRow | None,
+    remote: RemoteObject | None,
+    st: os.stat_result,
+    strict: bool = False,
 ) -> bool:
     """The catalog verified this key from this file, and S3 lists it with the size and
     ETag that were verified: no need to read the file."""
     return (
-        verified_from_this_file(item, row, st)
+        verified_from_this_file(item, row, st, strict)
         and row is not None
         and remote is not None
         and remote.size == st.st_size
@@ -96,12 +115,17 @@ def trusted_keys(
     rows: Mapping[str, CatalogRow],
     stats: Mapping[str, os.stat_result],
     since: datetime | None,
+    strict: bool = False,
+    reread: frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Keys the catalog alone vouches for (no listing needed)."""
+    """Keys the catalog alone vouches for (no listing needed). ``reread``: paths whose
+    bytes the rolling content check found changed: never vouched for."""
     return {
         i.key
         for i in items
-        if i.key in stats and trusted_unchanged(i, rows.get(i.key), stats[i.key], since)
+        if i.key in stats
+        and i.rel_path not in reread
+        and trusted_unchanged(i, rows.get(i.key), stats[i.key], since, strict)
     }
 
 
@@ -112,11 +136,14 @@ def triage(
     trusted: set[str],
     listings: Mapping[str, Listing | Exception],
     others: Mapping[str, CatalogRow] | None = None,
+    strict: bool = False,
+    reread: frozenset[str] = frozenset(),
 ) -> Triage:
     """Sort a batch, given the keys already ``trusted`` and the listing of every other
     patient (by patientGuid; an exception where the listing failed). ``others`` are
     verified rows under the listed patients that this batch does not plan: they are
-    only checked against the listing."""
+    only checked against the listing. ``strict``: a full run, which compares ctime and
+    inode too; ``reread``: paths that are read whatever the catalog says."""
     out = Triage(trusted=set(trusted))
     planned = {i.key for i in items}
     for key, row in (others or {}).items():
@@ -133,7 +160,12 @@ def triage(
             out.unlisted[item.key] = listing or LookupError("not listed")
             continue
         row, remote, st = rows.get(item.key), listing.get(item.key), stats.get(item.key)
-        if st is not None and st.st_size and verified_unchanged(item, row, remote, st):
+        if (
+            item.rel_path not in reread
+            and st is not None
+            and st.st_size
+            and verified_unchanged(item, row, remote, st, strict)
+        ):
             out.unchanged.add(item.key)
             continue
         if contradicted(row, remote):

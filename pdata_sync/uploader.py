@@ -58,12 +58,14 @@ from .s3_store import (
     Stored,
     build_metadata,
     confirm_object,
+    copy_to_retired,
     head_metadata,
     head_sha256,
     is_md5_etag,
     list_patients,
     put_multipart,
     put_small,
+    retired_key,
 )
 from .thumbnails import ThumbnailError, make_thumbnail, too_large
 from .triage import triage, trusted_keys, verified_unchanged
@@ -76,6 +78,10 @@ REJECTED = "rejected"
 FAILED = "failed"
 
 _STABLE_READ_TRIES = 3
+# why an upload kept the object it replaced (retired/...; product-rules §3.5)
+KEPT_IN_PLACE = "kept: the file's content changed in place (size and mtime unchanged)"
+KEPT_CHANGED = "kept: replaced by the file's new content"
+KEPT_DRIFT = "kept: S3 held other bytes at this key than were verified"
 SETTLE_EVERY = 256  # catalog rows written per transaction while a batch runs
 SOURCE_CHANGE_ATTEMPTS = 3
 SOURCE_CHANGE_PAUSE = 0.5  # seconds, times the attempt number
@@ -98,6 +104,11 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _notes(*notes: str | None) -> str:
+    """An outcome's notes, joined ("" when none)."""
+    return "; ".join(n for n in notes if n)
 
 
 def _read_stable(path: Path) -> tuple[bytes, os.stat_result]:
@@ -230,11 +241,15 @@ class BatchUploader:
         client: Any,
         images: ClinicImages | None = None,
         flow_run_id: str | None = None,
+        strict: bool = False,
+        reread: frozenset[str] = frozenset(),
     ):
         self.config = config
         self.client = client
         self.images = images  # the clinic's rows in this destination
         self.flow_run_id = flow_run_id
+        self.strict = strict  # a full run: a file is "this file" only with its ctime and inode
+        self.reread = reread  # paths the rolling content check found changed: always read
         self.root = Path(config.pdata_root)
         # a verified row confirmed by S3 since then is trusted without listing its prefix
         self.trusted_since: datetime | None = (
@@ -247,6 +262,7 @@ class BatchUploader:
         self.fatal: str | None = None  # first configuration error seen; stops the batch
         self.settled = SettleBuffer(images, flow_run_id)
         self._share_ids: frozenset[int] | None = None  # patient folders, read on a conflict
+        self._kept: dict[str, tuple[str, str]] = {}  # key -> (retired copy, why) of this run
 
     def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
         """True if the object has the content whose ETag / SHA-256 are given."""
@@ -287,7 +303,9 @@ class BatchUploader:
         size = st.st_size
         if size == 0:
             raise BadInputError("empty file")
-        if verified_unchanged(item, row, remote, st):
+        if item.rel_path not in self.reread and verified_unchanged(
+            item, row, remote, st, self.strict
+        ):
             return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
         if remote is not None and remote.size == size:
             source: bytes | Path = path
@@ -300,7 +318,7 @@ class BatchUploader:
                 header = read_header(source)
                 self._check_header(item, header)
                 if self.images is not None:
-                    info = self._info(item, size, st.st_mtime_ns, sha, header)
+                    info = self._info(item, st, sha, header)
                     self.settled.add(Settled(item.key, info, MATCH, remote.etag))
                 return Outcome(
                     UNCHANGED,
@@ -311,9 +329,48 @@ class BatchUploader:
                 )
         if remote is not None and (row is None or row.sha256 is None):
             self._check_owner(item)  # about to replace an object this catalog never held
+        replaces = remote is not None
         if size <= self.threshold:
-            return self._upload_small(item, path)
-        return self._upload_multipart(item, path)
+            return self._upload_small(item, path, row if replaces else None, replaces)
+        return self._upload_multipart(item, path, row if replaces else None, replaces)
+
+    def _keep_replaced(
+        self, item: PlannedImage, row: CatalogRow | None, st: os.stat_result, sha: str
+    ) -> str:
+        """Before an upload replaces the object at ``item.key``, copy it to ``retired/``
+        (kept, with why): pdata-sync never overwrites an X-ray without keeping the bytes it
+        replaces (product-rules §3.5). Returns the run's note for the image: "" unless the
+        file changed in place (size and mtime kept), which is worth telling. Once per key
+        and run (a retry after the file changed mid-upload does not copy our own upload)."""
+        if item.key in self._kept:
+            return self._kept_note(item.key)
+        at = now()
+        if row is not None and row.sha256 == sha:
+            why = KEPT_DRIFT
+        elif row is not None and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            why = KEPT_IN_PLACE
+        else:
+            why = KEPT_CHANGED
+        target = retired_key(self.config.clinic_id, item.key, at)
+        kept = copy_to_retired(
+            self.client,
+            self.config.s3.bucket,
+            item.key,
+            target,
+            {
+                "retired-reason": why,
+                "retired-at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "retired-by-run": self.flow_run_id or "unknown",
+                "retired-from": item.key,
+            },
+        )
+        if kept:
+            self._kept[item.key] = (target, why)
+        return self._kept_note(item.key)
+
+    def _kept_note(self, key: str) -> str:
+        target, why = self._kept.get(key, ("", ""))
+        return f"{why}; the old version is kept at {target}" if why == KEPT_IN_PLACE else ""
 
     def _check_owner(self, item: PlannedImage) -> None:
         """Raise :class:`PermanentError` unless the object S3 holds at ``item.key`` is this
@@ -345,12 +402,15 @@ class BatchUploader:
             why += f"; it names Sidexis patient {other}, who has a folder"
         raise PermanentError(why)
 
-    def _upload_small(self, item: PlannedImage, path: Path) -> Outcome:
+    def _upload_small(
+        self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
+    ) -> Outcome:
         data, st = _read_stable(path)
         digest = hashlib.sha256(data).digest()
         header = read_header(data)
         self._check_header(item, header)
-        info = self._info(item, st.st_size, st.st_mtime_ns, digest.hex(), header)
+        info = self._info(item, st, digest.hex(), header)
+        kept = self._keep_replaced(item, row, st, info.sha256) if replaces else ""
         stored = put_small(
             self.client,
             self.config.s3.bucket,
@@ -370,17 +430,20 @@ class BatchUploader:
             item.rel_path,
             item.key,
             bytes=len(data),
-            note=info.header.defect or "",
+            note=_notes(info.header.defect, kept),
             thumbnail=self._thumbnail(item, lambda: data, info.sha256, len(data)),
             header_id_empty=not header.patient_id,
         )
 
-    def _upload_multipart(self, item: PlannedImage, path: Path) -> Outcome:
+    def _upload_multipart(
+        self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
+    ) -> Outcome:
         header = read_header(path)
         self._check_header(item, header)
         before = os.stat(path)
         sha, digests = part_digests(path, self.part_size)
-        info = self._info(item, before.st_size, before.st_mtime_ns, sha, header)
+        info = self._info(item, before, sha, header)
+        kept = self._keep_replaced(item, row, before, sha) if replaces else ""
         stored = put_multipart(
             self.client,
             self.config.s3.bucket,
@@ -398,7 +461,7 @@ class BatchUploader:
             item.rel_path,
             item.key,
             bytes=before.st_size,
-            note=header.defect or "",
+            note=_notes(header.defect, kept),
             thumbnail=self._thumbnail(item, path.read_bytes, info.sha256, before.st_size),
             header_id_empty=not header.patient_id,
         )
@@ -419,17 +482,19 @@ class BatchUploader:
         return "made"
 
     def _info(
-        self, item: PlannedImage, size: int, mtime_ns: int, sha: str, header: DicomHeader
+        self, item: PlannedImage, st: os.stat_result, sha: str, header: DicomHeader
     ) -> SourceInfo:
         return SourceInfo(
             rel_path=item.rel_path,
             image_id=item.image_id,
             patient_guid=item.patient_guid,
-            size=size,
-            mtime_ns=mtime_ns,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
             sha256=sha,
             header=header,
             image_name=item.image_name,
+            ctime_ns=st.st_ctime_ns,
+            inode=st.st_ino,
         )
 
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:
@@ -438,16 +503,17 @@ class BatchUploader:
         If S3 does not confirm, the row is recorded *uploaded* (ACCEPT) and the image
         fails: what S3 holds is not proven."""
         accepted_at = now()
+        kept_at = self._kept.get(item.key, (None, ""))[0]
         try:
             etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
         except Exception as exc:
-            self.settled.add(Settled(item.key, info, ACCEPT, stored.etag, accepted_at))
+            self.settled.add(Settled(item.key, info, ACCEPT, stored.etag, accepted_at, kept_at))
             if classify(exc) is ErrorKind.CONFIG or isinstance(exc, PermanentError):
                 raise
             raise PermanentError(
                 f"uploaded, but S3 did not confirm what it stores ({describe(exc)}); not verified"
             ) from None
-        self.settled.add(Settled(item.key, info, CONFIRM, etag, accepted_at))
+        self.settled.add(Settled(item.key, info, CONFIRM, etag, accepted_at, kept_at))
 
     def flush(self) -> None:
         """Write the buffered catalog records (one transaction)."""
@@ -504,7 +570,7 @@ class BatchUploader:
         for item in items:
             with contextlib.suppress(OSError):  # reported by process()
                 stats[item.key] = os.stat(self.root / item.rel_path)
-        trusted = trusted_keys(items, rows, stats, self.trusted_since)
+        trusted = trusted_keys(items, rows, stats, self.trusted_since, self.strict, self.reread)
         guids = list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
         listings = list_patients(
             self.client, self.config.s3.bucket, guids, self.config.transfer.upload_concurrency
@@ -518,7 +584,7 @@ class BatchUploader:
                     "catalog: cannot read the other rows of this batch's patients: %s",
                     describe(exc),
                 )
-        plan = triage(items, rows, stats, trusted, listings, others)
+        plan = triage(items, rows, stats, trusted, listings, others, self.strict, self.reread)
         unrecorded: dict[str, str] = {}
         if self.images is not None and plan.unchanged:
             try:

@@ -5,6 +5,7 @@ lock every sync and verify holds, and the task that prepares the catalog before 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,6 +21,8 @@ from pdata_sync.catalog import Catalog, ClinicImages, default_catalog_url, desti
 from pdata_sync.config import ClinicConfig
 from pdata_sync.errors import describe
 from pdata_sync.keys import parse_key
+from pdata_sync.recheck import Recheck
+from pdata_sync.recheck import recheck_content as recheck
 from pdata_sync.s3_store import abort_interrupted_uploads
 
 from .credentials import catalog_password, s3_client
@@ -140,3 +143,32 @@ def prepare_catalog(config: ClinicConfig, locked_since: datetime | None = None) 
             aborted,
         )
     return aborted
+
+
+@task(name="recheck-content", cache_policy=NO_CACHE, persist_result=False)
+def recheck_content(config: ClinicConfig) -> Recheck:
+    """The rolling content check (pdata_sync.recheck): re-hash the archived files hashed
+    longest ago, 1/rehash_days of them; a file whose bytes changed with its size and mtime
+    kept is returned, for this run to read like any changed file."""
+    found = recheck(
+        clinic_images(config),
+        config.pdata_root,
+        config.transfer.rehash_days,
+        max(2, os.cpu_count() or 1),
+    )
+    logger = get_run_logger()
+    logger.info(
+        "clinic %s: %d archived file(s) hashed again (%.1f MB); %d changed in place",
+        config.clinic_id,
+        found.files,
+        found.bytes / 1e6,
+        len(found.changed),
+    )
+    if found.changed:
+        logger.warning(
+            "clinic %s: %d file(s) changed although size and mtime did not: %s",
+            config.clinic_id,
+            len(found.changed),
+            ", ".join(sorted(found.changed)[:10]),
+        )
+    return found

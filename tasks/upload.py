@@ -77,14 +77,19 @@ def upload_batch(
     batch: list[PlannedImage],
     full_run: bool = False,
     orthanc_down: Unavailable | None = None,
+    reread: frozenset[str] = frozenset(),
 ) -> BatchReport:
     """Upload one batch concurrently on one shared client; its counts and problems as data.
 
     Every upload is recorded in the catalog and verified against what S3 reports; the
     verified images then go to Orthanc when the clinic has one (a full run also sends again
-    what Orthanc rejected before; ``orthanc_down``: Orthanc cannot be used this run)."""
+    what Orthanc rejected before; ``orthanc_down``: Orthanc cannot be used this run). A full
+    run compares each file's ctime and inode too; ``reread``: paths the rolling content
+    check found changed, read whatever the catalog says."""
     client = s3_client(config.s3, config.transfer)
-    uploader = BatchUploader(config, client, clinic_images(config), flow_run.get_id())
+    uploader = BatchUploader(
+        config, client, clinic_images(config), flow_run.get_id(), strict=full_run, reread=reread
+    )
     outcomes = uploader.upload_batch(batch)
     in_orthanc = None
     if config.orthanc is not None and not uploader.fatal:

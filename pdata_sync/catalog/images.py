@@ -51,6 +51,9 @@ _CONTENT = (
     "acquisition_date",
     "source_defect",
     "image_name",
+    "source_ctime_ns",
+    "source_inode",
+    "content_checked_at",
     "retired_to",
     "retired_reason",
     "state",
@@ -269,6 +272,9 @@ class ClinicImages:
                     "acquisition_date": info.header.acquisition_date,
                     "source_defect": (info.header.defect or "")[:200] or None,
                     "image_name": None if info.image_name is None else info.image_name[:300],
+                    "source_ctime_ns": info.ctime_ns,
+                    "source_inode": None if info.inode is None else str(info.inode),
+                    "content_checked_at": t,  # its bytes were hashed for this record
                     "state": state,
                     "verified_at": t if state == VERIFIED else None,
                     "prior_state": None,
@@ -292,6 +298,7 @@ class ClinicImages:
                             "verified_at": prev.verified_at,
                             "replaced_at": t,
                             "replaced_by_flow_run_id": flow_run_id,
+                            "kept_at": rec.kept_at,
                         }
                     )
                 row = {"row_id": prev.id, **{f"v_{k}": v for k, v in values.items()}}
@@ -452,6 +459,36 @@ class ClinicImages:
                 for r in conn.execute(query.where(images.c.image_id.in_(chunk))):
                     found.append((int(r.image_id), r.key, r.image_name))
         return found
+
+    def least_recently_hashed(self, limit: int) -> list[CatalogRow]:
+        """Up to ``limit`` verified rows whose source bytes were hashed longest ago (never,
+        first): the rolling content check's slice for one run."""
+        if limit <= 0:
+            return []
+        columns = [images.c[c] for c in ROW_COLUMNS]
+        query = (
+            sa.select(*columns)
+            .where(self._mine(), images.c.state == VERIFIED)
+            .order_by(sa.nulls_first(images.c.content_checked_at.asc()), images.c.id)
+            .limit(limit)
+        )
+        with self.db.engine.connect() as conn:
+            return [CatalogRow.of(r) for r in conn.execute(query)]
+
+    def hashed(self, keys: Sequence[str], at: Any = None) -> None:
+        """The source files of these keys were hashed again and still hold the recorded
+        content: ``content_checked_at`` renewed. Not a state change (no event), like the
+        confirmation time a listing renews."""
+        if not keys:
+            return
+        t = at or now()
+        with self.db.begin() as conn:
+            for chunk in chunks(list(keys)):
+                conn.execute(
+                    sa.update(images)
+                    .where(self._mine(), images.c.key.in_(chunk))
+                    .values(content_checked_at=t)
+                )
 
     def rows(self) -> list[CatalogRow]:
         """Every image row, ordered by key."""

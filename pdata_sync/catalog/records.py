@@ -25,6 +25,8 @@ class SourceInfo:
     header: DicomHeader
     # the name from the media row ("" for a row without one); None: no row (fallback name)
     image_name: str | None = None
+    ctime_ns: int | None = None  # what else identifies the file (a full run compares them)
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Settled:
     transition: Transition
     etag: str
     uploaded_at: datetime | None = None
+    kept_at: str | None = None  # where the content this replaces was kept (retired/...)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class CatalogRow:
     state: ImageState
     # the last time S3 confirmed this content: by the upload's answer or a later listing
     confirmed_at: datetime | None = None
+    ctime_ns: int | None = None  # the file's when the row was settled (None: not recorded)
+    inode: str | None = None
 
     @classmethod
     def of(cls, r: Any) -> CatalogRow:
@@ -78,6 +83,8 @@ class CatalogRow:
             etag=r.etag,
             state=ImageState(r.state),
             confirmed_at=max(times) if times else None,
+            ctime_ns=None if r.source_ctime_ns is None else int(r.source_ctime_ns),
+            inode=r.source_inode,
         )
 
 
@@ -92,4 +99,6 @@ ROW_COLUMNS = (
     "state",
     "verified_at",
     "checked_at",
+    "source_ctime_ns",
+    "source_inode",
 )

@@ -92,6 +92,13 @@ images = sa.Table(
 sa.Index("ix_images_clinic_dest_state", images.c.clinic_id, images.c.destination, images.c.state)
 # who holds a key in a destination, whatever the clinic (a key is never shared)
 sa.Index("ix_images_dest_key", images.c.destination, images.c.key)
+# the rolling content check re-hashes the files hashed longest ago first
+sa.Index(
+    "ix_images_clinic_dest_hashed",
+    images.c.clinic_id,
+    images.c.destination,
+    images.c.content_checked_at,
+)
 
 image_history = sa.Table(
     "image_history",
@@ -106,6 +113,8 @@ image_history = sa.Table(
     sa.Column("verified_at", TS, nullable=True),
     sa.Column("replaced_at", TS, nullable=False),
     sa.Column("replaced_by_flow_run_id", sa.String(64), nullable=True),
+    # where the replaced content's object was kept (retired/...), when it was (0007)
+    sa.Column("kept_at", sa.String(1200), nullable=True),
 )
 sa.Index("ix_image_history_image", image_history.c.image_row_id)
 

@@ -140,7 +140,7 @@ def test_sync_end_to_end(setup):
         path,
         rng=random.Random(12345),
         clinic_id=clinic.clinic_id,
-        patient_id=1,
+        patient_id=int(path.parent.name.removeprefix("P_")),  # its own patient (§10)
         patient_name="X^Y",
         birth_date="19900101",
         image_id=changed["image_id"],

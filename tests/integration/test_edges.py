@@ -366,3 +366,83 @@ def test_probe_reports_how_headers_and_media_rows_relate_without_uploading(setup
     assert "Test^Edge" not in everything and "19800101" not in everything
     assert stored_objects(client) == {}  # nothing uploaded
     assert tree_snapshot(Path(clinic.pdata_root)) == before
+
+
+def _edit_in_place(path: Path) -> bytes:
+    """Change a file's last bytes (pixel data), keep its size, put back its mtime: what an
+    edit followed by ``os.utime`` leaves. Returns the new bytes."""
+    import os
+
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-16:] = bytes(255 - b for b in data[-16:])
+    with open(path, "r+b") as fh:  # in place: the same inode
+        fh.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return bytes(data)
+
+
+def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(setup):
+    """Two files edited in place, size and mtime put back. The rolling content check finds
+    one on a normal night; a full run finds the other by its ctime. Each is uploaded again,
+    with a note, and the version it replaces is kept under retired/ with the reason."""
+    from pdata_sync.uploader import KEPT_IN_PLACE
+
+    clinic, client, config, sync, tmp_path, env = setup
+    every_night = config.with_name("clinic-rehash-1.yaml")
+    every_night.write_text(
+        config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 1\n")
+    )
+    assert sync()[0] == 0
+    before = stored_objects(client)
+    single = [
+        e for e in clinic.expected if sum(x["path"] == e["path"] for x in clinic.expected) == 1
+    ]
+    by_rolling, by_full = single[0], single[1]
+    key_of = {
+        e["path"]: next(k for k in before if f"_{e['image_id']}_" in k)
+        for e in (by_rolling, by_full)
+    }
+    rolled = _edit_in_place(Path(clinic.pdata_root, by_rolling["path"]))
+    fulled = _edit_in_place(Path(clinic.pdata_root, by_full["path"]))
+
+    off = config.with_name("clinic-rehash-0.yaml")
+    off.write_text(config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 0\n"))
+    code, summary = sync(config=off)  # a night that trusts size and mtime sees nothing
+    assert code == 0 and summary["uploaded"] == 0
+    code, summary = sync(config=every_night)  # the rolling check reads every file once
+    assert code == 0, summary["failed"]
+    assert summary["content_check"]["changed"] == sorted([by_rolling["path"], by_full["path"]])
+    assert summary["content_check"]["files"] == len({e["path"] for e in clinic.expected})
+    assert summary["uploaded"] == 2
+    notes = {n["path"]: n["reason"] for n in summary["notes"]}
+    assert notes[by_rolling["path"]].startswith(f"{KEPT_IN_PLACE}; the old version is kept at ")
+    after = stored_objects(client)
+    assert after[key_of[by_rolling["path"]]] == rolled
+    assert after[key_of[by_full["path"]]] == fulled
+    kept = stored_objects(client, prefix=f"retired/{clinic.clinic_id}/")
+    assert sorted(k.split("/", 3)[3] for k in kept) == sorted(key_of.values())
+    for k, body in kept.items():
+        assert body == before[k.split("/", 3)[3]]  # the old version, byte for byte
+        meta = client.head_object(Bucket=BUCKET, Key=k)["Metadata"]
+        assert meta["retired-reason"] == KEPT_IN_PLACE
+
+
+def test_a_full_run_compares_ctime_and_inode(setup):
+    """Without the rolling check (rehash_days: 0), a file edited in place with its mtime put
+    back is found by sync --full (its ctime moved), not by a normal night."""
+    clinic, client, config, sync, tmp_path, env = setup
+    off = config.with_name("clinic-rehash-0.yaml")
+    off.write_text(config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 0\n"))
+    assert sync(config=off)[0] == 0
+    before = stored_objects(client)
+    entry = next(e for e in clinic.expected if e["path"] not in clinic.no_media_row_paths)
+    key = next(k for k in before if f"_{entry['image_id']}_" in k)
+    edited = _edit_in_place(Path(clinic.pdata_root, entry["path"]))
+    code, summary = sync(config=off)
+    assert code == 0 and summary["uploaded"] == 0 and stored_objects(client)[key] == before[key]
+    code, summary = sync("--full", config=off)
+    assert code == 0, summary["failed"]
+    assert summary["uploaded"] >= 1 and stored_objects(client)[key] == edited
+    assert summary["content_check"]["files"] == 0

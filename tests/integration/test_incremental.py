@@ -19,6 +19,7 @@ from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 import sqlalchemy as sa
 
@@ -158,6 +159,12 @@ def test_incremental_runs_read_only_what_changed_and_keep_the_archive_exact(clin
     moved = next(x for x in clinic.expected if x["path"].startswith(f"{folder_c.name}/"))
     old_moved_path = moved["path"]
     (folder_c / old_moved_path.split("/")[1]).rename(folder_d / old_moved_path.split("/")[1])
+    # a reassignment that corrects the file's own PatientID too: a header still naming c
+    # would be an identity conflict (product-rules §10), tested in test_edges.py
+    moved_file = folder_d / old_moved_path.split("/")[1]
+    ds = pydicom.dcmread(moved_file)
+    ds.PatientID = str(d)
+    ds.save_as(moved_file)
     sidexis(
         clinic, "UPDATE MediaBase SET PatientId = ? WHERE MediaBaseId = ?", d, moved["image_id"]
     )

@@ -1,8 +1,8 @@
 """An index to find who holds a key in a destination (any clinic); the image's name from its
 media row (a row that vanishes never re-keys an archived image); and what identifies a
 source file besides its size and mtime: its ctime and inode (a full run compares them) and
-when its bytes were last hashed (the rolling content check). docs/product-rules.md §2.5,
-§3.1, §8.6.
+when its bytes were last hashed (the rolling content check); where a replaced content was
+kept (image_history.kept_at). docs/product-rules.md §2.5, §3.1, §3.5.
 
 Revision ID: 0007
 Revises: 0006
@@ -28,11 +28,19 @@ def upgrade() -> None:
         batch.add_column(sa.Column("source_ctime_ns", sa.BigInteger, nullable=True))
         batch.add_column(sa.Column("source_inode", sa.String(24), nullable=True))
         batch.add_column(sa.Column("content_checked_at", TS, nullable=True))
+    with op.batch_alter_table("image_history") as batch:
+        batch.add_column(sa.Column("kept_at", sa.String(1200), nullable=True))
     op.create_index("ix_images_dest_key", "images", ["destination", "key"])
+    op.create_index(
+        "ix_images_clinic_dest_hashed", "images", ["clinic_id", "destination", "content_checked_at"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_images_clinic_dest_hashed", table_name="images")
     op.drop_index("ix_images_dest_key", table_name="images")
+    with op.batch_alter_table("image_history") as batch:
+        batch.drop_column("kept_at")
     with op.batch_alter_table("images") as batch:
         batch.drop_column("content_checked_at")
         batch.drop_column("source_inode")
