@@ -7,11 +7,11 @@ Pure functions: no I/O, no Prefect. The batches are the unit of one Prefect task
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .identity import HeaderCheck, card_digest
-from .keys import FALLBACK_NAME, parse_key, render_key
+from .keys import render_key
 from .pdata import ImageFile, Problem
 from .sidexis_db import MediaRow
 
@@ -119,9 +119,9 @@ def build_plan(
     so that nothing is silently left behind.
 
     ``archived_names``: the names images without a media row are archived under
-    (:func:`names_archived`). Such an image keeps that name: a media row that vanished (a
-    database being restored, a wrong database) never re-keys it to the fallback name. Only an
-    image that never had a name gets the fallback name.
+    (:func:`pdata_sync.outage.names_archived`). Such an image keeps that name: a media row
+    that vanished (a database being restored, a wrong database) never re-keys it to the
+    fallback name. Only an image that never had a name gets the fallback name.
 
     ``card_ids`` (each patient's CardIds) and ``header_rule`` say what each file's own
     PatientID may name (:class:`~pdata_sync.identity.HeaderCheck`, checked when the file is
@@ -204,51 +204,6 @@ def without_shared_keys(planned: list[PlannedImage]) -> tuple[list[PlannedImage]
             other = next(p for p in paths if p != path)
             conflicts.setdefault(path, Problem(path, key_conflict(key, other)))
     return [i for i in planned if i.rel_path not in conflicts], list(conflicts.values())
-
-
-def names_archived(
-    archived: Iterable[tuple[int, str, str | None]], key_template: str
-) -> dict[int, str]:
-    """image id -> the name it is archived under, for the images that had a media row when
-    they were archived, from the catalog's ``(image id, key, name)`` rows: the recorded name
-    ("" for a row without one), else (rows recorded before names were) the one its key
-    carries, unless that is the fallback name (the image never had a row, or we cannot
-    tell)."""
-    names: dict[int, str] = {}
-    for image_id, key, name in archived:
-        if name is not None:
-            names[image_id] = name
-            continue
-        fields = parse_key(key, key_template) or {}
-        from_key = fields.get("name")
-        if isinstance(from_key, str) and from_key != FALLBACK_NAME:
-            names.setdefault(image_id, from_key)
-    return names
-
-
-@dataclass(frozen=True)
-class DatabaseCheck:
-    """What the database no longer says about images the archive holds: a media row
-    vanished (``media``: image id -> the name it is archived under), or the patient row
-    (``patient_images``: archived images of patients no longer in the patient table)."""
-
-    media: Mapping[int, str]
-    patient_images: int
-    archived: int  # the clinic's archived objects (what the safety limit is relative to)
-
-    def problem(self, limit: int, media_table: str, patient_table: str) -> str | None:
-        """The one line that stops a run before any upload, when more rows vanished than the
-        safety limit allows (``limit``); None when the run may go on."""
-        vanished = len(self.media) + self.patient_images
-        if vanished <= limit:
-            return None
-        return (
-            f"database: {len(self.media)} archived image(s) have no row in {media_table} and "
-            f"{self.patient_images} archived image(s) no patient row in {patient_table} any "
-            f"more, more than the safety limit allows ({limit} of {self.archived}); is the "
-            "database being restored, or is it another database? Nothing was uploaded or "
-            "retired"
-        )
 
 
 def make_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
 from pdata_sync.config import ClinicConfig
+from pdata_sync.outage import DatabaseCheck, database_check
 from pdata_sync.pdata import (
     ImageFile,
     PatientFolder,
@@ -19,7 +20,6 @@ from pdata_sync.pdata import (
     scan_images,
     scan_patient_folders,
 )
-from pdata_sync.plan import DatabaseCheck, names_archived
 from pdata_sync.retirement import ARCHIVED
 from pdata_sync.sidexis_db import (
     MediaRow,
@@ -129,25 +129,6 @@ class Media:
     check: DatabaseCheck
 
 
-def database_check(
-    config: ClinicConfig, no_media_row: list[int], no_patient_row: list[int]
-) -> DatabaseCheck:
-    """Which of these images (without a media row; of patients without a patient row) the
-    catalog holds: rows that vanished from the database, not images that never had one."""
-    if not no_media_row and not no_patient_row:
-        return DatabaseCheck({}, 0, 0)
-    images = clinic_images(config)
-    archived = images.archived_images([*no_media_row, *no_patient_row])
-    lost_media = set(no_media_row)
-    names = names_archived((a for a in archived if a[0] in lost_media), config.s3.key_template)
-    lost_patient = set(no_patient_row)
-    patient_images = len({a[0] for a in archived if a[0] in lost_patient})
-    if not names and not patient_images:
-        return DatabaseCheck({}, 0, 0)
-    counts = images.state_counts()
-    return DatabaseCheck(names, patient_images, sum(counts[s] for s in counts if s in ARCHIVED))
-
-
 @task(name="lookup-media", cache_policy=NO_CACHE, persist_result=False)
 def lookup_media(
     config: ClinicConfig, image_ids: list[int], no_patient_row: list[int] | None = None
@@ -156,7 +137,12 @@ def lookup_media(
     lost their media row or (``no_patient_row``: images of patients the patient table no
     longer has) their patient row."""
     rows = fetch_media(engine_of(config), config.database, image_ids)
-    check = database_check(config, [i for i in image_ids if i not in rows], no_patient_row or [])
+    check = database_check(
+        clinic_images(config),
+        config.s3.key_template,
+        [i for i in image_ids if i not in rows],
+        no_patient_row or [],
+    )
     logger = get_run_logger()
     logger.info("%d media rows found for %d images", len(rows), len(image_ids))
     if check.media or check.patient_images:

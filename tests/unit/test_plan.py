@@ -133,7 +133,8 @@ def test_an_image_whose_media_row_vanished_keeps_the_name_it_is_archived_under()
     """The catalog knows image 10 as "OPG" and image 11 by a key that carries "Bite" (a row
     from before names were recorded); image 12 never had a row (its key says unnamed), and
     image 13's row had no name. Only 12 gets the fallback name with the usual note."""
-    from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED, names_archived
+    from pdata_sync.outage import names_archived
+    from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
 
     archived = names_archived(
         [
