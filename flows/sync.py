@@ -42,7 +42,7 @@ from pdata_sync.plan import SKIP_PATIENT_UNRESOLVED, build_plan, make_batches, r
 from pdata_sync.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it here
 from pdata_sync.report import OrthancCounts, RunSummary
 from pdata_sync.retirement import SafetyLimit, source_view
-from pdata_sync.sidexis_db import SKIP_PATIENT_NOT_IN_DB, qualified
+from pdata_sync.sidexis_db import qualified
 from tasks.catalog import clinic_lock, open_catalog, prepare_catalog, recheck_content
 from tasks.changes import detect_changes, record_changes
 from tasks.resolve import resolve_card_ids
@@ -151,11 +151,7 @@ def _sync(
     summary.patients_resolved = len(patients.guids)
 
     wanted = patients.wanted(scan.images)
-    no_patient_row = [
-        i.image_id
-        for i in scan.images
-        if lookup.skipped.get(i.patient_id) == SKIP_PATIENT_NOT_IN_DB
-    ]
+    no_patient_row = lookup.images_without_patient_row(scan.images)
     media = lookup_media(config, quote(patients.media_ids(wanted)), quote(no_patient_row))
     # a database that answers with empty tables for a night stops here, before any upload
     database_problem = media.check.problem(

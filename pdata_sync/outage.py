@@ -27,9 +27,9 @@ def names_archived(
     carries, unless that is the fallback name (the image never had a row, or we cannot
     tell)."""
     names: dict[int, str] = {}
-    for image_id, key, name in archived:
+    for image_id, key, name in archived:  # the first name found wins (this bucket's first)
         if name is not None:
-            names[image_id] = name
+            names.setdefault(image_id, name)
             continue
         fields = parse_key(key, key_template) or {}
         from_key = fields.get("name")

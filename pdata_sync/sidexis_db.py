@@ -32,6 +32,13 @@ class PatientLookup:
     card_ids: dict[int, list[str]] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
 
+    def images_without_patient_row(self, images: Iterable[Any]) -> list[int]:
+        """The image ids of ``images`` (anything with ``patient_id`` and ``image_id``) whose
+        patient the patient table does not hold."""
+        return [
+            i.image_id for i in images if self.skipped.get(i.patient_id) == SKIP_PATIENT_NOT_IN_DB
+        ]
+
 
 @dataclass(frozen=True)
 class MediaRow:

@@ -447,12 +447,16 @@ class ClinicImages:
         return [found[k] for k in sorted(found)]
 
     def archived_images(self, image_ids: Iterable[int]) -> list[tuple[int, str, str | None]]:
-        """(image id, key, image name) of every row of these images that is not retired:
-        what the archive holds of them, and the name their media row gave them (None: no
-        row, or recorded before names were)."""
+        """(image id, key, image name) of every row of these images that is not retired, in
+        any of the clinic's destinations, this one's first: what the archive holds of them,
+        and the name their media row gave them (None: no row, or recorded before names
+        were). A name is the image's, whichever bucket it was archived in."""
         found: list[tuple[int, str, str | None]] = []
-        query = sa.select(images.c.image_id, images.c.key, images.c.image_name).where(
-            self._mine(), images.c.state != RETIRED
+        here = images.c.destination == self.destination
+        query = (
+            sa.select(images.c.image_id, images.c.key, images.c.image_name)
+            .where(images.c.clinic_id == self.clinic_id, images.c.state != RETIRED)
+            .order_by(sa.case((here, 0), else_=1), images.c.id)
         )
         with self.db.engine.connect() as conn:
             for chunk in chunks(sorted(set(image_ids))):

@@ -2,11 +2,13 @@
 happens to a clinic's archive, against real SeaweedFS, the real resolver server and a real
 SQLite catalog, with the invariants checked after every step.
 
-Steps: add / change / delete / touch a source file; delete or overwrite an object behind the
-product's back; a sync while a file is briefly empty; switch the bucket; a sync killed at a
-random moment; a sync; a verify; two syncs at once. Syncs run in-process without Prefect
-(tests/support/pipeline.py: the flows' core functions in the flows' order), so hundreds of
-them fit in seconds.
+Steps: add / change / delete / touch a source file; edit one in place keeping its size and
+mtime; delete or overwrite an object behind the product's back; a sync while a file is
+briefly empty; the media table emptied for a while (a database being restored); a catalog
+written by a clock that ran ahead; another clinic claiming one of the keys; switch the
+bucket; a sync killed at a random moment; a sync; a full sync; a verify; two syncs at once.
+Syncs run in-process without Prefect (tests/support/pipeline.py: the flows' core functions
+in the flows' order), so hundreds of them fit in seconds.
 
 ``make test`` runs :data:`SEQUENCES` sequences of :data:`STEPS` steps from fixed seeds; a
 longer run (docs/adr/0006 records its figures):
@@ -21,10 +23,12 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,7 @@ from pdata_sync.catalog import (
     UPLOADED,
     VERIFIED,
     Catalog,
+    PendingItem,
     image_events,
 )
 from pdata_sync.catalog import image_history as history_table
@@ -48,6 +53,7 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.errors import ClinicBusyError
+from pdata_sync.keys import FALLBACK_NAME, parse_key
 from pdata_sync.uploader import FAILED, REJECTED
 from pdata_sync.uploader import UPLOADED as OUT_UPLOADED
 from tests.conftest import BUCKET, load_mapping, make_clinic, record_model_run
@@ -62,6 +68,12 @@ OPS = (
     "change",
     "delete",
     "touch",
+    "edit_in_place",
+    "vanish_media",
+    "restore_media",
+    "future_clock",
+    "foreign_row",
+    "full_sync",
     "s3_delete",
     "s3_overwrite",
     "empty_during_sync",
@@ -97,6 +109,11 @@ class World:
     events: int = 0
     history: int = 0
     steps: int = 0
+    # files edited in place (size and mtime kept) that no sync has re-read yet
+    edited: set[str] = field(default_factory=set)
+    media_saved: Path | None = None  # the database before its media table was emptied
+    named: dict[int, str] = field(default_factory=dict)  # image id -> its name then, in S3
+    future_keys: set[str] = field(default_factory=set)  # rows dated by a clock ahead
 
     @property
     def config(self):
@@ -122,6 +139,16 @@ def objects(client, bucket: str) -> dict[str, dict]:
         for o in page.get("Contents", []):
             out[o["Key"]] = {"size": o["Size"], "etag": o["ETag"].strip('"')}
     return out
+
+
+def retired_objects(client, bucket: str) -> set[str]:
+    return {
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="retired/"
+        )
+        for o in page.get("Contents", [])
+    }
 
 
 def body(client, bucket: str, key: str) -> bytes:
@@ -152,20 +179,54 @@ def check_invariants(world: World, catalog: Catalog, client) -> None:
     with catalog.engine.connect() as conn:
         events = conn.execute(sa.select(sa.func.count()).select_from(image_events)).scalar()
         history = conn.execute(sa.select(sa.func.count()).select_from(history_table)).scalar()
+        # a key is one image's: never recorded for two (clinic, image id) in a destination
+        holders = conn.execute(
+            sa.text(
+                "SELECT destination, key, count(DISTINCT clinic_id || ':' || image_id) "
+                "FROM images GROUP BY destination, key HAVING count(DISTINCT clinic_id || "
+                "':' || image_id) > 1"
+            )
+        ).all()
+        kept = conn.execute(
+            sa.select(history_table.c.kept_at, history_table.c.sha256).where(
+                history_table.c.kept_at.is_not(None)
+            )
+        ).all()
+    assert not holders, f"keys recorded for two images: {holders}"
     assert events >= world.events and history >= world.history, "history was lost"
     world.events, world.history = events, history
+    # nothing is overwritten without a copy: every replaced content is kept where its
+    # history row says, with those bytes
+    for kept_at, digest in kept:
+        found = [b for b in (BUCKET, OTHER_BUCKET) if kept_at in retired_objects(client, b)]
+        assert found, f"replaced content not kept at {kept_at}"
+        assert sha(body(client, found[0], kept_at)) == digest, kept_at
 
 
-def check_clean_sync(world: World, catalog: Catalog, client, result: pipeline.SyncResult) -> None:
+def check_clean_sync(
+    world: World, catalog: Catalog, client, result: pipeline.SyncResult, full: bool = False
+) -> None:
     """After a sync without faults: every planned object is in S3 with the file's bytes
-    and its row is verified; nothing failed; no row is left pending or unconfirmed."""
+    and its row is verified; nothing failed; no row is left pending or unconfirmed. A sync
+    the database check stopped uploaded and retired nothing."""
+    if result.stopped:
+        assert world.media_saved is not None, result.stopped  # only an outage stops it
+        assert result.outcomes == [] and result.retirement is None
+        return
     assert result.by_status(FAILED) == [], result.by_status(FAILED)
+    assert result.failed == [], result.failed
     cfg = world.config
     rows = {r.key: r for r in pipeline.images_of(catalog, cfg).rows()}
-    unseen = world.tampered.get(world.bucket, set())
+    # a confirmation dated by a clock ahead vouches for nothing: those keys were listed
+    unseen = world.tampered.get(world.bucket, set()) - world.future_keys
+    # a file edited in place is seen once the rolling check re-reads it; every one when it
+    # re-reads every file (rehash_days 1) or in a full run (its ctime moved)
+    reread = set(result.recheck.changed) if result.recheck else set()
+    every = full or cfg.transfer.rehash_days == 1
+    unread = set() if every else world.edited - reread
     rejected = {o.key for o in result.by_status(REJECTED)}
     for item in result.planned:
-        if item.key in rejected or item.key in unseen:
+        if item.key in rejected or item.key in unseen or item.rel_path in unread:
             continue
         data = (world.root / item.rel_path).read_bytes()
         assert body(client, world.bucket, item.key) == data, item.key
@@ -177,8 +238,21 @@ def check_clean_sync(world: World, catalog: Catalog, client, result: pipeline.Sy
     assert result.retirement is not None and result.retirement.tripped is None
     assert stored <= {i.key for i in result.planned}, stored - {i.key for i in result.planned}
     assert not [r.key for r in rows.values() if r.state == RETIRED and r.key in stored]
+    # one object per image and patient: a database outage never doubles the archive
+    per_image: dict[tuple[str, int], list[str]] = {}
+    for key in stored:
+        fields = parse_key(key, cfg.s3.key_template)
+        per_image.setdefault((key.split("/")[1], fields["image_id"]), []).append(key)
+    assert not {k: v for k, v in per_image.items() if len(v) > 1}, per_image
+    if world.media_saved is not None:  # media rows missing: no image is re-keyed
+        for key in stored:
+            fields = parse_key(key, cfg.s3.key_template)
+            was = world.named.get(fields["image_id"])
+            assert was is None or fields["name"] == was, f"{key} was named {was}"
+    world.edited = set() if every else world.edited - reread
     # what this sync uploaded is no longer unseen
     world.tampered[world.bucket] = unseen - {o.key for o in result.by_status(OUT_UPLOADED)}
+    world.future_keys -= {o.key for o in result.by_status(OUT_UPLOADED)}
     if cfg.transfer.recheck_days == 0:  # every planned patient's prefix was listed
         listed = {item.patient_guid for item in result.planned}
         world.tampered[world.bucket] = {
@@ -241,6 +315,56 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
             return
         ds.ImageComments = f"revised {rng.random()}"
         ds.save_as(path)
+    elif op == "edit_in_place" and (path := planned_file(world)):
+        st = path.stat()
+        data = bytearray(path.read_bytes())
+        data[-8:] = bytes(255 - b for b in data[-8:])  # pixels: same size
+        with open(path, "r+b") as fh:
+            fh.write(data)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        world.edited.add(str(path.relative_to(world.root)))
+    elif op == "vanish_media" and world.media_saved is None:
+        world.named = {}
+        for key in objects(client, world.bucket):
+            fields = parse_key(key, cfg.s3.key_template)
+            if fields["name"] != FALLBACK_NAME:
+                world.named[fields["image_id"]] = fields["name"]
+        db = Path(cfg.database.url.removeprefix("sqlite:///"))
+        world.media_saved = db.with_name("sidexis-saved.sqlite")
+        shutil.copyfile(db, world.media_saved)
+        with closing(sqlite3.connect(db)) as conn:
+            if rng.random() < 0.5:  # the whole table (a restore), or a few rows
+                conn.execute("DELETE FROM MediaBase")
+            else:
+                ids = [r[0] for r in conn.execute("SELECT MediaBaseId FROM MediaBase")]
+                for image_id in rng.sample(ids, min(len(ids), rng.randint(1, 3))):
+                    conn.execute("DELETE FROM MediaBase WHERE MediaBaseId = ?", (image_id,))
+            conn.commit()
+    elif op == "restore_media" and world.media_saved is not None:
+        db = Path(cfg.database.url.removeprefix("sqlite:///"))
+        shutil.copyfile(world.media_saved, db)
+        world.media_saved = None
+    elif op == "future_clock":
+        with catalog.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE images SET verified_at = :t, checked_at = :t"),
+                {"t": "2099-01-01 00:00:00"},
+            )
+            keys = {r[0] for r in conn.execute(sa.text("SELECT key FROM images"))}
+        world.future_keys |= keys
+    elif op == "foreign_row":
+        mine = [r for r in pipeline.images_of(catalog, cfg).rows() if r.state == VERIFIED]
+        if not mine:
+            return
+        row = rng.choice(mine)
+        other = catalog.images("other-clinic", pipeline.images_of(catalog, cfg).destination)
+        claim = PendingItem(row.key, "P_9/0000_9.dcm", 999_999_999, row.patient_guid)
+        refused = other.begin_upload([claim], f"other-{world.steps}")
+        assert set(refused) == {row.key}, refused
+        assert pipeline.images_of(catalog, cfg).lookup([row.key])[row.key] == row
+    elif op == "full_sync":
+        result = pipeline.sync(catalog, cfg, f"run-{world.steps}", client, full=True)
+        check_clean_sync(world, catalog, client, result, full=True)
     elif op == "touch" and (path := planned_file(world)):
         os.utime(path, ns=(time.time_ns(), time.time_ns() + rng.randrange(1, 10**9)))
     elif op in ("s3_delete", "s3_overwrite"):
@@ -314,6 +438,7 @@ def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
             endpoint=seaweed.endpoint,
             state_dir=tmp / "state",
             recheck_days=rng.choice([0, 7]),
+            rehash_days=rng.choice([1, 30]),
             batch_size=rng.choice([3, 50]),
             max_attempts=2,
         )

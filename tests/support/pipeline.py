@@ -9,12 +9,14 @@ from typing import Any
 from pdata_sync.catalog import Catalog, ClinicImages, destination_of
 from pdata_sync.config import ClinicConfig
 from pdata_sync.keys import parse_key
+from pdata_sync.outage import DatabaseCheck, database_check
 from pdata_sync.pdata import Problem, scan_images, scan_patient_folders
 from pdata_sync.plan import Plan, PlannedImage, build_plan, make_batches, resolve_patients
+from pdata_sync.recheck import Recheck, recheck_content
 from pdata_sync.resolver import ResolverClient
 from pdata_sync.retirement import RetireReport, SafetyLimit, retire, source_view
 from pdata_sync.s3_store import abort_interrupted_uploads, make_client
-from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine
+from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine, qualified
 from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 from pdata_sync.verify import Drift, verify_catalog
 
@@ -24,6 +26,9 @@ class SyncResult:
     planned: list[PlannedImage] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     retirement: RetireReport | None = None
+    recheck: Recheck | None = None
+    stopped: str = ""  # why the run stopped before any upload (the database check)
+    failed: list[Problem] = field(default_factory=list)  # planning's failures (conflicts)
 
     def by_status(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -53,12 +58,15 @@ class Found:
     skipped: dict
     patients: Any
     plan: Plan
+    stopped: str = ""  # the database check stopped the run
 
 
-def find(config: ClinicConfig) -> Found:
-    """What a sync of ``config`` finds in PDATA, the database and the resolver."""
-    folders, _, _ = scan_patient_folders(config.pdata_root)
-    files, _, problems = scan_images(config.pdata_root, folders)
+def find(config: ClinicConfig, images: ClinicImages | None = None) -> Found:
+    """What a sync of ``config`` finds in PDATA, the database and the resolver (``images``:
+    the clinic's catalog rows, for the database check)."""
+    folders, _, problems = scan_patient_folders(config.pdata_root)
+    files, _, image_problems = scan_images(config.pdata_root, folders)
+    problems += image_problems
     engine = make_engine(config.database)
     try:
         lookup = fetch_patients(engine, config.database, sorted({f.patient_id for f in folders}))
@@ -67,9 +75,25 @@ def find(config: ClinicConfig) -> Found:
             resolved = resolver.resolve(cards)
         patients = resolve_patients(lookup.card_ids, resolved.mapping, resolved.failed)
         wanted = patients.wanted(files)
-        media = fetch_media(engine, config.database, patients.media_ids(wanted))
+        ids = patients.media_ids(wanted)
+        media = fetch_media(engine, config.database, ids)
     finally:
         engine.dispose()
+    check = (
+        database_check(
+            images,
+            config.s3.key_template,
+            [i for i in ids if i not in media],
+            lookup.images_without_patient_row(files),
+        )
+        if images is not None
+        else DatabaseCheck({}, 0, 0)
+    )
+    stopped = check.problem(
+        SafetyLimit.of(config).limit(check.archived),
+        qualified(config.database, config.database.media_table),
+        qualified(config.database, config.database.patient_table),
+    )
     plan_ = build_plan(
         images=wanted,
         patient_guids=patients.guids,
@@ -77,8 +101,11 @@ def find(config: ClinicConfig) -> Found:
         media=media,
         clinic_id=config.clinic_id,
         key_template=config.s3.key_template,
+        archived_names=check.media,
+        card_ids=lookup.card_ids,
+        header_rule=config.database.header_patient_id,
     )
-    return Found(folders, files, problems, dict(lookup.skipped), patients, plan_)
+    return Found(folders, files, problems, dict(lookup.skipped), patients, plan_, stopped or "")
 
 
 def plan(config: ClinicConfig) -> list[PlannedImage]:
@@ -86,18 +113,39 @@ def plan(config: ClinicConfig) -> list[PlannedImage]:
     return find(config).plan.images
 
 
-def sync(catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None) -> SyncResult:
-    """A sync under the clinic's lock (raises ClinicBusyError like the flow refuses)."""
+def sync(
+    catalog: Catalog, config: ClinicConfig, run_id: str, client: Any = None, full: bool = False
+) -> SyncResult:
+    """A sync under the clinic's lock (raises ClinicBusyError like the flow refuses);
+    ``full``: ``sync --full`` (ctime and inode compared, S3 listed)."""
     client = client or make_client(config.s3, config.transfer)
+    if full:
+        config = config.model_copy(
+            update={"transfer": config.transfer.model_copy(update={"recheck_days": 0})}
+        )
     result = SyncResult()
     with catalog.lock(config.clinic_id, "sync", run_id) as lock:
         abort_interrupted_uploads(
             client, config.s3.bucket, "images/", belongs(config), lock.acquired_at
         )
-        found = find(config)
+        result.recheck = recheck_content(
+            images_of(catalog, config), config.pdata_root, config.transfer.rehash_days, 2
+        )
+        found = find(config, images_of(catalog, config))
+        if found.stopped:
+            result.stopped = found.stopped
+            return result
         result.planned = found.plan.images
+        result.failed = found.plan.failed
         for batch in make_batches(result.planned, config.transfer.batch_size):
-            uploader = BatchUploader(config, client, images_of(catalog, config), run_id)
+            uploader = BatchUploader(
+                config,
+                client,
+                images_of(catalog, config),
+                run_id,
+                strict=full,
+                reread=result.recheck.changed,
+            )
             result.outcomes += uploader.upload_batch(batch)
         if any(o.fatal for o in result.outcomes):
             return result
