@@ -7,6 +7,7 @@
 #   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
 #   make bench-fleet  - a night of 200 clinics on one Prefect server on PostgreSQL (bench/fleet.py)
 #   make bench-datapath - upload data paths side by side against s5cmd (bench/datapath.py)
+#   make bench-rehash - the rolling content check's cost per night at 100,000 files (bench/rehash.py)
 # Dependencies: `make lock` re-resolves requirements.lock from pyproject.toml (after changing
 # a dependency there), then reinstalls .venv from it; run `make test` after.
 PYTHON ?= python3.11
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := .bench-venv/.installed
 
-.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet bench-datapath
+.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet bench-datapath bench-rehash
 
 setup: $(STAMP)
 
@@ -46,6 +47,9 @@ bench-huge: $(STAMP)
 
 bench-fleet: $(STAMP)
 	$(VENV)/bin/python bench/fleet.py
+
+bench-rehash: $(STAMP)
+	$(VENV)/bin/python bench/rehash.py
 
 bench-datapath: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/datapath.py
