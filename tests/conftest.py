@@ -8,7 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +64,55 @@ def clinic_yaml(path: Path, clinic: Manifest, resolver, seaweed, **settings) -> 
         data.update(settings)
         config.write_text(yaml.safe_dump(data))
     return config
+
+
+@dataclass
+class Site:
+    """A generated clinic synced through the CLI (``pdata-sync sync --json`` as a
+    subprocess) against the session's SeaweedFS, a resolver and a Prefect server."""
+
+    clinic: Manifest
+    client: Any
+    resolver: ResolverServer
+    config: Path
+    env: dict[str, str]
+    tmp_path: Path
+
+    def variant(self, name: str, **settings: Any) -> Path:
+        """The clinic's config with ``settings`` changed (a dict value changes keys of that
+        section) in another file beside it; ``self.config`` stays as it is."""
+        import yaml
+
+        data = yaml.safe_load(self.config.read_text())
+        for key, value in settings.items():
+            if isinstance(value, dict):
+                data.setdefault(key, {}).update(value)
+            else:
+                data[key] = value
+        path = self.config.with_name(f"{name}.yaml")
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def sync(self, *extra: str, config: Path | None = None) -> tuple[int, dict]:
+        """Exit code and summary of one sync (exit 0 or 1: a summary is printed)."""
+        out = run_cli(["sync", "--config", str(config or self.config), "--json", *extra], self.env)
+        assert out.returncode in (0, 1), out.stderr[-3000:]
+        return out.returncode, json.loads(out.stdout)
+
+
+@pytest.fixture
+def site(tmp_path, seaweed, prefect_server) -> Iterator[Site]:
+    """A small clinic (tests/conftest.make_clinic) and an empty bucket, emptied after."""
+    from pdata_sync.demo.seaweed import empty_bucket
+
+    clinic = make_clinic(tmp_path / "clinic")
+    client = seaweed.client()
+    empty_bucket(client, BUCKET)
+    with ResolverServer(load_mapping(clinic)) as resolver:
+        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
+        env = {**prefect_server.env(), **seaweed.env()}
+        yield Site(clinic, client, resolver, config, env, tmp_path)
+    empty_bucket(client, BUCKET)
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:

@@ -11,32 +11,10 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
-from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import parse_key
 from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
 from pdata_sync.probe import CARD, FOLDER, NEITHER
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
-
-
-@pytest.fixture
-def setup(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic")
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
-        env = {**prefect_server.env(), **seaweed.env()}
-
-        def sync(*extra: str, config=config) -> tuple[int, dict]:
-            out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
-            assert out.returncode in (0, 1), out.stderr[-3000:]
-            return out.returncode, json.loads(out.stdout)
-
-        yield clinic, client, config, sync, tmp_path, env
-    empty_bucket(client, BUCKET)
+from tests.conftest import BUCKET, run_cli, stored_objects
 
 
 def sidexis(clinic, *statements: tuple) -> None:
@@ -47,12 +25,15 @@ def sidexis(clinic, *statements: tuple) -> None:
         db.commit()
 
 
-def test_a_database_answering_with_an_empty_media_table_uploads_nothing(setup):
+def test_a_database_answering_with_an_empty_media_table_uploads_nothing(site):
     """MediaBase empty for a night (a restore in progress): the run fails before any upload,
     in one line naming the table and the count; nothing is re-keyed to the fallback name,
     nothing retired. With the table back, the archive is what it was: no image twice. A
     single row that vanishes keeps its image under the name it was archived with."""
-    clinic, client, config, sync, tmp_path, env = setup
+    clinic = site.clinic
+    client = site.client
+    tmp_path = site.tmp_path
+    sync = site.sync
     assert sync()[0] == 0
     before = stored_objects(client)
     saved = tmp_path / "sidexis-backup.sqlite"
@@ -95,11 +76,13 @@ def test_a_database_answering_with_an_empty_media_table_uploads_nothing(setup):
     assert not [k for k in before if f"_{image_id}_unnamed" in k]
 
 
-def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(setup):
+def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(site):
     """A bucket shared with another clinic (or tool) that wrote at this image's key: a new
     worker (no catalog) finds other bytes there whose metadata name another clinic's image.
     The image fails as a key conflict and the other object stays as it was."""
-    clinic, client, config, sync, tmp_path, env = setup
+    client = site.client
+    tmp_path = site.tmp_path
+    sync = site.sync
     assert sync()[0] == 0
     before = stored_objects(client)
     key = sorted(before)[0]
@@ -120,11 +103,14 @@ def test_an_object_another_clinic_wrote_at_the_key_is_never_overwritten(setup):
     assert summary["uploaded"] == 0 and summary["unchanged"] == len(before) - 1
 
 
-def test_every_path_is_under_one_outcome_and_verify_counts_retired_rows(setup):
+def test_every_path_is_under_one_outcome_and_verify_counts_retired_rows(site):
     """An empty file without a media row is rejected, and only that: no note says it was
     uploaded under the fallback name. After an image is retired, verify counts the retired
     row and does not call it "not yet verified"."""
-    clinic, client, config, sync, tmp_path, env = setup
+    clinic = site.clinic
+    config = site.config
+    env = site.env
+    sync = site.sync
     folder = Path(clinic.pdata_root, clinic.expected[0]["path"]).parent  # a resolved patient
     empty = folder / "0000_987654.dcm"  # no media row has this id
     empty.write_bytes(b"")
@@ -147,7 +133,7 @@ def test_every_path_is_under_one_outcome_and_verify_counts_retired_rows(setup):
     assert drift["unverified"] == [] and drift["retired"] == len(summary["retired"])
 
 
-def test_a_clock_that_ran_ahead_is_not_trusted(setup):
+def test_a_clock_that_ran_ahead_is_not_trusted(site):
     """The worker's clock ran a month ahead when the catalog was written (a restored VM):
     the last full run and every confirmation are dated in the future. Meanwhile an object
     was changed behind the product's back. The next run does not trust those dates: it is a
@@ -157,9 +143,10 @@ def test_a_clock_that_ran_ahead_is_not_trusted(setup):
     from pdata_sync.catalog import Catalog, default_catalog_url
     from pdata_sync.changes import WHY_FUTURE
 
-    clinic, client, config, sync, tmp_path, env = setup
-    incremental = config.with_name("clinic-incremental.yaml")
-    incremental.write_text(config.read_text() + "incremental: true\n")
+    client = site.client
+    tmp_path = site.tmp_path
+    sync = site.sync
+    incremental = site.variant("clinic-incremental", incremental=True)
     assert sync(config=incremental)[0] == 0
     before = stored_objects(client)
     ahead = "2099-01-01 00:00:00"
@@ -179,11 +166,14 @@ def test_a_clock_that_ran_ahead_is_not_trusted(setup):
     assert stored_objects(client) == before
 
 
-def test_an_empty_share_and_a_folder_turned_link_are_reported_never_taken_for_deletions(setup):
+def test_an_empty_share_and_a_folder_turned_link_are_reported_never_taken_for_deletions(site):
     """The share is not mounted (its mount point is an empty folder): the run fails with
     "share empty: mounted?" instead of ending Completed with 0 folders. A patient folder
     replaced by a dangling link is failed by name, and its images stay archived."""
-    clinic, client, config, sync, tmp_path, env = setup
+    clinic = site.clinic
+    client = site.client
+    tmp_path = site.tmp_path
+    sync = site.sync
     assert sync()[0] == 0
     before = stored_objects(client)
     pdata = Path(clinic.pdata_root)
@@ -214,11 +204,15 @@ def test_an_empty_share_and_a_folder_turned_link_are_reported_never_taken_for_de
     assert stored_objects(client) == before
 
 
-def test_a_catalog_cut_to_zero_or_damaged_stops_the_run_until_a_person_decides(setup):
+def test_a_catalog_cut_to_zero_or_damaged_stops_the_run_until_a_person_decides(site):
     """The catalog is the proof of what S3 holds. A file cut to zero bytes or damaged is
     refused in one line (exit 2), by sync and verify, instead of silently becoming a new,
     empty catalog. ``sync --new-catalog`` sets it aside, keeps it, and starts over."""
-    clinic, client, config, sync, tmp_path, env = setup
+    client = site.client
+    config = site.config
+    tmp_path = site.tmp_path
+    env = site.env
+    sync = site.sync
     assert sync()[0] == 0
     before = stored_objects(client)
     catalog = tmp_path / "state" / "catalog.sqlite"
@@ -288,12 +282,14 @@ def _image(clinic, folder: str, image_id: int, header_patient_id: str) -> str:
     return f"{folder}/{path.name}"
 
 
-def test_a_file_whose_header_names_another_patient_is_never_archived_under_this_one(setup):
+def test_a_file_whose_header_names_another_patient_is_never_archived_under_this_one(site):
     """A file of patient A copied into patient B's folder, with a media row saying B: its
     header's PatientID names A. It fails as an identity conflict naming B's folder (and A,
     a Sidexis id with a folder), is never uploaded, and nothing names a CardId. An empty
     PatientID is accepted and counted. With the check off, the copy is archived."""
-    clinic, client, config, sync, tmp_path, env = setup
+    clinic = site.clinic
+    client = site.client
+    sync = site.sync
     folders = sorted({e["path"].split("/")[0] for e in clinic.expected})
     b_folder, a_folder = folders[0], folders[1]
     a_id, b_id = int(a_folder.removeprefix("P_")), int(b_folder.removeprefix("P_"))
@@ -314,22 +310,23 @@ def test_a_file_whose_header_names_another_patient_is_never_archived_under_this_
     assert not [k for k in keys if "_990001_" in k]
     assert [k for k in keys if "_990002_" in k]  # the empty PatientID: archived
 
-    off = config.with_name("clinic-header-off.yaml")
-    text = config.read_text().replace("database:\n", "database:\n  header_patient_id: 'off'\n")
-    off.write_text(text)
+    off = site.variant("clinic-header-off", database={"header_patient_id": "off"})
     code, summary = sync(config=off)
     assert code == 0, summary["failed"]
     assert [k for k in stored_objects(client) if "_990001_" in k]
 
 
-def test_probe_reports_how_headers_and_media_rows_relate_without_uploading(setup):
+def test_probe_reports_how_headers_and_media_rows_relate_without_uploading(site):
     """``pdata-sync probe`` on the demo clinic (whose files carry the Sidexis id) with one
     file copied from another patient and one whose PatientID is that patient's CardId: the
     counts say so, the suggested rule is folder_or_card, the copy is listed by path, and no
     CardId or patient name appears anywhere. Nothing is uploaded; the share is unchanged."""
     from tests.conftest import tree_snapshot
 
-    clinic, client, config, sync, tmp_path, env = setup
+    clinic = site.clinic
+    client = site.client
+    config = site.config
+    env = site.env
     folders = sorted({e["path"].split("/")[0] for e in clinic.expected})
     b_folder, a_folder = folders[0], folders[1]
     copied = _image(clinic, b_folder, 990001, a_folder.removeprefix("P_"))
@@ -383,17 +380,16 @@ def _edit_in_place(path: Path) -> bytes:
     return bytes(data)
 
 
-def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(setup):
+def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(site):
     """Two files edited in place, size and mtime put back. The rolling content check finds
     one on a normal night; a full run finds the other by its ctime. Each is uploaded again,
     with a note, and the version it replaces is kept under retired/ with the reason."""
     from pdata_sync.uploader import KEPT_IN_PLACE
 
-    clinic, client, config, sync, tmp_path, env = setup
-    every_night = config.with_name("clinic-rehash-1.yaml")
-    every_night.write_text(
-        config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 1\n")
-    )
+    clinic = site.clinic
+    client = site.client
+    sync = site.sync
+    every_night = site.variant("clinic-rehash-1", transfer={"rehash_days": 1})
     assert sync()[0] == 0
     before = stored_objects(client)
     single = [
@@ -407,8 +403,7 @@ def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(setup):
     rolled = _edit_in_place(Path(clinic.pdata_root, by_rolling["path"]))
     fulled = _edit_in_place(Path(clinic.pdata_root, by_full["path"]))
 
-    off = config.with_name("clinic-rehash-0.yaml")
-    off.write_text(config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 0\n"))
+    off = site.variant("clinic-rehash-0", transfer={"rehash_days": 0})
     code, summary = sync(config=off)  # a night that trusts size and mtime sees nothing
     assert code == 0 and summary["uploaded"] == 0
     code, summary = sync(config=every_night)  # the rolling check reads every file once
@@ -429,12 +424,13 @@ def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(setup):
         assert meta["retired-reason"] == KEPT_IN_PLACE
 
 
-def test_a_full_run_compares_ctime_and_inode(setup):
+def test_a_full_run_compares_ctime_and_inode(site):
     """Without the rolling check (rehash_days: 0), a file edited in place with its mtime put
     back is found by sync --full (its ctime moved), not by a normal night."""
-    clinic, client, config, sync, tmp_path, env = setup
-    off = config.with_name("clinic-rehash-0.yaml")
-    off.write_text(config.read_text().replace("transfer:\n", "transfer:\n  rehash_days: 0\n"))
+    clinic = site.clinic
+    client = site.client
+    sync = site.sync
+    off = site.variant("clinic-rehash-0", transfer={"rehash_days": 0})
     assert sync(config=off)[0] == 0
     before = stored_objects(client)
     entry = next(e for e in clinic.expected if e["path"] not in clinic.no_media_row_paths)

@@ -15,31 +15,17 @@ import pytest
 
 from pdata_sync.catalog import RETIRED, VERIFIED, Catalog, destination_of
 from pdata_sync.config import load_config
-from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.keys import parse_key
 from pdata_sync.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
+from tests.conftest import BUCKET, run_cli, stored_objects
 
 
 @pytest.fixture
-def clinic_setup(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic")
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        # a small clinic: one patient is > 5 % of its objects
-        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed,
-                             retire_max_fraction=0.5)  # fmt: skip
-        env = {**prefect_server.env(), **seaweed.env()}
-
-        def sync(*extra: str) -> tuple[int, dict]:
-            out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
-            assert out.returncode in (0, 1), out.stderr[-3000:]
-            return out.returncode, json.loads(out.stdout)
-
-        yield clinic, client, resolver, config, env, sync, tmp_path
-    empty_bucket(client, BUCKET)
+def clinic_setup(site):
+    # a small clinic: one patient is > 5 % of its objects
+    site.config = site.variant("clinic-retire-half", retire_max_fraction=0.5)
+    return (site.clinic, site.client, site.resolver, site.config, site.env, site.sync,
+            site.tmp_path)  # fmt: skip
 
 
 def rows_by_key(tmp_path: Path, config: Path) -> dict:
