@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from .catalog import ClinicImages
 from .keys import FALLBACK_NAME, parse_key
-from .retirement import ARCHIVED
 
 
 def names_archived(
@@ -46,7 +45,7 @@ class DatabaseCheck:
 
     media: Mapping[int, str]
     patient_images: int
-    archived: int  # the clinic's archived objects (what the safety limit is relative to)
+    archived: int  # the clinic's archived images, in any destination (the limit's base)
 
     def problem(self, limit: int, media_table: str, patient_table: str) -> str | None:
         """The one line that stops a run before any upload, when more rows vanished than the
@@ -57,7 +56,8 @@ class DatabaseCheck:
         return (
             f"database: {len(self.media)} archived image(s) have no row in {media_table} and "
             f"{self.patient_images} archived image(s) no patient row in {patient_table} any "
-            f"more, more than the safety limit allows ({limit} of {self.archived}); is the "
+            f"more, more than the safety limit allows ({limit} of {self.archived} archived "
+            "images); is the "
             "database being restored, or is it another database? Nothing was uploaded or "
             "retired"
         )
@@ -80,5 +80,4 @@ def database_check(
     patient_images = len({a[0] for a in archived if a[0] in lost_patient})
     if not names and not patient_images:
         return DatabaseCheck({}, 0, 0)
-    counts = images.state_counts()
-    return DatabaseCheck(names, patient_images, sum(counts[s] for s in counts if s in ARCHIVED))
+    return DatabaseCheck(names, patient_images, images.archived_image_count())

@@ -494,6 +494,16 @@ class ClinicImages:
                     .values(content_checked_at=t)
                 )
 
+    def archived_image_count(self) -> int:
+        """How many images of the clinic the archive holds a live object of, in any of its
+        destinations (an image under two patientGuids, or in two buckets, counts once)."""
+        query = sa.select(sa.func.count(sa.distinct(images.c.image_id))).where(
+            images.c.clinic_id == self.clinic_id,
+            images.c.state.in_([PENDING, UPLOADED, VERIFIED, DRIFTED]),
+        )
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def rows(self) -> list[CatalogRow]:
         """Every image row, ordered by key."""
         columns = [images.c[c] for c in ROW_COLUMNS]

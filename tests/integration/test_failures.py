@@ -10,6 +10,7 @@ import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
+from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
 
 
@@ -17,6 +18,9 @@ from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
 def case(tmp_path, seaweed, prefect_server):
     clinic = make_clinic(tmp_path / "clinic", patients=12)
     s3 = seaweed.client()
+    # an earlier test file in this worker may have left this clinic's objects: with nothing
+    # to write, credentials that may not write are never refused
+    empty_bucket(s3, BUCKET)
     before = {
         o["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
