@@ -238,7 +238,10 @@ def test_two_syncs_of_one_clinic_the_second_refuses_naming_the_holder(
 
     assert second.returncode == 75, second.stderr[-3000:]
     assert "IntegrityError" not in second.stderr and "Traceback" not in second.stderr
-    line = second.stderr.strip().splitlines()[-1]
+    # Prefect may log its event drain after ours when the machine is busy: our one line
+    ours = [x for x in second.stderr.splitlines() if x.startswith("pdata-sync:")]
+    assert len(ours) == 1, second.stderr[-3000:]
+    line = ours[0]
     assert line.startswith(f"pdata-sync: clinic {clinic.clinic_id} is busy: sync by host ")
     assert f"pid {first.pid} (flow run {holder['flow_run_id']}) since 20" in line
     assert lock_holder(tmp_path) is None  # released when the first run ended
