@@ -56,6 +56,33 @@ def card_digest(card_id: str) -> str:
     return hmac.new(_CARD_KEY, card_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def _sidexis_id(value: str) -> int | None:
+    """A trimmed PatientID read as a Sidexis patient id (ASCII digits), else None."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def header_names(
+    header_patient_id: str | None, patient_id: int, card_digests: frozenset[str]
+) -> tuple[bool, bool] | None:
+    """What a file's PatientID names: (its folder's Sidexis patient id, one of that
+    patient's CardIds); None when it is absent or empty."""
+    value = (header_patient_id or "").strip()
+    if not value:
+        return None
+    return _sidexis_id(value) == patient_id, card_digest(value) in card_digests
+
+
+def accepts(rule: str, names_folder: bool, names_card: bool) -> bool:
+    """Whether ``database.header_patient_id``'s ``rule`` accepts a PatientID that names the
+    folder's patient and/or one of its CardIds."""
+    return {
+        "folder_or_card": names_folder or names_card,
+        "folder": names_folder,
+        "card": names_card,
+        "off": True,
+    }[rule]
+
+
 @dataclass(frozen=True)
 class HeaderCheck:
     """What a file's PatientID may say: its folder's Sidexis patient id and (as digests)
@@ -70,14 +97,10 @@ class HeaderCheck:
         folder's patient, or None. An absent or empty PatientID is accepted (counted by
         the caller). The reason names the folder's Sidexis id and, never the header's
         value itself (it may be a CardId), what the header does not match."""
-        value = (header_patient_id or "").strip()
-        if self.rule == "off" or not value:
+        if self.rule == "off":
             return None
-        is_folder = value.isascii() and value.isdigit() and int(value) == self.patient_id
-        is_card = card_digest(value) in self.card_digests
-        if self.rule == "folder_or_card" and (is_folder or is_card):
-            return None
-        if (self.rule == "folder" and is_folder) or (self.rule == "card" and is_card):
+        named = header_names(header_patient_id, self.patient_id, self.card_digests)
+        if named is None or accepts(self.rule, *named):
             return None
         what = {
             "folder_or_card": f"names neither patient {self.patient_id} (its folder) nor one "
@@ -94,7 +117,5 @@ class HeaderCheck:
 def names_other_folder(header_patient_id: str | None, folders: frozenset[int]) -> int | None:
     """The Sidexis patient the header names, when it is the id of a patient folder on the
     share (a Sidexis id may be shown; a value that is not one may be a CardId, never is)."""
-    value = (header_patient_id or "").strip()
-    if value.isascii() and value.isdigit() and int(value) in folders:
-        return int(value)
-    return None
+    named = _sidexis_id((header_patient_id or "").strip())
+    return named if named in folders else None

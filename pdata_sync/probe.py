@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from .config import ClinicConfig
 from .dicom_meta import read_header
 from .errors import BadInputError, describe
-from .identity import HEADER_RULES, HeaderCheck, card_digest, names_other_folder
+from .identity import HEADER_RULES, accepts, card_digest, header_names, names_other_folder
 from .pdata import ImageFile, PatientFolder, scan_images, scan_patient_folders
 from .sidexis_db import fetch_media, fetch_patients
 
@@ -100,15 +100,7 @@ def sample_folders(
     return sorted(shuffled[: max(1, -(-wanted_images // PER_FOLDER))], key=lambda f: f.name)
 
 
-def _header_finding(value: str | None, check: HeaderCheck) -> str:
-    text = (value or "").strip()
-    if not text:
-        return EMPTY
-    is_folder = HeaderCheck("folder", check.patient_id).conflict(text) is None
-    is_card = card_digest(text) in check.card_digests
-    return {(True, True): BOTH, (True, False): FOLDER, (False, True): CARD}.get(
-        (is_folder, is_card), NEITHER
-    )
+_FINDING = {(True, True): BOTH, (True, False): FOLDER, (False, True): CARD, (False, False): NEITHER}
 
 
 def probe(config: ClinicConfig, engine: Engine, sample: int = DEFAULT_SAMPLE) -> ProbeReport:
@@ -128,11 +120,10 @@ def probe(config: ClinicConfig, engine: Engine, sample: int = DEFAULT_SAMPLE) ->
     lookup = fetch_patients(engine, config.database, sorted(per_folder))
     media = fetch_media(engine, config.database, [i.image_id for i in picked])
     share_ids = frozenset(f.patient_id for f in folders)
-    refused = Counter({rule: 0 for rule in HEADER_RULES if rule != "off"})
+    refused = Counter({rule: 0 for rule in HEADER_RULES if rule != "off"})  # files each refuses
     root = Path(config.pdata_root)
     for image in picked:
         cards = frozenset(card_digest(c) for c in lookup.card_ids.get(image.patient_id, []))
-        check = HeaderCheck("folder_or_card", image.patient_id, cards)
         try:
             header = read_header(root / image.rel_path)
         except (BadInputError, OSError) as exc:
@@ -141,15 +132,15 @@ def probe(config: ClinicConfig, engine: Engine, sample: int = DEFAULT_SAMPLE) ->
             report.example(UNREADABLE, f"{image.rel_path}: {why}")
             continue
         report.files_read += 1
-        finding = _header_finding(header.patient_id, check)
+        named = header_names(header.patient_id, image.patient_id, cards)
+        finding = EMPTY if named is None else _FINDING[named]
         report.header[finding] += 1
         if finding == NEITHER:
             report.example("header_names_neither", image.rel_path)
             if names_other_folder(header.patient_id, share_ids) is not None:
                 report.names_other_folder += 1
-        for rule in refused:
-            if HeaderCheck(rule, image.patient_id, cards).conflict(header.patient_id):
-                refused[rule] += 1
+        for rule in refused:  # an empty PatientID is accepted by every rule
+            refused[rule] += named is not None and not accepts(rule, *named)
         _media_finding(report, image, media.get(image.image_id), config)
     report.refused_by_rule = dict(refused)
     return report

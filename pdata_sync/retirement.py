@@ -24,7 +24,7 @@ from .config import ClinicConfig
 from .errors import ErrorKind, classify, describe, s3_config_message
 from .pdata import ImageFile, PatientFolder, Problem
 from .plan import PatientResolution, Plan
-from .s3_store import move_to_retired, retired_key
+from .s3_store import move_to_retired, retired_key, retirement_metadata
 from .sidexis_db import SKIP_PATIENT_DELETED, SKIP_PATIENT_NOT_IN_DB
 from .thumbnails import delete_thumbnail
 
@@ -197,7 +197,7 @@ def retire(
         candidates=retirements([r for r in rows if r.state in ARCHIVED], view, verified),
     )
     n = len(report.candidates)
-    archived = sum(count for state, count in images.state_counts().items() if state in ARCHIVED)
+    archived = images.archived_count()
     if n and limit.trips(n, archived):
         report.tripped = (
             f"retirement stopped by its safety limit: {n} object(s) no longer belong, more "
@@ -218,12 +218,7 @@ def retire(
                 bucket,
                 candidate.key,
                 target,
-                {
-                    "retired-reason": candidate.reason,
-                    "retired-at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "retired-by-run": flow_run_id or "unknown",
-                    "retired-from": candidate.key,
-                },
+                retirement_metadata(candidate.reason, at, flow_run_id, candidate.key),
             )
             # the thumbnail goes with its image: nothing of it stays under a patient it
             # may not belong to (derived data; a backfill can draw it again)

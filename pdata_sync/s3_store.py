@@ -576,6 +576,19 @@ def retired_key(clinic_id: str, key: str, at: datetime) -> str:
     return f"{RETIRED_PREFIX}{clinic_id}/{at.astimezone(UTC):%Y%m%dT%H%M%SZ}/{key}"
 
 
+def retirement_metadata(
+    reason: str, at: datetime, flow_run_id: str | None, original_key: str
+) -> dict[str, str]:
+    """What an object copied to ``retired/`` carries besides its own metadata: why, when,
+    by which run, and from which key."""
+    return {
+        "retired-reason": reason,
+        "retired-at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "retired-by-run": flow_run_id or "unknown",
+        "retired-from": original_key,
+    }
+
+
 def move_to_retired(
     client: Any, bucket: str, key: str, target: str, retirement: Mapping[str, str]
 ) -> bool:

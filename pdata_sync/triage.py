@@ -27,19 +27,33 @@ from .s3_store import RemoteObject
 Listing = Mapping[str, RemoteObject]
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """What makes a file on the share "the file the catalog verified" in this run: its
+    path, size and mtime; in a full run (``strict``) also the ctime and inode recorded with
+    it, where they were (an edit that put back the old mtime with ``os.utime`` cannot put
+    back the ctime); and never a file the rolling content check found changed
+    (``reread``: paths read whatever the catalog says)."""
+
+    strict: bool = False
+    reread: frozenset[str] = frozenset()
+
+
+LENIENT = FileCheck()
+
+
 def verified_from_this_file(
-    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, strict: bool = False
+    item: PlannedImage, row: CatalogRow | None, st: os.stat_result, check: FileCheck = LENIENT
 ) -> bool:
-    """The catalog verified this key from this path with this size and mtime; ``strict``
-    (a full run): and the ctime and inode recorded with it, where they were. An edit that
-    put back the old mtime (``os.utime``) cannot put back the ctime."""
+    """The catalog verified this key from this very file (:class:`FileCheck`)."""
     return (
         row is not None
         and row.state == VERIFIED
         and row.rel_path == item.rel_path
         and row.size == st.st_size
         and row.mtime_ns == st.st_mtime_ns
-        and (not strict or row.ctime_ns is None or same_file_identity(row, st))
+        and item.rel_path not in check.reread
+        and (not check.strict or row.ctime_ns is None or same_file_identity(row, st))
     )
 
 
@@ -53,7 +67,7 @@ def trusted_unchanged(
     row: CatalogRow | None,
     st: os.stat_result,
     since: datetime | None,
-    strict: bool = False,
+    check: FileCheck = LENIENT,
 ) -> bool:
     """The catalog verified this key from this file, and S3 confirmed it at or after
     ``since``: neither S3 nor the file needs to be asked. A confirmation dated in the
@@ -62,7 +76,7 @@ def trusted_unchanged(
     return (
         since is not None
         and st.st_size > 0
-        and verified_from_this_file(item, row, st, strict)
+        and verified_from_this_file(item, row, st, check)
         and row is not None
         and row.confirmed_at is not None
         and row.confirmed_at >= since
@@ -75,12 +89,12 @@ def verified_unchanged(
     row: CatalogRow | None,
     remote: RemoteObject | None,
     st: os.stat_result,
-    strict: bool = False,
+    check: FileCheck = LENIENT,
 ) -> bool:
     """The catalog verified this key from this file, and S3 lists it with the size and
     ETag that were verified: no need to read the file."""
     return (
-        verified_from_this_file(item, row, st, strict)
+        verified_from_this_file(item, row, st, check)
         and row is not None
         and remote is not None
         and remote.size == st.st_size
@@ -115,17 +129,13 @@ def trusted_keys(
     rows: Mapping[str, CatalogRow],
     stats: Mapping[str, os.stat_result],
     since: datetime | None,
-    strict: bool = False,
-    reread: frozenset[str] = frozenset(),
+    check: FileCheck = LENIENT,
 ) -> set[str]:
-    """Keys the catalog alone vouches for (no listing needed). ``reread``: paths whose
-    bytes the rolling content check found changed: never vouched for."""
+    """Keys the catalog alone vouches for (no listing needed)."""
     return {
         i.key
         for i in items
-        if i.key in stats
-        and i.rel_path not in reread
-        and trusted_unchanged(i, rows.get(i.key), stats[i.key], since, strict)
+        if i.key in stats and trusted_unchanged(i, rows.get(i.key), stats[i.key], since, check)
     }
 
 
@@ -136,14 +146,12 @@ def triage(
     trusted: set[str],
     listings: Mapping[str, Listing | Exception],
     others: Mapping[str, CatalogRow] | None = None,
-    strict: bool = False,
-    reread: frozenset[str] = frozenset(),
+    check: FileCheck = LENIENT,
 ) -> Triage:
     """Sort a batch, given the keys already ``trusted`` and the listing of every other
     patient (by patientGuid; an exception where the listing failed). ``others`` are
     verified rows under the listed patients that this batch does not plan: they are
-    only checked against the listing. ``strict``: a full run, which compares ctime and
-    inode too; ``reread``: paths that are read whatever the catalog says."""
+    only checked against the listing. ``check``: what makes a file the verified one."""
     out = Triage(trusted=set(trusted))
     planned = {i.key for i in items}
     for key, row in (others or {}).items():
@@ -160,12 +168,7 @@ def triage(
             out.unlisted[item.key] = listing or LookupError("not listed")
             continue
         row, remote, st = rows.get(item.key), listing.get(item.key), stats.get(item.key)
-        if (
-            item.rel_path not in reread
-            and st is not None
-            and st.st_size
-            and verified_unchanged(item, row, remote, st, strict)
-        ):
+        if st is not None and st.st_size and verified_unchanged(item, row, remote, st, check):
             out.unchanged.add(item.key)
             continue
         if contradicted(row, remote):

@@ -66,9 +66,10 @@ from .s3_store import (
     put_multipart,
     put_small,
     retired_key,
+    retirement_metadata,
 )
 from .thumbnails import ThumbnailError, make_thumbnail, too_large
-from .triage import triage, trusted_keys, verified_unchanged
+from .triage import LENIENT, FileCheck, triage, trusted_keys, verified_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +242,13 @@ class BatchUploader:
         client: Any,
         images: ClinicImages | None = None,
         flow_run_id: str | None = None,
-        strict: bool = False,
-        reread: frozenset[str] = frozenset(),
+        check: FileCheck = LENIENT,
     ):
         self.config = config
         self.client = client
         self.images = images  # the clinic's rows in this destination
         self.flow_run_id = flow_run_id
-        self.strict = strict  # a full run: a file is "this file" only with its ctime and inode
-        self.reread = reread  # paths the rolling content check found changed: always read
+        self.check = check  # what makes a file the verified one (a full run, changed files)
         self.root = Path(config.pdata_root)
         # a verified row confirmed by S3 since then is trusted without listing its prefix
         self.trusted_since: datetime | None = (
@@ -303,9 +302,7 @@ class BatchUploader:
         size = st.st_size
         if size == 0:
             raise BadInputError("empty file")
-        if item.rel_path not in self.reread and verified_unchanged(
-            item, row, remote, st, self.strict
-        ):
+        if verified_unchanged(item, row, remote, st, self.check):
             return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
         if remote is not None and remote.size == size:
             source: bytes | Path = path
@@ -329,10 +326,9 @@ class BatchUploader:
                 )
         if remote is not None and (row is None or row.sha256 is None):
             self._check_owner(item)  # about to replace an object this catalog never held
-        replaces = remote is not None
         if size <= self.threshold:
-            return self._upload_small(item, path, row if replaces else None, replaces)
-        return self._upload_multipart(item, path, row if replaces else None, replaces)
+            return self._upload_small(item, path, row, replaces=remote is not None)
+        return self._upload_multipart(item, path, row, replaces=remote is not None)
 
     def _keep_replaced(
         self, item: PlannedImage, row: CatalogRow | None, st: os.stat_result, sha: str
@@ -357,12 +353,7 @@ class BatchUploader:
             self.config.s3.bucket,
             item.key,
             target,
-            {
-                "retired-reason": why,
-                "retired-at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "retired-by-run": self.flow_run_id or "unknown",
-                "retired-from": item.key,
-            },
+            retirement_metadata(why, at, self.flow_run_id, item.key),
         )
         if kept:
             self._kept[item.key] = (target, why)
@@ -570,7 +561,7 @@ class BatchUploader:
         for item in items:
             with contextlib.suppress(OSError):  # reported by process()
                 stats[item.key] = os.stat(self.root / item.rel_path)
-        trusted = trusted_keys(items, rows, stats, self.trusted_since, self.strict, self.reread)
+        trusted = trusted_keys(items, rows, stats, self.trusted_since, self.check)
         guids = list(dict.fromkeys(i.patient_guid for i in items if i.key not in trusted))
         listings = list_patients(
             self.client, self.config.s3.bucket, guids, self.config.transfer.upload_concurrency
@@ -584,7 +575,7 @@ class BatchUploader:
                     "catalog: cannot read the other rows of this batch's patients: %s",
                     describe(exc),
                 )
-        plan = triage(items, rows, stats, trusted, listings, others, self.strict, self.reread)
+        plan = triage(items, rows, stats, trusted, listings, others, self.check)
         unrecorded: dict[str, str] = {}
         if self.images is not None and plan.unchanged:
             try:

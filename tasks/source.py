@@ -20,7 +20,6 @@ from pdata_sync.pdata import (
     scan_images,
     scan_patient_folders,
 )
-from pdata_sync.retirement import ARCHIVED
 from pdata_sync.sidexis_db import (
     MediaRow,
     PatientLookup,
@@ -48,8 +47,7 @@ class Scan:
 def empty_share(config: ClinicConfig) -> str:
     """Why a share without a single patient folder stops the run, or "" when the catalog
     holds no image of this clinic there either (a new clinic, an empty practice)."""
-    counts = clinic_images(config).state_counts()
-    archived = sum(counts[s] for s in counts if s in ARCHIVED)
+    archived = clinic_images(config).archived_count()
     if not archived:
         return ""
     return (

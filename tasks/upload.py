@@ -16,6 +16,7 @@ from pdata_sync.orthanc_store import O_FAILED, OrthancBatch, OrthancOutcome, ver
 from pdata_sync.plan import PlannedImage
 from pdata_sync.report import BatchReport
 from pdata_sync.s3_store import check_bucket, get_bytes
+from pdata_sync.triage import FileCheck
 from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 
 from .catalog import clinic_images, open_catalog
@@ -87,9 +88,8 @@ def upload_batch(
     run compares each file's ctime and inode too; ``reread``: paths the rolling content
     check found changed, read whatever the catalog says."""
     client = s3_client(config.s3, config.transfer)
-    uploader = BatchUploader(
-        config, client, clinic_images(config), flow_run.get_id(), strict=full_run, reread=reread
-    )
+    check = FileCheck(strict=full_run, reread=reread)
+    uploader = BatchUploader(config, client, clinic_images(config), flow_run.get_id(), check)
     outcomes = uploader.upload_batch(batch)
     in_orthanc = None
     if config.orthanc is not None and not uploader.fatal:

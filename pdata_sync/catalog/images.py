@@ -494,12 +494,18 @@ class ClinicImages:
                     .values(content_checked_at=t)
                 )
 
+    def archived_count(self) -> int:
+        """How many rows of this clinic in this destination may stand for an object under
+        ``images/`` (every state but retired): what the safety limit is relative to."""
+        query = sa.select(sa.func.count()).where(self._mine(), images.c.state != RETIRED)
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def archived_image_count(self) -> int:
         """How many images of the clinic the archive holds a live object of, in any of its
         destinations (an image under two patientGuids, or in two buckets, counts once)."""
         query = sa.select(sa.func.count(sa.distinct(images.c.image_id))).where(
-            images.c.clinic_id == self.clinic_id,
-            images.c.state.in_([PENDING, UPLOADED, VERIFIED, DRIFTED]),
+            images.c.clinic_id == self.clinic_id, images.c.state != RETIRED
         )
         with self.db.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)

@@ -17,6 +17,7 @@ from pdata_sync.resolver import ResolverClient
 from pdata_sync.retirement import RetireReport, SafetyLimit, retire, source_view
 from pdata_sync.s3_store import abort_interrupted_uploads, make_client
 from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine, qualified
+from pdata_sync.triage import FileCheck
 from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 from pdata_sync.verify import Drift, verify_catalog
 
@@ -143,8 +144,7 @@ def sync(
                 client,
                 images_of(catalog, config),
                 run_id,
-                strict=full,
-                reread=result.recheck.changed,
+                FileCheck(strict=full, reread=result.recheck.changed),
             )
             result.outcomes += uploader.upload_batch(batch)
         if any(o.fatal for o in result.outcomes):
