@@ -6,9 +6,11 @@ The attributes and their action codes (Table E.1-1: D, Z, X, U and the combinati
 from ``dicom-anonymizer``'s copy of the standard's table (edition 2026c); nothing here
 retypes it. What this module decides, per code:
 
-* **X** remove; **Z** empty; **D** replace with a dummy of the attribute's VR; the
-  combinations take the conservative reading (X/Z: empty, Z/D, X/D, X/Z/D: replace,
-  X/Z/U*: UIDs replaced, sequences emptied).
+* **X** remove; **Z** empty; **D** replace with a dummy of the attribute's VR (a sequence:
+  one item with the original item's attributes and dummy values). A combined code (X/Z,
+  X/D, Z/D, X/Z/D, X/Z/U*) is resolved by the attribute's type in the image's IOD
+  (:mod:`pdata_sync.iod`): type 1 takes the D (or keeps a U* sequence, its UIDs
+  replaced), type 2 the Z, type 3 or unknown the X where the code has one (:func:`action`).
 * **U** (and UIDs under any replacing code): ``2.25.`` + the integer of HMAC-SHA-256(project
   key, UID), first 128 bits: the same UID maps to the same UID within a project, across
   runs, and to another one in another project.
@@ -18,6 +20,9 @@ retypes it. What this module decides, per code:
 * Patient ID and Patient Name become the patient's **pseudonym** (keyed hash of the
   patientGuid). Private attributes are removed. Pixel data is never touched.
 * Sequences are walked: the rules apply inside every item as well as at the top level.
+* Around the dataset: the 128-byte preamble is zeroed and the file meta group rebuilt with
+  only what PS3.10 requires (no source AE title, no private information); command, file
+  meta and padding elements found inside the dataset, and group lengths, are dropped.
 * ``PatientIdentityRemoved`` YES, ``DeidentificationMethod`` and its code sequence (DCM
   113100 Basic Profile, 113107 Retain Longitudinal Temporal Information Modified Dates).
 
@@ -30,15 +35,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .iod import PRESENT, REQUIRED, attribute_types
 
 TABLE_EDITION = "dicomfields_2026c"
 METHOD = "PS3.15 E.1 Basic Profile, E.3.6 Modified Dates (pdata-sync)"  # LO: 64 at most
@@ -64,20 +73,44 @@ _CATEGORIES = {
     "X_Z_D_TAGS": "X/Z/D",
     "X_Z_U_STAR_TAGS": "X/Z/U*",
 }
-# what each code does here (see the module docstring)
-_EFFECT = {
-    "D": "replace",
-    "Z": "empty",
-    "X": "remove",
-    "U": "uid",
-    "Z/D": "replace",
-    "X/Z": "empty",
-    "X/D": "replace",
-    "X/Z/D": "replace",
-    "X/Z/U*": "uid-or-empty",
-}
+REMOVE, EMPTY, REPLACE, UID, WALK = "remove", "empty", "replace", "uid", "walk"
+
+
+def action(code: str, kind: str | None) -> str:
+    """What an attribute with the action ``code`` becomes, given its ``kind`` (type 1, 1C,
+    2, 2C, 3) in the image's IOD, or None where the IOD is not known or does not name it.
+
+    A combined code lets the attribute go unless the IOD needs it: removed (X) where the
+    code allows it and the type does not forbid it, emptied (Z) for type 2, a dummy (D) for
+    type 1. Type 1C counts as 1: its condition cannot be judged here, and a dummy is
+    conformant either way. Unknown counts as 3 (the attribute may go)."""
+    required, present = kind in REQUIRED, kind in PRESENT
+    if code in ("X", "Z", "D", "U"):
+        return {"X": REMOVE, "Z": EMPTY, "D": REPLACE, "U": UID}[code]
+    if code == "Z/D":
+        return REPLACE if required else EMPTY
+    if code == "X/Z":
+        return EMPTY if required or present else REMOVE
+    if code == "X/D":
+        return REPLACE if required or present else REMOVE
+    if code == "X/Z/D":
+        return REPLACE if required else EMPTY if present else REMOVE
+    if code == "X/Z/U*":
+        # kept only where the IOD needs it: UIDs (inside, for a sequence) replaced
+        return WALK if required else EMPTY if present else REMOVE
+    raise ValueError(f"unknown action code {code!r}")
+
+
 _DUMMY_TEXT = "ANONYMIZED"
 _VR_MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240}
+# dummies that are valid values of their VR (a dummy item must still parse)
+_DUMMY_BY_VR = {"AS": "000D"}
+# groups that are not the dataset's attributes: command, file meta (rebuilt), padding
+_NOT_DATASET_GROUPS = (0x0000, 0x0002, 0xFFFC)
+# the file meta group is rebuilt with what PS3.10 requires, and who wrote it
+IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "pdata-sync").int)
+IMPLEMENTATION_VERSION = "PDATA_SYNC_1"  # SH, 16 at most
+PREAMBLE = b"\0" * 128
 
 
 class HeldBack(Exception):
@@ -172,18 +205,47 @@ def _shift_date(value: str, shift: timedelta) -> str:
     return moved.strftime("%Y%m%d") + text[8:]
 
 
+def _shift_dates(elem: Any, shift: timedelta) -> None:
+    """The option: dates the profile touches move back by the patient's shift; times are
+    kept, as a whole-day shift leaves them as they were."""
+    if elem.VR == "TM":
+        return
+    values = elem.value if elem.VM > 1 else [elem.value]
+    shifted = [_shift_date(str(v), shift) for v in values if v is not None]
+    elem.value = shifted if elem.VM > 1 else (shifted[0] if shifted else "")
+
+
 def _dummy(vr: str) -> Any:
+    """A value of ``vr`` that says nothing (UIDs and sequences are handled by the caller)."""
     if vr in ("DS", "IS"):
         return "0"
-    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"):
         return 0
-    if vr == "UI":
-        return None  # handled as a UID
-    if vr == "SQ":
-        return DicomSequence([])
     if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
         return b""
+    if vr in _DUMMY_BY_VR:
+        return _DUMMY_BY_VR[vr]
     return _DUMMY_TEXT[: _VR_MAX.get(vr, 64)]
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return str(meta.TransferSyntaxUID)
+    encoding = getattr(ds, "original_encoding", None)  # a file read without its meta
+    if not encoding or encoding[0] is None:
+        return None
+    implicit, little = encoding
+    if implicit:
+        return str(ImplicitVRLittleEndian)
+    return str(ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+class _Run(NamedTuple):
+    """What one dataset's walk needs: its patient's date shift, its IOD's attribute types."""
+
+    shift: timedelta
+    types: dict[tuple[str, ...], str] | None
 
 
 class Deidentifier:
@@ -198,53 +260,88 @@ class Deidentifier:
             return [self.key.uid(str(v)) for v in value]
         return self.key.uid(str(value)) if str(value).strip() else value
 
-    def _element(self, ds: Dataset, tag: BaseTag, shift: timedelta, top: bool) -> None:
+    def _dummy_item(self, item: Dataset, run: _Run) -> Dataset:
+        """An item with the attributes of ``item`` (private ones dropped) and none of its
+        values: what a sequence coded D becomes, one such item. Dates and times are treated
+        as the option treats them everywhere (shifted, kept); UIDs map as everywhere."""
+        out = Dataset()
+        for elem in item:
+            if elem.tag.is_private or elem.tag.element == 0:
+                continue
+            if elem.VR == "SQ":
+                inner = [self._dummy_item(elem.value[0], run)] if len(elem.value) else []
+                out.add_new(elem.tag, "SQ", DicomSequence(inner))
+            elif elem.VR == "UI":
+                out.add_new(elem.tag, "UI", self._uids(elem.value) if elem.value else "")
+            elif elem.VR in ("DA", "DT", "TM"):
+                out.add_new(elem.tag, elem.VR, elem.value)
+                _shift_dates(out[elem.tag], run.shift)
+            else:
+                out.add_new(elem.tag, elem.VR, _dummy(elem.VR))
+        return out
+
+    def _element(self, ds: Dataset, tag: BaseTag, run: _Run, where: tuple) -> None:
         elem = ds[tag]
+        top = not where
         if top and tag in (PATIENT_ID, PATIENT_NAME):
             return  # the pseudonym, set after the walk
+        if top and tag.group in _NOT_DATASET_GROUPS or tag.element == 0:
+            del ds[tag]  # not an attribute of the image: meta is rebuilt, lengths recomputed
+            return
         code = self.table.code(int(tag))
+        here = (*where, elem.keyword or str(tag))
         if code is None:
             if elem.VR == "SQ":
                 for item in elem.value:
-                    self._walk(item, shift, top=False)
+                    self._walk(item, run, here)
             return
-        effect = _EFFECT[code]
         if tag == BIRTH_DATE:
             elem.value = ""
             return
-        if effect == "remove":
+        effect = action(code, run.types.get(here) if run.types is not None else None)
+        if effect == REMOVE:
             del ds[tag]
-            return
-        if elem.VR in ("DA", "DT"):
-            # the option: dates the profile touches are moved, consistently per patient
-            values = elem.value if elem.VM > 1 else [elem.value]
-            shifted = [_shift_date(str(v), shift) for v in values if v is not None]
-            elem.value = shifted if elem.VM > 1 else (shifted[0] if shifted else "")
-            return
-        if elem.VR == "TM":
-            return  # the option keeps times: a whole-day shift leaves them as they were
-        if elem.VR == "UI" and effect in ("uid", "uid-or-empty", "replace"):
+        elif elem.VR == "SQ":
+            self._sequence(elem, effect, run, here)
+        elif elem.VR in ("DA", "DT", "TM"):
+            _shift_dates(elem, run.shift)
+        elif elem.VR == "UI" and effect != EMPTY:
             elem.value = self._uids(elem.value)
-            return
-        if effect in ("empty", "uid-or-empty"):
-            elem.value = DicomSequence([]) if elem.VR == "SQ" else None
-            return
-        if effect == "uid":
-            elem.value = self._uids(elem.value)
-            return
-        elem.value = _dummy(elem.VR)
+        elif effect == EMPTY:
+            elem.value = None
+        else:
+            elem.value = _dummy(elem.VR)
 
-    def _walk(self, ds: Dataset, shift: timedelta, top: bool = True) -> None:
+    def _sequence(self, elem: Any, effect: str, run: _Run, here: tuple) -> None:
+        if effect == EMPTY:
+            elem.value = DicomSequence([])
+        elif effect == WALK:  # kept for the IOD: its items de-identified as any other
+            for item in elem.value:
+                self._walk(item, run, here)
+        elif len(elem.value):  # D, and U on a sequence: one item that says nothing
+            elem.value = DicomSequence([self._dummy_item(elem.value[0], run)])
+
+    def _walk(self, ds: Dataset, run: _Run, where: tuple = ()) -> None:
         ds.remove_private_tags()
         for tag in list(ds.keys()):
             if tag in ds:
-                self._element(ds, tag, shift, top)
+                self._element(ds, tag, run, where)
 
     def deidentify(self, ds: Dataset, patient_guid: str) -> Dataset:
-        """De-identify ``ds`` (of the patient ``patient_guid``) in place; returns it."""
-        shift = self.key.date_shift(patient_guid)
+        """De-identify ``ds`` (of the patient ``patient_guid``) in place, the file around it
+        too: the preamble zeroed, the file meta rebuilt with only what PS3.10 requires;
+        returns it."""
         pseudonym = self.key.pseudonym(patient_guid)
-        self._walk(ds, shift)
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        if not sop_class and meta is not None:
+            sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+        transfer_syntax = _transfer_syntax(ds)
+        run = _Run(
+            self.key.date_shift(patient_guid),
+            attribute_types(sop_class) if sop_class else None,
+        )
+        self._walk(ds, run)
         ds.PatientID = pseudonym
         ds.PatientName = pseudonym
         ds.PatientIdentityRemoved = "YES"
@@ -257,11 +354,21 @@ class Deidentifier:
             item.CodeMeaning = meaning
             codes.append(item)
         ds.DeidentificationMethodCodeSequence = DicomSequence(codes)
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-            meta.MediaStorageSOPInstanceUID = (
-                ds.SOPInstanceUID
-                if "SOPInstanceUID" in ds
-                else self.key.uid(str(meta.MediaStorageSOPInstanceUID))
-            )
+        ds.file_meta = self._file_meta(ds, sop_class, transfer_syntax)
+        ds.preamble = PREAMBLE
         return ds
+
+    def _file_meta(self, ds: Dataset, sop_class: str, transfer_syntax: str | None) -> Any:
+        """PS3.10's file meta elements and nothing else (no source AE title, no private
+        information); the group length is written by pydicom."""
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        if sop_class:
+            meta.MediaStorageSOPClassUID = sop_class
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if transfer_syntax:
+            meta.TransferSyntaxUID = transfer_syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        return meta

@@ -179,3 +179,184 @@ def test_burned_in_annotations_are_held_back():
     assert "secondary capture" in held_back(sc)
     sc.BurnedInAnnotation = "NO"
     assert held_back(sc) is None
+
+
+# --- around the dataset: the preamble and the file meta group (issue 33) -----------------
+
+NAME = "DOE^JANE"
+
+
+def part10_with_phi_outside_the_dataset() -> bytes:
+    """A Part 10 file whose preamble and file meta carry a name and a birth date."""
+    ds = pydicom.dcmread(get_testdata_files("CT_small.dcm")[0])
+    ds.preamble = b"PATIENT: DOE^JANE DOB 19700101".ljust(128, b"\0")
+    ds.file_meta.SourceApplicationEntityTitle = "JANEDOE"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.2.1143"
+    ds.file_meta.PrivateInformation = b"DOE^JANE 19700101"
+    ds.file_meta.SendingApplicationEntityTitle = "JANEDOE"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_the_preamble_is_zeroed_and_the_file_meta_rebuilt():
+    raw = part10_with_phi_outside_the_dataset()
+    assert b"DOE^JANE" in raw[:128] and b"JANEDOE" in raw  # the file as it arrives
+    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    ds = Deidentifier(key).deidentify(pydicom.dcmread(io.BytesIO(raw)), GUID)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    written = out.getvalue()
+    assert written[:128] == b"\0" * 128 and written[128:132] == b"DICM"
+    for leak in (b"DOE^JANE", b"JANEDOE", b"19700101", b"1.2.826.0.1.3680043.2.1143"):
+        assert leak not in written, leak
+    meta = pydicom.dcmread(io.BytesIO(written)).file_meta
+    assert sorted(int(e.tag) for e in meta) == [
+        0x00020000,  # group length
+        0x00020001,  # version
+        0x00020002,  # media storage SOP class
+        0x00020003,  # media storage SOP instance (de-identified)
+        0x00020010,  # transfer syntax
+        0x00020012,  # implementation class
+        0x00020013,  # implementation version name
+    ]
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.SOPInstanceUID.startswith("2.25.")
+    assert meta.TransferSyntaxUID == pydicom.dcmread(io.BytesIO(raw)).file_meta.TransferSyntaxUID
+
+
+def test_elements_of_other_groups_inside_the_dataset_do_not_survive():
+    """Command (0000) and file meta (0002) elements placed inside the dataset, and trailing
+    padding, are not the image's attributes: none of them is written."""
+    ds = pydicom.dcmread(get_testdata_files("CT_small.dcm")[0])
+    ds.add_new(0x00000901, "AT", 0x00100010)  # Offending Element, a command field
+    ds.add_new(0x00100000, "UL", 4)  # a group length
+    ds.add_new(0xFFFCFFFC, "OB", b"DOE^JANE")  # data set trailing padding
+    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    Deidentifier(key).deidentify(ds, GUID)
+    assert not [e.tag for e in ds if e.tag.group in (0x0000, 0x0002, 0xFFFC)]
+    assert 0x00100000 not in ds
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert b"DOE^JANE" not in out.getvalue()
+
+
+# --- sequences: every sequence attribute of Table E.1-1 (issue 33) -------------------------
+
+INTRA_ORAL = "1.2.840.10008.5.1.4.1.1.1.3"  # Digital Intra-Oral X-Ray Image Storage
+
+
+def table_sequences() -> dict[int, str]:
+    from pydicom.datadict import dictionary_VR
+
+    out = {}
+    for tag, code in basic_profile().codes.items():
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr == "SQ":
+            out[tag] = code
+    return out
+
+
+SEQUENCES = table_sequences()
+
+
+def with_sequence(tag: int, sop_class: str) -> Dataset:
+    """A dataset holding the sequence ``tag`` with one item full of identifying values."""
+    item = Dataset()
+    item.CodeValue = "JANEDOE1"
+    item.CodingSchemeDesignator = "99JANE"
+    item.CodeMeaning = "Doe Jane"
+    item.PersonName = NAME
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.2.1143.777"
+    item.add_new(0x00091010, "LO", "JANE private")
+    inner = Dataset()
+    inner.InstitutionName = "Praxis Doe"
+    item.PersonIdentificationCodeSequence = [inner]
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.2.1143.1"
+    ds.add_new(tag, "SQ", [item])
+    return ds
+
+
+def originals_left(ds: Dataset) -> list[str]:
+    text = "\n".join(str(e.value) for e in flatten(ds).values() if e.VR != "SQ")
+    return [v for v in ("JANE", "Jane", "Doe", "1.2.826.0.1.3680043.2.1143.777") if v in text]
+
+
+@pytest.mark.parametrize("sop_class", [INTRA_ORAL, "1.2.3.4.5.6"], ids=["intra-oral", "unknown"])
+@pytest.mark.parametrize("tag", sorted(SEQUENCES), ids=lambda t: f"{t:08X}")
+def test_every_sequence_of_the_table_ends_as_its_code_allows(tag, sop_class):
+    code = SEQUENCES[tag]
+    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    ds = Deidentifier(key).deidentify(with_sequence(tag, sop_class), GUID)
+    allowed = {
+        "X": {"absent"},
+        "Z": {"empty"},
+        "D": {"dummy"},
+        "X/Z": {"absent", "empty"},
+        "X/D": {"absent", "dummy"},
+        "Z/D": {"empty", "dummy"},
+        "X/Z/D": {"absent", "empty", "dummy"},
+        "X/Z/U*": {"absent", "empty", "items"},
+    }[code]
+    if tag not in ds:
+        got = "absent"
+    elif len(ds[tag].value) == 0:
+        got = "empty"
+    else:
+        got = "dummy" if code != "X/Z/U*" else "items"
+        assert len(ds[tag].value) == 1
+        item = ds[tag].value[0]
+        assert not [e for e in item if e.tag.is_private]
+        assert item.ReferencedSOPInstanceUID == key.uid("1.2.826.0.1.3680043.2.1143.777")
+    assert got in allowed, (code, got)
+    if sop_class != INTRA_ORAL and code in ("X/D", "X/Z/D", "X/Z", "X/Z/U*"):
+        assert got == "absent"  # no IOD known: the code's X applies
+    if got != "items":  # a walked item keeps what the table does not list (Code Meaning)
+        assert originals_left(ds) == []
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=False, little_endian=True)
+    assert b"DOE^JANE" not in out.getvalue()
+    assert b"1.2.826.0.1.3680043.2.1143.777" not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "sop_class", "expected"),
+    [
+        # X/D, type 3 in the intra-oral IOD: removed
+        ("OperatorIdentificationSequence", INTRA_ORAL, "absent"),
+        # X/D, type 1 in the 12-lead ECG IOD: one dummy item
+        ("WaveformAnnotationSequence", "1.2.840.10008.5.1.4.1.1.9.1.1", "dummy"),
+        # X/Z, type 2 in the DX IOD: emptied
+        ("AcquisitionContextSequence", "1.2.840.10008.5.1.4.1.1.1.1", "empty"),
+        # X/Z/D, type 2 in one IOD, 1C in another
+        ("ReferencedPerformedProcedureStepSequence", "1.2.840.10008.5.1.4.1.1.78.6", "empty"),
+        ("ReferencedPerformedProcedureStepSequence", "1.2.840.10008.5.1.4.1.1.1.1", "dummy"),
+        # X/Z/U*, type 1 in an IOD: kept, its UIDs replaced
+        ("SourceImageSequence", "1.2.840.10008.5.1.4.1.1.77.1.5.7", "items"),
+        # D: one dummy item whatever the IOD
+        ("VerifyingObserverSequence", "1.2.840.10008.5.1.4.1.1.88.11", "dummy"),
+    ],
+)
+def test_a_combined_code_follows_the_attribute_type_in_the_iod(keyword, sop_class, expected):
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    ds = Deidentifier(key).deidentify(with_sequence(tag, sop_class), GUID)
+    got = "absent" if tag not in ds else "empty" if not ds[tag].value else "dummy"
+    if expected == "items":
+        assert got == "dummy" and len(ds[tag].value) == 1
+        item = ds[tag].value[0]
+        # walked, not dummied: the item's own codes applied, what the table does not list
+        # (Code Meaning) kept
+        assert item.ReferencedSOPInstanceUID == key.uid("1.2.826.0.1.3680043.2.1143.777")
+        assert "PersonName" not in item or str(item.PersonName) != NAME
+        assert item.CodeMeaning == "Doe Jane"
+    else:
+        assert got == expected
+        assert originals_left(ds) == []
