@@ -91,9 +91,12 @@ def export_research(
     check_bucket(s3_client(research.as_s3(), config.transfer), research.bucket)
     logger = get_run_logger()
 
-    items = plan_export_task(config, request)
+    plan = plan_export_task(config, request)
+    items = plan.items
     batches = make_batches(items, config.transfer.batch_size)  # a patient's images together
-    report = ExportReport(project)
+    report = ExportReport(
+        project, not_found_guids=plan.not_found_guids, not_found_studies=plan.not_found_studies
+    )
     futures = [export_batch.submit(config, project, quote(batch)) for batch in batches]
     for future in futures:
         report.add(future.result())
@@ -128,6 +131,16 @@ def export_research(
         ],
         description=f"Research export {project} of clinic {config.clinic_id}",
     )
+    missing = len(report.not_found_guids) + len(report.not_found_studies)
+    if missing:
+        logger.warning(
+            "%d requested patient(s) or study(ies) not found: clinic %s archived nothing of them",
+            missing,
+            config.clinic_id,
+        )
     if not report.ok:
-        return Failed(message=f"{len(report.failed)} instance(s) not exported", data=result)
+        problems = [f"{len(report.failed)} instance(s) not exported"] if report.failed else []
+        if missing:
+            problems.append(f"{missing} requested patient(s) or study(ies) not found")
+        return Failed(message="; ".join(problems), data=result)
     return Completed(message="exported", data=result)

@@ -394,6 +394,9 @@ def _print_export(report: dict[str, Any]) -> None:
     for label in ("held_back", "failed"):
         for item in report[label]:
             print(f"  {label.replace('_', ' ')}: {item['key']}: {item['reason']}")
+    for what, values in report.get("not_found", {}).items():
+        for value in values:
+            print(f"  not found: {what.removesuffix('s').replace('_', ' ')} {value}")
     if report.get("manifest"):
         print(f"manifest: {report['manifest']}")
 
@@ -420,8 +423,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if code is not None:
         return code
-    if report["failed"]:
-        print(f"pdata-sync: {len(report['failed'])} instance(s) not exported", file=sys.stderr)
+    missing = sum(len(v) for v in report.get("not_found", {}).values())
+    if report["failed"] or missing:
+        problems = [f"{len(report['failed'])} instance(s) not exported"] if report["failed"] else []
+        if missing:
+            problems.append(
+                f"{missing} requested patient(s) or study(ies) not found in clinic "
+                f"{config.clinic_id}'s archive"
+            )
+        print(f"pdata-sync: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -589,6 +599,46 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
+    """The research export's secret in a Secret block: generated (256 random bits) or read
+    from stdin and checked. An existing block is never replaced: a new secret gives every
+    patient of every project other pseudonyms."""
+    import secrets
+
+    from .deid import secret_problem
+
+    problem = _check_block_name(args.name)
+    if problem:
+        return _refuse(f"--name: {problem}")
+    if args.generate:
+        value = secrets.token_urlsafe(32)  # 32 random bytes, 43 base64url characters
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+        if problem := secret_problem(value):
+            return _refuse(f"the secret on stdin is too weak ({problem}); or use --generate")
+    with _loading_prefect():
+        from prefect.blocks.system import Secret
+
+        from tasks.credentials import save_secret_block
+
+        try:
+            Secret.load(args.name)
+        except ValueError:
+            pass  # no such block: the name is free
+        else:
+            return _refuse(
+                f"a block named {args.name!r} exists: it is not replaced (a new secret "
+                "changes every pseudonym of every project); choose another name"
+            )
+        save_secret_block(args.name, value)
+    print(
+        f"saved Secret block {args.name!r} ({'generated, ' if args.generate else ''}"
+        "256 bits); set research.secret_block to it",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.view:
         from .demo.run import VIEW_PORT, view_demo
@@ -744,6 +794,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("orthanc-password", help="Secret block with the Orthanc password (stdin)")
     b.add_argument("--name", required=True, help="block name, e.g. clinic-001-orthanc-password")
     b.set_defaults(func=cmd_blocks_db_password, what="Orthanc")
+    b = bsub.add_parser(
+        "research-secret",
+        help="Secret block with the research export's key (--generate, or stdin); never "
+        "replaces one",
+    )
+    b.add_argument("--name", required=True, help="block name, e.g. pdata-sync-research-key")
+    b.add_argument("--generate", action="store_true", help="generate 256 random bits (recommended)")
+    b.set_defaults(func=cmd_blocks_research_secret)
 
     p = sub.add_parser("demo", help="run a generated demo clinic end to end on this machine")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its data")

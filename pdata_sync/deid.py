@@ -151,6 +151,32 @@ def basic_profile() -> Table:
     return Table(codes, tuple(ranges))
 
 
+SECRET_MIN_BYTES = 32  # 256 bits
+_HEX = frozenset("0123456789abcdefABCDEF")
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=")
+
+
+def secret_problem(secret: str | None) -> str | None:
+    """Why ``secret`` is too weak to key a project's pseudonyms, or None. Whoever knows
+    the secret and a project's slug can compute every patient's pseudonym from the
+    patientGuids, so it must carry 256 bits: 64 hex digits, 43 base64 characters, or 32
+    bytes of other text; and not one character repeated (8 different at least)."""
+    text = (secret or "").strip()
+    if not text:
+        return "it is empty"
+    if set(text) <= _HEX:
+        need, unit, have = 64, "hex digits", len(text)
+    elif set(text) <= _BASE64:
+        need, unit, have = 43, "base64 characters", len(text.rstrip("="))
+    else:
+        need, unit, have = SECRET_MIN_BYTES, "bytes", len(text.encode())
+    if have < need:
+        return f"it has {have} {unit}, 256 bits need {need}"
+    if len(set(text)) < 8:
+        return f"it uses only {len(set(text))} different characters"
+    return None
+
+
 @dataclass(frozen=True)
 class ProjectKey:
     """The keyed hashes of one research project: ``ProjectKey.of(secret, slug)``."""
@@ -159,8 +185,8 @@ class ProjectKey:
 
     @classmethod
     def of(cls, secret: str, project: str) -> ProjectKey:
-        if not secret:
-            raise ValueError("empty research secret")
+        if problem := secret_problem(secret):
+            raise ValueError(f"research secret too weak: {problem}")
         digest = hmac.new(secret.encode(), f"pdata-sync project {project}".encode(), "sha256")
         return cls(digest.digest())
 

@@ -256,22 +256,36 @@ def classify(exc: BaseException) -> ErrorKind:
     return ErrorKind.PERMANENT
 
 
+_URL = re.compile(r"\w+://\S+")
+
+
+def _s3_line(operation: str, code: str, status: str) -> str:
+    code = re.sub(r"[^A-Za-z0-9._-]", "", code)[:64]  # S3 codes are words: nothing else
+    what = " ".join(p for p in (code, f"(HTTP {status})" if status else "") if p) or "error"
+    return f"S3 {operation} failed: {what}"
+
+
 def describe(exc: BaseException) -> str:
     """A one-line, operator-readable description of ``exc`` (no stack trace)."""
     try:
         from botocore.exceptions import ClientError
     except ImportError:  # pragma: no cover
         ClientError = ()  # type: ignore
+    # An S3 answer is described by operation, error code and HTTP status, never by its
+    # message: servers repeat the request's key there (a research export's pseudonym,
+    # which must never stand next to the patientGuid of the archive key it came from).
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "?")
-        msg = err.get("Message") or ""
+        code = str(exc.response.get("Error", {}).get("Code", "") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         op = getattr(exc, "operation_name", "") or "S3"
-        return f"S3 {op} failed: {code} {msg}".strip()
+        return _s3_line(op, code, str(status or ""))
     if _is_obstore(exc):
         answer = _obstore_answer(exc)
-        what = answer.code or (f"HTTP {answer.status}" if answer.status else "no answer:")
-        return redact(f"S3 {answer.operation} failed: {what} {answer.message}".strip())
+        if answer.status:
+            return _s3_line(answer.operation, answer.code, answer.status)
+        # no answer: the transport's reason, without the URL it names
+        reason = _URL.sub("<url>", answer.message)
+        return redact(f"S3 {answer.operation} failed: no answer: {reason}".strip())
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = redact(text)  # a driver's message may repeat a connection string
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -29,6 +29,7 @@ import pydicom
 
 from .deid import Deidentifier, held_back
 from .errors import BadInputError, ConfigError, describe
+from .keys import parse_key
 from .orthanc import OrthancClient
 from .pdata import read_if_unchanged
 from .retrieval import validate_guid
@@ -123,14 +124,43 @@ class ExportItem:
     orthanc_id: str | None = None
 
 
+@dataclass(frozen=True)
+class ExportPlan:
+    """The instances a request covers, and what it asked for that this clinic does not
+    have (a patientGuid or study of another clinic, or of none)."""
+
+    items: list[ExportItem]
+    not_found_guids: tuple[str, ...] = ()
+    not_found_studies: tuple[str, ...] = ()
+
+
+def is_clinic_key(key: str, guid: str, clinic_id: str, template: str) -> bool:
+    """True if ``key``, listed under ``guid``'s prefix, is one this clinic's template makes
+    for this patient: another clinic sharing the bucket has keys with its own clinic id."""
+    fields = parse_key(key, template)
+    return (
+        fields is not None
+        and fields.get("clinic_id") == clinic_id
+        and fields.get("patient_guid", guid) == guid
+    )
+
+
 def plan_export(
     request: ExportRequest,
     catalog_rows: list[dict[str, Any]],
     listings: dict[str, set[str]],
     orthanc_ids: dict[str, str],
-) -> list[ExportItem]:
-    """Every instance of the request: what the catalog says the archive held (rows of the
-    requested patients or studies) and what S3 lists under the requested patients."""
+    clinic_id: str,
+    key_template: str,
+) -> ExportPlan:
+    """Every instance of the request that is this clinic's: what the catalog says the
+    archive held (the clinic's rows of the requested patients or studies) and what S3 lists
+    under the requested patients with this clinic's keys. Other clinics' objects under the
+    same patientGuid are never planned."""
+    listings = {
+        guid: {k for k in keys if is_clinic_key(k, guid, clinic_id, key_template)}
+        for guid, keys in listings.items()
+    }
     items: dict[str, ExportItem] = {}
     for row in catalog_rows:
         guid = row["patient_guid"]
@@ -148,7 +178,13 @@ def plan_export(
         for key in sorted(listings.get(guid, set())):
             if key not in items:
                 items[key] = ExportItem(key=key, patient_guid=guid, in_archive=True)
-    return [items[k] for k in sorted(items)]
+    planned_guids = {i.patient_guid for i in items.values()}
+    planned_studies = {r["study_instance_uid"] for r in catalog_rows}
+    return ExportPlan(
+        [items[k] for k in sorted(items)],
+        tuple(g for g in request.patient_guids if g not in planned_guids),
+        tuple(u for u in request.study_uids if u not in planned_studies),
+    )
 
 
 @dataclass(frozen=True)
@@ -179,6 +215,8 @@ class ExportReport:
     held_back: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     manifest: list[dict[str, str]] = field(default_factory=list)
+    not_found_guids: tuple[str, ...] = ()
+    not_found_studies: tuple[str, ...] = ()
 
     def add(self, outcomes: Iterable[ExportOutcome]) -> None:
         for o in outcomes:
@@ -205,7 +243,7 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.not_found_guids and not self.not_found_studies
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +254,11 @@ class ExportReport:
             "skipped_already_exported": self.skipped,
             "held_back": sorted(self.held_back, key=lambda p: p["key"]),
             "failed": sorted(self.failed, key=lambda p: p["key"]),
+            # asked for, and nothing of this clinic's: another clinic's patient, or a typo
+            "not_found": {
+                "patient_guids": list(self.not_found_guids),
+                "study_uids": list(self.not_found_studies),
+            },
         }
 
     def manifest_csv(self) -> bytes:
@@ -246,9 +289,11 @@ class Exporter:
         archive: tuple[Any, str],
         destination: tuple[Any, str],
         pdata_root: Path,
+        clinic_id: str,
         orthanc: OrthancClient | None = None,
     ):
         self.project = validate_project(project)
+        self.clinic_id = clinic_id
         self.deid = deidentifier
         self.archive_client, self.archive_bucket = archive
         self.dest_client, self.dest_bucket = destination
@@ -285,7 +330,11 @@ class Exporter:
         """The instance's bytes and where they came from; BadInputError when no source
         has it."""
         if item.in_archive:
-            return get_bytes(self.archive_client, self.archive_bucket, item.key)[0], ARCHIVE
+            data, metadata = get_bytes(self.archive_client, self.archive_bucket, item.key)
+            if metadata.get("clinic-id") != self.clinic_id:
+                # the key says this clinic, the object does not: written by someone else
+                raise BadInputError("the archive object's clinic-id metadata is not this clinic's")
+            return data, ARCHIVE
         tried = ["not in the archive"]
         try:
             data = self._from_orthanc(item)

@@ -12,12 +12,13 @@ from prefect.cache_policies import NO_CACHE
 
 from pdata_sync.catalog.orthanc import HELD
 from pdata_sync.config import ClinicConfig, ResearchConfig
-from pdata_sync.deid import Deidentifier, ProjectKey
+from pdata_sync.deid import Deidentifier, ProjectKey, secret_problem
 from pdata_sync.errors import ConfigError
 from pdata_sync.research import (
     Exporter,
     ExportItem,
     ExportOutcome,
+    ExportPlan,
     ExportRequest,
     archive_listings,
     plan_export,
@@ -44,12 +45,19 @@ def project_key(config: ClinicConfig, project: str) -> ProjectKey:
             "research: no secret for the pseudonyms: set research.secret_block or "
             f"{RESEARCH_SECRET_ENV}"
         )
+    if problem := secret_problem(secret):
+        where = f"Secret block {cfg.secret_block!r}" if cfg.secret_block else RESEARCH_SECRET_ENV
+        raise ConfigError(
+            f"research: the secret in {where} is too weak ({problem}); make one with "
+            "`pdata-sync blocks research-secret --name NAME --generate`"
+        )
     return ProjectKey.of(secret, project)
 
 
 @task(name="plan-export", cache_policy=NO_CACHE, persist_result=False)
-def plan_export_task(config: ClinicConfig, request: ExportRequest) -> list[ExportItem]:
-    """Every instance the request covers, with where it may be found."""
+def plan_export_task(config: ClinicConfig, request: ExportRequest) -> ExportPlan:
+    """Every instance of this clinic the request covers, with where it may be found, and
+    what the request names that this clinic does not have."""
     rows = clinic_images(config).archived(request.patient_guids, request.study_uids)
     guids = sorted(set(request.patient_guids) | {r["patient_guid"] for r in rows})
     listings = archive_listings(
@@ -65,7 +73,9 @@ def plan_export_task(config: ClinicConfig, request: ExportRequest) -> list[Expor
         orthanc_ids = {
             k: r.instance_id for k, r in held.items() if r.status in HELD and r.instance_id
         }
-    return plan_export(request, rows, listings, orthanc_ids)
+    return plan_export(
+        request, rows, listings, orthanc_ids, config.clinic_id, config.s3.key_template
+    )
 
 
 @task(name="export-batch", cache_policy=NO_CACHE, persist_result=False)
@@ -80,6 +90,7 @@ def export_batch(
         archive=(s3_client(config.s3, config.transfer), config.s3.bucket),
         destination=(s3_client(research.as_s3(), config.transfer), research.bucket),
         pdata_root=Path(config.pdata_root),
+        clinic_id=config.clinic_id,
         orthanc=orthanc_client(config.orthanc) if config.orthanc is not None else None,
     )
     workers = max(1, min(config.transfer.upload_concurrency, len(items)))

@@ -21,7 +21,7 @@ from pdata_sync.orthanc import instance_ids
 from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
 
 RESEARCH = "research-exports"
-SECRET = "a-research-secret-for-tests"
+SECRET = "Xr7bQ2mVt9LpZ4cK8wNf3HyJ6dGs1AeU5oRiTq0vBnM"  # 43 base64 characters
 
 
 @pytest.fixture
@@ -223,3 +223,87 @@ def test_an_export_a_research_server_did_not_store_as_sent_is_reported_failed(si
     assert report["exported"] == 0
     assert len(report["failed"]) == images
     assert all("not verified" in f["reason"] for f in report["failed"])
+
+
+def test_an_export_is_the_clinics_own_and_whole_files_are_deidentified(site):
+    """Clinic 1's export of a patientGuid that only another clinic sharing the bucket has
+    archived is 'not found' (exit 1) and exports nothing; of a patient both clinics have,
+    only clinic 1's images. A file with a name in its preamble and file meta leaves with
+    neither. A weak secret is refused with one line; one made by `blocks research-secret
+    --generate` is used from its block (issue 33)."""
+    clinic, client, orthanc, config, env = site
+    first = clinic.expected[0]
+    guid = first["patient_guid"]
+    path = Path(clinic.pdata_root, first["path"])
+    ds = pydicom.dcmread(path)
+    ds.preamble = b"PATIENT: DOE^JANE DOB 19700101".ljust(128, b"\0")
+    ds.file_meta.SourceApplicationEntityTitle = "JANEDOE"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.2.1143"
+    ds.file_meta.PrivateInformation = b"DOE^JANE 19700101"
+    ds.save_as(path, enforce_file_format=True)
+    sync = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    archive = stored_objects(client)
+    # another clinic's objects in the shared bucket, as its sync writes them: one patient
+    # only it has, and one image of a patient both clinics treat
+    body = next(iter(archive.values()))
+    elsewhere = "0b9e3c1a-5d2f-4e8b-9c7a-6f1e2d3c4b5a"
+    for key in (f"images/{elsewhere}/clinic-002_5_x.dcm", f"images/{guid}/clinic-002_6_y.dcm"):
+        client.put_object(
+            Bucket=BUCKET, Key=key, Body=body, Metadata={"clinic-id": "clinic-002", "image-id": "5"}
+        )
+
+    weak = run_cli(
+        ["export", "--config", str(config), "--project", "p1", "--patient-guid", guid],
+        {**env, "PDATA_SYNC_RESEARCH_SECRET": " " * 40},
+    )
+    assert weak.returncode == 2
+    assert [line for line in weak.stderr.splitlines() if line.startswith("pdata-sync:")] == [
+        "pdata-sync: research: the secret in PDATA_SYNC_RESEARCH_SECRET is too weak (it is "
+        "empty); make one with `pdata-sync blocks research-secret --name NAME --generate`"
+    ]
+
+    made = run_cli(["blocks", "research-secret", "--name", "test-research-key", "--generate"], env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    again = run_cli(["blocks", "research-secret", "--name", "test-research-key", "--generate"], env)
+    assert again.returncode == 2 and "exists: it is not replaced" in again.stderr
+    config.write_text(
+        config.read_text().replace(
+            f"research:\n  bucket: {RESEARCH}\n",
+            f"research:\n  bucket: {RESEARCH}\n  secret_block: test-research-key\n",
+        )
+    )
+    no_env = {**env, "PDATA_SYNC_RESEARCH_SECRET": ""}
+
+    code, report, _ = export(config, no_env, "p1", "--patient-guid", elsewhere)
+    assert code == 1
+    assert report["exported"] == 0
+    assert report["not_found"] == {"patient_guids": [elsewhere], "study_uids": []}
+    assert stored_objects(client, "research/", RESEARCH) == {}
+
+    code, report, _ = export(config, no_env, "p1", "--patient-guid", guid)
+    assert code == 0, report
+    mine = [k for k in archive if k.startswith(f"images/{guid}/")]
+    assert report["exported"] + len(report["held_back"]) == len(mine)  # not clinic-002's
+    with_phi = next(k for k in mine if f"_{first['image_id']}_" in k)
+    assert with_phi not in {h["key"] for h in report["held_back"]}
+    exported = {
+        k: v
+        for k, v in stored_objects(client, "research/p1/", RESEARCH).items()
+        if "/manifests/" not in k
+    }
+    assert len(exported) == report["exported"] > 0
+    assert b"DOE^JANE" in archive[with_phi][:128]  # the archive keeps the file as it was
+    for data in exported.values():
+        assert data[:128] == b"\0" * 128
+        for leak in (b"DOE^JANE", b"JANEDOE", b"1.2.826.0.1.3680043.2.1143"):
+            assert leak not in data
+        assert {e.keyword for e in header(data).file_meta} == {
+            "FileMetaInformationGroupLength",
+            "FileMetaInformationVersion",
+            "MediaStorageSOPClassUID",
+            "MediaStorageSOPInstanceUID",
+            "TransferSyntaxUID",
+            "ImplementationClassUID",
+            "ImplementationVersionName",
+        }

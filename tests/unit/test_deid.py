@@ -21,6 +21,7 @@ from tests.conftest import make_clinic
 
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 OTHER = "a1b2c3d4-0000-4000-8000-000000000001"
+TEST_SECRET = "kq3R7vYb2XwPz9LmN4tHc8JdF6sAe1GuV5oWiQy0TnB"  # 43 base64 characters
 
 
 def corpus() -> list[Path]:
@@ -108,7 +109,7 @@ def check(original: Dataset, result: Dataset, key: ProjectKey) -> int:
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
 def test_every_attribute_of_the_profile_is_handled(path):
-    key = ProjectKey.of("s3cret", "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     original = pydicom.dcmread(path)
     result = Deidentifier(key).deidentify(copy.deepcopy(original), GUID)
     check(original, result, key)
@@ -139,7 +140,7 @@ def test_the_corpus_is_the_real_one():
 
 def test_a_generated_clinic_tag_by_tag(tmp_path):
     clinic = make_clinic(tmp_path / "clinic", patients=8)
-    key = ProjectKey.of("s3cret", "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     checked = 0
     for entry in clinic.expected:
         original = pydicom.dcmread(Path(clinic.pdata_root, entry["path"]))
@@ -153,10 +154,10 @@ def test_a_generated_clinic_tag_by_tag(tmp_path):
 
 def test_uids_are_consistent_within_a_project_and_differ_between_projects():
     ds = pydicom.dcmread(get_testdata_files("CT_small.dcm")[0])
-    one = ProjectKey.of("s3cret", "p1")
+    one = ProjectKey.of(TEST_SECRET, "p1")
     a = Deidentifier(one).deidentify(copy.deepcopy(ds), GUID)
-    b = Deidentifier(ProjectKey.of("s3cret", "p1")).deidentify(copy.deepcopy(ds), GUID)
-    c = Deidentifier(ProjectKey.of("s3cret", "p2")).deidentify(copy.deepcopy(ds), GUID)
+    b = Deidentifier(ProjectKey.of(TEST_SECRET, "p1")).deidentify(copy.deepcopy(ds), GUID)
+    c = Deidentifier(ProjectKey.of(TEST_SECRET, "p2")).deidentify(copy.deepcopy(ds), GUID)
     for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
         assert a[name].value == b[name].value  # another run, the same UID
         assert a[name].value != c[name].value  # another project, another UID
@@ -202,7 +203,7 @@ def part10_with_phi_outside_the_dataset() -> bytes:
 def test_the_preamble_is_zeroed_and_the_file_meta_rebuilt():
     raw = part10_with_phi_outside_the_dataset()
     assert b"DOE^JANE" in raw[:128] and b"JANEDOE" in raw  # the file as it arrives
-    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     ds = Deidentifier(key).deidentify(pydicom.dcmread(io.BytesIO(raw)), GUID)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -232,7 +233,7 @@ def test_elements_of_other_groups_inside_the_dataset_do_not_survive():
     ds.add_new(0x00000901, "AT", 0x00100010)  # Offending Element, a command field
     ds.add_new(0x00100000, "UL", 4)  # a group length
     ds.add_new(0xFFFCFFFC, "OB", b"DOE^JANE")  # data set trailing padding
-    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     Deidentifier(key).deidentify(ds, GUID)
     assert not [e.tag for e in ds if e.tag.group in (0x0000, 0x0002, 0xFFFC)]
     assert 0x00100000 not in ds
@@ -291,7 +292,7 @@ def originals_left(ds: Dataset) -> list[str]:
 @pytest.mark.parametrize("tag", sorted(SEQUENCES), ids=lambda t: f"{t:08X}")
 def test_every_sequence_of_the_table_ends_as_its_code_allows(tag, sop_class):
     code = SEQUENCES[tag]
-    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     ds = Deidentifier(key).deidentify(with_sequence(tag, sop_class), GUID)
     allowed = {
         "X": {"absent"},
@@ -346,7 +347,7 @@ def test_a_combined_code_follows_the_attribute_type_in_the_iod(keyword, sop_clas
     from pydicom.datadict import tag_for_keyword
 
     tag = tag_for_keyword(keyword)
-    key = ProjectKey.of("s3cret" * 6, "caries-2027")
+    key = ProjectKey.of(TEST_SECRET, "caries-2027")
     ds = Deidentifier(key).deidentify(with_sequence(tag, sop_class), GUID)
     got = "absent" if tag not in ds else "empty" if not ds[tag].value else "dummy"
     if expected == "items":
@@ -360,3 +361,38 @@ def test_a_combined_code_follows_the_attribute_type_in_the_iod(keyword, sop_clas
     else:
         assert got == expected
         assert originals_left(ds) == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        (" ", "empty"),
+        ("s3cret", "6 base64 characters, 256 bits need 43"),
+        ("a-research-secret-for-tests", "27 base64 characters"),
+        ("0123456789abcdef" * 2, "32 hex digits, 256 bits need 64"),
+        ("a" * 64, "only 1 different"),  # long enough, and one character: not a secret
+        ("z" * 64, "only 1 different"),
+        ("correct horse battery staple!", "29 bytes, 256 bits need 32"),
+    ],
+)
+def test_a_weak_research_secret_is_refused(secret, problem):
+    from pdata_sync.deid import secret_problem
+
+    assert problem in (secret_problem(secret) or "ok")
+    with pytest.raises(ValueError, match="too weak"):
+        ProjectKey.of(secret, "caries-2027")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        TEST_SECRET,
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # 64 hex
+        "correct horse battery staple, twice!",  # 36 bytes of text
+    ],
+)
+def test_a_strong_research_secret_is_accepted(secret):
+    from pdata_sync.deid import secret_problem
+
+    assert secret_problem(secret) is None
+    assert ProjectKey.of(secret, "p").pseudonym(GUID).startswith("RP")

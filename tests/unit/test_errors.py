@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from pdata_sync.errors import ErrorKind, classify, s3_config_message
+from pdata_sync.errors import ErrorKind, classify, describe, s3_config_message
 
 
 def s3_error(operation: str, code: str) -> ClientError:
@@ -46,3 +46,17 @@ def test_config_messages_name_the_bucket_and_the_setting():
 )
 def test_unreadable_files_are_the_environment_not_bad_input(exc):
     assert classify(exc) is ErrorKind.ENVIRONMENT
+
+
+def test_an_s3_failure_is_described_by_operation_code_and_status_never_the_message():
+    """A server that repeats the request's key in its message (a research key holds a
+    pseudonym) must not have it copied into a failure reason (issue 33)."""
+    key = "research/p1/RPABCDEFGHIJKLMNOP/2.25.1/2.25.2/2.25.3.dcm"
+    exc = ClientError(
+        {
+            "Error": {"Code": "AccessDenied", "Message": f"denied {key}", "Key": key},
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        },
+        "PutObject",
+    )
+    assert describe(exc) == "S3 PutObject failed: AccessDenied (HTTP 403)"
