@@ -35,7 +35,7 @@ from pdata_sync.research import (
     validate_project,
 )
 from pdata_sync.s3_store import check_bucket, put_derived
-from tasks.credentials import s3_client
+from tasks.credentials import s3_client, warn_if_insecure
 from tasks.research import export_batch, plan_export_task, project_key, research_config
 
 from .sync import artifact_key
@@ -90,6 +90,7 @@ def export_research(
     project_key(config, project)  # no secret: refused before any work
     check_bucket(s3_client(research.as_s3(), config.transfer), research.bucket)
     logger = get_run_logger()
+    warn_if_insecure(config.orthanc, logger)
 
     plan = plan_export_task(config, request)
     items = plan.items

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 from pydantic import Field
 
 import flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
@@ -20,9 +21,9 @@ from pdata_sync.retrieval import (
     patient_manifest,
     validate_expiry,
     validate_guid,
-    write_private_json,
+    write_manifest_file,
 )
-from tasks.credentials import orthanc_client, s3_client
+from tasks.credentials import orthanc_client, s3_client, warn_if_insecure
 
 
 @task(name="list-patient-images", cache_policy=NO_CACHE, persist_result=False)
@@ -41,7 +42,7 @@ def manifest_task(
 ) -> list[dict[str, str]]:
     """Write OHIF's manifest for the patient; return the objects left out of it."""
     manifest, left_out = patient_manifest(s3_client(s3), s3, patient_guid, presign_seconds)
-    write_private_json(manifest_path, manifest)
+    write_manifest_file(manifest_path, manifest)
     return left_out
 
 
@@ -51,6 +52,7 @@ def previews_task(
 ) -> list[dict[str, str]]:
     """One PNG per image: Orthanc's when the clinic has one, else drawn here."""
     client = orthanc_client(orthanc) if orthanc is not None else None
+    warn_if_insecure(orthanc, get_run_logger())
     return write_previews(s3_client(s3), s3, patient_guid, previews_dir, client)
 
 
@@ -118,7 +120,7 @@ def retrieve_patient_images(
     manifest_path: str | None = _MANIFEST,
     previews_dir: str | None = _PREVIEWS,
     orthanc: OrthancConfig | None = _ORTHANC,
-) -> list[dict[str, Any]]:
+) -> Any:
     """List every image under ``images/{patient_guid}/``; presign, download, write a viewer
     manifest and/or PNG previews on request.
 
@@ -175,4 +177,9 @@ def retrieve_patient_images(
             " (no URLs here: they are bearer credentials)"
         ),
     )
+    refused = [i for i in images if i.get("download_problem")]
+    for image in refused:
+        logger.warning("not downloaded: %s (%s)", image["key"], image["download_problem"])
+    if refused:  # nothing was overwritten; the run says what it did not write
+        return Failed(message=f"{len(refused)} image(s) not downloaded", data=images)
     return images

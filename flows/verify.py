@@ -23,7 +23,7 @@ from pdata_sync.s3_store import check_bucket
 from pdata_sync.verify import Drift, verify_catalog, verify_orthanc
 from tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock, open_catalog
 from tasks.changes import clinic_marks
-from tasks.credentials import orthanc_client, s3_client
+from tasks.credentials import orthanc_client, s3_client, warn_if_insecure
 
 from .sync import artifact_key, clinic_run_name
 
@@ -37,6 +37,7 @@ def verify_task(config: ClinicConfig) -> Drift:
     check_bucket(client, config.s3.bucket)
     orthanc = orthanc_client(config.orthanc) if config.orthanc is not None else None
     if orthanc is not None:
+        warn_if_insecure(config.orthanc, get_run_logger())
         orthanc.check()  # unreachable or refused: before any work
     drift = verify_catalog(
         clinic_images(config),

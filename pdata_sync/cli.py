@@ -241,6 +241,8 @@ def _print_images(images: list[dict[str, Any]]) -> None:
             print(f"  preview ({img['preview_source']}): {img['preview']}")
         elif img.get("preview_problem"):
             print(f"  no preview: {img['preview_problem']}")
+        if img.get("download_problem"):
+            print(f"  not downloaded: {img['download_problem']}")
     print(f"{len(images)} image(s)", file=sys.stderr)
 
 
@@ -353,7 +355,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
             validate_expiry(args.presign)
     except ConfigError as exc:
         return _refuse(str(exc))
-    _, code = _run_and_print(
+    images, code = _run_and_print(
         args,
         "retrieve",
         lambda: run_retrieve(
@@ -361,9 +363,19 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         ),
         _print_images,
     )
-    if code is None and args.manifest:
+    if code is not None:
+        return code
+    if args.manifest:
         print(f"pdata-sync: viewer manifest written to {args.manifest}", file=sys.stderr)
-    return EXIT_OK if code is None else code
+    refused = [i for i in images if i.get("download_problem")]
+    if refused:
+        print(
+            f"pdata-sync: {len(refused)} image(s) not downloaded (nothing in "
+            f"{args.download} was replaced)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def run_export(
@@ -529,6 +541,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _refuse(str(exc))
+    if config.orthanc is not None:
+        from .orthanc import insecure
+
+        for warning in insecure(config.orthanc):
+            print(f"pdata-sync: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid config for clinic {config.clinic_id}")
     return EXIT_OK
 

@@ -20,8 +20,11 @@ Orthanc's ids are deterministic: SHA-1 over the patient id and UIDs
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -85,36 +88,106 @@ def instance_ids(patient_id: str, study_uid: str, series_uid: str, sop_uid: str)
     )
 
 
-def _detail(response: httpx.Response) -> str:
-    """Orthanc's own words for a refusal (its JSON error's Details or Message)."""
+# What Orthanc's answers may be, checked before they are trusted (docs/orthanc.md).
+ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")  # SHA-1 in five groups
+STATUSES = frozenset({SUCCESS, ALREADY_STORED})
+JSON_MAX = 4 << 20  # every JSON answer is small: a few MB is already absurd
+PREVIEW_MAX = 64 << 20  # a PNG of one X-ray
+FILE_MAX = 2 << 30  # an instance found by UID, whose size the catalog does not know
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEADER_LINE = re.compile(r"^\s*[A-Za-z0-9-]{2,40}\s*:\s")
+_CREDENTIAL = re.compile(r"(?i)\b(basic|bearer|digest)\s+[A-Za-z0-9+/=._~-]{4,}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What Orthanc answered, its body read up to a limit."""
+
+    status: int
+    content_type: str
+    content: bytes
+    reason_phrase: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def clean_message(text: object, limit: int = 160) -> str:
+    """A server's words made safe to print, store and publish: the first line only,
+    printable characters only, nothing that looks like an HTTP header or a credential
+    (a server that echoes the request would otherwise hand back our Authorization)."""
+    first = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    if _HEADER_LINE.match(first):
+        return ""
+    printable = "".join(c for c in first if c.isprintable())
+    return _CREDENTIAL.sub(r"\1 <redacted>", printable)[:limit].strip()
+
+
+def _detail(answer: Answer) -> str:
+    """Orthanc's error, as status, Orthanc's error code and a cleaned, bounded message;
+    never a body that is not Orthanc's JSON error (an HTML page, an echo)."""
     try:
-        body: Any = response.json()
+        body: Any = answer.json()
     except ValueError:
-        return response.text.strip()[:_DETAIL_MAX] or response.reason_phrase
-    if isinstance(body, dict):
-        text = body.get("Details") or body.get("Message") or body.get("OrthancError")
-        if text:
-            return str(text)[:_DETAIL_MAX]
-    return response.reason_phrase
+        body = None
+    if not isinstance(body, dict):
+        return answer.reason_phrase or "no Orthanc error"
+    what = clean_message(body.get("OrthancError") or body.get("Message") or "", 80)
+    code = body.get("OrthancStatus")
+    details = clean_message(body.get("Details") or "")
+    text = what or answer.reason_phrase or "error"
+    if isinstance(code, int) and not isinstance(code, bool):
+        text += f" (Orthanc error {code})"
+    return f"{text}: {details}" if details and details != what else text
 
 
-def _is_orthanc_error(response: httpx.Response) -> bool:
+def _is_orthanc_error(answer: Answer) -> bool:
     try:
-        body = response.json()
+        body = answer.json()
     except ValueError:
         return False
     return isinstance(body, dict) and "OrthancStatus" in body
 
 
-def _raise_for(response: httpx.Response, what: str) -> None:
-    status = response.status_code
+def _raise_for(answer: Answer, what: str) -> None:
+    status = answer.status
     if status < 400:
         return
     if status in (401, 403):
         raise ConfigError(f"{what}: Orthanc refused the credentials ({status})")
     if status == 429 or status >= 500:
-        raise TransientError(f"{what}: Orthanc answered {status}: {_detail(response)}")
-    raise PermanentError(f"{what}: Orthanc answered {status}: {_detail(response)}")
+        raise TransientError(f"{what}: Orthanc answered {status}: {_detail(answer)}")
+    raise PermanentError(f"{what}: Orthanc answered {status}: {_detail(answer)}")
+
+
+def _orthanc_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not ORTHANC_ID.fullmatch(value):
+        raise PermanentError(f"{what}: Orthanc's answer has no valid id ({_shown(value)})")
+    return value
+
+
+def _shown(value: object) -> str:
+    return clean_message(repr(value), 40) or "?"
+
+
+def insecure(cfg: OrthancConfig) -> list[str]:
+    """Why the clinic's Orthanc settings expose something on the network: a password sent
+    over plain http to another machine, or TLS certificates not checked. Printed at
+    check-config and at the start of each run that uses Orthanc."""
+    parsed = urlsplit(cfg.url)
+    loopback = (parsed.hostname or "") in ("127.0.0.1", "::1", "localhost")
+    found = []
+    if cfg.username and parsed.scheme == "http" and not loopback:
+        found.append(
+            f"orthanc: {cfg.url} is plain http: the password of {cfg.username!r} crosses the "
+            "network readable by anyone on it; use https"
+        )
+    if not cfg.verify_tls and parsed.scheme == "https":
+        found.append(
+            f"orthanc: verify_tls is false: any server can pose as {cfg.url} and receive the "
+            "images (and the password)"
+        )
+    return found
 
 
 class OrthancClient:
@@ -146,83 +219,123 @@ class OrthancClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        def once() -> httpx.Response:
-            response = self._http.request(method, path, **kwargs)
-            if response.status_code != 404 and response.status_code != 400:
-                _raise_for(response, what)
-            return response
+    def _request(self, method: str, path: str, what: str, limit: int, **kwargs: Any) -> Answer:
+        """One request, its body read up to ``limit`` bytes: a larger one is refused, never
+        held whole (a server answering 200 MB to /system must not take the worker's
+        memory with it)."""
+        with self._http.stream(method, path, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise PermanentError(f"{what}: Orthanc's answer is {declared} bytes (> {limit})")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise PermanentError(f"{what}: Orthanc's answer is over {limit} bytes")
+            return Answer(
+                response.status_code,
+                response.headers.get("content-type", ""),
+                bytes(body),
+                response.reason_phrase,
+            )
+
+    def _call(
+        self, method: str, path: str, what: str, limit: int = JSON_MAX, **kwargs: Any
+    ) -> Answer:
+        def once() -> Answer:
+            answer = self._request(method, path, what, limit, **kwargs)
+            if answer.status != 404 and answer.status != 400:
+                _raise_for(answer, what)
+            return answer
 
         return call_with_retries(once, max_attempts=self.cfg.max_attempts, initial_delay=0.5)
 
     def check(self) -> str:
         """Orthanc's version, or a ConfigError naming the server when it cannot be used."""
         try:
-            response = self._http.get("/system")
+            answer = self._request("GET", "/system", "GET /system", JSON_MAX)
         except httpx.TransportError as exc:
             raise OrthancUnreachable(
                 f"orthanc: cannot reach Orthanc at {self.url}: {type(exc).__name__}"
-                f"{': ' + str(exc) if str(exc) else ''}"
+                f"{': ' + clean_message(exc) if str(exc) else ''}"
             ) from None
-        if response.status_code in (401, 403):
+        except PermanentError as exc:
+            raise ConfigError(f"orthanc: {self.url}: {exc}: is this Orthanc?") from None
+        if answer.status in (401, 403):
             who = f"user {self.cfg.username!r}" if self.cfg.username else "no credentials"
             raise ConfigError(
                 f"orthanc: Orthanc at {self.url} refused the credentials ({who}, "
-                f"{response.status_code}); check orthanc.username and the password"
+                f"{answer.status}); check orthanc.username and the password"
             )
-        if response.status_code != 200:
+        if answer.status != 200:
             raise ConfigError(
-                f"orthanc: {self.url}/system answered {response.status_code}: is this Orthanc?"
+                f"orthanc: {self.url}/system answered {answer.status}: is this Orthanc?"
             )
         try:
-            return str(response.json()["Version"])
+            version = answer.json()["Version"]
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"orthanc: {self.url}/system is not Orthanc's answer") from None
+            version = None
+        if not isinstance(version, str) or not re.fullmatch(r"[\w.+-]{1,40}", version):
+            raise ConfigError(f"orthanc: {self.url}/system is not Orthanc's answer")
+        return version
 
     def store(self, data: bytes) -> OrthancInstance:
-        """Store one DICOM file; Orthanc's ids and status. A refusal is OrthancRejected."""
-        response = self._call(
+        """Store one DICOM file; Orthanc's ids and status, each checked. A refusal is
+        OrthancRejected; an answer that is not Orthanc's (an id that is not an id, a status
+        Orthanc does not give) a PermanentError: the image is failed for Orthanc."""
+        what = "POST /instances"
+        answer = self._call(
             "POST",
             "/instances",
-            "POST /instances",
+            what,
             content=data,
             headers={"Content-Type": "application/dicom"},
         )
-        if response.status_code in (400, 404):
+        if answer.status in (400, 404):
             # Orthanc refuses a file it cannot parse with 400 and one without a UID it needs
             # (StudyInstanceUID, ...) with 404 "Inexistent tag", both with its JSON error; a
             # bare 404 means the URL is not Orthanc's REST API
-            if not _is_orthanc_error(response):
+            if not _is_orthanc_error(answer):
                 raise ConfigError(f"orthanc: {self.url}/instances not found: is this Orthanc?")
-            raise OrthancRejected(f"refused by Orthanc: {_detail(response)}")
+            raise OrthancRejected(f"refused by Orthanc: {_detail(answer)}")
         try:
-            body = response.json()
-            answer = OrthancInstance(
-                instance_id=str(body["ID"]),
-                series_id=str(body["ParentSeries"]),
-                study_id=str(body["ParentStudy"]),
-                patient_id=str(body["ParentPatient"]),
-                status=str(body["Status"]),
+            body = answer.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise PermanentError(f"{what}: Orthanc's answer is not its JSON")
+        status = body.get("Status")
+        if status not in STATUSES:
+            raise PermanentError(
+                f"{what}: Orthanc's answer has an unknown status ({_shown(status)})"
             )
-        except (ValueError, KeyError, TypeError):
-            raise PermanentError("Orthanc's answer to POST /instances is not its format") from None
-        if answer.status not in (SUCCESS, ALREADY_STORED):
-            raise PermanentError(f"Orthanc did not store it (status {answer.status!r})")
-        return answer
+        return OrthancInstance(
+            instance_id=_orthanc_id(body.get("ID"), what),
+            series_id=_orthanc_id(body.get("ParentSeries"), what),
+            study_id=_orthanc_id(body.get("ParentStudy"), what),
+            patient_id=_orthanc_id(body.get("ParentPatient"), what),
+            status=status,
+        )
 
     def exists(self, instance_id: str) -> bool:
         """True if Orthanc holds this instance."""
-        response = self._call("GET", f"/instances/{instance_id}", "GET /instances/{id}")
-        if response.status_code == 400:
-            raise PermanentError(f"GET /instances/{{id}}: 400: {_detail(response)}")
-        return response.status_code == 200
+        instance_id = _orthanc_id(instance_id, "GET /instances/{id}")
+        answer = self._call("GET", f"/instances/{instance_id}", "GET /instances/{id}")
+        if answer.status == 400:
+            raise PermanentError(f"GET /instances/{{id}}: 400: {_detail(answer)}")
+        return answer.status == 200
 
-    def file(self, instance_id: str) -> bytes | None:
-        """The DICOM file Orthanc holds for the instance; None if it holds none."""
-        response = self._call("GET", f"/instances/{instance_id}/file", "GET /instances/{id}/file")
-        if response.status_code in (400, 404):
+    def file(self, instance_id: str, max_bytes: int = FILE_MAX) -> bytes | None:
+        """The DICOM file Orthanc holds for the instance (at most ``max_bytes``: the size
+        the catalog recorded, when it knows it); None if it holds none."""
+        what = "GET /instances/{id}/file"
+        instance_id = _orthanc_id(instance_id, what)
+        answer = self._call("GET", f"/instances/{instance_id}/file", what, limit=max_bytes)
+        if answer.status in (400, 404):
             return None
-        return response.content
+        if answer.status != 200:
+            raise PermanentError(f"{what}: Orthanc answered {answer.status}")
+        return answer.content
 
     def find_instances(self, study_uid: str, sop_uid: str | None = None) -> list[str]:
         """Orthanc's ids of the instances of a study (``POST /tools/find``), or of one
@@ -230,26 +343,38 @@ class OrthancClient:
         query = {"StudyInstanceUID": study_uid}
         if sop_uid:
             query["SOPInstanceUID"] = sop_uid
-        response = self._call(
-            "POST",
-            "/tools/find",
-            "POST /tools/find",
-            json={"Level": "Instance", "Query": query},
-        )
-        if response.status_code in (400, 404):
-            raise PermanentError(f"POST /tools/find: {response.status_code}: {_detail(response)}")
-        return [str(i) for i in response.json()]
+        what = "POST /tools/find"
+        answer = self._call("POST", "/tools/find", what, json={"Level": "Instance", "Query": query})
+        if answer.status in (400, 404):
+            raise PermanentError(f"{what}: {answer.status}: {_detail(answer)}")
+        try:
+            found = answer.json()
+        except ValueError:
+            found = None
+        if not isinstance(found, list):
+            raise PermanentError(f"{what}: Orthanc's answer is not a list of ids")
+        return [_orthanc_id(i, what) for i in found]
 
     def preview(self, instance_id: str) -> bytes | None:
-        """Orthanc's PNG of the instance's first frame; None if Orthanc does not hold it."""
-        response = self._call(
+        """Orthanc's PNG of the instance's first frame; None if Orthanc does not hold it.
+        An answer that is not a PNG (an HTML page with a 200) is a PermanentError: the
+        caller draws the preview itself."""
+        what = "GET /instances/{id}/preview"
+        instance_id = _orthanc_id(instance_id, what)
+        answer = self._call(
             "GET",
             f"/instances/{instance_id}/preview",
-            "GET /instances/{id}/preview",
+            what,
+            limit=PREVIEW_MAX,
             headers={"Accept": "image/png"},
         )
-        if response.status_code == 404:
+        if answer.status == 404:
             return None
-        if response.status_code == 400:
-            raise BadInputError(f"Orthanc cannot draw it: {_detail(response)}")
-        return response.content
+        if answer.status == 400:
+            raise BadInputError(f"Orthanc cannot draw it: {_detail(answer)}")
+        kind = answer.content_type.split(";")[0].strip().lower()
+        if kind != "image/png" or not answer.content.startswith(PNG_SIGNATURE):
+            raise PermanentError(
+                f"{what}: Orthanc's answer is not a PNG ({clean_message(kind, 40) or 'no type'})"
+            )
+        return answer.content

@@ -17,10 +17,11 @@ from typing import Any
 from .config import S3Config
 from .errors import describe
 from .keys import patient_prefix
+from .local_files import NotReplaced, private_folder, write_new
 from .manifest import HeaderError, read_header
 from .orthanc import OrthancClient, instance_ids
 from .render import RenderError, render
-from .retrieval import download_name, validate_guid, write_private
+from .retrieval import download_name, validate_guid
 from .s3_store import get_bytes, get_range, iter_prefix
 from .thumbnails import too_large
 
@@ -59,8 +60,7 @@ def write_previews(
     object: key, file (absent when none was written), source, and ``problem`` or
     ``fallback`` (why Orthanc's preview was not used)."""
     guid = validate_guid(patient_guid)
-    target = Path(target_dir)
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = private_folder(target_dir)
     objects = list(iter_prefix(client, s3.bucket, patient_prefix(guid)))
     used: set[str] = set()
     names = {}
@@ -73,8 +73,7 @@ def write_previews(
         if orthanc is not None:
             got = _orthanc_preview(client, s3.bucket, key, orthanc)
             if isinstance(got, bytes):
-                write_private(target / names[key], got)
-                return {**entry, "file": str(target / names[key]), "source": FROM_ORTHANC}
+                return written(entry, got, FROM_ORTHANC)
             entry["fallback"] = got
         if reason := too_large(size):
             return {**entry, "source": FROM_LOCAL, "problem": reason}
@@ -82,8 +81,15 @@ def write_previews(
             png = render(get_bytes(client, s3.bucket, key)[0], max_side=PREVIEW_MAX_SIDE, fmt="PNG")
         except RenderError as exc:
             return {**entry, "source": FROM_LOCAL, "problem": str(exc)}
-        write_private(target / names[key], png)
-        return {**entry, "file": str(target / names[key]), "source": FROM_LOCAL}
+        return written(entry, png, FROM_LOCAL)
+
+    def written(entry: dict[str, str], png: bytes, source: str) -> dict[str, str]:
+        path = target / names[entry["key"]]
+        try:
+            write_new(path, png)
+        except NotReplaced as exc:
+            return {**entry, "source": source, "problem": str(exc)}
+        return {**entry, "file": str(path), "source": source}
 
     with ThreadPoolExecutor(READERS) as pool:
         return list(pool.map(lambda o: one(o.key, o.size), objects))

@@ -28,7 +28,7 @@ from typing import Any
 import pydicom
 
 from .deid import Deidentifier, held_back
-from .errors import BadInputError, ConfigError, describe
+from .errors import BadInputError, ConfigError, PermanentError, describe
 from .keys import parse_key
 from .orthanc import OrthancClient
 from .pdata import read_if_unchanged
@@ -317,8 +317,12 @@ class Exporter:
             ids = self.orthanc.find_instances(item.study_uid, item.sop_uid)
         for instance_id in ids:
             data = self.orthanc.file(instance_id)
-            if data is not None:
-                return data
+            if data is None:
+                continue
+            if item.sha256 and hashlib.sha256(data).hexdigest() != item.sha256:
+                # Orthanc keeps files as sent: other bytes are not the archived instance
+                raise PermanentError("Orthanc's file is not the archived content")
+            return data
         return None
 
     def _from_pdata(self, item: ExportItem) -> bytes | None:

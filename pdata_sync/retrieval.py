@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +21,16 @@ from .keys import (
     thumbnail_key,
     thumbnail_prefix,
 )
+from .local_files import UNCHANGED, NotReplaced, private_folder, write_new
 from .manifest import HeaderError, Instance, build_manifest, missing_for_viewer, read_header
-from .s3_store import RemoteObject, download, get_range, iter_prefix, list_prefix, presign_get
+from .s3_store import (
+    RemoteObject,
+    download_into,
+    get_range,
+    iter_prefix,
+    list_prefix,
+    presign_get,
+)
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 DEFAULT_PRESIGN_SECONDS = 3600
@@ -58,7 +65,8 @@ def download_name(key: str, prefix: str, used: set[str]) -> str:
     escapes the folder."""
     relative = key[len(prefix) :] if key.startswith(prefix) else key
     candidates = [relative.rsplit("/", 1)[-1], relative.replace("/", "__")]
-    safe = [c for c in candidates if _SAFE_FILE.fullmatch(c) and set(c) != {"."}]
+    # never a hidden name (".bashrc" from an object someone put under the prefix)
+    safe = [c for c in candidates if _SAFE_FILE.fullmatch(c) and not c.startswith(".")]
     if not safe:  # an object someone else wrote under the prefix
         safe = ["object-" + hashlib.sha256(key.encode()).hexdigest()[:16]]
     name = next((c for c in safe if c.casefold() not in used), None)
@@ -88,7 +96,7 @@ def list_patient_images(
     guid = validate_guid(patient_guid)
     if presign_seconds is not None:
         validate_expiry(presign_seconds)
-    target = Path(download_dir) if download_dir is not None else None
+    target = private_folder(download_dir) if download_dir is not None else None
     used: set[str] = set()  # file names taken in this download, case-folded
     results = []
     for obj in iter_prefix(client, s3.bucket, patient_prefix(guid)):
@@ -104,10 +112,28 @@ def list_patient_images(
         if presign_seconds is not None:
             entry["url"] = presign_get(client, s3.bucket, obj.key, presign_seconds)
         if target is not None:
-            name = download_name(obj.key, patient_prefix(guid), used)
-            entry["path"] = str(download(client, s3.bucket, obj.key, target / name))
+            entry.update(_download(client, s3.bucket, obj.key, target, guid, used))
         results.append(entry)
     return results
+
+
+def _download(
+    client: Any, bucket: str, key: str, folder: Path, guid: str, used: set[str]
+) -> dict[str, str]:
+    """Download one object into ``folder`` as a new owner-only file: ``{"path"}`` (and
+    ``"download": "unchanged"`` when the same bytes were there), or ``{"download_problem"}``
+    when it was not written (a name beginning with a dot, another file at its name)."""
+    if key.rsplit("/", 1)[-1].startswith("."):
+        return {"download_problem": "its name begins with a dot: not downloaded"}
+    name = download_name(key, patient_prefix(guid), used)
+    try:
+        done = write_new(folder / name, lambda fh: download_into(client, bucket, key, fh))
+    except NotReplaced as exc:
+        return {"download_problem": str(exc)}
+    entry = {"path": str(folder / name)}
+    if done == UNCHANGED:
+        entry["download"] = UNCHANGED
+    return entry
 
 
 HEADER_READERS = 8  # concurrent ranged GETs while building a manifest
@@ -149,19 +175,16 @@ def patient_manifest(
     return build_manifest(items, guid), left_out
 
 
-def write_private(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` readable by its owner only (presigned URLs, previews: patient data),
-    atomically."""
+def write_manifest_file(path: str | Path, document: Any) -> Path:
+    """Write a viewer manifest (it holds presigned URLs) as a new owner-only file
+    (:func:`pdata_sync.local_files.write_new`); a different file already at ``path`` is
+    not replaced but refused."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, target)
+    try:
+        write_new(target, json.dumps(document, indent=1).encode("utf-8"))
+    except NotReplaced:
+        raise InvalidRequestError(
+            f"viewer manifest: {target} exists: it is not replaced (remove it, or choose "
+            "another file)"
+        ) from None
     return target
-
-
-def write_private_json(path: str | Path, document: Any) -> Path:
-    """Write JSON readable by its owner only (it holds presigned URLs), atomically."""
-    return write_private(path, json.dumps(document, indent=1).encode("utf-8"))

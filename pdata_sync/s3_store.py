@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.session
@@ -688,11 +688,7 @@ def presign_get(client: Any, bucket: str, key: str, expires_in: int) -> str:
     )
 
 
-def download(client: Any, bucket: str, key: str, target: str | Path) -> Path:
-    """Download ``key`` to ``target`` atomically (temp file, then rename)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    client.download_file(bucket, key, str(tmp))
-    os.replace(tmp, target)
-    return target
+def download_into(client: Any, bucket: str, key: str, fh: BinaryIO) -> None:
+    """Write ``key``'s bytes into the open file ``fh`` (the caller decides where files go
+    on the worker: :mod:`pdata_sync.local_files`)."""
+    client.download_fileobj(bucket, key, fh)

@@ -16,7 +16,7 @@ from pdata_sync.config import (
     TransferConfig,
 )
 from pdata_sync.errors import ConfigError
-from pdata_sync.orthanc import OrthancClient
+from pdata_sync.orthanc import OrthancClient, insecure
 from pdata_sync.s3_store import AwsKeys, make_client
 
 DB_PASSWORD_ENV = "PDATA_SYNC_DB_PASSWORD"
@@ -61,6 +61,12 @@ def research_secret(cfg: ResearchConfig) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _cached_orthanc(cfg: OrthancConfig, password: str | None) -> OrthancClient:
     return OrthancClient(cfg, password)
+
+
+def warn_if_insecure(cfg: OrthancConfig | None, logger: Any) -> None:
+    """At the start of a run that uses Orthanc: say what its settings expose."""
+    for warning in insecure(cfg) if cfg is not None else []:
+        logger.warning("%s", warning)
 
 
 def orthanc_client(cfg: OrthancConfig) -> OrthancClient:

@@ -20,7 +20,7 @@ from pdata_sync.triage import FileCheck
 from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
 
 from .catalog import clinic_images, open_catalog
-from .credentials import orthanc_client, s3_client
+from .credentials import orthanc_client, s3_client, warn_if_insecure
 
 
 @task(name="check-bucket", cache_policy=NO_CACHE, persist_result=False)
@@ -33,6 +33,7 @@ def check_destination(config: ClinicConfig) -> Unavailable | None:
     logger.info("bucket %s is reachable", config.s3.bucket)
     if config.orthanc is None:
         return None
+    warn_if_insecure(config.orthanc, logger)
     try:
         version = orthanc_client(config.orthanc).check()
     except ConfigError as exc:

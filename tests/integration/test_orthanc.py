@@ -5,6 +5,7 @@ counted, not assumed."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_sync_stores_every_image_in_orthanc_once(site, orthanc, prefect_server):
     assert summary["orthanc"]["already_stored"] == len(ids) - len(distinct)
     assert summary["orthanc"]["failed"] == []
     assert summary["orthanc"]["rejected"] == [
-        {"path": first["path"], "reason": "refused by Orthanc: Inexistent tag"}
+        {"path": first["path"], "reason": "refused by Orthanc: Inexistent tag (Orthanc error 21)"}
     ]
     # Orthanc holds exactly the S3 objects, under the ids their tags give
     assert sorted(orthanc.instances()) == sorted(distinct)
@@ -152,7 +153,7 @@ def test_sync_stores_every_image_in_orthanc_once(site, orthanc, prefect_server):
     orthanc_rows = {r["reason"]: r["count"] for r in table if r["outcome"] == "orthanc"}
     assert orthanc_rows["stored (new in Orthanc)"] == len(distinct)
     assert orthanc_rows["rejected by Orthanc"] == 1
-    assert f"`{first['path']}` | refused by Orthanc: Inexistent tag" in problems
+    assert f"`{first['path']}` | refused by Orthanc: Inexistent tag (Orthanc error 21)" in problems
     for instance in rows.values():  # Orthanc's ids hash the patient id: catalog only
         assert instance.instance_id not in json.dumps(table) + problems
 
@@ -338,7 +339,10 @@ def test_client_against_orthanc(orthanc):
             expected.patient_id,
         )
         assert client.store(data).status == "AlreadyStored"
-        with pytest.raises(OrthancRejected, match="refused by Orthanc: Cannot parse an invalid"):
+        with pytest.raises(
+            OrthancRejected,
+            match=r"refused by Orthanc: Bad file format \(Orthanc error 15\): Cannot parse an",
+        ):
             client.store(b"not a DICOM file at all")
         png = client.preview(first.instance_id)
         assert png is not None and png.startswith(b"\x89PNG")
@@ -347,3 +351,48 @@ def test_client_against_orthanc(orthanc):
         assert client.preview("00000000-00000000-00000000-00000000-00000000") is None
     with OrthancClient(cfg, "wrong") as client, pytest.raises(Exception, match="refused the cred"):
         client.check()
+
+
+def test_a_sync_trusts_no_malformed_orthanc_answer(site, prefect_server):
+    """A fake Orthanc (a small local server) that answers the store with a null id, or with
+    an error text echoing the request's credentials: the archive is whole in S3, no image
+    is recorded as held by Orthanc, and no credential reaches the JSON, the catalog or the
+    problems artifact (issue 33)."""
+    from tests.support.fake_orthanc import FakeOrthanc, json_answer
+
+    clinic, client, proxy, configure, env, tmp_path = site
+    secret = base64.b64encode(f"pdata:{env['PDATA_SYNC_ORTHANC_PASSWORD']}".encode()).decode()
+    stores = []
+
+    def answer(method, path, headers):
+        if path == "/system":
+            return json_answer(200, {"Version": "1.10.1"})
+        stores.append(path)
+        if len(stores) % 2:
+            return json_answer(200, {"ID": None, "Status": "AlreadyStored"})
+        echoed = f"Bad file\nAuthorization: {headers.get('Authorization')}"
+        return json_answer(400, {"OrthancStatus": 15, "OrthancError": "x", "Details": echoed})
+
+    with FakeOrthanc(answer) as fake:
+        config = configure()
+        config.write_text(config.read_text().replace(proxy.url, fake.url))
+        out = run_cli(["sync", "--config", str(config), "--json"], env)
+    assert out.returncode == 1, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["failed"] == [] and summary["uploaded"] == len(clinic.expected)
+    assert_exactly_expected(client, clinic)
+    counts = summary["orthanc"]
+    assert counts["stored"] == counts["already_stored"] == 0
+    assert counts["unchanged"] == 0 and counts["failed"] and counts["rejected"]
+    assert all("no valid id (None)" in f["reason"] for f in counts["failed"])
+    assert recorded(tmp_path, clinic, fake.url) == {}
+    _, problems = artifacts(prefect_server, summary["flow_run_id"], clinic.clinic_id)
+    catalog = (tmp_path / "state").rglob("*.sqlite*")
+    for text in (
+        out.stdout,
+        out.stderr,
+        problems,
+        *(p.read_bytes().decode("latin-1") for p in catalog),
+    ):
+        assert secret not in text
+        assert "Authorization" not in text

@@ -51,3 +51,22 @@ def test_check_config_refuses_each_unsafe_setting_naming_the_field(tmp_path):
         assert f"{path}: " in out.stderr, (path, out.stderr)
         assert SECRET not in out.stdout + out.stderr, (path, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_check_config_warns_of_orthanc_settings_that_expose_the_password(tmp_path):
+    """Valid, but worth a warning: a password over plain http to another machine, or
+    Orthanc's certificate not checked (issue 33)."""
+    for orthanc, warned in (
+        ({"url": "http://pacs.clinic.lan:8042", "username": "pdata"}, "is plain http"),
+        ({"url": "https://pacs.clinic.lan", "verify_tls": False}, "verify_tls is false"),
+        ({"url": "https://pacs.clinic.lan", "username": "pdata"}, None),
+    ):
+        config = tmp_path / "orthanc.yaml"
+        config.write_text(yaml.safe_dump({**VALID, "orthanc": orthanc}))
+        out = run_cli(["check-config", "--config", str(config)], {}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+        if warned is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and warned in warnings[0]
