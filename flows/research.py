@@ -129,6 +129,11 @@ def export_research(
                 "source": "no source had it, or an error",
                 "count": len(report.failed),
             },
+            {
+                "outcome": "not found",
+                "source": "requested, nothing of this clinic's",
+                "count": len(report.not_found_guids) + len(report.not_found_studies),
+            },
         ],
         description=f"Research export {project} of clinic {config.clinic_id}",
     )

@@ -48,6 +48,7 @@ FAILED = "failed"
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 RESEARCH_ROOT = "research"
+REQUEST_MAX_BYTES = 64 << 20  # a CSV of a million patientGuids is 37 MB
 
 
 def validate_project(project: str) -> str:
@@ -87,10 +88,26 @@ def read_request_csv(path: str | Path) -> ExportRequest:
     ``study_instance_uid`` column; errors name the file and line."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        with source.open("rb") as fh:
+            data = fh.read(REQUEST_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(data) > REQUEST_MAX_BYTES:
+        raise ConfigError(f"{source}: larger than {REQUEST_MAX_BYTES >> 20} MB: not a request")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{source}, line {line}: not UTF-8 text (save it as UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _request_rows(source, reader)
+    except csv.Error as exc:  # a field over the csv module's limit, ...
+        # line_num counts the lines read whole; the error is in the next one
+        raise ConfigError(f"{source}, line {reader.line_num + 1}: not CSV ({exc})") from None
+
+
+def _request_rows(source: Path, reader: csv.DictReader) -> ExportRequest:
     columns = {c.strip() for c in reader.fieldnames or []}
     if not columns & {"patient_guid", "study_instance_uid"}:
         raise ConfigError(f"{source}: needs a patient_guid or study_instance_uid column")

@@ -498,14 +498,14 @@ def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
         if is_md5_etag(stored.etag):
             if stored.etag != stored.sent_etag:
                 raise PermanentError(
-                    f"S3 answered ETag {stored.etag} for {key}, the bytes sent give "
+                    f"S3 answered ETag {stored.etag}, the bytes sent give "
                     f"{stored.sent_etag}; not verified"
                 )
             return stored.etag
         if stored.answered_sha256:
             if stored.answered_sha256 != stored.sent_sha256:
                 raise PermanentError(
-                    f"S3 answered SHA-256 {stored.answered_sha256} for {key}, the bytes sent "
+                    f"S3 answered SHA-256 {stored.answered_sha256}, the bytes sent "
                     f"give {stored.sent_sha256}; not verified"
                 )
             return stored.etag
@@ -514,13 +514,12 @@ def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
     etag = str(response.get("ETag", "")).strip('"')
     if length != stored.size:
         raise PermanentError(
-            f"S3 reports {length} bytes for {key} after the upload, {stored.size} were sent; "
-            "not verified"
+            f"S3 reports {length} bytes after the upload, {stored.size} were sent; not verified"
         )
     if is_md5_etag(etag):
         if etag != stored.sent_etag:
             raise PermanentError(
-                f"S3 reports ETag {etag} for {key} after the upload, the bytes sent give "
+                f"S3 reports ETag {etag} after the upload, the bytes sent give "
                 f"{stored.sent_etag}; not verified"
             )
         return etag
@@ -528,13 +527,11 @@ def confirm_object(client: Any, bucket: str, key: str, stored: Stored) -> str:
     if checksum:
         if checksum.split("-")[0] != stored.sent_sha256.split("-")[0]:
             raise PermanentError(
-                f"S3 reports SHA-256 {checksum} for {key} after the upload, the bytes sent give "
+                f"S3 reports SHA-256 {checksum} after the upload, the bytes sent give "
                 f"{stored.sent_sha256}; not verified"
             )
         return etag
-    raise PermanentError(
-        f"S3 reports neither an MD5 ETag nor a SHA-256 checksum for {key}; cannot verify it"
-    )
+    raise PermanentError("S3 reports neither an MD5 ETag nor a SHA-256 checksum; cannot verify it")
 
 
 def abort_interrupted_uploads(

@@ -140,6 +140,16 @@ class ViewerServer:
     def origin(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    def host_allowed(self, host: str | None) -> bool:
+        """True for the Host header a browser sends to this server: 127.0.0.1 or
+        localhost, with the port it serves (or none)."""
+        if not host:
+            return False
+        name, _, port = host.strip().lower().rpartition(":")
+        if not name or not port.isdigit():  # no port given
+            name, port = host.strip().lower(), str(self.port)
+        return name in ("127.0.0.1", "localhost", "[::1]") and port == str(self.port)
+
     @property
     def manifest_path(self) -> str:
         return f"/m/{self.token}/manifest.json"
@@ -174,6 +184,11 @@ class ViewerServer:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8", cache=False)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if not server.host_allowed(self.headers.get("Host")):
+                    # DNS rebinding: a page of another origin whose name now resolves to
+                    # 127.0.0.1 sends its own host name; only ours are served
+                    self._send(421, b"misdirected request\n", "text/plain", cache=False)
+                    return
                 path = urlsplit(self.path).path
                 if path == server.manifest_path:
                     try:

@@ -223,6 +223,9 @@ def test_an_export_a_research_server_did_not_store_as_sent_is_reported_failed(si
     assert report["exported"] == 0
     assert len(report["failed"]) == images
     assert all("not verified" in f["reason"] for f in report["failed"])
+    # the reason stands next to the archive key (the patientGuid): never the research key
+    # (the pseudonym) beside it
+    assert not [f for f in report["failed"] if "research/" in f["reason"] or "RP" in f["reason"]]
 
 
 def test_an_export_is_the_clinics_own_and_whole_files_are_deidentified(site):

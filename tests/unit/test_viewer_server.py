@@ -95,6 +95,34 @@ def test_nothing_else_is_served(server, path):
     assert "outside" not in response.text and "addEventListener" not in response.text
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",  # DNS rebinding: the attacker's name now resolving to 127.0.0.1
+        "evil.example:{port}",
+        "127.0.0.1.nip.io:{port}",
+        "127.0.0.1:1",  # another port
+        "localhost:{port}@evil.example",
+        "",
+    ],
+)
+def test_a_host_header_not_ours_gets_nothing(server, host):
+    """A page of another origin that reaches the viewer through DNS rebinding sends its own
+    host name: it gets neither the manifest (presigned URLs) nor OHIF (issue 33)."""
+    headers = {"Host": host.format(port=server.port)}
+    for path in (server.manifest_path, "/app-config.js", "/a.wasm"):
+        response = httpx.get(server.origin + path, headers=headers, timeout=10)
+        assert response.status_code == 421, (host, path)
+        assert b"studies" not in response.content
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}"])
+def test_our_own_host_names_are_served(server, host):
+    headers = {"Host": host.format(port=server.port)}
+    response = httpx.get(server.origin + server.manifest_path, headers=headers, timeout=10)
+    assert response.status_code == 200 and "studies" in response.json()
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
 def test_only_get_and_head(server, method):
     response = get(server, server.manifest_path, method)
