@@ -216,8 +216,9 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
 
     lying = BatchUploader(cfg, _Lying(client, monkeypatch), rows_of, "run-1").upload_batch(items)
     assert [o.status for o in lying] == [FAILED, FAILED]
-    assert "answered ETag" in lying[0].reason and "bytes for" in lying[1].reason
+    assert "answered ETag" in lying[0].reason and "bytes after the upload" in lying[1].reason
     assert all("not verified" in o.reason for o in lying)
+    assert not any("images/" in o.reason for o in lying)  # the key is beside the reason, not in it
     rows = rows_of.lookup([i.key for i in items])
     assert {r.state for r in rows.values()} == {ROW_UPLOADED}  # accepted, never verified
 
