@@ -113,10 +113,6 @@ IMPLEMENTATION_VERSION = "PDATA_SYNC_1"  # SH, 16 at most
 PREAMBLE = b"\0" * 128
 
 
-class HeldBack(Exception):
-    """The image is not exported; the message says why."""
-
-
 @dataclass(frozen=True)
 class Table:
     """Table E.1-1 as the library carries it: action code per tag, and masked ranges."""

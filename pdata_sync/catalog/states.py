@@ -103,4 +103,3 @@ RETIRE = Transition(
     "retired/ after its replacement, if any, was verified",
 )
 TRANSITIONS = (BEGIN_UPLOAD, RELEASE, ACCEPT, CONFIRM, MATCH, RECONFIRM, CONTRADICT, RETIRE)
-BY_NAME = {t.name: t for t in TRANSITIONS}
