@@ -20,7 +20,7 @@ BENCH_STAMP := .bench-venv/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock .ci/bootstrap pdata_sync/ohif.py
+$(STAMP): pyproject.toml requirements.lock .ci/bootstrap pdata_sync/viewer/ohif.py
 	PYTHON=$(PYTHON) bash .ci/bootstrap
 	touch $(STAMP)
 

@@ -61,8 +61,8 @@ PDATA_SYNC = ("pdata-sync", "pdata-sync-data")
 # imports FastAPI to serialise it and pydantic.v1 to check its type (about 0.4 s here). Like
 # the pdata-sync CLI, it imports with garbage collection off, then freezes what it loaded, and
 # skips Python's final garbage-cycle searches (gc.freeze at exit). Like pdata-sync's flows, it
-# does not wait for Prefect's heartbeat thread at the end of the run (flows/_prefect_engine.py;
-# 0.5 s on average otherwise).
+# does not wait for Prefect's heartbeat thread at the end of the run
+# (pdata_sync/flows/_prefect_engine.py; 0.5 s on average otherwise).
 PREFECT_FLOOR = f"""
 import atexit, gc, sys
 atexit.register(gc.freeze)
@@ -70,7 +70,7 @@ gc.disable()
 sys.path.insert(0, {str(ROOT)!r})
 from pydantic import BaseModel
 from prefect import flow, task
-import flows._prefect_engine
+import pdata_sync.flows._prefect_engine
 gc.freeze()
 gc.enable()
 class Settings(BaseModel):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import machine
 
-from pdata_sync.demo.fleet import FleetParams, run_night
+from tests.kit.fleet import FleetParams, run_night
 
 
 def main() -> int:

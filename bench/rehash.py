@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from _common import machine
 
 from pdata_sync.catalog import Catalog
-from pdata_sync.recheck import recheck_content, slice_size
+from pdata_sync.pipeline.recheck import recheck_content, slice_size
 
 CLINIC = "clinic-bench"
 DEST = "http://127.0.0.1:8333/dental-images"

@@ -18,32 +18,28 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .config import ClinicConfig, load_config
-from .errors import ClinicBusyError, ConfigError, PdataSyncError, describe
-from .logsafety import protect_logs
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_REFUSED = 2
-EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the clinic holds its lock; try again later
-
-
-def _prepare_prefect_env() -> None:
-    """Settings that must be in place before Prefect is imported."""
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pdata_sync")
-    # No phoning home from clinic machines (and its heartbeat contends for the ephemeral
-    # server's SQLite lock).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Without a Prefect server configured, a run starts a temporary one; Prefect gives it
-    # 20 s, which a busy 2-core machine overran on a first `make demo` (it measured 13-18 s
-    # unloaded): wait longer rather than fail the run.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+from pdata_sync.base.config import load_config
+from pdata_sync.base.errors import ClinicBusyError, ConfigError, PdataSyncError, describe
+from pdata_sync.base.logsafety import protect_logs
+from pdata_sync.console import (
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    _loading_prefect,
+    orthanc_line,
+    refuse,
+    run_export,
+    run_retrieve,
+    run_sync,
+    run_thumbnails,
+    run_verify,
+    view,
+)
 
 
 @contextlib.contextmanager
@@ -68,16 +64,7 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
 
 
 def _refuse(message: str) -> int:
-    print(f"pdata-sync: {message}", file=sys.stderr)
-    return EXIT_REFUSED
-
-
-def _outcome(state: Any) -> tuple[Any, BaseException | None]:
-    """A flow run's (result, None), or (None, the error it ended with)."""
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, BaseException):
-        return None, data
-    return data, None
+    return refuse(message)
 
 
 def _run_and_print(
@@ -106,63 +93,8 @@ def _run_and_print(
     return result, None
 
 
-def run_sync(
-    config: ClinicConfig, full_run: bool = False, new_catalog: bool = False
-) -> tuple[dict[str, Any] | None, BaseException | None]:
-    """Run the ``sync-clinic`` flow; return (summary, error)."""
-    with _loading_prefect():
-        from flows.sync import sync_clinic
-
-    return _outcome(
-        sync_clinic(config=config, full_run=full_run, new_catalog=new_catalog, return_state=True)
-    )
-
-
-def run_retrieve(
-    config: ClinicConfig,
-    guid: str,
-    presign: int | None,
-    download: str | None,
-    manifest: str | None = None,
-    previews: str | None = None,
-) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
-    """Run the ``retrieve-patient-images`` flow; return (images, error)."""
-    with _loading_prefect():
-        from flows.retrieve import retrieve_patient_images
-
-    state = retrieve_patient_images(
-        patient_guid=guid,
-        s3=config.s3,
-        presign_seconds=presign,
-        download_dir=download,
-        manifest_path=manifest,
-        previews_dir=previews,
-        orthanc=config.orthanc if previews else None,
-        return_state=True,
-    )
-    return _outcome(state)
-
-
-def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
-    """Run the ``verify-clinic`` flow; return (findings, error)."""
-    with _loading_prefect():
-        from flows.verify import verify_clinic
-
-    return _outcome(verify_clinic(config=config, return_state=True))
-
-
-def run_thumbnails(
-    config: ClinicConfig, guid: str | None, redo: bool
-) -> tuple[dict[str, Any] | None, BaseException | None]:
-    """Run the ``make-thumbnails`` flow; return (report, error)."""
-    with _loading_prefect():
-        from flows.thumbnails import make_thumbnails
-
-    return _outcome(make_thumbnails(config=config, patient_guid=guid, redo=redo, return_state=True))
-
-
 def cmd_thumbnails(args: argparse.Namespace) -> int:
-    from .retrieval import validate_guid
+    from pdata_sync.archive.retrieval import validate_guid
 
     try:
         config = load_config(args.config)
@@ -246,15 +178,6 @@ def _print_images(images: list[dict[str, Any]]) -> None:
     print(f"{len(images)} image(s)", file=sys.stderr)
 
 
-def orthanc_line(counts: dict[str, Any]) -> str:
-    """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
-    return (
-        f"Orthanc: stored {counts['stored']}, already stored {counts['already_stored']}, "
-        f"unchanged {counts['unchanged']}, rejected {len(counts['rejected'])}, "
-        f"failed {len(counts['failed'])}"
-    )
-
-
 def _print_summary(summary: dict[str, Any], out: Any) -> None:
     print(
         f"clinic {summary['clinic_id']}: {summary['uploaded']} uploaded, "
@@ -291,7 +214,7 @@ def _terminal_progress(enabled: bool) -> Iterator[None]:
     if not enabled or not sys.stderr.isatty():
         yield
         return
-    from . import progress
+    from pdata_sync.pipeline import progress
 
     real = sys.stderr
     bar = progress.TerminalProgress(real)
@@ -346,7 +269,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    from .retrieval import validate_expiry, validate_guid
+    from pdata_sync.archive.retrieval import validate_expiry, validate_guid
 
     try:
         config = load_config(args.config)
@@ -378,24 +301,6 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_export(
-    config: ClinicConfig, project: str, guids: list[str], studies: list[str]
-) -> tuple[dict[str, Any] | None, BaseException | None]:
-    """Run the ``export-research`` flow; return (report, error)."""
-    with _loading_prefect():
-        from flows.research import export_research
-
-    return _outcome(
-        export_research(
-            config=config,
-            project=project,
-            patient_guids=guids,
-            study_uids=studies,
-            return_state=True,
-        )
-    )
-
-
 def _print_export(report: dict[str, Any]) -> None:
     by_source = ", ".join(f"{n} from {s}" for s, n in report["exported_by_source"].items())
     print(
@@ -415,7 +320,7 @@ def _print_export(report: dict[str, Any]) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """De-identified research export of patients or studies (docs/research-export.md)."""
-    from .research import ExportRequest, read_request_csv, validate_project
+    from pdata_sync.research.export import ExportRequest, read_request_csv, validate_project
 
     try:
         config = load_config(args.config)
@@ -450,71 +355,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve OHIF and the patient's manifest on 127.0.0.1 until interrupted."""
-    from .ohif import OhifMissing, locate
-    from .retrieval import patient_manifest, validate_expiry, validate_guid
-    from .viewer import ManifestSource, ViewerServer, cors_allows, first_url
+    from pdata_sync.archive.retrieval import validate_expiry, validate_guid
 
     try:
         config = load_config(args.config)
         guid = validate_guid(args.patient_guid)
         presign = validate_expiry(args.presign)
-        ohif_dir = locate()
     except ConfigError as exc:
         return _refuse(str(exc))
-    except OhifMissing as exc:
-        print(f"pdata-sync: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    from tasks.credentials import s3_client
-
-    client = s3_client(config.s3, config.transfer)
-
-    def build() -> dict[str, Any]:
-        return patient_manifest(client, config.s3, guid, presign)[0]
-
-    manifest, left_out = patient_manifest(client, config.s3, guid, presign)
-    for item in left_out:
-        print(f"pdata-sync: not shown: {item['key']}: {item['reason']}", file=sys.stderr)
-    url = first_url(manifest)
-    if url is None:
-        print(
-            f"pdata-sync: nothing to show: no viewable image under images/{guid}/", file=sys.stderr
-        )
-        return EXIT_FAILED
-    source = ManifestSource(build, presign)
-    source.prime(manifest)
-    try:
-        server = ViewerServer(ohif_dir, source, args.port)
-    except OSError as exc:
-        return _refuse(f"view: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
-    if not cors_allows(url, server.origin):
-        server.stop()
-        return _refuse(
-            f"view: bucket {config.s3.bucket!r} does not allow GET from {server.origin} "
-            "(CORS), so the browser could not load the images; allow that origin on the "
-            "bucket (docs/viewer.md, CORS) or pick an allowed --port"
-        )
-    count = sum(len(s["instances"]) for st in manifest["studies"] for s in st["series"])
-    with server:
-        print(server.viewer_url, flush=True)
-        print(
-            f"pdata-sync: viewing {count} image(s) of patient {guid} on {server.origin} "
-            f"(images from S3, links valid {presign} s, renewed while serving); Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
-        )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return EXIT_OK
+    return view(config, guid, presign, args.port)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """What a sample of the share's files and their database rows say (pdata_sync.probe):
+    """What a sample of the share's files and their database rows say (pdata_sync.source.probe):
     read-only, nothing uploaded, no resolver, no names or CardIds printed."""
-    from .pdata import check_root
-    from .probe import probe, render_text
-    from .sidexis_db import check_database
+    from pdata_sync.source.pdata import check_root
+    from pdata_sync.source.probe import probe, render_text
+    from pdata_sync.source.sidexis_db import check_database
 
     try:
         config = load_config(args.config)
@@ -522,7 +379,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise ConfigError("--sample: at least 1 file")
         check_root(config.pdata_root)
         with _loading_prefect():  # the database password may be in a Prefect block
-            from tasks.source import engine_of
+            from pdata_sync.tasks.source import engine_of
 
         engine = engine_of(config)
         check_database(engine, config.database)
@@ -542,7 +399,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _refuse(str(exc))
     if config.orthanc is not None:
-        from .orthanc import insecure
+        from pdata_sync.orthanc.client import insecure
 
         for warning in insecure(config.orthanc):
             print(f"pdata-sync: warning: {warning}", file=sys.stderr)
@@ -553,7 +410,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_deployments_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .deployments import render_to
+    from pdata_sync.fleet.deployments import render_to
 
     try:
         current = render_to(Path(args.folder), Path(args.output), check=args.check)
@@ -571,7 +428,7 @@ def cmd_deployments_render(args: argparse.Namespace) -> int:
 
 
 def _check_block_name(name: str) -> str | None:
-    from .config import _block_name
+    from pdata_sync.base.config import _block_name
 
     try:
         _block_name(name)
@@ -589,7 +446,7 @@ def cmd_blocks_aws(args: argparse.Namespace) -> int:
     if not key_id or not secret:
         return _refuse("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment first")
     with _loading_prefect():
-        from tasks.credentials import save_aws_block
+        from pdata_sync.tasks.credentials import save_aws_block
 
     save_aws_block(args.name, key_id, secret, args.region)
     print(f"saved AwsCredentials block {args.name!r} (key id ...{key_id[-4:]})", file=sys.stderr)
@@ -609,7 +466,7 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
     if not value:
         return _refuse("no password given (type it at the prompt or pipe it on stdin)")
     with _loading_prefect():
-        from tasks.credentials import save_secret_block
+        from pdata_sync.tasks.credentials import save_secret_block
 
     save_secret_block(args.name, value)
     print(f"saved Secret block {args.name!r}", file=sys.stderr)
@@ -622,7 +479,7 @@ def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
     patient of every project other pseudonyms."""
     import secrets
 
-    from .deid import secret_problem
+    from pdata_sync.research.deid import secret_problem
 
     problem = _check_block_name(args.name)
     if problem:
@@ -636,7 +493,7 @@ def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
     with _loading_prefect():
         from prefect.blocks.system import Secret
 
-        from tasks.credentials import save_secret_block
+        from pdata_sync.tasks.credentials import save_secret_block
 
         try:
             Secret.load(args.name)
@@ -658,16 +515,16 @@ def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.view:
-        from .demo.run import VIEW_PORT, view_demo
+        from pdata_sync.demo.run import VIEW_PORT, view_demo
 
         return view_demo(workdir=args.workdir, port=VIEW_PORT if args.port is None else args.port)
     if args.serve:
-        from .demo.serve import serve_demo
+        from pdata_sync.demo.serve import serve_demo
 
         return serve_demo(
             workdir=args.workdir, fresh=args.fresh, port=4200 if args.port is None else args.port
         )
-    from .demo.run import run_demo
+    from pdata_sync.demo.run import run_demo
 
     return run_demo(workdir=args.workdir, fresh=args.fresh)
 
@@ -844,28 +701,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     return parser
-
-
-@contextlib.contextmanager
-def _loading_prefect() -> Iterator[None]:
-    """Import the flows (or tasks) with Prefect's settings in place
-    (:func:`_prepare_prefect_env`) and without garbage collection, then exempt what they
-    loaded from it.
-
-    Importing Prefect, pydantic, SQLAlchemy and boto3 leaves some 150,000 long-lived
-    objects; Python's full collections, during the imports and then during the run, searched
-    them for cycles: 0.6 s of a 10 s initial sync of 2,000 images, with the GIL held
-    (0.2 s with this; bench/RESULTS.md). Frozen objects are still freed by reference
-    counting; only cycles among them are never searched for, as at exit
-    (:func:`_skip_final_collections`). Collection is on again whatever happens.
-    """
-    _prepare_prefect_env()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def _skip_final_collections() -> None:

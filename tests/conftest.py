@@ -174,7 +174,7 @@ def seaweed(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL server on 127.0.0.1 for the whole session."""
-    from pdata_sync.demo.postgres import PostgresServer
+    from tests.kit.postgres import PostgresServer
 
     with PostgresServer() as server:
         yield server

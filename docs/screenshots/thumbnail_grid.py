@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 from PIL import Image, ImageDraw
 
-from pdata_sync.render import RenderError, render
+from pdata_sync.viewer.render import RenderError, render
 
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
 SHOWN = [

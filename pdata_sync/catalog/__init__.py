@@ -12,7 +12,7 @@ a second destination, Orthanc, holds is in ``orthanc_instances`` (:mod:`.orthanc
 
 SQLite (default, one file per worker) or PostgreSQL; when the catalog is opened, a new one is
 created from :mod:`.schema` at the newest revision and an older one is upgraded by Alembic
-migrations (``pdata_sync/catalog_migrations``).
+migrations (``pdata_sync/catalog/migrations``).
 
 Modules: :mod:`.schema` (tables), :mod:`.database` (connecting, migrating), :mod:`.series`
 (studies and series), :mod:`.states` (the lifecycle), :mod:`.images` (transitions and
@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import logging
 
-from .database import Database, check_sqlite_file, default_catalog_url, set_aside, sqlite_path
-from .destination import destination_of
-from .images import ClinicImages
-from .lock import ClinicLock, Holder
-from .marks import SyncMarks
-from .orthanc import OrthancRecords, OrthancRow
-from .records import (
+from pdata_sync.catalog.database import (
+    Database,
+    check_sqlite_file,
+    default_catalog_url,
+    set_aside,
+    sqlite_path,
+)
+from pdata_sync.catalog.destination import destination_of
+from pdata_sync.catalog.images import ClinicImages
+from pdata_sync.catalog.lock import ClinicLock, Holder
+from pdata_sync.catalog.marks import SyncMarks
+from pdata_sync.catalog.orthanc import OrthancRecords, OrthancRow
+from pdata_sync.catalog.records import (
     CLOCK_TOLERANCE,
     CatalogRow,
     PendingItem,
@@ -39,7 +45,7 @@ from .records import (
     in_the_future,
     now,
 )
-from .schema import (
+from pdata_sync.catalog.schema import (
     HEAD_REVISION,
     LEGACY_DESTINATION,
     MIGRATIONS,
@@ -52,8 +58,8 @@ from .schema import (
     series,
     studies,
 )
-from .series import SeriesRegistry
-from .states import (
+from pdata_sync.catalog.series import SeriesRegistry
+from pdata_sync.catalog.states import (
     ACCEPT,
     CONFIRM,
     DRIFTED,
@@ -87,7 +93,7 @@ class Catalog(Database):
         an empty PostgreSQL database), or with ``new``, which sets an SQLite catalog file
         aside (kept, renamed) and starts over. An SQLite file that exists must be a whole
         catalog: one cut to zero bytes, without its tables, or failing SQLite's
-        ``quick_check`` is refused. Raises :class:`~pdata_sync.errors.ConfigError` naming
+        ``quick_check`` is refused. Raises :class:`~pdata_sync.base.errors.ConfigError` naming
         the database when it cannot be reached or is refused."""
         path = sqlite_path(url)
         if path is not None and new and path.exists():

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import ConfigError
-from .schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE, metadata
+from pdata_sync.base.errors import ConfigError
+from pdata_sync.catalog.schema import HEAD_REVISION, MIGRATIONS, VERSION_TABLE, metadata
 
 _PG_MIGRATION_LOCK = 0x70646174  # "pdat": the advisory lock key of catalog migrations
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .database import Database
-from .records import ROW_COLUMNS, CatalogRow, PendingItem, Settled, now
-from .schema import image_events, image_history, images
-from .series import SeriesRegistry, chunks
-from .states import (
+from pdata_sync.catalog.database import Database
+from pdata_sync.catalog.records import ROW_COLUMNS, CatalogRow, PendingItem, Settled, now
+from pdata_sync.catalog.schema import image_events, image_history, images
+from pdata_sync.catalog.series import SeriesRegistry, chunks
+from pdata_sync.catalog.states import (
     ACCEPT,
     BEGIN_UPLOAD,
     CONFIRM,
@@ -417,7 +417,7 @@ class ClinicImages:
         held once (verified, or drifted since) and that is not retired, with its study UID
         (``key, patient_guid, rel_path, sha256, state, sop_instance_uid, study_instance_uid``),
         by key."""
-        from .schema import series, studies
+        from pdata_sync.catalog.schema import series, studies
 
         query = (
             sa.select(

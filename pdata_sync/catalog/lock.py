@@ -23,10 +23,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import ClinicBusyError
-from .database import Database
-from .records import aware, now
-from .schema import clinic_locks
+from pdata_sync.base.errors import ClinicBusyError
+from pdata_sync.catalog.database import Database
+from pdata_sync.catalog.records import aware, now
+from pdata_sync.catalog.schema import clinic_locks
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..changes import LastFull
-from .database import Database
-from .records import aware, now
-from .schema import full_runs, patient_marks
-from .series import chunks
+from pdata_sync.catalog.database import Database
+from pdata_sync.catalog.records import aware, now
+from pdata_sync.catalog.schema import full_runs, patient_marks
+from pdata_sync.catalog.series import chunks
+from pdata_sync.source.changes import LastFull
 
 
 class SyncMarks:

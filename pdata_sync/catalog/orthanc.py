@@ -16,10 +16,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from .database import Database
-from .records import aware, now
-from .schema import orthanc_instances as table
-from .series import chunks
+from pdata_sync.catalog.database import Database
+from pdata_sync.catalog.records import aware, now
+from pdata_sync.catalog.schema import orthanc_instances as table
+from pdata_sync.catalog.series import chunks
 
 STORED = "stored"
 ALREADY_STORED = "already_stored"

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..clock import CLOCK_TOLERANCE, aware, in_the_future, now  # noqa: F401 - re-exported
-from ..dicom_meta import DicomHeader
-from .states import ImageState, Transition
+from pdata_sync.base.clock import CLOCK_TOLERANCE, aware, in_the_future, now  # noqa: F401 - re-exported
+from pdata_sync.catalog.states import ImageState, Transition
+from pdata_sync.source.dicom_meta import DicomHeader
 
 
 @dataclass(frozen=True)

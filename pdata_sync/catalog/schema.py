@@ -1,5 +1,5 @@
 """The catalog's tables (SQLAlchemy Core). Alembic migrations in
-``pdata_sync/catalog_migrations`` build exactly this schema, and a new catalog is created
+``pdata_sync/catalog/migrations`` build exactly this schema, and a new catalog is created
 from it directly at HEAD_REVISION; a test compares the two ways."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
 HEAD_REVISION = "0007"
-MIGRATIONS = Path(__file__).parent.parent / "catalog_migrations"
+MIGRATIONS = Path(__file__).parent / "migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
 
@@ -183,7 +183,9 @@ full_runs = sa.Table(
     sa.Column("clinic_id", sa.String(64), primary_key=True),
     sa.Column("destination", sa.String(1100), primary_key=True),
     sa.Column("started_at", TS, nullable=False),  # the last full run's start
-    sa.Column("settings", sa.String(64), nullable=False),  # pdata_sync.changes.settings_digest
+    sa.Column(
+        "settings", sa.String(64), nullable=False
+    ),  # pdata_sync.source.changes.settings_digest
     sa.Column("flow_run_id", sa.String(64), nullable=True),
 )
 

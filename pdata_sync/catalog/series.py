@@ -7,9 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..dicom_meta import UNKNOWN, DicomHeader
-from .database import Database
-from .schema import series, studies
+from pdata_sync.catalog.database import Database
+from pdata_sync.catalog.schema import series, studies
+from pdata_sync.source.dicom_meta import UNKNOWN, DicomHeader
 
 CHUNK = 500
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from .prefect_server import stop_process
+from pdata_sync.demo.prefect_server import stop_process
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 USER = "pdata-sync"

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from ..config import load_config
-from .generate import Manifest, generate_clinic
-from .orthanc_server import OrthancServer, orthanc_binary
-from .resolver_server import ResolverServer
-from .seaweed import SeaweedS3
+from pdata_sync.base.config import load_config
+from pdata_sync.demo.generate import Manifest, generate_clinic
+from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.seaweed import SeaweedS3
 
 BUCKET = "dental-images"
 
@@ -113,9 +113,9 @@ def allow_viewer_origin(client: Any, bucket: str, origin: str) -> None:
 def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     """Start the demo's S3 server on its stored data and run ``pdata-sync view`` for the
     demo's first patient until Ctrl-C. The demo must have run once (`make demo`)."""
-    from ..cli import EXIT_FAILED, main
-    from ..viewer import HOST
-    from .prefect_server import _free_port
+    from pdata_sync.console import EXIT_FAILED, view
+    from pdata_sync.demo.prefect_server import _free_port
+    from pdata_sync.viewer.server import HOST
 
     work = Path(workdir).resolve()
     manifest_path = work / "clinic" / "manifest.json"
@@ -136,9 +136,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
             state_dir=work / "state",
         )
         allow_viewer_origin(s3.client(), BUCKET, f"http://{HOST}:{port}")
-        return main(
-            ["view", "--config", str(config_path), "--patient-guid", guid, "--port", str(port)]
-        )
+        return view(load_config(config_path), guid, 3600, port)
 
 
 ORTHANC_PORT = 8042  # Orthanc's usual port, when free: the catalog knows Orthanc by its URL
@@ -157,7 +155,7 @@ def _orthanc(work: Path) -> Iterator[OrthancServer | None]:
 
 
 def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
-    from ..cli import EXIT_FAILED, EXIT_OK, orthanc_line, run_retrieve, run_sync
+    from pdata_sync.console import EXIT_FAILED, EXIT_OK, orthanc_line, run_retrieve, run_sync
 
     work = Path(workdir).resolve()
     manifest = load_or_generate(work, fresh)

@@ -23,18 +23,18 @@ from typing import Any
 
 import yaml
 
-from ..config import load_config
-from ..deployments import load_all, render_to
-from .prefect_server import (
+from pdata_sync.base.config import load_config
+from pdata_sync.demo.prefect_server import (
     PrefectServer,
     create_work_pool,
     deploy_all,
     start_worker,
     stop_processes,
 )
-from .resolver_server import ResolverServer
-from .run import BUCKET, load_or_generate, write_config
-from .seaweed import SeaweedS3
+from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.run import BUCKET, load_or_generate, write_config
+from pdata_sync.demo.seaweed import SeaweedS3
+from pdata_sync.fleet.deployments import load_all, render_to
 
 WORK_POOL = "pdata-sync"
 DEMO_SCHEDULE = {"cron": "30 1 * * *", "timezone": "Europe/Berlin"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.config import load_config
+from pdata_sync.base.config import load_config
+from pdata_sync.base.errors import ConfigError, InvalidRequestError
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.errors import ConfigError, InvalidRequestError
-from pdata_sync.keys import thumbnail_key
+from pdata_sync.identity.keys import thumbnail_key
 from tests.conftest import BUCKET, load_mapping, make_clinic
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
@@ -77,8 +77,8 @@ def artifacts_of(flow_run_id):
 def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
     import sqlalchemy as sa
 
-    import tasks.source
-    from flows.sync import sync_clinic
+    import pdata_sync.tasks.source
+    from pdata_sync.flows.sync import sync_clinic
 
     engines, logins = [], []
 
@@ -88,8 +88,8 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
         engines.append(engine)
         return engine
 
-    real_make_engine = tasks.source.make_engine
-    monkeypatch.setattr(tasks.source, "make_engine", counting_engine)
+    real_make_engine = pdata_sync.tasks.source.make_engine
+    monkeypatch.setattr(pdata_sync.tasks.source, "make_engine", counting_engine)
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic)) as resolver:
         config = config_for(tmp_path, clinic, resolver.url)
@@ -127,7 +127,7 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
 
 def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
     """ADR 0002: upload tasks are batches, not images."""
-    from flows.sync import BOOKKEEPING_TASKS, sync_clinic
+    from pdata_sync.flows.sync import BOOKKEEPING_TASKS, sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic", patients=200, images_per_patient=(10, 10), scale=0.02)
     assert len(clinic.expected) >= 1800
@@ -156,7 +156,7 @@ def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
 
 
 def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):
-    from flows.sync import sync_clinic
+    from pdata_sync.flows.sync import sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic), fail_first=[503] * 1000) as resolver:
@@ -179,7 +179,7 @@ def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, m
     for the worker's user is played by os.scandir."""
     import os
 
-    from flows.sync import sync_clinic
+    from pdata_sync.flows.sync import sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic")
     folder = Path(clinic.expected[0]["path"]).parts[0]
@@ -206,7 +206,7 @@ def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(tmp_path
     """The nil GUID (an ABP backend's "no value") would pool every unresolved patient
     under one prefix: it is a resolver fault, the patient's images fail, nothing goes up
     under it and the patient is not counted as unknown."""
-    from flows.sync import sync_clinic
+    from pdata_sync.flows.sync import sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic")
     mapping = load_mapping(clinic)
@@ -228,7 +228,7 @@ def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(tmp_path
 
 
 def test_config_error_stops_before_any_work(tmp_path, s3):
-    from flows.sync import sync_clinic
+    from pdata_sync.flows.sync import sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic)) as resolver:
@@ -245,8 +245,8 @@ def test_config_error_stops_before_any_work(tmp_path, s3):
 
 
 def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(tmp_path, s3):
-    from flows.retrieve import retrieve_patient_images
-    from flows.sync import sync_clinic
+    from pdata_sync.flows.retrieve import retrieve_patient_images
+    from pdata_sync.flows.sync import sync_clinic
 
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic)) as resolver:

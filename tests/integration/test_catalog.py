@@ -21,6 +21,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from pdata_sync.base.errors import ClinicBusyError, ConfigError
 from pdata_sync.catalog import (
     ACCEPT,
     CONFIRM,
@@ -46,8 +47,7 @@ from pdata_sync.catalog import (
 )
 from pdata_sync.catalog.lock import STALE_AFTER
 from pdata_sync.catalog.schema import clinic_locks
-from pdata_sync.dicom_meta import UNKNOWN, DicomHeader
-from pdata_sync.errors import ClinicBusyError, ConfigError
+from pdata_sync.source.dicom_meta import UNKNOWN, DicomHeader
 
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 

@@ -37,6 +37,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from pdata_sync.base.config import load_config
+from pdata_sync.base.errors import ClinicBusyError
 from pdata_sync.catalog import (
     DRIFTED,
     PENDING,
@@ -48,14 +50,12 @@ from pdata_sync.catalog import (
     image_events,
 )
 from pdata_sync.catalog import image_history as history_table
-from pdata_sync.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.errors import ClinicBusyError
-from pdata_sync.keys import FALLBACK_NAME, parse_key
-from pdata_sync.uploader import FAILED, REJECTED
-from pdata_sync.uploader import UPLOADED as OUT_UPLOADED
+from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
+from pdata_sync.pipeline.uploader import FAILED, REJECTED
+from pdata_sync.pipeline.uploader import UPLOADED as OUT_UPLOADED
 from tests.conftest import BUCKET, load_mapping, make_clinic, record_model_run
 from tests.support import pipeline
 
@@ -87,7 +87,7 @@ OPS = (
 KILLED_SYNC = """
 import sys
 from pdata_sync.catalog import Catalog
-from pdata_sync.config import load_config
+from pdata_sync.base.config import load_config
 from tests.support import pipeline
 config = load_config(sys.argv[1])
 pipeline.sync(Catalog.open(sys.argv[2]), config, "killed-run")

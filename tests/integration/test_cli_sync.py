@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pdata_sync.archive.s3_store import METADATA_KEYS
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.keys import decode_name_from_metadata
-from pdata_sync.s3_store import METADATA_KEYS
+from pdata_sync.identity.keys import decode_name_from_metadata
 from tests.conftest import BUCKET, CLI, load_mapping, make_clinic, run_cli, tree_snapshot
 
 REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
@@ -293,9 +293,9 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
     the SHA-256 / MD5 we send; moto would not). Single PUTs (obstore) go through a proxy
     that flips a byte of every request body; multipart parts (botocore) are damaged after
     signing by an event hook."""
-    from pdata_sync.config import load_config
-    from pdata_sync.dicom_meta import part_digests
-    from pdata_sync.s3_store import make_client, put_multipart, put_small
+    from pdata_sync.archive.s3_store import make_client, put_multipart, put_small
+    from pdata_sync.base.config import load_config
+    from pdata_sync.source.dicom_meta import part_digests
     from tests.support.fault_proxy import Fault, FaultProxy
 
     clinic, client, resolver, config, env = setup

@@ -11,9 +11,9 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from pdata_sync.keys import parse_key
-from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
-from pdata_sync.probe import CARD, FOLDER, NEITHER
+from pdata_sync.identity.keys import parse_key
+from pdata_sync.pipeline.plan import NOTE_MEDIA_ROW_VANISHED
+from pdata_sync.source.probe import CARD, FOLDER, NEITHER
 from tests.conftest import BUCKET, run_cli, stored_objects
 
 
@@ -141,7 +141,7 @@ def test_a_clock_that_ran_ahead_is_not_trusted(site):
     import sqlalchemy as sa
 
     from pdata_sync.catalog import Catalog, default_catalog_url
-    from pdata_sync.changes import WHY_FUTURE
+    from pdata_sync.source.changes import WHY_FUTURE
 
     client = site.client
     tmp_path = site.tmp_path
@@ -385,7 +385,7 @@ def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(site):
     sees nothing; a full run finds one by its ctime; the rolling content check finds another
     on a normal night. Each is uploaded again with a note, and the version it replaces is
     kept under retired/ with the reason."""
-    from pdata_sync.uploader import KEPT_IN_PLACE
+    from pdata_sync.pipeline.uploader import KEPT_IN_PLACE
 
     clinic, client, sync = site.clinic, site.client, site.sync
     off = site.variant("clinic-rehash-0", transfer={"rehash_days": 0})

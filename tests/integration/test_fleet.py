@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdata_sync.demo.fleet import FleetParams, run_night
+from tests.kit.fleet import FleetParams, run_night
 
 
 # about 2 minutes alone (the schedules' minutes have to come); more beside the rest

@@ -4,7 +4,7 @@ Prefect 3.8.8 sends a flow run's heartbeats from a thread that sleeps in steps o
 and, in a synchronous flow, joins that thread when the run ends: every run waited up to a
 second (half a second on average) after its last task, a quarter of the whole cost of a
 Prefect flow run measured on the build machine. ``flows`` stops the wait without stopping
-the heartbeats (:mod:`flows._prefect_engine`). Run in a process of its own against a real
+the heartbeats (:mod:`pdata_sync.flows._prefect_engine`). Run in a process of its own against a real
 Prefect server, as the CLI and a worker run flows.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 FLOW = """
 import json, time
-import flows.sync  # as the CLI does: every flow module imports the correction
+import pdata_sync.flows.sync  # as the CLI does: every flow module imports the correction
 from prefect import flow
 from prefect.runtime import flow_run
 

@@ -23,15 +23,15 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
+from pdata_sync.base.config import load_config
 from pdata_sync.catalog import Catalog, destination_of, now
 from pdata_sync.catalog.schema import full_runs
-from pdata_sync.changes import WHY_DUE, WHY_FIRST
-from pdata_sync.config import load_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.pdata import parse_patient_folder
-from pdata_sync.retirement import FILE_GONE, PATIENT_CHANGED
+from pdata_sync.pipeline.retirement import FILE_GONE, PATIENT_CHANGED
+from pdata_sync.source.changes import WHY_DUE, WHY_FIRST
+from pdata_sync.source.pdata import parse_patient_folder
 from tests.conftest import (
     BUCKET,
     assert_exactly_expected,

@@ -13,14 +13,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pdata_sync.base.config import OrthancConfig
 from pdata_sync.catalog import Catalog, default_catalog_url
-from pdata_sync.config import OrthancConfig
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.orthanc import OrthancClient, OrthancRejected, instance_ids
-from pdata_sync.previews import PREVIEW_MAX_SIDE
-from pdata_sync.render import render
+from pdata_sync.orthanc.client import OrthancClient, OrthancRejected, instance_ids
+from pdata_sync.pipeline.previews import PREVIEW_MAX_SIDE
+from pdata_sync.viewer.render import render
 from tests.conftest import (
     BUCKET,
     assert_exactly_expected,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pdata_sync.base.config import OrthancConfig
 from pdata_sync.catalog import Catalog, default_catalog_url
-from pdata_sync.config import OrthancConfig
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.orthanc import OrthancClient
-from pdata_sync.orthanc_store import (
+from pdata_sync.orthanc.client import OrthancClient
+from pdata_sync.orthanc.store import (
     O_FAILED,
     O_REJECTED,
     O_STORED,

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-from pdata_sync.config import load_config
+from pdata_sync.base.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from tasks.catalog import clinic_limit_name
+from pdata_sync.tasks.catalog import clinic_limit_name
 from tests.conftest import BUCKET, load_mapping, make_clinic
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
@@ -129,7 +129,7 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
             assert set(spec["tags"]) <= set(dep.tags)
             if "verify_schedule" in spec:  # the weekly audit runs on the clinic's own queue
                 audit = client.read_deployment_by_name(f"verify-clinic/{clinic_id}-verify")
-                assert audit.entrypoint == "flows/verify.py:verify_clinic"
+                assert audit.entrypoint == "pdata_sync/flows/verify.py:verify_clinic"
                 assert audit.work_queue_name == spec["work_queue"]
                 assert audit.schedules[0].schedule.cron == spec["verify_schedule"]["cron"]
                 assert audit.parameters["config"]["clinic_id"] == clinic_id
@@ -255,7 +255,7 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
 
             batches = counts[("batches", "upload task runs")]
             assert batches >= len(clinic.expected) / 5
-            from flows.sync import BOOKKEEPING_TASKS
+            from pdata_sync.flows.sync import BOOKKEEPING_TASKS
 
             expected_runs = BOOKKEEPING_TASKS + batches
             task_runs = wait_for_task_runs(client, run.id, at_least(expected_runs))

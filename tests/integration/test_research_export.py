@@ -13,11 +13,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pdata_sync.deid import ProjectKey
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.orthanc import instance_ids
+from pdata_sync.orthanc.client import instance_ids
+from pdata_sync.research.deid import ProjectKey
 from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
 
 RESEARCH = "research-exports"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pdata_sync.base.config import load_config
 from pdata_sync.catalog import RETIRED, VERIFIED, Catalog, destination_of
-from pdata_sync.config import load_config
-from pdata_sync.keys import parse_key
-from pdata_sync.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
+from pdata_sync.identity.keys import parse_key
+from pdata_sync.pipeline.retirement import MEDIA_DELETED, PATIENT_CHANGED, PATIENT_DELETED
 from tests.conftest import BUCKET, run_cli, stored_objects
 
 

@@ -12,11 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pdata_sync import s3_store
-from pdata_sync.config import S3Config
+from pdata_sync.archive import s3_store
+from pdata_sync.archive.s3_store import AwsKeys, list_patients, list_prefix, make_client
+from pdata_sync.base.config import S3Config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.keys import patient_prefix
-from pdata_sync.s3_store import AwsKeys, list_patients, list_prefix, make_client
+from pdata_sync.identity.keys import patient_prefix
 from tests.support.fault_proxy import FaultProxy
 
 BUCKET = "listing-test"

@@ -1,4 +1,4 @@
-"""The single-PUT data path (obstore, pdata_sync/s3_put.py, ADR 0011) against a real
+"""The single-PUT data path (obstore, pdata_sync/archive/s3_put.py, ADR 0011) against a real
 SeaweedFS on 127.0.0.1: what lands with the object, how S3's refusals and silences are
 read by the one error taxonomy, and that it reaches S3 the way boto3 does (credentials,
 retries, proxy, CA bundle)."""
@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from pdata_sync import s3_put
-from pdata_sync.config import S3Config, TransferConfig
-from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.errors import (
+from pdata_sync.archive import s3_put
+from pdata_sync.archive.s3_store import AwsKeys, confirm_object, make_client, put_small
+from pdata_sync.base.config import S3Config, TransferConfig
+from pdata_sync.base.errors import (
     ConfigError,
     ErrorKind,
     classify,
@@ -22,7 +22,7 @@ from pdata_sync.errors import (
     s3_code,
     s3_config_message,
 )
-from pdata_sync.s3_store import AwsKeys, confirm_object, make_client, put_small
+from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET
 from tests.support.fault_proxy import Fault, FaultProxy
 
@@ -126,7 +126,7 @@ def test_a_server_that_does_not_check_sha256_is_held_to_our_md5(seaweed, s3):
     proxy, which answers as such a server would) accepts the first upload's wrong SHA-256:
     every upload through that client then takes our MD5, and a body damaged on its way is
     caught by it (S3's ETag is not our MD5): never verified."""
-    from pdata_sync.errors import PermanentError
+    from pdata_sync.base.errors import PermanentError
 
     with FaultProxy(seaweed.endpoint) as proxy:
         proxy.set(Fault("unchecked", match=lambda method, path: method == "PUT", limit=1))

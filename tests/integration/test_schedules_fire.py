@@ -30,7 +30,7 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
-from pdata_sync.deployments import render_to
+from pdata_sync.fleet.deployments import render_to
 from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_clinic
 from tests.support.prefect_runs import has_task, wait_for_task_runs
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from pdata_sync import uploader as uploader_module
-from pdata_sync.config import parse_config
+from pdata_sync.archive.s3_store import make_client
+from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.plan import PlannedImage
-from pdata_sync.s3_store import make_client
-from pdata_sync.uploader import FAILED, UPLOADED, BatchUploader
+from pdata_sync.pipeline.plan import PlannedImage
+from pdata_sync.pipeline.uploader import FAILED, UPLOADED, BatchUploader
 from tests.conftest import BUCKET
 
 GUID = "33333333-3333-4333-8333-333333333333"

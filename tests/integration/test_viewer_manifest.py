@@ -22,8 +22,8 @@ from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.keys import thumbnail_key
-from pdata_sync.manifest import INSTANCE_FIELDS
+from pdata_sync.identity.keys import thumbnail_key
+from pdata_sync.viewer.manifest import INSTANCE_FIELDS
 from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
 
 # What OHIF's loader needs of every instance to place and draw it.

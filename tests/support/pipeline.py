@@ -6,20 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdata_sync.archive.s3_store import abort_interrupted_uploads, make_client
+from pdata_sync.base.config import ClinicConfig
 from pdata_sync.catalog import Catalog, ClinicImages, destination_of
-from pdata_sync.config import ClinicConfig
-from pdata_sync.keys import parse_key
-from pdata_sync.outage import DatabaseCheck, database_check
-from pdata_sync.pdata import Problem, scan_images, scan_patient_folders
-from pdata_sync.plan import Plan, PlannedImage, build_plan, make_batches, resolve_patients
-from pdata_sync.recheck import Recheck, recheck_content
-from pdata_sync.resolver import ResolverClient
-from pdata_sync.retirement import RetireReport, SafetyLimit, retire, source_view
-from pdata_sync.s3_store import abort_interrupted_uploads, make_client
-from pdata_sync.sidexis_db import fetch_media, fetch_patients, make_engine, qualified
-from pdata_sync.triage import FileCheck
-from pdata_sync.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
-from pdata_sync.verify import Drift, verify_catalog
+from pdata_sync.identity.keys import parse_key
+from pdata_sync.identity.resolver import ResolverClient
+from pdata_sync.pipeline.outage import DatabaseCheck, database_check
+from pdata_sync.pipeline.plan import Plan, PlannedImage, build_plan, make_batches, resolve_patients
+from pdata_sync.pipeline.recheck import Recheck, recheck_content
+from pdata_sync.pipeline.retirement import RetireReport, SafetyLimit, retire, source_view
+from pdata_sync.pipeline.triage import FileCheck
+from pdata_sync.pipeline.uploader import UNCHANGED, UPLOADED, BatchUploader, Outcome
+from pdata_sync.pipeline.verify import Drift, verify_catalog
+from pdata_sync.source.pdata import Problem, scan_images, scan_patient_folders
+from pdata_sync.source.sidexis_db import fetch_media, fetch_patients, make_engine, qualified
 
 
 @dataclass

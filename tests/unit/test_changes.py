@@ -1,4 +1,4 @@
-"""Incremental runs decided without a database (pdata_sync/changes.py, docs/adr/0010): every
+"""Incremental runs decided without a database (pdata_sync/source/changes.py, docs/adr/0010): every
 fact that can move an image changes the patient's digest; a run reads only changed patients;
 a patient is recorded as done only when its whole folder was."""
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pdata_sync.changes import (
+from pdata_sync.source.changes import (
     FULL,
     INCREMENTAL,
     WHY_CONFIG,

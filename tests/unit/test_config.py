@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdata_sync.config import ClinicConfig, load_config, parse_config
-from pdata_sync.errors import ConfigError
+from pdata_sync.base.config import ClinicConfig, load_config, parse_config
+from pdata_sync.base.errors import ConfigError
 
 VALID = {
     "clinic_id": "clinic-001",
@@ -109,7 +109,7 @@ def test_password_in_database_url_is_refused_without_echoing_it():
 def test_reprs_hold_no_secrets(monkeypatch):
     """The config has no secret fields (they live in blocks / the environment); the
     credential objects that do carry secrets mask them in repr."""
-    from pdata_sync.s3_store import AwsKeys
+    from pdata_sync.archive.s3_store import AwsKeys
 
     monkeypatch.setenv("PDATA_SYNC_DB_PASSWORD", "Hunter2-secret")
     config = ClinicConfig.model_validate(VALID)
@@ -123,9 +123,9 @@ def test_reprs_hold_no_secrets(monkeypatch):
 
 
 def test_presign_defaults_to_one_hour_and_refuses_more_than_seven_days():
+    from pdata_sync.archive.retrieval import validate_expiry
+    from pdata_sync.base.errors import InvalidRequestError
     from pdata_sync.cli import build_parser
-    from pdata_sync.errors import InvalidRequestError
-    from pdata_sync.retrieval import validate_expiry
 
     base = ["retrieve", "--config", "c.yaml", "--patient-guid", "g"]
     assert build_parser().parse_args([*base, "--presign"]).presign == 3600

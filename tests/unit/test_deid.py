@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 
-from pdata_sync.deid import Deidentifier, ProjectKey, basic_profile, held_back
+from pdata_sync.research.deid import Deidentifier, ProjectKey, basic_profile, held_back
 from tests.conftest import make_clinic
 
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
@@ -376,7 +376,7 @@ def test_a_combined_code_follows_the_attribute_type_in_the_iod(keyword, sop_clas
     ],
 )
 def test_a_weak_research_secret_is_refused(secret, problem):
-    from pdata_sync.deid import secret_problem
+    from pdata_sync.research.deid import secret_problem
 
     assert problem in (secret_problem(secret) or "ok")
     with pytest.raises(ValueError, match="too weak"):
@@ -392,7 +392,7 @@ def test_a_weak_research_secret_is_refused(secret, problem):
     ],
 )
 def test_a_strong_research_secret_is_accepted(secret):
-    from pdata_sync.deid import secret_problem
+    from pdata_sync.research.deid import secret_problem
 
     assert secret_problem(secret) is None
     assert ProjectKey.of(secret, "p").pseudonym(GUID).startswith("RP")

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pdata_sync.base.errors import ConfigError
 from pdata_sync.cli import main
-from pdata_sync.deployments import load_all, render, render_to
-from pdata_sync.errors import ConfigError
+from pdata_sync.fleet.deployments import load_all, render, render_to
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
         "retrieve",
     ]
     audit = document["deployments"][4]
-    assert audit["entrypoint"] == "flows/verify.py:verify_clinic"
+    assert audit["entrypoint"] == "pdata_sync/flows/verify.py:verify_clinic"
     assert audit["schedules"] == [{**spec["verify_schedule"], "active": True}]
     assert audit["work_pool"] == {"name": "pdata-sync", "work_queue_name": "clinic-003"}
     assert audit["parameters"]["config"]["clinic_id"] == "clinic-003"
@@ -53,7 +53,7 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
     assert new["work_pool"] == {"name": "pdata-sync", "work_queue_name": "clinic-003"}
     assert new["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert new["parameters"]["config"]["clinic_id"] == "clinic-003"
-    assert new["entrypoint"] == "flows/sync.py:sync_clinic"
+    assert new["entrypoint"] == "pdata_sync/flows/sync.py:sync_clinic"
     # the UI shows when a clinic runs, in whose time
     assert "cron '0 3 * * *', Europe/Zurich time" in new["description"]
     assert "cron '0 4 * * 0', Europe/Berlin time" in audit["description"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.dicom_meta import UNKNOWN, file_digests, multipart_etag, read_header
-from pdata_sync.errors import BadInputError
+from pdata_sync.base.errors import BadInputError
+from pdata_sync.source.dicom_meta import UNKNOWN, file_digests, multipart_etag, read_header
 
 
 def test_header_fields(dicom_file: Path):
@@ -60,7 +60,7 @@ def test_part_digests_agree_with_the_streaming_hashes(tmp_path):
     import hashlib
     import random
 
-    from pdata_sync.dicom_meta import multipart_etag, part_digests
+    from pdata_sync.source.dicom_meta import multipart_etag, part_digests
 
     path = tmp_path / "f.bin"
     for size in (5 * 1024 * 1024, 5 * 1024 * 1024 + 1, 12 * 1024 * 1024 + 7):

@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pdata_sync.dicom_meta import _read_with_pydicom, read_header
-from pdata_sync.dicom_scan import scan
-from pdata_sync.errors import BadInputError
+from pdata_sync.base.errors import BadInputError
+from pdata_sync.source.dicom_meta import _read_with_pydicom, read_header
+from pdata_sync.source.dicom_scan import scan
 
 CORPUS = sorted(
     p

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from pdata_sync.errors import ErrorKind, classify, describe, s3_config_message
+from pdata_sync.base.errors import ErrorKind, classify, describe, s3_config_message
 
 
 def s3_error(operation: str, code: str) -> ClientError:

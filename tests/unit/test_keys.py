@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from pdata_sync.config import DEFAULT_KEY_TEMPLATE
-from pdata_sync.keys import (
+from pdata_sync.base.config import DEFAULT_KEY_TEMPLATE
+from pdata_sync.identity.keys import (
     NAME_MAX,
     decode_name_from_metadata,
     encode_name_for_metadata,
@@ -160,7 +160,7 @@ def test_the_issues_templates_really_collide():
 
 @pytest.mark.parametrize("template", REFUSED_TEMPLATES)
 def test_ambiguous_templates_are_refused(template):
-    from pdata_sync.key_template import ambiguity
+    from pdata_sync.base.key_template import ambiguity
 
     assert ambiguity(template)
 
@@ -171,7 +171,7 @@ def test_accepted_templates_parse_back_to_the_one_image(template):
     every key parses back to the values it was made from, and no two images share a key."""
     import random
 
-    from pdata_sync.key_template import ambiguity
+    from pdata_sync.base.key_template import ambiguity
 
     assert ambiguity(template) is None
     rng = random.Random(template)

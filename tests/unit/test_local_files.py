@@ -12,11 +12,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pdata_sync.config import S3Config
-from pdata_sync.errors import InvalidRequestError
-from pdata_sync.local_files import UNCHANGED, WRITTEN, NotReplaced, write_new
-from pdata_sync.previews import write_previews
-from pdata_sync.retrieval import list_patient_images, write_manifest_file
+from pdata_sync.archive.retrieval import list_patient_images, write_manifest_file
+from pdata_sync.base.config import S3Config
+from pdata_sync.base.errors import InvalidRequestError
+from pdata_sync.base.local_files import UNCHANGED, WRITTEN, NotReplaced, write_new
+from pdata_sync.pipeline.previews import write_previews
 
 G = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 BUCKET = "dental-images"

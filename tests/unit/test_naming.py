@@ -1,7 +1,7 @@
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from pdata_sync.naming import batch_task_name, run_name
+from pdata_sync.pipeline.naming import batch_task_name, run_name
 
 
 def test_run_name_is_the_due_time_in_utc():

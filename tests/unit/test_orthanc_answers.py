@@ -11,10 +11,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pdata_sync.config import OrthancConfig, S3Config
-from pdata_sync.errors import ConfigError, PermanentError, TransientError
-from pdata_sync.orthanc import JSON_MAX, OrthancClient, OrthancRejected, insecure
-from pdata_sync.previews import FROM_LOCAL, write_previews
+from pdata_sync.base.config import OrthancConfig, S3Config
+from pdata_sync.base.errors import ConfigError, PermanentError, TransientError
+from pdata_sync.orthanc.client import JSON_MAX, OrthancClient, OrthancRejected, insecure
+from pdata_sync.pipeline.previews import FROM_LOCAL, write_previews
 from tests.support.fake_orthanc import FakeOrthanc, json_answer
 
 ID = "4a5b6c7d-8e9f0a1b-2c3d4e5f-6a7b8c9d-0e1f2a3b"

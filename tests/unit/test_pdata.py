@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.errors import ConfigError
-from pdata_sync.pdata import (
+from pdata_sync.base.errors import ConfigError
+from pdata_sync.source.pdata import (
     SKIP_NOT_IMAGE_FILE,
     SKIP_NOT_PATIENT_FOLDER,
     PatientFolder,

@@ -2,9 +2,8 @@
 
 from collections import Counter
 
-from pdata_sync.config import DEFAULT_KEY_TEMPLATE
-from pdata_sync.pdata import ImageFile
-from pdata_sync.plan import (
+from pdata_sync.base.config import DEFAULT_KEY_TEMPLATE
+from pdata_sync.pipeline.plan import (
     NOTE_NO_MEDIA_ROW,
     SKIP_MEDIA_DELETED,
     PlannedImage,
@@ -13,7 +12,8 @@ from pdata_sync.plan import (
     make_batches,
     resolve_patients,
 )
-from pdata_sync.sidexis_db import MediaRow
+from pdata_sync.source.pdata import ImageFile
+from pdata_sync.source.sidexis_db import MediaRow
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
@@ -133,8 +133,8 @@ def test_an_image_whose_media_row_vanished_keeps_the_name_it_is_archived_under()
     """The catalog knows image 10 as "OPG" and image 11 by a key that carries "Bite" (a row
     from before names were recorded); image 12 never had a row (its key says unnamed), and
     image 13's row had no name. Only 12 gets the fallback name with the usual note."""
-    from pdata_sync.outage import names_archived
-    from pdata_sync.plan import NOTE_MEDIA_ROW_VANISHED
+    from pdata_sync.pipeline.outage import names_archived
+    from pdata_sync.pipeline.plan import NOTE_MEDIA_ROW_VANISHED
 
     archived = names_archived(
         [

@@ -1,7 +1,7 @@
 import io
 
-from pdata_sync import progress
-from pdata_sync.progress import TerminalProgress
+from pdata_sync.pipeline import progress
+from pdata_sync.pipeline.progress import TerminalProgress
 
 
 class Clock:
@@ -42,7 +42,7 @@ def test_nothing_happens_without_a_listener():
 
 
 def test_log_lines_pass_above_the_status_line():
-    from pdata_sync.progress import StatusLineStream
+    from pdata_sync.pipeline.progress import StatusLineStream
 
     out = io.StringIO()
     bar = TerminalProgress(out, clock=Clock())

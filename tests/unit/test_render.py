@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pdata_sync.render import THUMBNAIL_MAX_SIDE, RenderError, render
+from pdata_sync.viewer.render import THUMBNAIL_MAX_SIDE, RenderError, render
 
 CORPUS = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pdata_sync.errors import ConfigError
-from pdata_sync.research import (
+from pdata_sync.base.errors import ConfigError
+from pdata_sync.research.export import (
     ExportOutcome,
     ExportReport,
     ExportRequest,

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdata_sync.config import ResolverConfig
+from pdata_sync.base.config import ResolverConfig
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.resolver import ResolutionCache, ResolverClient
+from pdata_sync.identity.resolver import ResolutionCache, ResolverClient
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"

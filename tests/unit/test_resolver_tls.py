@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pdata_sync.config import ResolverConfig
+from pdata_sync.base.config import ResolverConfig
+from pdata_sync.base.errors import ConfigError
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.errors import ConfigError
-from pdata_sync.resolver import ResolverClient
+from pdata_sync.identity.resolver import ResolverClient
 
 GUID = "11111111-1111-4111-8111-111111111111"
 

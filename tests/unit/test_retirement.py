@@ -1,10 +1,10 @@
-"""Which archived objects no longer belong (pdata_sync/retirement.py), decided without S3:
+"""Which archived objects no longer belong (pdata_sync/pipeline/retirement.py), decided without S3:
 only what the run knows is gone is retired; whatever it is unsure of is kept."""
 
 from __future__ import annotations
 
 from pdata_sync.catalog import DRIFTED, PENDING, VERIFIED, CatalogRow
-from pdata_sync.retirement import (
+from pdata_sync.pipeline.retirement import (
     FILE_GONE,
     KEY_CHANGED,
     PATIENT_CHANGED,

@@ -6,9 +6,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pdata_sync.config import S3Config
-from pdata_sync.errors import ConfigError
-from pdata_sync.retrieval import list_patient_images
+from pdata_sync.archive.retrieval import list_patient_images
+from pdata_sync.base.config import S3Config
+from pdata_sync.base.errors import ConfigError
 
 G = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
 

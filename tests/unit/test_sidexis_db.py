@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.config import DatabaseConfig
-from pdata_sync.errors import ConfigError
-from pdata_sync.sidexis_db import (
+from pdata_sync.base.config import DatabaseConfig
+from pdata_sync.base.errors import ConfigError
+from pdata_sync.source.sidexis_db import (
     SKIP_PATIENT_DELETED,
     SKIP_PATIENT_NO_CARD_ID,
     SKIP_PATIENT_NOT_IN_DB,

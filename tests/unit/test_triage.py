@@ -1,4 +1,4 @@
-"""The pure triage of a batch (pdata_sync/triage.py): which planned images the catalog
+"""The pure triage of a batch (pdata_sync/pipeline/triage.py): which planned images the catalog
 vouches for, which the listing confirms or contradicts, and which need reading, without S3
 or a database."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
+from pdata_sync.archive.s3_store import RemoteObject
 from pdata_sync.catalog import DRIFTED, PENDING, VERIFIED, CatalogRow
-from pdata_sync.plan import PlannedImage
-from pdata_sync.s3_store import RemoteObject
-from pdata_sync.triage import triage, trusted_keys
+from pdata_sync.pipeline.plan import PlannedImage
+from pdata_sync.pipeline.triage import triage, trusted_keys
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 GUID = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"

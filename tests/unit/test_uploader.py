@@ -11,16 +11,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pdata_sync import s3_put
-from pdata_sync.config import parse_config
+from pdata_sync.archive import s3_put
+from pdata_sync.archive.s3_store import METADATA_KEYS, make_client
+from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.seaweed import empty_bucket
-from pdata_sync.keys import decode_name_from_metadata, thumbnail_key
-from pdata_sync.plan import PlannedImage
-from pdata_sync.render import render
-from pdata_sync.report import BatchReport
-from pdata_sync.s3_store import METADATA_KEYS, make_client
-from pdata_sync.uploader import (
+from pdata_sync.identity.keys import decode_name_from_metadata, thumbnail_key
+from pdata_sync.pipeline.plan import PlannedImage
+from pdata_sync.pipeline.report import BatchReport
+from pdata_sync.pipeline.uploader import (
     FAILED,
     REJECTED,
     UNCHANGED,
@@ -29,6 +28,7 @@ from pdata_sync.uploader import (
     compare_workers,
     each_in_threads,
 )
+from pdata_sync.viewer.render import render
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"
@@ -232,8 +232,8 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
         raise AssertionError("a verified, unchanged file was read")
 
     with monkeypatch.context() as m:
-        m.setattr("pdata_sync.uploader.file_digests", no_reading)
-        m.setattr("pdata_sync.uploader._read_stable", no_reading)
+        m.setattr("pdata_sync.pipeline.uploader.file_digests", no_reading)
+        m.setattr("pdata_sync.pipeline.uploader._read_stable", no_reading)
         again = BatchUploader(cfg, client, rows_of, "run-3").upload_batch(items)
     assert [o.status for o in again] == [UNCHANGED, UNCHANGED]
 
@@ -261,9 +261,9 @@ def test_confirmed_files_are_trusted_within_recheck_days_and_drift_is_repaired(t
     import sqlalchemy as sa
 
     from pdata_sync.catalog import DRIFTED, VERIFIED, Catalog, destination_of
-    from pdata_sync.keys import patient_prefix
-    from pdata_sync.report import BatchReport, RunSummary
-    from pdata_sync.verify import verify_catalog
+    from pdata_sync.identity.keys import patient_prefix
+    from pdata_sync.pipeline.report import BatchReport, RunSummary
+    from pdata_sync.pipeline.verify import verify_catalog
 
     root = tmp_path / "PDATA"
     for n in (1, 2, 3):
@@ -338,7 +338,7 @@ def test_pixel_data_cut_short_is_archived_byte_for_byte_noted_and_flagged(tmp_pa
     import sqlalchemy as sa
 
     from pdata_sync.catalog import VERIFIED, Catalog, destination_of, images
-    from pdata_sync.report import BatchReport
+    from pdata_sync.pipeline.report import BatchReport
 
     root = tmp_path / "PDATA"
     short = dcm(root, "P_1/0000_1.dcm", 1)
@@ -473,7 +473,7 @@ def test_images_s3_holds_are_compared_one_thread_per_core_and_new_ones_uploaded_
         pools.append((name, workers, [i.key for i in items]))
         return each_in_threads(fn, items, workers, name)
 
-    monkeypatch.setattr("pdata_sync.uploader.each_in_threads", spy)
+    monkeypatch.setattr("pdata_sync.pipeline.uploader.each_in_threads", spy)
     outcomes = BatchUploader(cfg, client).upload_batch(held + new)  # no catalog: all listed
 
     assert [o.status for o in outcomes] == [UPLOADED] + [UNCHANGED] * 5 + [UPLOADED] * 6

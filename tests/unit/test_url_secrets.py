@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from pdata_sync.logsafety import RedactSecrets
-from pdata_sync.url_secrets import redact, url_secret
+from pdata_sync.base.logsafety import RedactSecrets
+from pdata_sync.base.url_secrets import redact, url_secret
 
 S = "Zq8-s3cr3t"
 
@@ -51,7 +51,7 @@ def test_log_records_are_masked_by_the_filter():
 def test_protect_logs_masks_what_any_configured_handler_sends():
     """Every configured handler gets the filter, not only the root's: Prefect's API
     handler (a flow run's log in the UI) sits on prefect.flow_runs, not on the root."""
-    from pdata_sync.logsafety import protect_logs
+    from pdata_sync.base.logsafety import protect_logs
 
     seen: list[str] = []
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdata_sync.ohif import MARKER, OhifMissing, check_integrity, locate
-from pdata_sync.viewer import APP_CONFIG, ManifestSource, ViewerServer, resolve_static
+from pdata_sync.viewer.ohif import MARKER, OhifMissing, check_integrity, locate
+from pdata_sync.viewer.server import APP_CONFIG, ManifestSource, ViewerServer, resolve_static
 
 
 @pytest.fixture

@@ -1,0 +1,217 @@
+"""Flows run in this process for a person at a terminal: ``pdata-sync`` commands and the
+demo start them here and get (result, error) back; exit codes are the CLI's.
+
+The flows are imported lazily (:func:`_loading_prefect`): nothing here starts Prefect until
+a command needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pdata_sync.base.config import ClinicConfig
+
+EXIT_OK = 0
+
+
+EXIT_FAILED = 1
+
+
+EXIT_REFUSED = 2
+
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the clinic holds its lock; try again later
+
+
+def _prepare_prefect_env() -> None:
+    """Settings that must be in place before Prefect is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pdata_sync")
+    # No phoning home from clinic machines (and its heartbeat contends for the ephemeral
+    # server's SQLite lock).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a Prefect server configured, a run starts a temporary one; Prefect gives it
+    # 20 s, which a busy 2-core machine overran on a first `make demo` (it measured 13-18 s
+    # unloaded): wait longer rather than fail the run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _outcome(state: Any) -> tuple[Any, BaseException | None]:
+    """A flow run's (result, None), or (None, the error it ended with)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        return None, data
+    return data, None
+
+
+def run_sync(
+    config: ClinicConfig, full_run: bool = False, new_catalog: bool = False
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``sync-clinic`` flow; return (summary, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.sync import sync_clinic
+
+    return _outcome(
+        sync_clinic(config=config, full_run=full_run, new_catalog=new_catalog, return_state=True)
+    )
+
+
+def run_retrieve(
+    config: ClinicConfig,
+    guid: str,
+    presign: int | None,
+    download: str | None,
+    manifest: str | None = None,
+    previews: str | None = None,
+) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
+    """Run the ``retrieve-patient-images`` flow; return (images, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.retrieve import retrieve_patient_images
+
+    state = retrieve_patient_images(
+        patient_guid=guid,
+        s3=config.s3,
+        presign_seconds=presign,
+        download_dir=download,
+        manifest_path=manifest,
+        previews_dir=previews,
+        orthanc=config.orthanc if previews else None,
+        return_state=True,
+    )
+    return _outcome(state)
+
+
+def run_verify(config: ClinicConfig) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``verify-clinic`` flow; return (findings, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.verify import verify_clinic
+
+    return _outcome(verify_clinic(config=config, return_state=True))
+
+
+def run_thumbnails(
+    config: ClinicConfig, guid: str | None, redo: bool
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``make-thumbnails`` flow; return (report, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.thumbnails import make_thumbnails
+
+    return _outcome(make_thumbnails(config=config, patient_guid=guid, redo=redo, return_state=True))
+
+
+def orthanc_line(counts: dict[str, Any]) -> str:
+    """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
+    return (
+        f"Orthanc: stored {counts['stored']}, already stored {counts['already_stored']}, "
+        f"unchanged {counts['unchanged']}, rejected {len(counts['rejected'])}, "
+        f"failed {len(counts['failed'])}"
+    )
+
+
+def run_export(
+    config: ClinicConfig, project: str, guids: list[str], studies: list[str]
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``export-research`` flow; return (report, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.research import export_research
+
+    return _outcome(
+        export_research(
+            config=config,
+            project=project,
+            patient_guids=guids,
+            study_uids=studies,
+            return_state=True,
+        )
+    )
+
+
+def refuse(message: str) -> int:
+    """Say why the input was refused, on stderr; the refused exit code."""
+    print(f"pdata-sync: {message}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def view(config: ClinicConfig, guid: str, presign: int, port: int) -> int:
+    """Serve OHIF and the patient's manifest on 127.0.0.1:``port`` until interrupted
+    (``pdata-sync view``, the demo's ``--view``). ``guid`` and ``presign`` are validated."""
+    from pdata_sync.archive.retrieval import patient_manifest
+    from pdata_sync.viewer.ohif import OhifMissing, locate
+    from pdata_sync.viewer.server import ManifestSource, ViewerServer, cors_allows, first_url
+
+    try:
+        ohif_dir = locate()
+    except OhifMissing as exc:
+        print(f"pdata-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    from pdata_sync.tasks.credentials import s3_client
+
+    client = s3_client(config.s3, config.transfer)
+
+    def build() -> dict[str, Any]:
+        return patient_manifest(client, config.s3, guid, presign)[0]
+
+    manifest, left_out = patient_manifest(client, config.s3, guid, presign)
+    for item in left_out:
+        print(f"pdata-sync: not shown: {item['key']}: {item['reason']}", file=sys.stderr)
+    url = first_url(manifest)
+    if url is None:
+        print(
+            f"pdata-sync: nothing to show: no viewable image under images/{guid}/", file=sys.stderr
+        )
+        return EXIT_FAILED
+    source = ManifestSource(build, presign)
+    source.prime(manifest)
+    try:
+        server = ViewerServer(ohif_dir, source, port)
+    except OSError as exc:
+        return refuse(f"view: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}")
+    if not cors_allows(url, server.origin):
+        server.stop()
+        return refuse(
+            f"view: bucket {config.s3.bucket!r} does not allow GET from {server.origin} "
+            "(CORS), so the browser could not load the images; allow that origin on the "
+            "bucket (docs/viewer.md, CORS) or pick an allowed --port"
+        )
+    count = sum(len(s["instances"]) for st in manifest["studies"] for s in st["series"])
+    with server:
+        print(server.viewer_url, flush=True)
+        print(
+            f"pdata-sync: viewing {count} image(s) of patient {guid} on {server.origin} "
+            f"(images from S3, links valid {presign} s, renewed while serving); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _loading_prefect() -> Iterator[None]:
+    """Import the flows (or tasks) with Prefect's settings in place
+    (:func:`_prepare_prefect_env`) and without garbage collection, then exempt what they
+    loaded from it.
+
+    Importing Prefect, pydantic, SQLAlchemy and boto3 leaves some 150,000 long-lived
+    objects; Python's full collections, during the imports and then during the run, searched
+    them for cycles: 0.6 s of a 10 s initial sync of 2,000 images, with the GIL held
+    (0.2 s with this; bench/RESULTS.md). Frozen objects are still freed by reference
+    counting; only cycles among them are never searched for, as at exit
+    (:func:`_skip_final_collections`). Collection is on again whatever happens.
+    """
+    _prepare_prefect_env()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

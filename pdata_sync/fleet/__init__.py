@@ -1,0 +1,1 @@
+"""Operating many clinics: Prefect deployments rendered from one file per clinic."""

@@ -1,0 +1,1 @@
+"""Servers and helpers that only tests and benchmarks use (never shipped in the product)."""
