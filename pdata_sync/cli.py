@@ -379,9 +379,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise ConfigError("--sample: at least 1 file")
         check_root(config.pdata_root)
         with _loading_prefect():  # the database password may be in a Prefect block
-            from pdata_sync.tasks.source import engine_of
+            from pdata_sync.tasks.credentials import run_context
 
-        engine = engine_of(config)
+        engine = run_context(config).engine
         check_database(engine, config.database)
     except ConfigError as exc:
         return _refuse(str(exc))

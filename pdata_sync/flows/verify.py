@@ -8,54 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 import pdata_sync.flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
-from pdata_sync.archive.s3_store import check_bucket
 from pdata_sync.base.config import ClinicConfig
-from pdata_sync.base.errors import ClinicBusyError
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.flows.sync import artifact_key, clinic_run_name
-from pdata_sync.pipeline.verify import Drift, verify_catalog, verify_orthanc
-from pdata_sync.source.changes import patient_of_path
-from pdata_sync.tasks.catalog import belongs_to_clinic, clinic_images, clinic_lock, open_catalog
-from pdata_sync.tasks.changes import clinic_marks
-from pdata_sync.tasks.credentials import orthanc_client, s3_client, warn_if_insecure
-
-
-@task(name="verify-catalog", cache_policy=NO_CACHE, persist_result=False)
-def verify_task(config: ClinicConfig) -> Drift:
-    # an audit starts with the catalog's own file: SQLite's thorough check (0.4 s for
-    # 100,000 rows; a sync runs the quick one)
-    open_catalog(config).check_integrity(thorough=True)
-    client = s3_client(config.s3, config.transfer)
-    check_bucket(client, config.s3.bucket)
-    orthanc = orthanc_client(config.orthanc) if config.orthanc is not None else None
-    if orthanc is not None:
-        warn_if_insecure(config.orthanc, get_run_logger())
-        orthanc.check()  # unreachable or refused: before any work
-    drift = verify_catalog(
-        clinic_images(config),
-        client,
-        config.s3.bucket,
-        belongs_to_clinic(config),
-        flow_run.get_id(),
-    )
-    if orthanc is not None:
-        records = open_catalog(config).orthanc(config.clinic_id, orthanc.url)
-        verify_orthanc(records, orthanc, drift, orthanc.cfg.concurrency)
-    # an incremental sync must read these patients' folders next, not wait for a full run
-    differing = {*drift.missing, *(c["key"] for c in drift.changed), *drift.orthanc_missing}
-    if differing:
-        paths = {row.key: row.rel_path for row in clinic_images(config).rows()}
-        clinic_marks(config).forget(
-            pid for key in differing if (pid := patient_of_path(paths.get(key, ""))) is not None
-        )
-    return drift
+from pdata_sync.pipeline.runs import run_verify
+from pdata_sync.tasks.credentials import run_context
+from pdata_sync.tasks.steps import PrefectRunner
 
 
 def _verify_run_name() -> str:
@@ -67,12 +31,11 @@ def verify_clinic(config: ClinicConfig) -> Any:
     """Report objects missing, changed or unknown compared with the catalog; the run ends
     Failed when there are any."""
     protect_logs()
-    try:
-        with clinic_lock(config, "verify", flow_run.get_id()):
-            drift = verify_task(config)
-    except ClinicBusyError as exc:  # refused before any work: no traceback, one line
-        get_run_logger().error("%s", exc)
-        return Failed(message=str(exc), data=exc)
+    drift, busy = run_verify(PrefectRunner(), run_context(config, flow_run.get_id()))
+    if busy is not None:  # refused before any work: no traceback, one line
+        get_run_logger().error("%s", busy)
+        return Failed(message=str(busy), data=busy)
+    assert drift is not None
     result = drift.to_dict()
     get_run_logger().info(
         "clinic %s: %d catalog rows, %d verified and intact, %d missing, %d changed, "

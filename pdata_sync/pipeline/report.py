@@ -25,8 +25,8 @@ from pdata_sync.pipeline.retirement import RetireReport
 from pdata_sync.pipeline.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
 from pdata_sync.source.pdata import Problem
 
-# Task runs of a sync besides its upload-batch runs: check-source, check-bucket,
-# prepare-catalog, recheck-content, scan-pdata, query-patients, resolve-card-ids,
+# Task runs of a sync besides its upload-batch runs: check-source, check-destinations,
+# abort-interrupted-uploads, recheck-content, scan-pdata, query-patients, resolve-card-ids,
 # lookup-media, retire-objects (pdata_sync/flows/sync.py; the history of a run must hold
 # exactly these + batches). A clinic with incremental runs adds detect-changes and record-changes
 # (INCREMENTAL_TASKS).

@@ -23,11 +23,11 @@ from pdata_sync.research.export import (
     archive_listings,
     plan_export,
 )
-from pdata_sync.tasks.catalog import clinic_images, open_catalog
 from pdata_sync.tasks.credentials import (
     RESEARCH_SECRET_ENV,
     orthanc_client,
     research_secret,
+    run_context,
     s3_client,
 )
 
@@ -62,7 +62,8 @@ def project_key(config: ClinicConfig, project: str) -> ProjectKey:
 def plan_export_task(config: ClinicConfig, request: ExportRequest) -> ExportPlan:
     """Every instance of this clinic the request covers, with where it may be found, and
     what the request names that this clinic does not have."""
-    rows = clinic_images(config).archived(request.patient_guids, request.study_uids)
+    ctx = run_context(config)
+    rows = ctx.images().archived(request.patient_guids, request.study_uids)
     guids = sorted(set(request.patient_guids) | {r["patient_guid"] for r in rows})
     listings = archive_listings(
         s3_client(config.s3, config.transfer),
@@ -72,7 +73,7 @@ def plan_export_task(config: ClinicConfig, request: ExportRequest) -> ExportPlan
     )
     orthanc_ids: dict[str, str] = {}
     if config.orthanc is not None:
-        records = open_catalog(config).orthanc(config.clinic_id, config.orthanc.url)
+        records = ctx.orthanc_records()
         held = records.lookup([r["key"] for r in rows])
         orthanc_ids = {
             k: r.instance_id for k, r in held.items() if r.status in HELD and r.instance_id

@@ -77,7 +77,7 @@ def artifacts_of(flow_run_id):
 def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
     import sqlalchemy as sa
 
-    import pdata_sync.tasks.source
+    import pdata_sync.pipeline.context
     from pdata_sync.flows.sync import sync_clinic
 
     engines, logins = [], []
@@ -88,8 +88,8 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
         engines.append(engine)
         return engine
 
-    real_make_engine = pdata_sync.tasks.source.make_engine
-    monkeypatch.setattr(pdata_sync.tasks.source, "make_engine", counting_engine)
+    real_make_engine = pdata_sync.pipeline.context.make_engine
+    monkeypatch.setattr(pdata_sync.pipeline.context, "make_engine", counting_engine)
     clinic = make_clinic(tmp_path / "clinic")
     with ResolverServer(load_mapping(clinic)) as resolver:
         config = config_for(tmp_path, clinic, resolver.url)

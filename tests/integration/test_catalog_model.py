@@ -7,8 +7,9 @@ mtime; delete or overwrite an object behind the product's back; a sync while a f
 briefly empty; the media table emptied for a while (a database being restored); a catalog
 written by a clock that ran ahead; another clinic claiming one of the keys; switch the
 bucket; a sync killed at a random moment; a sync; a full sync; a verify; two syncs at once.
-Syncs run in-process without Prefect (tests/support/pipeline.py: the flows' core functions
-in the flows' order), so hundreds of them fit in seconds.
+Syncs and verifies are the product's own sequences (pdata_sync.pipeline.runs: run_sync and
+run_verify, the functions the flows run as Prefect tasks), run in-process without Prefect,
+so hundreds of them fit in seconds.
 
 ``make test`` runs :data:`SEQUENCES` sequences of :data:`STEPS` steps from fixed seeds; a
 longer run (docs/adr/0006 records its figures):
@@ -40,6 +41,7 @@ import yaml
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ClinicBusyError
 from pdata_sync.catalog import (
+    CONFIRM,
     DRIFTED,
     PENDING,
     RETIRED,
@@ -54,10 +56,9 @@ from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
-from pdata_sync.pipeline.uploader import FAILED, REJECTED
-from pdata_sync.pipeline.uploader import UPLOADED as OUT_UPLOADED
+from pdata_sync.pipeline.context import RunContext
+from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
 from tests.conftest import BUCKET, load_mapping, make_clinic, record_model_run
-from tests.support import pipeline
 
 SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
 FIRST_SEED = int(os.environ.get("PDATA_MODEL_FIRST_SEED", "0"))  # to replay one: its seed
@@ -86,12 +87,36 @@ OPS = (
 )
 KILLED_SYNC = """
 import sys
-from pdata_sync.catalog import Catalog
 from pdata_sync.base.config import load_config
-from tests.support import pipeline
+from pdata_sync.catalog import Catalog
+from pdata_sync.pipeline.context import RunContext
+from pdata_sync.pipeline.runs import Runner, run_sync
 config = load_config(sys.argv[1])
-pipeline.sync(Catalog.open(sys.argv[2]), config, "killed-run")
+run_sync(Runner(), RunContext(config, "killed-run", catalog=Catalog.open(sys.argv[2])))
 """
+
+
+def images_of(catalog: Catalog, config):
+    """The clinic's rows in the config's bucket, as the product's run context finds them."""
+    return RunContext(config, catalog=catalog).images()
+
+
+def sync(catalog: Catalog, config, run_id: str, full: bool = False) -> SyncRun:
+    """One sync through the product's sequence (``full``: ``sync --full``)."""
+    runner = Runner()
+    try:
+        return run_sync(runner, RunContext(config, run_id, catalog=catalog), full_run=full)
+    finally:
+        runner.close()
+
+
+def uploaded_by(catalog: Catalog, config, run_id: str) -> set[str]:
+    """Keys this run uploaded and S3 confirmed: the catalog's own record of the run."""
+    return {
+        e["key"]
+        for e in images_of(catalog, config).events()
+        if e["flow_run_id"] == run_id and e["transition"] == CONFIRM.name
+    }
 
 
 @dataclass
@@ -169,7 +194,7 @@ def check_invariants(world: World, catalog: Catalog, client) -> None:
         )
         stored = objects(client, bucket)
         unseen = world.tampered.get(bucket, set())
-        for row in pipeline.images_of(catalog, cfg).rows():
+        for row in images_of(catalog, cfg).rows():
             if row.state != VERIFIED or row.key in unseen:
                 continue
             assert row.key in stored, f"{bucket}: {row.key} verified, not in S3"
@@ -204,28 +229,32 @@ def check_invariants(world: World, catalog: Catalog, client) -> None:
 
 
 def check_clean_sync(
-    world: World, catalog: Catalog, client, result: pipeline.SyncResult, full: bool = False
+    world: World, catalog: Catalog, client, run: SyncRun, full: bool = False
 ) -> None:
     """After a sync without faults: every planned object is in S3 with the file's bytes
     and its row is verified; nothing failed; no row is left pending or unconfirmed. A sync
     the database check stopped uploaded and retired nothing."""
-    if result.stopped:
-        assert world.media_saved is not None, result.stopped  # only an outage stops it
-        assert result.outcomes == [] and result.retirement is None
+    summary = run.summary
+    assert run.busy is None and run.fatal is None, (run.busy, run.fatal)
+    if run.stopped:
+        assert world.media_saved is not None, run.stopped  # only an outage stops it
+        assert (summary.batches, summary.uploaded, summary.retired) == (0, 0, [])
         return
-    assert result.by_status(FAILED) == [], result.by_status(FAILED)
-    assert result.failed == [], result.failed
+    # nothing failed: no upload, no planning conflict, no retirement (nor its safety limit)
+    assert summary.failed == [], summary.failed
+    assert run.plan is not None
     cfg = world.config
-    rows = {r.key: r for r in pipeline.images_of(catalog, cfg).rows()}
+    rows = {r.key: r for r in images_of(catalog, cfg).rows()}
     # a confirmation dated by a clock ahead vouches for nothing: those keys were listed
     unseen = world.tampered.get(world.bucket, set()) - world.future_keys
     # a file edited in place is seen once the rolling check re-reads it; every one when it
     # re-reads every file (rehash_days 1) or in a full run (its ctime moved)
-    reread = set(result.recheck.changed) if result.recheck else set()
+    reread = set(summary.content_check.changed)
     every = full or cfg.transfer.rehash_days == 1
     unread = set() if every else world.edited - reread
-    rejected = {o.key for o in result.by_status(REJECTED)}
-    for item in result.planned:
+    rejected_paths = {p.path for p in summary.rejected}
+    rejected = {i.key for i in run.plan.images if i.rel_path in rejected_paths}
+    for item in run.plan.images:
         if item.key in rejected or item.key in unseen or item.rel_path in unread:
             continue
         data = (world.root / item.rel_path).read_bytes()
@@ -235,8 +264,8 @@ def check_clean_sync(
     # the archive converges to the source: nothing in images/ that is not planned (what a
     # deleted file left was retired), and every retired row's object is out of images/
     stored = set(objects(client, world.bucket))
-    assert result.retirement is not None and result.retirement.tripped is None
-    assert stored <= {i.key for i in result.planned}, stored - {i.key for i in result.planned}
+    planned = {i.key for i in run.plan.images}
+    assert stored <= planned, stored - planned
     assert not [r.key for r in rows.values() if r.state == RETIRED and r.key in stored]
     # one object per image and patient: a database outage never doubles the archive
     per_image: dict[tuple[str, int], list[str]] = {}
@@ -251,10 +280,11 @@ def check_clean_sync(
             assert was is None or fields["name"] == was, f"{key} was named {was}"
     world.edited = set() if every else world.edited - reread
     # what this sync uploaded is no longer unseen
-    world.tampered[world.bucket] = unseen - {o.key for o in result.by_status(OUT_UPLOADED)}
-    world.future_keys -= {o.key for o in result.by_status(OUT_UPLOADED)}
-    if cfg.transfer.recheck_days == 0:  # every planned patient's prefix was listed
-        listed = {item.patient_guid for item in result.planned}
+    uploaded = uploaded_by(catalog, cfg, summary.flow_run_id)
+    world.tampered[world.bucket] = unseen - uploaded
+    world.future_keys -= uploaded
+    if cfg.transfer.recheck_days == 0 or full:  # every planned patient's prefix was listed
+        listed = {item.patient_guid for item in run.plan.images}
         world.tampered[world.bucket] = {
             k for k in world.tampered[world.bucket] if k.split("/")[1] not in listed
         }
@@ -264,11 +294,11 @@ def check_verify(world: World, catalog: Catalog, client) -> None:
     """verify's findings are exactly the difference between the catalog and S3, and what
     it found missing or changed is drifted afterwards."""
     cfg = world.config
-    images = pipeline.images_of(catalog, cfg)
+    images = images_of(catalog, cfg)
     before = images.rows()
     stored = objects(client, world.bucket)
     guids = {r.patient_guid for r in before}
-    belongs = pipeline.belongs(cfg)
+    belongs = RunContext(cfg).belongs
     missing, changed = set(), set()
     for row in before:
         if row.state not in (VERIFIED, DRIFTED):
@@ -282,7 +312,8 @@ def check_verify(world: World, catalog: Catalog, client) -> None:
     unknown = {
         k for k in stored if k.split("/")[1] in guids and k not in known and belongs(k)
     }  # fmt: skip
-    drift = pipeline.verify(catalog, cfg, f"verify-{world.steps}")
+    drift, busy = run_verify(Runner(), RunContext(cfg, f"verify-{world.steps}", catalog=catalog))
+    assert busy is None and drift is not None, busy
     assert set(drift.missing) == missing
     assert {c["key"] for c in drift.changed} == changed
     assert set(drift.unknown) == unknown
@@ -353,18 +384,18 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
             keys = {r[0] for r in conn.execute(sa.text("SELECT key FROM images"))}
         world.future_keys |= keys
     elif op == "foreign_row":
-        mine = [r for r in pipeline.images_of(catalog, cfg).rows() if r.state == VERIFIED]
+        mine = [r for r in images_of(catalog, cfg).rows() if r.state == VERIFIED]
         if not mine:
             return
         row = rng.choice(mine)
-        other = catalog.images("other-clinic", pipeline.images_of(catalog, cfg).destination)
+        other = catalog.images("other-clinic", images_of(catalog, cfg).destination)
         claim = PendingItem(row.key, "P_9/0000_9.dcm", 999_999_999, row.patient_guid)
         refused = other.begin_upload([claim], f"other-{world.steps}")
         assert set(refused) == {row.key}, refused
-        assert pipeline.images_of(catalog, cfg).lookup([row.key])[row.key] == row
+        assert images_of(catalog, cfg).lookup([row.key])[row.key] == row
     elif op == "full_sync":
-        result = pipeline.sync(catalog, cfg, f"run-{world.steps}", client, full=True)
-        check_clean_sync(world, catalog, client, result, full=True)
+        run = sync(catalog, cfg, f"run-{world.steps}", full=True)
+        check_clean_sync(world, catalog, client, run, full=True)
     elif op == "touch" and (path := planned_file(world)):
         os.utime(path, ns=(time.time_ns(), time.time_ns() + rng.randrange(1, 10**9)))
     elif op in ("s3_delete", "s3_overwrite"):
@@ -383,7 +414,7 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         data, st = path.read_bytes(), path.stat()
         path.write_bytes(b"")
         try:
-            pipeline.sync(catalog, cfg, f"run-{world.steps}", client)
+            sync(catalog, cfg, f"run-{world.steps}")
         finally:
             path.write_bytes(data)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -401,17 +432,17 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     elif op == "sync":
-        result = pipeline.sync(catalog, cfg, f"run-{world.steps}", client)
-        check_clean_sync(world, catalog, client, result)
+        run = sync(catalog, cfg, f"run-{world.steps}")
+        check_clean_sync(world, catalog, client, run)
     elif op == "verify":
         check_verify(world, catalog, client)
     elif op == "two_syncs":
         errors: list[BaseException] = []
-        results: list[pipeline.SyncResult] = []
+        results: list[SyncRun] = []
 
         def one(n: int) -> None:
             try:
-                results.append(pipeline.sync(catalog, cfg, f"run-{world.steps}-{n}", client))
+                results.append(sync(catalog, cfg, f"run-{world.steps}-{n}"))
             except BaseException as exc:  # noqa: BLE001 - collected and checked
                 errors.append(exc)
 
@@ -420,8 +451,11 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
             t.start()
         for t in threads:
             t.join()
-        assert all(isinstance(e, ClinicBusyError) for e in errors), errors
-        assert len(results) >= 1 and all(not r.by_status(FAILED) for r in results)
+        assert errors == [], errors
+        done = [r for r in results if r.busy is None]
+        # one ran, or both in turn; one refused was refused by the lock, naming the holder
+        assert len(done) >= 1 and all(not r.summary.failed for r in done)
+        assert all(isinstance(r.busy, ClinicBusyError) for r in results if r not in done)
 
 
 def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:

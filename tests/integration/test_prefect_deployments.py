@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from pdata_sync.base.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
-from pdata_sync.tasks.catalog import clinic_limit_name
+from pdata_sync.tasks.steps import clinic_limit_name
 from tests.conftest import BUCKET, load_mapping, make_clinic
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
