@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync import uploader as uploader_module
 from pdata_sync.archive.s3_store import make_client
 from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
+from pdata_sync.pipeline import uploader as uploader_module
 from pdata_sync.pipeline.plan import PlannedImage
 from pdata_sync.pipeline.uploader import FAILED, UPLOADED, BatchUploader
 from tests.conftest import BUCKET
