@@ -1,5 +1,5 @@
 """Command line: ``pdata-sync sync | retrieve | view | verify | export | thumbnails | probe |
-check-config | demo``.
+check-config | config-reference | deployments | blocks | demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
@@ -393,6 +393,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    """Every setting with its type, default, limits and description, from the models."""
+    from pdata_sync.base.config_reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -646,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_check_config)
 
+    p = sub.add_parser(
+        "config-reference", help="print the configuration reference (docs/config.md) as Markdown"
+    )
+    p.set_defaults(func=cmd_config_reference)
+
     p = sub.add_parser("deployments", help="per-clinic deployments and prefect.yaml")
     dsub = p.add_subparsers(dest="deployments_command", required=True)
     r = dsub.add_parser("render", help="write prefect.yaml from deployments/*.yaml")
@@ -684,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve",
         action="store_true",
         help="keep running as a Prefect server with the demo clinic deployed and workers "
-        "started, until Ctrl-C (README, Operations)",
+        "started, until Ctrl-C (docs/operations.md)",
     )
     p.add_argument(
         "--view",

@@ -1,5 +1,5 @@
 """Run a real Prefect server on 127.0.0.1 with its own PREFECT_HOME, and what the README's
-Operations section does against it: create the work pool, deploy from a prefect.yaml, start
+docs/operations.md does against it: create the work pool, deploy from a prefect.yaml, start
 process workers. Used by ``pdata-sync demo --serve``, the tests and the benchmarks (each CLI
 process then starts in about a second instead of spending 13-18 s on an ephemeral server).
 

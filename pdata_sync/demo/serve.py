@@ -1,4 +1,4 @@
-"""``pdata-sync demo --serve``: the README's Operations section on one machine.
+"""``pdata-sync demo --serve``: docs/operations.md on one machine.
 
 Generates (or reuses) the demo clinic, starts SeaweedFS, the resolver and a Prefect server
 with its UI (``PREFECT_HOME`` under the demo folder, so the run history survives restarts),

@@ -328,7 +328,7 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
                 worker.kill()
                 worker.wait()
 
-    # the history as an operator reads it (README, Operations)
+    # the history as an operator reads it (docs/operations.md)
     listing = prefect(["flow-run", "ls", "--flow-name", "sync-clinic", "--limit", "50"], deployed)
     assert run.name in listing.stdout
     inspected = prefect(["artifact", "inspect", "sync-summary-clinic-001"], deployed)
