@@ -5,8 +5,8 @@ Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or t
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
 ``--json`` stdout holds exactly one JSON document and everything else (logs) goes to stderr.
 
-The flows are imported lazily: this module is the only one in :mod:`pdata_sync` that starts
-Prefect, and only when a command needs it.
+Parsing and printing only: the flows are run by :mod:`pdata_sync.console`, which imports
+Prefect lazily, only when a command needs it.
 """
 
 from __future__ import annotations

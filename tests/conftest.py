@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pdata_sync.demo.generate import Manifest, generate_clinic
+from pdata_sync.demo.generate import Manifest, generate_clinic, write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
 
 BUCKET = "dental-images"
@@ -282,6 +283,25 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(
             f"{row[0]:<{width}}  {row[1]:>5}  {row[2]:>4}  {row[3]:>4}  {row[4]:>9}  {row[5]:>10}"
         )
+
+
+@pytest.fixture
+def dicom_file(tmp_path: Path) -> Path:
+    """One small intra-oral DICOM file with a name and birth date in it."""
+    path = tmp_path / "0000_5.dcm"
+    write_dicom(
+        path,
+        rng=random.Random(1),
+        clinic_id="c",
+        patient_id=1,
+        patient_name="A^B",
+        birth_date="19700101",
+        image_id=5,
+        modality="IO",
+        rows=16,
+        cols=16,
+    )
+    return path
 
 
 def pytest_collection_modifyitems(items):

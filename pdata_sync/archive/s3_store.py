@@ -1,4 +1,6 @@
-"""S3 side: client, bucket check, prefix listing, checksummed uploads, presigned URLs.
+"""S3, the archive of record: the client, the bucket check, listings, checksummed uploads
+and what confirms them, aborting interrupted multipart uploads, the move to ``retired/``,
+presigned URLs and downloads.
 
 Every upload carries a SHA-256 that S3 verifies on receipt (``x-amz-checksum-sha256``, and
 per part with a Content-MD5 for multipart uploads), so a body damaged in transit is refused

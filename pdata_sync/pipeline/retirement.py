@@ -1,6 +1,7 @@
-"""Which archived objects no longer belong, and whether retiring them is safe: pure
-decisions over the catalog rows and what this run found, testable without S3 or a database
-(docs/adr/0007-identity-rules.md, "Retirement").
+"""Retirement: which archived objects no longer belong, whether retiring them is safe (the
+safety limit), and the move itself to ``retired/`` with the catalog row retired
+(docs/adr/0007-identity-rules.md, "Retirement"). The decisions (:func:`source_view`,
+:func:`retirements`, :class:`SafetyLimit`) are pure and tested without S3 or a database.
 
 An object no longer belongs when the run knows why: its file is planned under other keys
 (its patientGuid or name changed), its file is gone from a folder that was listed, or

@@ -74,7 +74,10 @@ def deployment_slot(clinic_id: str) -> Iterator[None]:
     get_run_logger().info("clinic %s: waiting for concurrency limit %r", clinic_id, name)
     with concurrency(name, occupy=1, strict=True):
         get_run_logger().info("clinic %s: holding concurrency limit %r", clinic_id, name)
-        yield
+        try:
+            yield
+        finally:  # logged before the slot goes back: the next holder's line comes after it
+            get_run_logger().info("clinic %s: releasing concurrency limit %r", clinic_id, name)
 
 
 class PrefectRunner(Runner):

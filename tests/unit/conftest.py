@@ -1,26 +1,19 @@
-"""Fixtures shared by the unit tests."""
+"""The unit tests test the core in this process: no server, no subprocess.
 
-import random
-from pathlib import Path
+Starting either fails the test, so a server test cannot creep in here: those live in
+tests/integration (marked ``integration``) and tests/flows. moto's in-process S3 is allowed.
+"""
+
+import socket
+import subprocess
 
 import pytest
 
-from pdata_sync.demo.generate import write_dicom
 
+@pytest.fixture(autouse=True)
+def _no_servers_no_processes(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit test starts no process and no server: tests/integration")
 
-@pytest.fixture
-def dicom_file(tmp_path: Path) -> Path:
-    path = tmp_path / "0000_5.dcm"
-    write_dicom(
-        path,
-        rng=random.Random(1),
-        clinic_id="c",
-        patient_id=1,
-        patient_name="A^B",
-        birth_date="19700101",
-        image_id=5,
-        modality="IO",
-        rows=16,
-        cols=16,
-    )
-    return path
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(socket.socket, "listen", refuse)

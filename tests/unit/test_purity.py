@@ -24,19 +24,3 @@ def test_every_module_has_a_docstring():
         str(p) for p in CORE.rglob("*.py") if ast.get_docstring(ast.parse(p.read_text())) is None
     ]
     assert missing == []
-
-
-def test_a_sync_that_draws_and_reads_no_image_imports_no_image_library():
-    """numpy, Pillow and pydicom cost about 0.5 s at start-up: a nightly run with nothing
-    new (most nights) imports them only when it reads a header or draws a thumbnail."""
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys, pdata_sync.cli, pdata_sync.flows.sync, pdata_sync.flows.verify; "
-        "print(sorted(m for m in ('numpy', 'PIL', 'pydicom') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=CORE.parent
-    )
-    assert out.stdout.strip() == "[]", out.stdout

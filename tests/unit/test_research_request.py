@@ -72,34 +72,3 @@ def test_the_report_never_pairs_an_archive_key_with_a_pseudonym():
     assert "RPABC" not in str(data)  # the report: archive keys and counts
     manifest = report.manifest_csv().decode()
     assert "RPABC" in manifest and G1 not in manifest and G2 not in manifest
-
-
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        # a field over the csv module's limit (128 KiB) on line 3
-        (f"patient_guid\n{G1}\n{'x' * 200_000}\n".encode(), "line 3: not CSV (field larger"),
-        # Latin-1 bytes on line 2
-        (b"patient_guid,comment\n" + G1.encode() + b",M\xfcller\n", "line 2: not UTF-8 text"),
-    ],
-)
-def test_an_unreadable_csv_request_is_refused_with_one_line(tmp_path, body, reason):
-    """Through the CLI, as an operator runs it: exit 2, one line naming the file, the line
-    and the reason; never a traceback (issue 33)."""
-    import yaml
-
-    from tests.conftest import run_cli
-    from tests.unit.test_config import VALID
-
-    config = tmp_path / "clinic.yaml"
-    config.write_text(yaml.safe_dump({**VALID, "research": {"bucket": "research-exports"}}))
-    request = tmp_path / "request.csv"
-    request.write_bytes(body)
-    out = run_cli(
-        ["export", "--config", str(config), "--project", "p1", "--from-csv", str(request)],
-        {},
-        timeout=60,
-    )
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert out.stderr.startswith(f"pdata-sync: {request}, {reason}"), out.stderr

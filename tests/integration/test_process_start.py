@@ -1,10 +1,15 @@
-"""The CLI skips Python's final garbage-cycle searches at exit (a measured 0.5-0.9 s per run),
-and the flows' imports are exempt from the searches during the run."""
+"""What a fresh pdata-sync process costs at start and exit: the CLI skips Python's final
+garbage-cycle searches at exit (a measured 0.5-0.9 s per run), the flows' imports are exempt
+from the searches during the run, and a run that draws and reads no image imports no image
+library. Each test starts an interpreter of its own (atexit and imports are per process)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pdata_sync
 
 # An atexit handler registered before main() runs after the CLI's own one (last registered,
 # first run): by then the objects must be frozen, so the interpreter's final collections skip
@@ -69,3 +74,20 @@ print("after", gc.isenabled(), gc.get_freeze_count() > 0, flush=True)
 
 def test_imports_run_without_collection_which_is_on_again_even_after_a_failure() -> None:
     assert _run(FROZEN_IMPORTS) == ["inside False", "after True True"]
+
+
+def test_a_sync_that_draws_and_reads_no_image_imports_no_image_library():
+    """numpy, Pillow and pydicom cost about 0.5 s at start-up: a nightly run with nothing
+    new (most nights) imports them only when it reads a header or draws a thumbnail."""
+    probe = (
+        "import sys, pdata_sync.cli, pdata_sync.flows.sync, pdata_sync.flows.verify; "
+        "print(sorted(m for m in ('numpy', 'PIL', 'pydicom') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(pdata_sync.__file__).parent.parent,
+    )
+    assert out.stdout.strip() == "[]", out.stdout

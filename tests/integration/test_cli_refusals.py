@@ -1,11 +1,13 @@
-"""``pdata-sync check-config`` as an operator runs it: every unsafe key template and every
-secret-bearing URL is refused with exit 2 and one line naming the field, and the secret
-appears nowhere in the output."""
+"""Refusals as an operator meets them, through the CLI: ``check-config`` refuses every unsafe
+key template and every secret-bearing URL with exit 2 and one line naming the field (the
+secret appears nowhere in the output); ``export --from-csv`` refuses an unreadable request
+naming the line."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -70,3 +72,32 @@ def test_check_config_warns_of_orthanc_settings_that_expose_the_password(tmp_pat
             assert warnings == []
         else:
             assert len(warnings) == 1 and warned in warnings[0]
+
+
+G1 = "3f2c8a54-1b7e-4c1e-9a3d-2b6f0c9e8d71"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # a field over the csv module's limit (128 KiB) on line 3
+        (f"patient_guid\n{G1}\n{'x' * 200_000}\n".encode(), "line 3: not CSV (field larger"),
+        # Latin-1 bytes on line 2
+        (b"patient_guid,comment\n" + G1.encode() + b",M\xfcller\n", "line 2: not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_csv_request_is_refused_with_one_line(tmp_path, body, reason):
+    """Through the CLI, as an operator runs it: exit 2, one line naming the file, the line
+    and the reason; never a traceback (issue 33)."""
+    config = tmp_path / "clinic.yaml"
+    config.write_text(yaml.safe_dump({**VALID, "research": {"bucket": "research-exports"}}))
+    request = tmp_path / "request.csv"
+    request.write_bytes(body)
+    out = run_cli(
+        ["export", "--config", str(config), "--project", "p1", "--from-csv", str(request)],
+        {},
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith(f"pdata-sync: {request}, {reason}"), out.stderr
