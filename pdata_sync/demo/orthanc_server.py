@@ -33,9 +33,12 @@ def orthanc_binary() -> str | None:
 
 
 def _free_port(preferred: int = 0) -> int:
-    """``preferred`` if it is free on 127.0.0.1, else any free port."""
+    """``preferred`` if it is free on 127.0.0.1, else any free port. A port the last run's
+    Orthanc left in TIME_WAIT is free: Orthanc binds with SO_REUSEADDR, and so does this
+    check (the catalog knows an Orthanc by its URL: a new port would resend every image)."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
