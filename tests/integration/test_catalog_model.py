@@ -142,7 +142,9 @@ class World:
     edited: set[str] = field(default_factory=set)
     media_saved: Path | None = None  # the database before its media table was emptied
     named: dict[int, str] = field(default_factory=dict)  # image id -> its name then, in S3
-    future_keys: set[str] = field(default_factory=set)  # rows dated by a clock ahead
+    # keys whose rows a clock ahead dated, as the catalog holds them when a sync starts (a
+    # sync the model does not watch, a killed one, may have confirmed some again since)
+    future_keys: set[str] = field(default_factory=set)
     modes: dict[str, int] = field(default_factory=dict)  # clean syncs by mode (full, incremental)
 
     @property
@@ -251,8 +253,13 @@ def check_clean_sync(
     cfg = world.config
     world.modes[summary.mode] = world.modes.get(summary.mode, 0) + 1
     rows = {r.key: r for r in images_of(catalog, cfg).rows()}
-    # a confirmation dated by a clock ahead vouches for nothing: those keys were listed
-    unseen = world.tampered.get(world.bucket, set()) - world.future_keys
+    # a confirmation dated by a clock ahead vouches for nothing: those keys were listed, in
+    # an incremental run those of the patients it read (the others were not looked at)
+    looked_at = world.future_keys
+    if summary.mode == "incremental":
+        read = {i.patient_guid for i in run.plan.images}
+        looked_at = {k for k in looked_at if k.split("/")[1] in read}
+    unseen = world.tampered.get(world.bucket, set()) - looked_at
     # a file edited in place is seen once the rolling check re-reads it; every one when it
     # re-reads every file (rehash_days 1) or in a full run (its ctime moved)
     reread = set(summary.content_check.changed)
@@ -295,7 +302,6 @@ def check_clean_sync(
     # what this sync uploaded is no longer unseen
     uploaded = uploaded_by(catalog, cfg, summary.flow_run_id)
     world.tampered[world.bucket] = unseen - uploaded
-    world.future_keys -= uploaded
     if cfg.transfer.recheck_days == 0 or full:  # every planned patient's prefix was listed
         listed = {item.patient_guid for item in run.plan.images}
         world.tampered[world.bucket] = {
@@ -333,6 +339,20 @@ def check_verify(world: World, catalog: Catalog, client) -> None:
     after = images.lookup(missing | changed)
     assert all(r.state == DRIFTED for r in after.values())
     world.tampered[world.bucket] = set()  # the product has seen everything now
+
+
+def future_dated(catalog: Catalog) -> set[str]:
+    """Keys whose confirmation a clock ahead dated (future_clock writes 2099), read from the
+    catalog itself."""
+    with catalog.engine.connect() as conn:
+        return {
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT key FROM images WHERE verified_at >= '2090' OR checked_at >= '2090'"
+                )
+            )
+        }
 
 
 def planned_file(world: World) -> Path | None:
@@ -389,13 +409,13 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         shutil.copyfile(world.media_saved, db)
         world.media_saved = None
     elif op == "future_clock":
+        # a clock that ran ahead dated everything the runs wrote: the rows' confirmations and
+        # the incremental marks (which send the next incremental run back to a full one)
         with catalog.engine.begin() as conn:
-            conn.execute(
-                sa.text("UPDATE images SET verified_at = :t, checked_at = :t"),
-                {"t": "2099-01-01 00:00:00"},
-            )
-            keys = {r[0] for r in conn.execute(sa.text("SELECT key FROM images"))}
-        world.future_keys |= keys
+            future = {"t": "2099-01-01 00:00:00"}
+            conn.execute(sa.text("UPDATE images SET verified_at = :t, checked_at = :t"), future)
+            conn.execute(sa.text("UPDATE patient_marks SET recorded_at = :t"), future)
+            conn.execute(sa.text("UPDATE full_runs SET started_at = :t"), future)
     elif op == "foreign_row":
         mine = [r for r in images_of(catalog, cfg).rows() if r.state == VERIFIED]
         if not mine:
@@ -407,6 +427,7 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         assert set(refused) == {row.key}, refused
         assert images_of(catalog, cfg).lookup([row.key])[row.key] == row
     elif op == "full_sync":
+        world.future_keys = future_dated(catalog)
         run = sync(catalog, cfg, f"run-{world.steps}", full=True)
         check_clean_sync(world, catalog, client, run, full=True)
     elif op == "touch" and (path := planned_file(world)):
@@ -445,6 +466,7 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     elif op == "sync":
+        world.future_keys = future_dated(catalog)
         run = sync(catalog, cfg, f"run-{world.steps}")
         check_clean_sync(world, catalog, client, run)
     elif op == "verify":
