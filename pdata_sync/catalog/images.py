@@ -335,7 +335,8 @@ class ClinicImages:
 
     def reconfirm(self, keys: Sequence[str], flow_run_id: str | None = None) -> None:
         """RECONFIRM: a listing shows these keys with their verified size and ETag
-        (``checked_at`` renewed; a drifted row is verified again: S3 holds those bytes)."""
+        (``checked_at`` renewed, a ``verified_at`` in the future brought back to now; a
+        drifted row is verified again: S3 holds those bytes)."""
         self._listing(RECONFIRM, keys, flow_run_id)
 
     def contradict(self, keys: Sequence[str], flow_run_id: str | None = None) -> None:
@@ -376,6 +377,11 @@ class ClinicImages:
             values: dict[str, Any] = {"state": target, "updated_at": t}
             if transition is RECONFIRM:
                 values["checked_at"] = t
+                # a verification dated by a clock that ran ahead is confirmed now: left in the
+                # future, no run would ever trust the row again (it is listed every night)
+                values["verified_at"] = sa.case(
+                    (images.c.verified_at > t, t), else_=images.c.verified_at
+                )
             for chunk in chunks(list(rows)):
                 conn.execute(
                     sa.update(images).where(self._mine(), images.c.key.in_(chunk)).values(**values)

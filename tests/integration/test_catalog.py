@@ -267,6 +267,24 @@ def test_a_listing_confirms_or_contradicts_only_settled_rows(catalog, imgs):
     ]  # fmt: skip
 
 
+def test_a_listing_that_confirms_a_row_dated_ahead_dates_it_now(catalog, imgs):
+    """A clock that ran ahead dated a confirmation in 2099: no run trusts it, so the next
+    listing checks the object; when that listing confirms it, the row's dates come back to
+    now. Kept in the future, every later run would list the patient again, forever."""
+    from pdata_sync.catalog import in_the_future
+    from pdata_sync.catalog.schema import images as images_table
+
+    upload(imgs)
+    with catalog.engine.begin() as conn:
+        ahead = now() + timedelta(days=365 * 70)
+        conn.execute(sa.update(images_table).values(verified_at=ahead, checked_at=ahead))
+    assert in_the_future(imgs.lookup([KEY])[KEY].confirmed_at)
+
+    imgs.reconfirm([KEY], "run-2")  # the listing shows the verified size and ETag
+    row = imgs.lookup([KEY])[KEY]
+    assert row.state == VERIFIED and not in_the_future(row.confirmed_at)
+
+
 def test_verified_rows_of_patients_are_what_a_listing_can_contradict(catalog, imgs):
     other_guid = "9e1f6c2b-0000-4000-8000-000000000001"
     pending_key, other_key = f"images/{GUID}/c1_8_x.dcm", f"images/{other_guid}/c1_9_x.dcm"
