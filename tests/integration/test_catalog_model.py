@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -344,15 +345,14 @@ def check_verify(world: World, catalog: Catalog, client) -> None:
 def future_dated(catalog: Catalog) -> set[str]:
     """Keys whose confirmation a clock ahead dated (future_clock writes 2099), read from the
     catalog itself."""
+    from pdata_sync.catalog.schema import images as table
+
+    far = datetime(2090, 1, 1, tzinfo=UTC)
+    query = sa.select(table.c.key).where(
+        sa.or_(table.c.verified_at >= far, table.c.checked_at >= far)
+    )
     with catalog.engine.connect() as conn:
-        return {
-            r[0]
-            for r in conn.execute(
-                sa.text(
-                    "SELECT key FROM images WHERE verified_at >= '2090' OR checked_at >= '2090'"
-                )
-            )
-        }
+        return {r[0] for r in conn.execute(query)}
 
 
 def planned_file(world: World) -> Path | None:
@@ -416,6 +416,8 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
             conn.execute(sa.text("UPDATE images SET verified_at = :t, checked_at = :t"), future)
             conn.execute(sa.text("UPDATE patient_marks SET recorded_at = :t"), future)
             conn.execute(sa.text("UPDATE full_runs SET started_at = :t"), future)
+            every = {r[0] for r in conn.execute(sa.text("SELECT key FROM images"))}
+        assert future_dated(catalog) == every  # the model reads what it wrote
     elif op == "foreign_row":
         mine = [r for r in images_of(catalog, cfg).rows() if r.state == VERIFIED]
         if not mine:
