@@ -46,9 +46,22 @@ def load_mapping(manifest: Manifest) -> dict:
     return json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
 
 
-def clinic_yaml(path: Path, clinic: Manifest, resolver, seaweed, **settings) -> Path:
-    """The clinic's config file at ``path`` on the test servers (state beside it), with
-    top-level ``settings`` overridden."""
+def clinic_yaml(
+    path: Path,
+    clinic: Manifest,
+    resolver,
+    seaweed,
+    /,
+    *,
+    endpoint: str | None = None,
+    orthanc: dict[str, Any] | None = None,
+    transfer: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Path:
+    """The one way tests write a clinic's config: at ``path`` for ``clinic`` on the test
+    servers (``resolver``: a server or a URL; ``endpoint``: S3 other than ``seaweed``'s,
+    e.g. a fault proxy), state beside it, ``transfer`` settings, and top-level ``settings``
+    (a dict value changes keys of that section)."""
     import yaml
 
     from pdata_sync.demo.run import write_config
@@ -56,13 +69,19 @@ def clinic_yaml(path: Path, clinic: Manifest, resolver, seaweed, **settings) -> 
     config = write_config(
         path,
         clinic,
-        resolver_url=resolver.url,
-        endpoint=seaweed.endpoint,
+        resolver_url=resolver if isinstance(resolver, str) else resolver.url,
+        endpoint=endpoint or seaweed.endpoint,
         state_dir=path.parent / "state",
+        orthanc=orthanc,
+        **(transfer or {}),
     )
     if settings:
         data = yaml.safe_load(config.read_text())
-        data.update(settings)
+        for key, value in settings.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
         config.write_text(yaml.safe_dump(data))
     return config
 

@@ -12,10 +12,9 @@ import pytest
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ConfigError, InvalidRequestError
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import thumbnail_key
-from tests.conftest import BUCKET, load_mapping, make_clinic
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 
@@ -43,13 +42,8 @@ def s3(seaweed, monkeypatch):
 
 
 def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
-    path = write_config(
-        tmp_path / "clinic.yaml",
-        clinic,
-        resolver_url=resolver_url,
-        endpoint=ENDPOINT,
-        state_dir=tmp_path / "state",
-        **transfer,
+    path = clinic_yaml(
+        tmp_path / "clinic.yaml", clinic, resolver_url, None, endpoint=ENDPOINT, transfer=transfer
     )
     return load_config(path)
 

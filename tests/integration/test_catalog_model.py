@@ -57,12 +57,11 @@ from pdata_sync.catalog import (
 )
 from pdata_sync.catalog import image_history as history_table
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
-from tests.conftest import BUCKET, load_mapping, make_clinic, record_model_run
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, record_model_run
 
 SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
 FIRST_SEED = int(os.environ.get("PDATA_MODEL_FIRST_SEED", "0"))  # to replay one: its seed
@@ -502,23 +501,23 @@ def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
     for bucket in (BUCKET, OTHER_BUCKET):
         empty_bucket(client, bucket)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config_path = write_config(
+        transfer = {
+            "recheck_days": rng.choice([0, 7]),
+            "rehash_days": rng.choice([1, 30]),
+            "batch_size": rng.choice([3, 50]),
+            "max_attempts": 2,
+        }
+        config_path = clinic_yaml(
             tmp / "clinic.yaml",
             clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp / "state",
-            recheck_days=rng.choice([0, 7]),
-            rehash_days=rng.choice([1, 30]),
-            batch_size=rng.choice([3, 50]),
-            max_attempts=2,
+            resolver,
+            seaweed,
+            transfer=transfer,
+            retire_max_fraction=1.0,  # the model deletes many files of a small clinic
+            # every other sequence with incremental runs (ADR 0010): a sync then reads only
+            # the patients whose rows or patientGuids changed, a full sync (or every 7 days) all
+            incremental=seed % 2 == 1,
         )
-        settings = yaml.safe_load(config_path.read_text())
-        settings["retire_max_fraction"] = 1.0  # the model deletes many files of a small clinic
-        # every other sequence with incremental runs (ADR 0010): a sync then reads only the
-        # patients whose rows or patientGuids changed, a full sync (or every 7 days) all
-        settings["incremental"] = seed % 2 == 1
-        config_path.write_text(yaml.safe_dump(settings))
         world = World(
             root=Path(clinic.pdata_root),
             config_path=config_path,

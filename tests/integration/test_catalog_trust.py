@@ -23,12 +23,12 @@ import sqlalchemy as sa
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
     CLI,
     assert_exactly_expected,
+    clinic_yaml,
     load_mapping,
     make_clinic,
     run_cli,
@@ -45,13 +45,7 @@ def site(tmp_path, seaweed, prefect_server):
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
+        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
         env = {**prefect_server.env(), **seaweed.env()}
         yield clinic, client, config, env
     empty_bucket(client, BUCKET)
@@ -157,14 +151,13 @@ def test_a_missing_object_on_head_fails_that_image_only(tmp_path, seaweed, prefe
         ResolverServer(load_mapping(clinic)) as resolver,
         FaultProxy(seaweed.endpoint, "s3") as proxy,
     ):
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "clinic.yaml",
             clinic,
-            resolver_url=resolver.url,
+            resolver,
+            seaweed,
             endpoint=proxy.url,
-            state_dir=tmp_path / "state",
-            multipart_threshold_mb=5,
-            part_size_mb=5,
+            transfer={"multipart_threshold_mb": 5, "part_size_mb": 5},
         )
         env = {**prefect_server.env(), **seaweed.env()}
         proxy.set(Fault("status", status=404, match=is_object_head))
@@ -209,13 +202,13 @@ def test_two_syncs_of_one_clinic_the_second_refuses_naming_the_holder(
         ResolverServer(load_mapping(clinic)) as resolver,
         FaultProxy(seaweed.endpoint, "s3") as proxy,
     ):
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "clinic.yaml",
             clinic,
-            resolver_url=resolver.url,
+            resolver,
+            seaweed,
             endpoint=proxy.url,
-            state_dir=tmp_path / "state",
-            upload_concurrency=2,
+            transfer={"upload_concurrency": 2},
         )
         env = {**os.environ, **prefect_server.env(), **seaweed.env()}
         proxy.set(Fault("delay", delay=2.0, match=lambda method, path: method == "PUT"))

@@ -21,10 +21,17 @@ import pytest
 from pdata_sync.archive.s3_store import METADATA_KEYS
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import decode_name_from_metadata
-from tests.conftest import BUCKET, CLI, load_mapping, make_clinic, run_cli, tree_snapshot
+from tests.conftest import (
+    BUCKET,
+    CLI,
+    clinic_yaml,
+    load_mapping,
+    make_clinic,
+    run_cli,
+    tree_snapshot,
+)
 
 REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
 
@@ -43,15 +50,12 @@ def setup(tmp_path, seaweed, prefect_server):
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic), fail_first=[503, 429]) as resolver:
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "clinic.yaml",
             clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-            multipart_threshold_mb=5,
-            part_size_mb=5,
-            batch_size=7,
+            resolver,
+            seaweed,
+            transfer={"multipart_threshold_mb": 5, "part_size_mb": 5, "batch_size": 7},
         )
         env = {**prefect_server.env(), **seaweed.env(), "PREFECT_LOGGING_LEVEL": "INFO"}
         yield clinic, client, resolver, config, env

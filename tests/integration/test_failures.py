@@ -9,9 +9,8 @@ import pytest
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
-from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
 
 
 @pytest.fixture
@@ -27,13 +26,7 @@ def case(tmp_path, seaweed, prefect_server):
         for o in page.get("Contents", [])
     }
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
+        config = clinic_yaml(tmp_path / "c.yaml", clinic, resolver, seaweed)
 
         def run(edit=None, env=None):
             if edit:

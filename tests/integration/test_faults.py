@@ -17,10 +17,10 @@ import pytest
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
+    clinic_yaml,
     load_mapping,
     make_clinic,
     record_fault_row,
@@ -76,21 +76,20 @@ def test_fault(name, tmp_path, seaweed, prefect_server):
         FaultProxy(seaweed.endpoint, "s3") as s3_proxy,
         FaultProxy(resolver.url, "resolver") as resolver_proxy,
     ):
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "c.yaml",
             clinic,
-            resolver_url=resolver_proxy.url,
+            resolver_proxy.url,
+            seaweed,
             endpoint=s3_proxy.url,
-            state_dir=tmp_path / "state",
-            max_attempts=4,
-            read_timeout_seconds=2,
-            connect_timeout_seconds=2,
+            transfer={"max_attempts": 4, "read_timeout_seconds": 2, "connect_timeout_seconds": 2},
+            resolver={
+                "batch_size": 4,
+                "timeout_seconds": 1.5,
+                "max_attempts": 4,
+                "cache_ttl_hours": 0,
+            },
         )
-        text = config.read_text().replace(
-            "batch_size: 10",
-            "batch_size: 4\n  timeout_seconds: 1.5\n  max_attempts: 4\n  cache_ttl_hours: 0",
-        )
-        config.write_text(text)
         env = {**os.environ, **prefect_server.env(), **seaweed.env()}
 
         def sync():

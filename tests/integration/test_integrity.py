@@ -13,16 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
     CLI,
     assert_exactly_expected,
+    clinic_yaml,
     load_mapping,
     make_clinic,
     run_cli,
@@ -46,15 +45,13 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
         ResolverServer(load_mapping(clinic)) as resolver,
         FaultProxy(seaweed.endpoint, "s3") as proxy,
     ):
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "c.yaml",
             clinic,
-            resolver_url=resolver.url,
+            resolver,
+            seaweed,
             endpoint=proxy.url,
-            state_dir=tmp_path / "state",
-            multipart_threshold_mb=5,
-            part_size_mb=5,
-            upload_concurrency=4,
+            transfer={"multipart_threshold_mb": 5, "part_size_mb": 5, "upload_concurrency": 4},
         )
         env = {**os.environ, **prefect_server.env(), **seaweed.env()}
         destination = destination_of(proxy.url, BUCKET)
@@ -115,23 +112,20 @@ def test_verify_reports_drift_and_changes_nothing(
     clinic = make_clinic(tmp_path / "clinic", patients=8)
     env = {**os.environ, **prefect_server.env(), **seaweed.env()}
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
         catalog_url = default_catalog_url(tmp_path / "state")
         if backend == "postgresql":
             pg = request.getfixturevalue("postgres")
             name = f"catalog_{secrets.token_hex(4)}"
             password = secrets.token_urlsafe(12)
             catalog_url = pg.create_database(name, f"owner_{name}", password)
-            data = yaml.safe_load(config.read_text())
-            data["catalog"] = {"url": catalog_url}
-            config.write_text(yaml.safe_dump(data))
             env["PDATA_SYNC_CATALOG_PASSWORD"] = password
+        config = clinic_yaml(
+            tmp_path / "c.yaml",
+            clinic,
+            resolver,
+            seaweed,
+            **({"catalog": {"url": catalog_url}} if backend == "postgresql" else {}),
+        )
 
         def cli(*args: str):
             out = run_cli([*args, "--config", str(config), "--json"], env)

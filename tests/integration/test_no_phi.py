@@ -6,21 +6,14 @@ import json
 import os
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
-from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
 
 
 def test_debug_sync_leaks_no_phi_and_no_secret(tmp_path, seaweed, prefect_server):
     clinic = make_clinic(tmp_path / "clinic", clinic_id="phi-clinic", seed=23)
     db_password = "Sidexis-Pw-" + os.urandom(6).hex()
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
+        config = clinic_yaml(tmp_path / "c.yaml", clinic, resolver, seaweed)
         env = {
             **os.environ,
             **prefect_server.env(),

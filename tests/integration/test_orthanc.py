@@ -16,7 +16,6 @@ import pytest
 from pdata_sync.base.config import OrthancConfig
 from pdata_sync.catalog import Catalog, default_catalog_url
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc.client import OrthancClient, OrthancRejected, instance_ids
 from pdata_sync.pipeline.previews import PREVIEW_MAX_SIDE
@@ -24,6 +23,7 @@ from pdata_sync.viewer.render import render
 from tests.conftest import (
     BUCKET,
     assert_exactly_expected,
+    clinic_yaml,
     load_mapping,
     make_clinic,
     run_cli,
@@ -41,19 +41,18 @@ def site(tmp_path, seaweed, prefect_server, orthanc):
     with ResolverServer(load_mapping(clinic)) as resolver, FaultProxy(orthanc.url) as proxy:
 
         def configure(concurrency: int = 4, **transfer) -> Path:
-            return write_config(
+            return clinic_yaml(
                 tmp_path / "clinic.yaml",
                 clinic,
-                resolver_url=resolver.url,
-                endpoint=seaweed.endpoint,
-                state_dir=tmp_path / "state",
+                resolver,
+                seaweed,
                 orthanc={
                     "url": proxy.url,
                     "username": orthanc.user,
                     "max_attempts": 2,
                     "concurrency": concurrency,
                 },
-                **transfer,
+                transfer=transfer,
             )
 
         env = {

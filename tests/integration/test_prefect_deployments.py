@@ -18,9 +18,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from pdata_sync.base.config import load_config
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.tasks.steps import clinic_limit_name
-from tests.conftest import BUCKET, load_mapping, make_clinic
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,13 +171,8 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
 
     with ResolverServer(load_mapping(clinic)) as resolver:
         config = load_config(
-            write_config(
-                tmp_path / "clinic.yaml",
-                clinic,
-                resolver_url=resolver.url,
-                endpoint=seaweed.endpoint,
-                state_dir=tmp_path / "state",
-                batch_size=5,
+            clinic_yaml(
+                tmp_path / "clinic.yaml", clinic, resolver, seaweed, transfer={"batch_size": 5}
             )
         )
         config = config.model_copy(

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc.client import instance_ids
 from pdata_sync.research.deid import ProjectKey
-from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli, stored_objects
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
 
 RESEARCH = "research-exports"
 SECRET = "Xr7bQ2mVt9LpZ4cK8wNf3HyJ6dGs1AeU5oRiTq0vBnM"  # 43 base64 characters
@@ -33,19 +33,14 @@ def site(tmp_path, seaweed, prefect_server, orthanc):
         client.create_bucket(Bucket=RESEARCH)
     empty_bucket(client, RESEARCH)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
+        config = clinic_yaml(
             tmp_path / "clinic.yaml",
             clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
+            resolver,
+            seaweed,
             orthanc={"url": orthanc.url, "username": orthanc.user},
+            research={"bucket": RESEARCH, "region": "us-east-1", "endpoint_url": seaweed.endpoint},
         )
-        data = config.read_text() + (
-            f"research:\n  bucket: {RESEARCH}\n  region: us-east-1\n"
-            f"  endpoint_url: {seaweed.endpoint}\n"
-        )
-        config.write_text(data)
         env = {
             **prefect_server.env(),
             **seaweed.env(),
@@ -211,12 +206,13 @@ def test_an_export_a_research_server_did_not_store_as_sent_is_reported_failed(si
     sync = run_cli(["sync", "--config", str(config), "--json"], env)
     assert sync.returncode == 0, sync.stderr[-3000:]
     guid = clinic.expected[0]["patient_guid"]
-    research = f"research:\n  bucket: {RESEARCH}\n  region: us-east-1\n  endpoint_url: "
+    settings = yaml.safe_load(config.read_text())
     endpoint = client.meta.endpoint_url
-    assert research + endpoint in config.read_text()
+    assert settings["research"]["endpoint_url"] == endpoint
     with FaultProxy(endpoint) as proxy:
         proxy.set(Fault("damaged-unchecked", match=lambda method, path: method == "PUT"))
-        config.write_text(config.read_text().replace(research + endpoint, research + proxy.url))
+        settings["research"]["endpoint_url"] = proxy.url  # the research bucket only
+        config.write_text(yaml.safe_dump(settings))
         code, report, _ = export(config, env, "caries-2027", "--patient-guid", guid)
     images = sum(e["patient_guid"] == guid for e in clinic.expected)
     assert code == 1

@@ -17,8 +17,6 @@ import time
 from datetime import UTC
 from typing import Any
 
-import yaml
-
 from pdata_sync.demo.prefect_server import (
     PrefectServer,
     create_work_pool,
@@ -27,11 +25,10 @@ from pdata_sync.demo.prefect_server import (
     stop_process,
 )
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
 from pdata_sync.fleet.deployments import render_to
-from tests.conftest import BUCKET, assert_exactly_expected, load_mapping, make_clinic
+from tests.conftest import BUCKET, assert_exactly_expected, clinic_yaml, load_mapping, make_clinic
 from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 CLINIC = "sched-clinic"
@@ -61,16 +58,10 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
         ResolverServer(load_mapping(clinic)) as resolver,
         PrefectServer(tmp_path / "prefect") as server,
     ):
-        config_path = write_config(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp_path / "state",
-        )
         # incremental runs: a full reconcile is then a run of its own kind, with its reason
-        data = yaml.safe_load(config_path.read_text())
-        config_path.write_text(yaml.safe_dump({**data, "incremental": True}))
+        config_path = clinic_yaml(
+            tmp_path / "clinic.yaml", clinic, resolver, seaweed, incremental=True
+        )
         folder = tmp_path / "deployments"
         write_deployment_file(
             folder,

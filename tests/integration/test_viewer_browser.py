@@ -26,9 +26,9 @@ from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.prefect_server import _free_port
-from pdata_sync.demo.run import allow_viewer_origin, write_config
+from pdata_sync.demo.run import allow_viewer_origin
 from pdata_sync.demo.seaweed import empty_bucket
-from tests.conftest import BUCKET, CLI, make_clinic, run_cli
+from tests.conftest import BUCKET, CLI, clinic_yaml, make_clinic, run_cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -193,13 +193,7 @@ def test_view_refuses_a_bucket_whose_cors_does_not_allow_the_viewer(tmp_path, se
     )
     client.put_object(Bucket=BUCKET, Key=f"images/{guid}/c-1_7_x.dcm", Body=path.read_bytes())
     clinic = SimpleNamespace(clinic_id="c-1", pdata_root=str(tmp_path), database_path="x.db")
-    config = write_config(
-        tmp_path / "c.yaml",
-        clinic,
-        resolver_url="http://127.0.0.1:9/x",
-        endpoint=seaweed.endpoint,
-        state_dir=tmp_path / "state",
-    )
+    config = clinic_yaml(tmp_path / "c.yaml", clinic, "http://127.0.0.1:9/x", seaweed)
     port = _free_port()
     allow_viewer_origin(client, BUCKET, "https://pacs.example.org")
     try:

@@ -15,16 +15,14 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-import yaml
 from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import write_config
 from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import thumbnail_key
 from pdata_sync.viewer.manifest import INSTANCE_FIELDS
-from tests.conftest import BUCKET, load_mapping, make_clinic, run_cli
+from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
 
 # What OHIF's loader needs of every instance to place and draw it.
 REQUIRED = (
@@ -64,16 +62,7 @@ def archived(tmp_path_factory, seaweed, prefect_server):
     client = seaweed.client()
     empty_bucket(client, BUCKET)
     with ResolverServer(load_mapping(clinic)) as resolver:
-        config = write_config(
-            tmp / "clinic.yaml",
-            clinic,
-            resolver_url=resolver.url,
-            endpoint=seaweed.endpoint,
-            state_dir=tmp / "state",
-        )
-        data = yaml.safe_load(config.read_text())
-        data["thumbnails"] = False
-        config.write_text(yaml.safe_dump(data))
+        config = clinic_yaml(tmp / "clinic.yaml", clinic, resolver, seaweed, thumbnails=False)
         env = {**prefect_server.env(), **seaweed.env()}
         sync = run_cli(["sync", "--config", str(config), "--json"], env)
         assert sync.returncode == 0, sync.stderr[-3000:]
