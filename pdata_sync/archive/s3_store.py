@@ -597,7 +597,7 @@ def move_to_retired(
 
     A failure before the delete leaves the original in place (a copy without a delete is
     harmless: the next run copies again under a new time)."""
-    if not copy_to_retired(client, bucket, key, target, retirement):
+    if copy_to_retired(client, bucket, key, target, retirement) is None:
         return False
     client.delete_object(Bucket=bucket, Key=key)
     return True
@@ -605,16 +605,17 @@ def move_to_retired(
 
 def copy_to_retired(
     client: Any, bucket: str, key: str, target: str, retirement: Mapping[str, str]
-) -> bool:
+) -> str | None:
     """Copy ``key`` to ``target`` (under ``retired/``) with its metadata plus
     ``retirement``, and check the copy holds the same size and SHA-256; the original stays.
-    What an upload over an object keeps of the content it replaces. False when ``key`` is
-    gone."""
+    What an upload over an object keeps of the content it replaces. Returns the ETag of
+    what was copied (which bytes were kept: the caller compares it with the ETag it
+    verified), or None when ``key`` is gone."""
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if s3_code(exc)[1] in ("404", "NoSuchKey"):
-            return False
+            return None
         raise
     metadata = {**(head.get("Metadata") or {}), **retirement}
     client.copy(
@@ -634,7 +635,7 @@ def copy_to_retired(
             f"the retired copy of {key} does not match the original (size or sha256); "
             "the original was kept"
         )
-    return True
+    return str(head.get("ETag", "")).strip('"')
 
 
 def head_metadata(client: Any, bucket: str, key: str) -> dict[str, str]:

@@ -261,7 +261,9 @@ class BatchUploader:
         self.fatal: str | None = None  # first configuration error seen; stops the batch
         self.settled = SettleBuffer(images, flow_run_id)
         self._share_ids: frozenset[int] | None = None  # patient folders, read on a conflict
-        self._kept: dict[str, tuple[str, str]] = {}  # key -> (retired copy, why) of this run
+        # key -> (retired copy, why) of this run; the copy is "" when what S3 held there was
+        # not the verified content (the history then claims no kept copy of it)
+        self._kept: dict[str, tuple[str, str]] = {}
 
     def _same_content(self, remote: RemoteObject, etag: str, sha: str) -> bool:
         """True if the object has the content whose ETag / SHA-256 are given."""
@@ -348,6 +350,7 @@ class BatchUploader:
         else:
             why = KEPT_CHANGED
         target = retired_key(self.config.clinic_id, item.key, at)
+        held = row.etag if row is not None else None
         kept = copy_to_retired(
             self.client,
             self.config.s3.bucket,
@@ -355,8 +358,11 @@ class BatchUploader:
             target,
             retirement_metadata(why, at, self.flow_run_id, item.key),
         )
-        if kept:
-            self._kept[item.key] = (target, why)
+        if kept is not None:
+            # the copy is the archived content only if S3 still held the verified bytes;
+            # bytes changed behind our back are kept all the same, but are not that content
+            same = held is None or kept == held.strip('"')
+            self._kept[item.key] = (target if same else "", why if same else KEPT_DRIFT)
         return self._kept_note(item.key)
 
     def _kept_note(self, key: str) -> str:
@@ -494,7 +500,7 @@ class BatchUploader:
         If S3 does not confirm, the row is recorded *uploaded* (ACCEPT) and the image
         fails: what S3 holds is not proven."""
         accepted_at = now()
-        kept_at = self._kept.get(item.key, (None, ""))[0]
+        kept_at = self._kept.get(item.key, ("", ""))[0] or None
         try:
             etag = confirm_object(self.client, self.config.s3.bucket, item.key, stored)
         except Exception as exc:

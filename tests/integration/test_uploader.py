@@ -483,3 +483,44 @@ def test_images_s3_holds_are_compared_one_thread_per_core_and_new_ones_uploaded_
     ]
     body = s3.get_object(Bucket=BUCKET, Key=held[0].key)["Body"].read()
     assert body == (tmp_path / held[0].rel_path).read_bytes()
+
+
+def test_a_kept_version_is_claimed_only_for_the_bytes_that_were_archived(tmp_path, s3):
+    """Before an upload replaces an object, its bytes are copied to retired/ and the
+    catalog's history says where the replaced content was kept. When S3 held other bytes
+    than were verified (changed behind pdata-sync's back), the copy is still made, but the
+    history must not say the archived content is there: it is not (model test, seed 53)."""
+    from pdata_sync.catalog import Catalog, destination_of
+
+    root = tmp_path / "PDATA"
+    dcm(root, "P_1/0000_1.dcm", 1)
+    dcm(root, "P_1/0000_2.dcm", 2)
+    items = [item("P_1/0000_1.dcm", G1, 1), item("P_1/0000_2.dcm", G1, 2)]
+    cfg = config(root, recheck_days=0)  # every run lists the patient
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    rows_of = catalog.images("c-1", destination_of(ENDPOINT, BUCKET))
+    client = make_client(cfg.s3, cfg.transfer)
+    BatchUploader(cfg, client, rows_of, "run-1").upload_batch(items)
+
+    # image 1's object is overwritten behind pdata-sync's back; image 2's is left alone
+    tampered = b"not the archived bytes"
+    s3.put_object(Bucket=BUCKET, Key=items[0].key, Body=tampered)
+    dcm(root, "P_1/0000_1.dcm", 1, seed=7)  # both files change: both objects are replaced
+    dcm(root, "P_1/0000_2.dcm", 2, seed=7)
+    done = BatchUploader(cfg, client, rows_of, "run-2").upload_batch(items)
+    assert [o.status for o in done] == [UPLOADED, UPLOADED], [o.reason for o in done]
+
+    for it in items:
+        (old,) = rows_of.history(it.key)
+        if old["kept_at"] is not None:  # a claim: the archived content is there
+            kept = s3.get_object(Bucket=BUCKET, Key=old["kept_at"])["Body"].read()
+            assert hashlib.sha256(kept).hexdigest() == old["sha256"], it.key
+    first, second = (rows_of.history(it.key)[0] for it in items)
+    assert first["kept_at"] is None  # the archived content was no longer in S3
+    assert second["kept_at"] is not None  # the unchanged object was kept, as it was
+    retired = {
+        o["Key"]: o for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="retired/")["Contents"]
+    }
+    # nothing is overwritten without a copy: what S3 held at image 1's key is kept too
+    assert any(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() == tampered for k in retired)
+    catalog.close()
