@@ -323,10 +323,29 @@ def dicom_file(tmp_path: Path) -> Path:
     return path
 
 
+# The longest files, longest first (measured with --durations, 2026-12-07: seconds of one
+# worker). The workers take whole files in collection order, so a long file collected last
+# (alphabetically test_schedules_fire, 107 s) ran alone at the end while the others idled.
+LONGEST_FIRST = (
+    "test_faults.py",  # ~190 s
+    "test_schedules_fire.py",  # 107 s
+    "test_fleet.py",  # 101 s
+    "test_edges.py",  # ~90 s
+    "test_prefect_deployments.py",  # ~90 s
+    "test_catalog_trust.py",
+    "test_research_export.py",
+    "test_integrity.py",
+    "test_viewer_browser.py",
+    "test_demo_serve.py",
+)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable
 
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
