@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 
 from pdata_sync.research.deid import Deidentifier, ProjectKey, basic_profile, held_back
@@ -24,9 +23,19 @@ OTHER = "a1b2c3d4-0000-4000-8000-000000000001"
 TEST_SECRET = "kq3R7vYb2XwPz9LmN4tHc8JdF6sAe1GuV5oWiQy0TnB"  # 43 base64 characters
 
 
+# pydicom's own test files, shipped with it. Not get_testdata_files: it also tries to
+# download pydicom-data's files (16 s of failed DNS look-ups at every collection here, and
+# another corpus wherever the download works).
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def get_testdata_files(pattern: str) -> list[str]:
+    return [str(p) for p in sorted(PYDICOM_FILES.glob(pattern))]
+
+
 def corpus() -> list[Path]:
     files = []
-    for name in sorted(set(get_testdata_files("*.dcm"))):
+    for name in get_testdata_files("*.dcm"):
         try:
             ds = pydicom.dcmread(name)
             ds.copy()
