@@ -69,7 +69,7 @@ def fresh_bucket(client: object, bucket: str) -> None:
     pdata-sync alone (it lists each batch's patients; s5cmd lists its prefix once). A clinic's
     first sync starts from a bucket with nothing in it, and so does every tool here.
     """
-    from pdata_sync.demo.seaweed import empty_bucket
+    from tests.kit.s3 import empty_bucket
 
     try:
         client.delete_bucket(Bucket=bucket)  # type: ignore[attr-defined]  # SeaweedFS: any

@@ -123,7 +123,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path, seaweed, prefect_server) -> Iterator[Site]:
     """A small clinic (tests/conftest.make_clinic) and an empty bucket, emptied after."""
-    from pdata_sync.demo.seaweed import empty_bucket
+    from tests.kit.s3 import empty_bucket
 
     clinic = make_clinic(tmp_path / "clinic")
     client = seaweed.client()

@@ -12,9 +12,9 @@ import pytest
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ConfigError, InvalidRequestError
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import thumbnail_key
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic
+from tests.kit.s3 import empty_bucket
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 

@@ -57,11 +57,11 @@ from pdata_sync.catalog import (
 )
 from pdata_sync.catalog import image_history as history_table
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, record_model_run
+from tests.kit.s3 import empty_bucket
 
 SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
 FIRST_SEED = int(os.environ.get("PDATA_MODEL_FIRST_SEED", "0"))  # to replay one: its seed

@@ -23,7 +23,6 @@ import sqlalchemy as sa
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
     CLI,
@@ -34,6 +33,7 @@ from tests.conftest import (
     run_cli,
     stored_objects,
 )
+from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import Fault, FaultProxy
 
 

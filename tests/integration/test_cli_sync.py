@@ -21,7 +21,6 @@ import pytest
 from pdata_sync.archive.s3_store import METADATA_KEYS
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import decode_name_from_metadata
 from tests.conftest import (
     BUCKET,
@@ -32,6 +31,7 @@ from tests.conftest import (
     run_cli,
     tree_snapshot,
 )
+from tests.kit.s3 import empty_bucket
 
 REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
 

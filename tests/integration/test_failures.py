@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
+from tests.kit.s3 import empty_bucket
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import (
     BUCKET,
     clinic_yaml,
@@ -27,6 +26,7 @@ from tests.conftest import (
     run_cli,
     stored_objects,
 )
+from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import Fault, FaultProxy
 
 

@@ -28,7 +28,6 @@ from pdata_sync.catalog import Catalog, destination_of, now
 from pdata_sync.catalog.schema import full_runs
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.pipeline.retirement import FILE_GONE, PATIENT_CHANGED
 from pdata_sync.source.changes import WHY_DUE, WHY_FIRST
 from pdata_sync.source.pdata import parse_patient_folder
@@ -40,6 +39,7 @@ from tests.conftest import (
     make_clinic,
     run_cli,
 )
+from tests.kit.s3 import empty_bucket
 
 
 @pytest.fixture

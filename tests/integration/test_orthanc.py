@@ -16,7 +16,6 @@ import pytest
 from pdata_sync.base.config import OrthancConfig
 from pdata_sync.catalog import Catalog, default_catalog_url
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc.client import OrthancClient, OrthancRejected, instance_ids
 from pdata_sync.pipeline.previews import PREVIEW_MAX_SIDE
 from pdata_sync.viewer.render import render
@@ -29,6 +28,7 @@ from tests.conftest import (
     run_cli,
     stored_objects,
 )
+from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import FaultProxy
 
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.orthanc.client import instance_ids
 from pdata_sync.research.deid import ProjectKey
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
+from tests.kit.s3 import empty_bucket
 
 RESEARCH = "research-exports"
 SECRET = "Xr7bQ2mVt9LpZ4cK8wNf3HyJ6dGs1AeU5oRiTq0vBnM"  # 43 base64 characters

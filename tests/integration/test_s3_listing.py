@@ -15,8 +15,8 @@ import pytest
 from pdata_sync.archive import s3_store
 from pdata_sync.archive.s3_store import AwsKeys, list_patients, list_prefix, make_client
 from pdata_sync.base.config import S3Config
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import patient_prefix
+from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import FaultProxy
 
 BUCKET = "listing-test"

@@ -22,8 +22,8 @@ from pdata_sync.base.errors import (
     s3_code,
     s3_config_message,
 )
-from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET
+from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import Fault, FaultProxy
 
 DATA = os.urandom(200_000)

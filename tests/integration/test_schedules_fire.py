@@ -25,10 +25,10 @@ from pdata_sync.demo.prefect_server import (
     stop_process,
 )
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
 from pdata_sync.fleet.deployments import render_to
 from tests.conftest import BUCKET, assert_exactly_expected, clinic_yaml, load_mapping, make_clinic
+from tests.kit.s3 import empty_bucket
 from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 CLINIC = "sched-clinic"

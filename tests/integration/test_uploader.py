@@ -15,7 +15,6 @@ from pdata_sync.archive import s3_put
 from pdata_sync.archive.s3_store import METADATA_KEYS, make_client
 from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import decode_name_from_metadata, thumbnail_key
 from pdata_sync.pipeline.plan import PlannedImage
 from pdata_sync.pipeline.report import BatchReport
@@ -29,6 +28,7 @@ from pdata_sync.pipeline.uploader import (
     each_in_threads,
 )
 from pdata_sync.viewer.render import render
+from tests.kit.s3 import empty_bucket
 
 G1 = "11111111-1111-4111-8111-111111111111"
 G2 = "22222222-2222-4222-8222-222222222222"

@@ -27,8 +27,8 @@ from PIL import Image
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.prefect_server import _free_port
 from pdata_sync.demo.run import allow_viewer_origin
-from pdata_sync.demo.seaweed import empty_bucket
 from tests.conftest import BUCKET, CLI, clinic_yaml, make_clinic, run_cli
+from tests.kit.s3 import empty_bucket
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

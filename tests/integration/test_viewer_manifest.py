@@ -19,10 +19,10 @@ from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.seaweed import empty_bucket
 from pdata_sync.identity.keys import thumbnail_key
 from pdata_sync.viewer.manifest import INSTANCE_FIELDS
 from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
+from tests.kit.s3 import empty_bucket
 
 # What OHIF's loader needs of every instance to place and draw it.
 REQUIRED = (
