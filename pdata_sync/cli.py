@@ -63,10 +63,6 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[Any]:
         real_stdout.flush()
 
 
-def _refuse(message: str) -> int:
-    return refuse(message)
-
-
 def _run_and_print(
     args: argparse.Namespace,
     label: str,
@@ -82,7 +78,7 @@ def _run_and_print(
             print(f"pdata-sync: {error}", file=sys.stderr)
             return None, EXIT_BUSY
         if isinstance(error, ConfigError):
-            return None, _refuse(str(error))
+            return None, refuse(str(error))
         print(f"pdata-sync: {label} failed: {describe(error)}", file=sys.stderr)
         return None, EXIT_FAILED
     if args.json:
@@ -101,7 +97,7 @@ def cmd_thumbnails(args: argparse.Namespace) -> int:
         if args.patient_guid is not None:
             validate_guid(args.patient_guid)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     _, code = _run_and_print(
         args,
         "thumbnails",
@@ -124,7 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     result, code = _run_and_print(args, "verify", lambda: run_verify(config), _print_drift)
     if code is not None:
         return code
@@ -240,7 +236,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     with _terminal_progress(not args.json):
         summary, code = _run_and_print(
             args,
@@ -277,7 +273,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         if args.presign is not None:
             validate_expiry(args.presign)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     images, code = _run_and_print(
         args,
         "retrieve",
@@ -334,7 +330,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             studies += from_file.study_uids
         ExportRequest(tuple(guids), tuple(studies))
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     report, code = _run_and_print(
         args, "export", lambda: run_export(config, args.project, guids, studies), _print_export
     )
@@ -362,7 +358,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         guid = validate_guid(args.patient_guid)
         presign = validate_expiry(args.presign)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     return view(config, guid, presign, args.port)
 
 
@@ -384,7 +380,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         engine = run_context(config).engine
         check_database(engine, config.database)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     report = probe(config, engine, args.sample)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -405,7 +401,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     if config.orthanc is not None:
         from pdata_sync.orthanc.client import insecure
 
@@ -423,7 +419,7 @@ def cmd_deployments_render(args: argparse.Namespace) -> int:
     try:
         current = render_to(Path(args.folder), Path(args.output), check=args.check)
     except ConfigError as exc:
-        return _refuse(str(exc))
+        return refuse(str(exc))
     if args.check and not current:
         print(
             f"pdata-sync: {args.output} is out of date with {args.folder}/; run "
@@ -448,11 +444,11 @@ def _check_block_name(name: str) -> str | None:
 def cmd_blocks_aws(args: argparse.Namespace) -> int:
     problem = _check_block_name(args.name)
     if problem:
-        return _refuse(f"--name: {problem}")
+        return refuse(f"--name: {problem}")
     key_id = os.environ.get("AWS_ACCESS_KEY_ID")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     if not key_id or not secret:
-        return _refuse("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment first")
+        return refuse("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment first")
     with _loading_prefect():
         from pdata_sync.tasks.credentials import save_aws_block
 
@@ -464,7 +460,7 @@ def cmd_blocks_aws(args: argparse.Namespace) -> int:
 def cmd_blocks_db_password(args: argparse.Namespace) -> int:
     problem = _check_block_name(args.name)
     if problem:
-        return _refuse(f"--name: {problem}")
+        return refuse(f"--name: {problem}")
     if sys.stdin.isatty():
         import getpass
 
@@ -472,7 +468,7 @@ def cmd_blocks_db_password(args: argparse.Namespace) -> int:
     else:
         value = sys.stdin.readline().rstrip("\r\n")
     if not value:
-        return _refuse("no password given (type it at the prompt or pipe it on stdin)")
+        return refuse("no password given (type it at the prompt or pipe it on stdin)")
     with _loading_prefect():
         from pdata_sync.tasks.credentials import save_secret_block
 
@@ -491,13 +487,13 @@ def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
 
     problem = _check_block_name(args.name)
     if problem:
-        return _refuse(f"--name: {problem}")
+        return refuse(f"--name: {problem}")
     if args.generate:
         value = secrets.token_urlsafe(32)  # 32 random bytes, 43 base64url characters
     else:
         value = sys.stdin.readline().rstrip("\r\n")
         if problem := secret_problem(value):
-            return _refuse(f"the secret on stdin is too weak ({problem}); or use --generate")
+            return refuse(f"the secret on stdin is too weak ({problem}); or use --generate")
     with _loading_prefect():
         from prefect.blocks.system import Secret
 
@@ -508,7 +504,7 @@ def cmd_blocks_research_secret(args: argparse.Namespace) -> int:
         except ValueError:
             pass  # no such block: the name is free
         else:
-            return _refuse(
+            return refuse(
                 f"a block named {args.name!r} exists: it is not replaced (a new secret "
                 "changes every pseudonym of every project); choose another name"
             )
@@ -746,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PdataSyncError as exc:
-        return _refuse(str(exc)) if isinstance(exc, ConfigError) else _fail(exc)
+        return refuse(str(exc)) if isinstance(exc, ConfigError) else _fail(exc)
     except KeyboardInterrupt:
         print("pdata-sync: interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ from pdata_sync.archive.s3_store import check_bucket, put_derived
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.flows.sync import artifact_key
+from pdata_sync.orthanc.client import warn_if_insecure
 from pdata_sync.pipeline.naming import run_name
 from pdata_sync.pipeline.plan import make_batches
 from pdata_sync.research.export import (
@@ -36,7 +37,7 @@ from pdata_sync.research.export import (
     project_prefix,
     validate_project,
 )
-from pdata_sync.tasks.credentials import s3_client, warn_if_insecure
+from pdata_sync.tasks.credentials import s3_client
 from pdata_sync.tasks.research import export_batch, plan_export_task, project_key, research_config
 
 

@@ -22,8 +22,9 @@ from pdata_sync.archive.retrieval import (
 )
 from pdata_sync.base.config import OrthancConfig, S3Config
 from pdata_sync.base.logsafety import protect_logs
+from pdata_sync.orthanc.client import warn_if_insecure
 from pdata_sync.pipeline.previews import write_previews
-from pdata_sync.tasks.credentials import orthanc_client, s3_client, warn_if_insecure
+from pdata_sync.tasks.credentials import orthanc_client, s3_client
 
 
 @task(name="list-patient-images", cache_policy=NO_CACHE, persist_result=False)

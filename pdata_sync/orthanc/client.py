@@ -190,6 +190,12 @@ def insecure(cfg: OrthancConfig) -> list[str]:
     return found
 
 
+def warn_if_insecure(cfg: OrthancConfig | None, logger: Any) -> None:
+    """At the start of a run that uses Orthanc: log what its settings expose."""
+    for warning in insecure(cfg) if cfg is not None else []:
+        logger.warning("%s", warning)
+
+
 class OrthancClient:
     """One Orthanc server: a pooled HTTP client with the clinic's credentials."""
 

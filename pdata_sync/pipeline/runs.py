@@ -22,6 +22,7 @@ from pdata_sync.base.errors import ClinicBusyError, describe
 from pdata_sync.catalog import now
 from pdata_sync.pipeline import progress, steps
 from pdata_sync.pipeline.context import RunContext
+from pdata_sync.pipeline.naming import batch_task_name
 from pdata_sync.pipeline.plan import (
     SKIP_PATIENT_UNRESOLVED,
     Plan,
@@ -270,8 +271,6 @@ def _upload(
 ) -> str | None:
     """The batches, at most ``transfer.parallel_batches`` in flight; a wrong set-up (access
     denied, bucket gone) fails every image alike, so none is started after one says so."""
-    from pdata_sync.pipeline.naming import batch_task_name
-
     runner.batches_planned(ctx, len(batches))
     queue = list(enumerate(batches, start=1))
     in_flight: list[Any] = []

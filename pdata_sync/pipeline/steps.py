@@ -17,7 +17,7 @@ from pdata_sync.archive.s3_store import abort_interrupted_uploads, check_bucket,
 from pdata_sync.base.errors import ConfigError, describe
 from pdata_sync.catalog import now
 from pdata_sync.identity.resolver import ResolutionCache, ResolverClient, ResolveResult
-from pdata_sync.orthanc.client import Unavailable, insecure
+from pdata_sync.orthanc.client import Unavailable, warn_if_insecure
 from pdata_sync.orthanc.store import O_FAILED, OrthancBatch, OrthancOutcome, verified_in_s3
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.outage import DatabaseCheck, database_check
@@ -62,12 +62,6 @@ from pdata_sync.source.sidexis_db import (
 # ---- checks before any work ----------------------------------------------------------
 
 
-def warn_if_insecure(ctx: RunContext) -> None:
-    """At the start of a run that uses Orthanc: say what its settings expose."""
-    for warning in insecure(ctx.config.orthanc) if ctx.config.orthanc is not None else []:
-        ctx.log.warning("%s", warning)
-
-
 def check_source(ctx: RunContext) -> None:
     """Fail fast if PDATA or the database is not usable."""
     check_root(ctx.config.pdata_root)
@@ -83,7 +77,7 @@ def check_destinations(ctx: RunContext) -> Unavailable | None:
     ctx.log.info("bucket %s is reachable", ctx.config.s3.bucket)
     if ctx.config.orthanc is None:
         return None
-    warn_if_insecure(ctx)
+    warn_if_insecure(ctx.config.orthanc, ctx.log)
     try:
         version = ctx.orthanc.check()  # type: ignore[union-attr]
     except ConfigError as exc:
@@ -451,7 +445,7 @@ def verify_clinic(ctx: RunContext) -> Drift:
     check_bucket(ctx.s3, ctx.config.s3.bucket)
     orthanc = ctx.orthanc
     if orthanc is not None:
-        warn_if_insecure(ctx)
+        warn_if_insecure(ctx.config.orthanc, ctx.log)
         orthanc.check()  # unreachable or refused: before any work
     drift = verify_catalog(ctx.images(), ctx.s3, ctx.config.s3.bucket, ctx.belongs, ctx.run_id)
     if orthanc is not None:

@@ -90,14 +90,6 @@ def s3_client(s3: S3Config, transfer: TransferConfig | None = None) -> Any:
     return context.s3_client(s3, transfer, PREFECT_SECRETS)
 
 
-def warn_if_insecure(cfg: OrthancConfig | None, logger: Any) -> None:
-    """At the start of a run that uses Orthanc: say what its settings expose."""
-    from pdata_sync.orthanc.client import insecure
-
-    for warning in insecure(cfg) if cfg is not None else []:
-        logger.warning("%s", warning)
-
-
 def save_aws_block(
     name: str, access_key_id: str, secret_access_key: str, region: str | None = None
 ) -> None:
