@@ -9,7 +9,8 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,15 +89,22 @@ def clinic_yaml(
 
 @dataclass
 class Site:
-    """A generated clinic synced through the CLI (``pdata-sync sync --json`` as a
-    subprocess) against the session's SeaweedFS, a resolver and a Prefect server."""
+    """A generated clinic with its resolver and config on the session's SeaweedFS, synced
+    through the CLI (``pdata-sync sync --json`` as a subprocess) or a flow in-process."""
 
     clinic: Manifest
     client: Any
     resolver: ResolverServer
     config: Path
-    env: dict[str, str]
     tmp_path: Path
+    request: pytest.FixtureRequest
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The CLI's environment: the session's Prefect server (started on first use: a
+        flow run in-process needs none) and SeaweedFS's credentials."""
+        servers = (self.request.getfixturevalue(name) for name in ("prefect_server", "seaweed"))
+        return {name: value for server in servers for name, value in server.env().items()}
 
     def variant(self, name: str, **settings: Any) -> Path:
         """The clinic's config with ``settings`` changed (a dict value changes keys of that
@@ -115,24 +123,78 @@ class Site:
 
     def sync(self, *extra: str, config: Path | None = None) -> tuple[int, dict]:
         """Exit code and summary of one sync (exit 0 or 1: a summary is printed)."""
-        out = run_cli(["sync", "--config", str(config or self.config), "--json", *extra], self.env)
-        assert out.returncode in (0, 1), out.stderr[-3000:]
+        return self.cli("sync", *extra, config=config)
+
+    def verify(self, *extra: str, config: Path | None = None) -> tuple[int, dict]:
+        """Exit code and report of one verify (exit 0 or 1: a report is printed)."""
+        return self.cli("verify", *extra, config=config)
+
+    def cli(self, command: str, *extra: str, config: Path | None = None) -> tuple[int, dict]:
+        """Exit code and JSON answer of ``pdata-sync command --config ... --json *extra``,
+        which must end 0 or 1 (an answer is printed)."""
+        args = [command, "--config", str(config or self.config), "--json", *extra]
+        out = run_cli(args, self.env, timeout=300)
+        assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
         return out.returncode, json.loads(out.stdout)
 
 
+def open_site(
+    stack: ExitStack,
+    folder: Path,
+    seaweed,
+    request: pytest.FixtureRequest,
+    *,
+    endpoint: str | None = None,
+    orthanc: dict[str, Any] | None = None,
+    transfer: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    resolver_options: dict[str, Any] | None = None,
+    **clinic_params: Any,
+) -> Site:
+    """The one scaffolding of the integration tests: a clinic generated under ``folder``
+    (``make_clinic``'s parameters), its resolver started on ``stack`` (``resolver_options``,
+    e.g. ``fail_first``) and its config ``folder/clinic.yaml`` on the session's SeaweedFS
+    (``endpoint``: another S3 such as a fault proxy; ``orthanc``, ``transfer`` and top-level
+    ``settings`` as for ``clinic_yaml``). Tests use it through ``make_site``; fixtures
+    wider than a test and loops of many clinics call it directly."""
+    clinic = make_clinic(folder / "clinic", **clinic_params)
+    resolver = stack.enter_context(ResolverServer(load_mapping(clinic), **(resolver_options or {})))
+    config = clinic_yaml(
+        folder / "clinic.yaml",
+        clinic,
+        resolver,
+        seaweed,
+        endpoint=endpoint,
+        orthanc=orthanc,
+        transfer=transfer,
+        **(settings or {}),
+    )
+    return Site(clinic, seaweed.client(), resolver, config, folder, request)
+
+
 @pytest.fixture
-def site(tmp_path, seaweed, prefect_server) -> Iterator[Site]:
-    """A small clinic (tests/conftest.make_clinic) and an empty bucket, emptied after."""
+def make_site(request, tmp_path, seaweed) -> Iterator[Callable[..., Site]]:
+    """``make_site(**options)``: ``open_site`` in this test's folder (a second site in a
+    folder of its own), on an empty bucket; resolvers stopped and the bucket emptied after."""
     from tests.kit.s3 import empty_bucket
 
-    clinic = make_clinic(tmp_path / "clinic")
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
-        env = {**prefect_server.env(), **seaweed.env()}
-        yield Site(clinic, client, resolver, config, env, tmp_path)
-    empty_bucket(client, BUCKET)
+    empty_bucket(seaweed.client(), BUCKET)
+    made: list[Site] = []
+    with ExitStack() as stack:
+
+        def make(**options: Any) -> Site:
+            folder = tmp_path / f"site{len(made)}" if made else tmp_path
+            made.append(open_site(stack, folder, seaweed, request, **options))
+            return made[-1]
+
+        yield make
+    empty_bucket(seaweed.client(), BUCKET)
+
+
+@pytest.fixture
+def site(make_site) -> Site:
+    """A small clinic (tests/conftest.make_clinic) on an empty bucket."""
+    return make_site()
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:

@@ -11,10 +11,8 @@ import pytest
 
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ConfigError, InvalidRequestError
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.identity.keys import thumbnail_key
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic
-from tests.kit.s3 import empty_bucket
+from tests.conftest import BUCKET
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 
@@ -26,26 +24,13 @@ def harness():
         yield
 
 
-ENDPOINT = ""  # the session's SeaweedFS, set by the s3 fixture
-
-
 @pytest.fixture
 def s3(seaweed, monkeypatch):
-    """The session's SeaweedFS, its bucket empty, its credentials in the environment."""
+    """The session's SeaweedFS, its credentials in this process's environment."""
     for name, value in seaweed.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setattr(f"{__name__}.ENDPOINT", seaweed.endpoint)
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    yield client
-
-
-def config_for(tmp_path: Path, clinic, resolver_url: str, **transfer):
-    path = clinic_yaml(
-        tmp_path / "clinic.yaml", clinic, resolver_url, None, endpoint=ENDPOINT, transfer=transfer
-    )
-    return load_config(path)
+    return seaweed.client()
 
 
 def task_runs_of(flow_run_id, expected: int | None = None, timeout: float = 30.0):
@@ -68,7 +53,7 @@ def artifacts_of(flow_run_id):
         )
 
 
-def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
+def test_sync_flow_summary_artifacts_and_no_phi(make_site, s3, monkeypatch):
     import sqlalchemy as sa
 
     import pdata_sync.pipeline.context
@@ -84,10 +69,9 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
 
     real_make_engine = pdata_sync.pipeline.context.make_engine
     monkeypatch.setattr(pdata_sync.pipeline.context, "make_engine", counting_engine)
-    clinic = make_clinic(tmp_path / "clinic")
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = config_for(tmp_path, clinic, resolver.url)
-        state = sync_clinic(config=config, return_state=True)
+    site = make_site()
+    clinic, config = site.clinic, load_config(site.config)
+    state = sync_clinic(config=config, return_state=True)
     assert state.is_completed(), state.message
     # the check, the patient query and the media lookup share one engine and one login
     assert len(engines) == 1 and len(logins) == 1
@@ -119,17 +103,18 @@ def test_sync_flow_summary_artifacts_and_no_phi(tmp_path, s3, monkeypatch):
         assert value not in everything
 
 
-def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
+def test_two_thousand_images_make_few_task_runs_all_recorded(make_site, s3):
     """ADR 0002: upload tasks are batches, not images."""
     from pdata_sync.flows.sync import BOOKKEEPING_TASKS, sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic", patients=200, images_per_patient=(10, 10), scale=0.02)
+    site = make_site(
+        transfer={"batch_size": 500}, patients=200, images_per_patient=(10, 10), scale=0.02
+    )
+    clinic = site.clinic
     assert len(clinic.expected) >= 1800
     images = sum(1 for _ in Path(clinic.pdata_root).rglob("*.dcm"))
     assert images >= 2000
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = config_for(tmp_path, clinic, resolver.url, batch_size=500)
-        state = sync_clinic(config=config, return_state=True)
+    state = sync_clinic(config=load_config(site.config), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["uploaded"] == len(clinic.expected)
@@ -149,16 +134,15 @@ def test_two_thousand_images_make_few_task_runs_all_recorded(tmp_path, s3):
     assert run.name == f"{clinic.clinic_id}-{stamp}"
 
 
-def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):
+def test_failed_resolver_marks_images_failed_and_the_run_failed(make_site, s3):
     from pdata_sync.flows.sync import sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic")
-    with ResolverServer(load_mapping(clinic), fail_first=[503] * 1000) as resolver:
-        config = config_for(tmp_path, clinic, resolver.url)
-        config = config.model_copy(
-            update={"resolver": config.resolver.model_copy(update={"max_attempts": 2})}
-        )
-        state = sync_clinic(config=config, return_state=True)
+    site = make_site(
+        settings={"resolver": {"max_attempts": 2}},
+        resolver_options={"fail_first": [503] * 1000},
+    )
+    clinic = site.clinic
+    state = sync_clinic(config=load_config(site.config), return_state=True)
     assert state.is_failed()
     summary = state.result(raise_on_failure=False)
     assert summary["uploaded"] == 0
@@ -167,7 +151,7 @@ def test_failed_resolver_marks_images_failed_and_the_run_failed(tmp_path, s3):
     assert all("503" in f["reason"] for f in summary["failed"])
 
 
-def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, monkeypatch):
+def test_an_unreadable_patient_folder_fails_the_run_not_rejected(make_site, s3, monkeypatch):
     """A worker without read rights on part of PDATA: the environment, reported as failed
     (exit 1), never as rejected input (exit 0). Root ignores file modes, so the OS's answer
     for the worker's user is played by os.scandir."""
@@ -175,7 +159,8 @@ def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, m
 
     from pdata_sync.flows.sync import sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic")
+    site = make_site()
+    clinic = site.clinic
     folder = Path(clinic.expected[0]["path"]).parts[0]
     real_scandir = os.scandir
 
@@ -185,8 +170,7 @@ def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, m
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", denied)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        state = sync_clinic(config=config_for(tmp_path, clinic, resolver.url), return_state=True)
+    state = sync_clinic(config=load_config(site.config), return_state=True)
     assert state.is_failed()
     summary = state.result(raise_on_failure=False)
     assert {"path": folder, "reason": "folder cannot be listed: Permission denied"} in summary[
@@ -196,20 +180,19 @@ def test_an_unreadable_patient_folder_fails_the_run_not_rejected(tmp_path, s3, m
     assert summary["uploaded"] > 0  # the rest went on
 
 
-def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(tmp_path, s3):
+def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(make_site, s3):
     """The nil GUID (an ABP backend's "no value") would pool every unresolved patient
     under one prefix: it is a resolver fault, the patient's images fail, nothing goes up
     under it and the patient is not counted as unknown."""
     from pdata_sync.flows.sync import sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic")
-    mapping = load_mapping(clinic)
-    cards = mapping[clinic.clinic_id]
+    site = make_site()
+    clinic = site.clinic
+    cards = site.resolver.state.mapping[clinic.clinic_id]
     card, guid = next((c, g) for c, g in cards.items() if list(cards.values()).count(g) == 1)
     cards[card] = "00000000-0000-0000-0000-000000000000"
     victims = sorted(e["path"] for e in clinic.expected if e["patient_guid"] == guid)
-    with ResolverServer(mapping) as resolver:
-        state = sync_clinic(config=config_for(tmp_path, clinic, resolver.url), return_state=True)
+    state = sync_clinic(config=load_config(site.config), return_state=True)
     assert state.is_failed()
     summary = state.result(raise_on_failure=False)
     failed = {f["path"]: f["reason"] for f in summary["failed"]}
@@ -221,15 +204,12 @@ def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(tmp_path
     assert not [k for k in keys if f"/{guid}/" in k]
 
 
-def test_config_error_stops_before_any_work(tmp_path, s3):
+def test_config_error_stops_before_any_work(make_site, tmp_path, s3):
     from pdata_sync.flows.sync import sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic")
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = config_for(tmp_path, clinic, resolver.url)
-        config = config.model_copy(update={"pdata_root": str(tmp_path / "missing")})
-        state = sync_clinic(config=config, return_state=True)
-        assert resolver.state.requests == 0
+    site = make_site(settings={"pdata_root": str(tmp_path / "missing")})
+    state = sync_clinic(config=load_config(site.config), return_state=True)
+    assert site.resolver.state.requests == 0
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ConfigError) and "missing" in str(error)
@@ -238,14 +218,13 @@ def test_config_error_stops_before_any_work(tmp_path, s3):
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
 
 
-def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(tmp_path, s3):
+def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(make_site, s3):
     from pdata_sync.flows.retrieve import retrieve_patient_images
     from pdata_sync.flows.sync import sync_clinic
 
-    clinic = make_clinic(tmp_path / "clinic")
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = config_for(tmp_path, clinic, resolver.url)
-        assert sync_clinic(config=config, return_state=True).is_completed()
+    site = make_site()
+    clinic, config = site.clinic, load_config(site.config)
+    assert sync_clinic(config=config, return_state=True).is_completed()
     guid = clinic.expected[0]["patient_guid"]
     images = retrieve_patient_images(patient_guid=guid, s3=config.s3)
     assert sorted(i["image_id"] for i in images) == sorted(

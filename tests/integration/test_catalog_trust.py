@@ -22,14 +22,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pdata_sync.demo.resolver_server import ResolverServer
 from tests.conftest import (
     BUCKET,
     CLI,
     assert_exactly_expected,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
     run_cli,
     stored_objects,
 )
@@ -38,23 +34,11 @@ from tests.support.fault_proxy import Fault, FaultProxy
 
 
 @pytest.fixture
-def site(tmp_path, seaweed, prefect_server):
-    """A small clinic, its resolver, a config on SeaweedFS and the CLI's environment."""
-    clinic = make_clinic(tmp_path / "clinic", patients=12, images_per_patient=(1, 2))
-    assert len(clinic.expected) >= 5
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed)
-        env = {**prefect_server.env(), **seaweed.env()}
-        yield clinic, client, config, env
-    empty_bucket(client, BUCKET)
-
-
-def sync(config: Path, env: dict[str, str]) -> tuple[int, dict]:
-    out = run_cli(["sync", "--config", str(config), "--json"], env)
-    assert out.returncode in (0, 1), out.stderr[-3000:]
-    return out.returncode, json.loads(out.stdout)
+def site(make_site):
+    """A small clinic of at least five images."""
+    site = make_site(patients=12, images_per_patient=(1, 2))
+    assert len(site.clinic.expected) >= 5
+    return site
 
 
 def catalog_rows(tmp_path: Path) -> list[dict]:
@@ -66,8 +50,8 @@ def catalog_rows(tmp_path: Path) -> list[dict]:
 
 
 def test_another_bucket_starts_from_scratch(site, tmp_path):
-    clinic, client, config, env = site
-    code, first = sync(config, env)
+    clinic, client, config, env = site.clinic, site.client, site.config, site.env
+    code, first = site.sync()
     assert code == 0 and first["uploaded"] == len(clinic.expected)
 
     other = "dental-images-2"
@@ -76,7 +60,7 @@ def test_another_bucket_starts_from_scratch(site, tmp_path):
         data = yaml.safe_load(config.read_text())
         data["s3"]["bucket"] = other
         config.write_text(yaml.safe_dump(data))
-        code, second = sync(config, env)
+        code, second = site.sync()
         assert code == 0, second
         # nothing is vouched for by rows of the other bucket: everything goes up again
         assert second["uploaded"] == len(clinic.expected), second
@@ -91,8 +75,8 @@ def test_another_bucket_starts_from_scratch(site, tmp_path):
 
 
 def test_a_drifted_row_stays_drifted_until_s3_holds_the_bytes(site, tmp_path):
-    clinic, client, config, env = site
-    assert sync(config, env)[0] == 0
+    clinic, client, config, env = site.clinic, site.client, site.config, site.env
+    assert site.sync()[0] == 0
     entry = clinic.expected[0]
     key = next(k for k in stored_objects(client) if f"_{entry['image_id']}_" in k)
     client.delete_object(Bucket=BUCKET, Key=key)
@@ -104,7 +88,7 @@ def test_a_drifted_row_stays_drifted_until_s3_holds_the_bytes(site, tmp_path):
     path = Path(clinic.pdata_root) / entry["path"]
     content, stat = path.read_bytes(), path.stat()
     path.write_bytes(b"")
-    code, summary = sync(config, env)
+    code, summary = site.sync()
     assert entry["path"] in [r["path"] for r in summary["rejected"]], summary
     row = next(r for r in catalog_rows(tmp_path) if r["key"] == key)
     assert row["state"] == "drifted", "a refused re-upload made a missing object verified"
@@ -112,20 +96,20 @@ def test_a_drifted_row_stays_drifted_until_s3_holds_the_bytes(site, tmp_path):
     # the file is back as it was: the next run must upload it, not trust the row
     path.write_bytes(content)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    code, summary = sync(config, env)
+    code, summary = site.sync()
     assert code == 0 and summary["uploaded"] == 1, summary
     assert_exactly_expected(client, clinic)
 
 
 def test_a_content_match_keeps_who_uploaded_the_bytes(site, tmp_path):
-    clinic, client, config, env = site
-    assert sync(config, env)[0] == 0
+    clinic = site.clinic
+    assert site.sync()[0] == 0
     before = {r["key"]: r for r in catalog_rows(tmp_path)}
     entry = clinic.expected[0]
     path = Path(clinic.pdata_root) / entry["path"]
     os.utime(path, ns=(time.time_ns(), time.time_ns()))  # touched: same bytes, new mtime
 
-    code, summary = sync(config, env)
+    code, summary = site.sync()
     assert code == 0 and summary["uploaded"] == 0, summary
     after = {r["key"]: r for r in catalog_rows(tmp_path)}
     key = next(k for k, r in after.items() if r["rel_path"] == entry["path"])
@@ -140,28 +124,21 @@ def is_object_head(method: str, path: str) -> bool:
     return method == "HEAD" and "/images/" in path
 
 
-def test_a_missing_object_on_head_fails_that_image_only(tmp_path, seaweed, prefect_server):
+def test_a_missing_object_on_head_fails_that_image_only(make_site, seaweed):
     """A multipart upload is confirmed by a HEAD; a 404 there is that object's problem."""
-    clinic = make_clinic(tmp_path / "clinic", patients=10, large_files=1, large_mb=6)
-    sizes = [Path(clinic.pdata_root, e["path"]).stat().st_size for e in clinic.expected]
-    assert max(sizes) > 5 * 2**20  # one multipart object
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with (
-        ResolverServer(load_mapping(clinic)) as resolver,
-        FaultProxy(seaweed.endpoint, "s3") as proxy,
-    ):
-        config = clinic_yaml(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver,
-            seaweed,
+    with FaultProxy(seaweed.endpoint, "s3") as proxy:
+        site = make_site(
             endpoint=proxy.url,
             transfer={"multipart_threshold_mb": 5, "part_size_mb": 5},
+            patients=10,
+            large_files=1,
+            large_mb=6,
         )
-        env = {**prefect_server.env(), **seaweed.env()}
+        clinic = site.clinic
+        sizes = [Path(clinic.pdata_root, e["path"]).stat().st_size for e in clinic.expected]
+        assert max(sizes) > 5 * 2**20  # one multipart object
         proxy.set(Fault("status", status=404, match=is_object_head))
-        out = run_cli(["sync", "--config", str(config), "--json"], env)
+        out = run_cli(["sync", "--config", str(site.config), "--json"], site.env)
         assert proxy.state.faults_fired > 0
         assert out.returncode == 1, out.stderr[-3000:]
         summary = json.loads(out.stdout)
@@ -169,10 +146,9 @@ def test_a_missing_object_on_head_fails_that_image_only(tmp_path, seaweed, prefe
         assert "not verified" in summary["failed"][0]["reason"]
         assert summary["uploaded"] == len(clinic.expected) - 1
         proxy.clear()
-        code, summary = sync(config, env)
+        code, summary = site.sync()
         assert code == 0, summary
-    assert_exactly_expected(client, clinic)
-    empty_bucket(client, BUCKET)
+    assert_exactly_expected(site.client, clinic)
 
 
 def lock_holder(tmp_path: Path) -> dict | None:
@@ -190,27 +166,18 @@ def lock_holder(tmp_path: Path) -> dict | None:
         engine.dispose()
 
 
-def test_two_syncs_of_one_clinic_the_second_refuses_naming_the_holder(
-    tmp_path, seaweed, prefect_server
-):
+def test_two_syncs_of_one_clinic_the_second_refuses_naming_the_holder(make_site, seaweed, tmp_path):
     """The first sync is slowed down (each PUT held 2 s by a proxy); a second sync started
     while it holds the clinic refuses at once, and the first completes undisturbed."""
-    clinic = make_clinic(tmp_path / "clinic", patients=12, images_per_patient=(1, 2))
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with (
-        ResolverServer(load_mapping(clinic)) as resolver,
-        FaultProxy(seaweed.endpoint, "s3") as proxy,
-    ):
-        config = clinic_yaml(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver,
-            seaweed,
+    with FaultProxy(seaweed.endpoint, "s3") as proxy:
+        site = make_site(
             endpoint=proxy.url,
             transfer={"upload_concurrency": 2},
+            patients=12,
+            images_per_patient=(1, 2),
         )
-        env = {**os.environ, **prefect_server.env(), **seaweed.env()}
+        clinic, client, config = site.clinic, site.client, site.config
+        env = {**os.environ, **site.env}
         proxy.set(Fault("delay", delay=2.0, match=lambda method, path: method == "PUT"))
         first = subprocess.Popen(
             [CLI, "sync", "--config", str(config), "--json"],
@@ -239,12 +206,11 @@ def test_two_syncs_of_one_clinic_the_second_refuses_naming_the_holder(
     assert f"pid {first.pid} (flow run {holder['flow_run_id']}) since 20" in line
     assert lock_holder(tmp_path) is None  # released when the first run ended
     assert_exactly_expected(client, clinic)
-    empty_bucket(client, BUCKET)
 
 
 def test_verify_with_drift_ends_the_flow_run_failed(site, prefect_server):
-    clinic, client, config, env = site
-    assert sync(config, env)[0] == 0
+    client, config, env = site.client, site.config, site.env
+    assert site.sync()[0] == 0
     key = next(iter(stored_objects(client)))
     client.delete_object(Bucket=BUCKET, Key=key)
     out = run_cli(["verify", "--config", str(config), "--json"], env)

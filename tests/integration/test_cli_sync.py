@@ -20,18 +20,13 @@ import pytest
 
 from pdata_sync.archive.s3_store import METADATA_KEYS
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.identity.keys import decode_name_from_metadata
 from tests.conftest import (
     BUCKET,
     CLI,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
     run_cli,
     tree_snapshot,
 )
-from tests.kit.s3 import empty_bucket
 
 REFUSED = "BadDigest|SignatureDoesNotMatch|XAmzContentSHA256Mismatch"
 
@@ -45,21 +40,16 @@ def all_objects(client, prefix: str = "images/") -> dict[str, dict]:
 
 
 @pytest.fixture
-def setup(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic", large_files=1, large_mb=6)
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic), fail_first=[503, 429]) as resolver:
-        config = clinic_yaml(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver,
-            seaweed,
-            transfer={"multipart_threshold_mb": 5, "part_size_mb": 5, "batch_size": 7},
-        )
-        env = {**prefect_server.env(), **seaweed.env(), "PREFECT_LOGGING_LEVEL": "INFO"}
-        yield clinic, client, resolver, config, env
-    empty_bucket(client, BUCKET)
+def setup(make_site):
+    """A clinic with one multipart file whose resolver answers 503, then 429, then."""
+    site = make_site(
+        transfer={"multipart_threshold_mb": 5, "part_size_mb": 5, "batch_size": 7},
+        resolver_options={"fail_first": [503, 429]},
+        large_files=1,
+        large_mb=6,
+    )
+    env = {**site.env, "PREFECT_LOGGING_LEVEL": "INFO"}
+    return site.clinic, site.client, site.resolver, site.config, env
 
 
 def expected_objects(clinic) -> dict[str, dict]:

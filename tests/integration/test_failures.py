@@ -8,43 +8,30 @@ import json
 import pytest
 import yaml
 
-from pdata_sync.demo.resolver_server import ResolverServer
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
-from tests.kit.s3 import empty_bucket
+from tests.conftest import BUCKET, run_cli
 
 
 @pytest.fixture
-def case(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic", patients=12)
-    s3 = seaweed.client()
-    # an earlier test file in this worker may have left this clinic's objects: with nothing
-    # to write, credentials that may not write are never refused
-    empty_bucket(s3, BUCKET)
-    before = {
-        o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-        for o in page.get("Contents", [])
-    }
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp_path / "c.yaml", clinic, resolver, seaweed)
+def case(make_site):
+    """``run(edit, env)`` edits the clinic's config, syncs, and answers the CLI's output with
+    the keys then in the bucket (emptied before: nothing to write is never refused)."""
+    site = make_site(patients=12)
+    config, s3 = site.config, site.client
 
-        def run(edit=None, env=None):
-            if edit:
-                data = yaml.safe_load(config.read_text())
-                edit(data)
-                config.write_text(yaml.safe_dump(data))
-            out = run_cli(
-                ["sync", "--config", str(config), "--json"],
-                {**prefect_server.env(), **seaweed.env(), **(env or {})},
-            )
-            after = {
-                o["Key"]
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-                for o in page.get("Contents", [])
-            }
-            return out, after - before
+    def run(edit=None, env=None):
+        if edit:
+            data = yaml.safe_load(config.read_text())
+            edit(data)
+            config.write_text(yaml.safe_dump(data))
+        out = run_cli(["sync", "--config", str(config), "--json"], {**site.env, **(env or {})})
+        written = {
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])
+        }
+        return out, written
 
-        yield run, resolver, clinic
+    return run, site.resolver, site.clinic
 
 
 def one_line(out) -> str:

@@ -9,24 +9,17 @@ The table of results is printed at the end of the test session."""
 
 from __future__ import annotations
 
-import json
-import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
-from pdata_sync.demo.resolver_server import ResolverServer
 from tests.conftest import (
     BUCKET,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
     record_fault_row,
-    run_cli,
     stored_objects,
 )
-from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import Fault, FaultProxy
 
 
@@ -62,40 +55,35 @@ def expected_by_prefix(clinic) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", list(S3_FAULTS) + list(RESOLVER_FAULTS))
-def test_fault(name, tmp_path, seaweed, prefect_server):
+def test_fault(name, make_site, seaweed, tmp_path):
     fault = S3_FAULTS.get(name) or RESOLVER_FAULTS[name]
     on_s3 = name in S3_FAULTS
-    clinic = make_clinic(tmp_path / "clinic", patients=12, images_per_patient=(1, 2))
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    pdata = Path(clinic.pdata_root)
-    expected = expected_by_prefix(clinic)
 
-    with (
-        ResolverServer(load_mapping(clinic)) as resolver,
-        FaultProxy(seaweed.endpoint, "s3") as s3_proxy,
-        FaultProxy(resolver.url, "resolver") as resolver_proxy,
-    ):
-        config = clinic_yaml(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver_proxy.url,
-            seaweed,
+    with ExitStack() as stack:
+        s3_proxy = stack.enter_context(FaultProxy(seaweed.endpoint, "s3"))
+        site = make_site(
             endpoint=s3_proxy.url,
             transfer={"max_attempts": 4, "read_timeout_seconds": 2, "connect_timeout_seconds": 2},
+            patients=12,
+            images_per_patient=(1, 2),
+        )
+        clinic, client = site.clinic, site.client
+        pdata = Path(clinic.pdata_root)
+        expected = expected_by_prefix(clinic)
+        resolver_proxy = stack.enter_context(FaultProxy(site.resolver.url, "resolver"))
+        config = site.variant(
+            "faults",
             resolver={
+                "url": resolver_proxy.url,
                 "batch_size": 4,
                 "timeout_seconds": 1.5,
                 "max_attempts": 4,
                 "cache_ttl_hours": 0,
             },
         )
-        env = {**os.environ, **prefect_server.env(), **seaweed.env()}
 
         def sync():
-            out = run_cli(["sync", "--config", str(config), "--json"], env, timeout=300)
-            assert out.returncode in (0, 1), out.stderr[-3000:]
-            return out.returncode, json.loads(out.stdout)
+            return site.sync(config=config)
 
         (s3_proxy if on_s3 else resolver_proxy).set(fault)
         code, summary = sync()

@@ -11,7 +11,6 @@ changed in place without a database change is what only the periodic full run se
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import uuid
@@ -27,44 +26,29 @@ from pdata_sync.base.config import load_config
 from pdata_sync.catalog import Catalog, destination_of, now
 from pdata_sync.catalog.schema import full_runs
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.pipeline.retirement import FILE_GONE, PATIENT_CHANGED
 from pdata_sync.source.changes import WHY_DUE, WHY_FIRST
 from pdata_sync.source.pdata import parse_patient_folder
 from tests.conftest import (
     BUCKET,
     assert_exactly_expected,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
-    run_cli,
 )
-from tests.kit.s3 import empty_bucket
 
 
 @pytest.fixture
-def clinic_setup(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic", patients=18)  # six simple patients
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        # a small clinic: one patient is > 5 % of its objects
-        config = clinic_yaml(tmp_path / "clinic.yaml", clinic, resolver, seaweed,
-                             incremental=True, retire_max_fraction=0.5)  # fmt: skip
-        env = {**prefect_server.env(), **seaweed.env()}
+def clinic_setup(make_site):
+    # six simple patients; a small clinic: one patient is > 5 % of its objects
+    site = make_site(settings={"incremental": True, "retire_max_fraction": 0.5}, patients=18)
 
-        def sync(*extra: str) -> dict:
-            out = run_cli(["sync", "--config", str(config), "--json", *extra], env)
-            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-            return json.loads(out.stdout)
+    def sync(*extra: str) -> dict:
+        code, summary = site.sync(*extra)
+        assert code == 0, summary
+        return summary
 
-        def verify() -> dict:
-            out = run_cli(["verify", "--config", str(config), "--json"], env)
-            assert out.returncode in (0, 1), out.stderr[-3000:]
-            return json.loads(out.stdout)
+    def verify() -> dict:
+        return site.verify()[1]
 
-        yield clinic, client, resolver, sync, verify, tmp_path
-    empty_bucket(client, BUCKET)
+    return site.clinic, site.client, site.resolver, sync, verify, site.tmp_path
 
 
 def rows_of(tmp_path: Path) -> list:

@@ -15,18 +15,13 @@ from pathlib import Path
 import pytest
 
 from pdata_sync.catalog import VERIFIED, Catalog, default_catalog_url, destination_of
-from pdata_sync.demo.resolver_server import ResolverServer
 from tests.conftest import (
     BUCKET,
     CLI,
     assert_exactly_expected,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
     run_cli,
     stored_objects,
 )
-from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import Fault, FaultProxy
 
 
@@ -34,26 +29,19 @@ def open_uploads(client) -> list[dict]:
     return client.list_multipart_uploads(Bucket=BUCKET, Prefix="images/").get("Uploads", [])
 
 
-def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_server):
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    clinic = make_clinic(tmp_path / "clinic", patients=12, large_files=1, large_mb=24)
-    big = max(clinic.expected, key=lambda e: Path(clinic.pdata_root, e["path"]).stat().st_size)
-    assert Path(clinic.pdata_root, big["path"]).stat().st_size > 20 * 1024 * 1024
-
-    with (
-        ResolverServer(load_mapping(clinic)) as resolver,
-        FaultProxy(seaweed.endpoint, "s3") as proxy,
-    ):
-        config = clinic_yaml(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver,
-            seaweed,
+def test_sigkill_mid_multipart_then_rerun_converges(make_site, seaweed, tmp_path):
+    with FaultProxy(seaweed.endpoint, "s3") as proxy:
+        site = make_site(
             endpoint=proxy.url,
             transfer={"multipart_threshold_mb": 5, "part_size_mb": 5, "upload_concurrency": 4},
+            patients=12,
+            large_files=1,
+            large_mb=24,
         )
-        env = {**os.environ, **prefect_server.env(), **seaweed.env()}
+        clinic, client, config = site.clinic, site.client, site.config
+        env = {**os.environ, **site.env}
+        big = max(clinic.expected, key=lambda e: Path(clinic.pdata_root, e["path"]).stat().st_size)
+        assert Path(clinic.pdata_root, big["path"]).stat().st_size > 20 * 1024 * 1024
         destination = destination_of(proxy.url, BUCKET)
         # Parts of the big file crawl (1 s each, well inside the timeouts), so the kill
         # lands while its multipart upload is open and other objects have landed.
@@ -104,79 +92,66 @@ def test_sigkill_mid_multipart_then_rerun_converges(tmp_path, seaweed, prefect_s
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_verify_reports_drift_and_changes_nothing(
-    backend, request, tmp_path, seaweed, prefect_server
-):
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    clinic = make_clinic(tmp_path / "clinic", patients=8)
-    env = {**os.environ, **prefect_server.env(), **seaweed.env()}
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        catalog_url = default_catalog_url(tmp_path / "state")
-        if backend == "postgresql":
-            pg = request.getfixturevalue("postgres")
-            name = f"catalog_{secrets.token_hex(4)}"
-            password = secrets.token_urlsafe(12)
-            catalog_url = pg.create_database(name, f"owner_{name}", password)
-            env["PDATA_SYNC_CATALOG_PASSWORD"] = password
-        config = clinic_yaml(
-            tmp_path / "c.yaml",
-            clinic,
-            resolver,
-            seaweed,
-            **({"catalog": {"url": catalog_url}} if backend == "postgresql" else {}),
-        )
+def test_verify_reports_drift_and_changes_nothing(backend, request, make_site):
+    settings, env = {}, dict(os.environ)
+    if backend == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        name = f"catalog_{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(12)
+        settings["catalog"] = {"url": pg.create_database(name, f"owner_{name}", password)}
+        env["PDATA_SYNC_CATALOG_PASSWORD"] = password
+    site = make_site(settings=settings, patients=8)
+    clinic, client, config = site.clinic, site.client, site.config
+    env.update(site.env)
 
-        def cli(*args: str):
-            out = run_cli([*args, "--config", str(config), "--json"], env)
-            assert out.returncode in (0, 1), out.stderr[-3000:]
-            return out.returncode, json.loads(out.stdout)
+    def cli(*args: str):
+        out = run_cli([*args, "--config", str(config), "--json"], env)
+        assert out.returncode in (0, 1), out.stderr[-3000:]
+        return out.returncode, json.loads(out.stdout)
 
-        code, summary = cli("sync")
-        assert code == 0 and summary["uploaded"] == len(clinic.expected)
-        clean = stored_objects(client)
-        code, report = cli("verify")
-        assert code == 0 and report["ok"], report
-        assert report["verified_ok"] == report["rows"] == len(clinic.expected)
-        assert stored_objects(client) == clean  # a clean archive: verify changes nothing
+    code, summary = cli("sync")
+    assert code == 0 and summary["uploaded"] == len(clinic.expected)
+    clean = stored_objects(client)
+    code, report = cli("verify")
+    assert code == 0 and report["ok"], report
+    assert report["verified_ok"] == report["rows"] == len(clinic.expected)
+    assert stored_objects(client) == clean  # a clean archive: verify changes nothing
 
-        keys = sorted(assert_exactly_expected(client, clinic).values())
-        deleted, overwritten = keys[0], keys[1]
-        guid = overwritten.split("/")[1]
-        unknown = f"images/{guid}/{clinic.clinic_id}_999999_stray.dcm"
-        foreign = f"images/{guid}/other-clinic_5_x.dcm"  # another clinic's: not ours to report
-        client.delete_object(Bucket=BUCKET, Key=deleted)
-        client.put_object(Bucket=BUCKET, Key=overwritten, Body=b"DICM overwritten")
-        client.put_object(Bucket=BUCKET, Key=unknown, Body=b"stray")
-        client.put_object(Bucket=BUCKET, Key=foreign, Body=b"theirs")
-        before = stored_objects(client)
+    keys = sorted(assert_exactly_expected(client, clinic).values())
+    deleted, overwritten = keys[0], keys[1]
+    guid = overwritten.split("/")[1]
+    unknown = f"images/{guid}/{clinic.clinic_id}_999999_stray.dcm"
+    foreign = f"images/{guid}/other-clinic_5_x.dcm"  # another clinic's: not ours to report
+    client.delete_object(Bucket=BUCKET, Key=deleted)
+    client.put_object(Bucket=BUCKET, Key=overwritten, Body=b"DICM overwritten")
+    client.put_object(Bucket=BUCKET, Key=unknown, Body=b"stray")
+    client.put_object(Bucket=BUCKET, Key=foreign, Body=b"theirs")
+    before = stored_objects(client)
 
-        code, report = cli("verify")
-        assert code == 1 and not report["ok"]
-        assert report["missing"] == [deleted]
-        assert [c["key"] for c in report["changed"]] == [overwritten]
-        assert "size" in report["changed"][0]["reason"]
-        assert report["unknown"] == [unknown]
-        assert report["verified_ok"] == len(clinic.expected) - 2
-        assert stored_objects(client) == before  # verify changed nothing
-        if backend == "postgresql":
-            return  # the catalog backend matters up to here; the rest is the same code
+    code, report = cli("verify")
+    assert code == 1 and not report["ok"]
+    assert report["missing"] == [deleted]
+    assert [c["key"] for c in report["changed"]] == [overwritten]
+    assert "size" in report["changed"][0]["reason"]
+    assert report["unknown"] == [unknown]
+    assert report["verified_ok"] == len(clinic.expected) - 2
+    assert stored_objects(client) == before  # verify changed nothing
+    if backend == "postgresql":
+        return  # the catalog backend matters up to here; the rest is the same code
 
-        # a same-size overwrite is caught by the ETag (S3's checksum of the content)
-        body = before[keys[2]]
-        client.put_object(Bucket=BUCKET, Key=keys[2], Body=bytes([body[0] ^ 1]) + body[1:])
-        code, report = cli("verify")
-        assert {c["key"] for c in report["changed"]} == {overwritten, keys[2]}
-        assert any("ETag" in c["reason"] for c in report["changed"])
+    # a same-size overwrite is caught by the ETag (S3's checksum of the content)
+    body = before[keys[2]]
+    client.put_object(Bucket=BUCKET, Key=keys[2], Body=bytes([body[0] ^ 1]) + body[1:])
+    code, report = cli("verify")
+    assert {c["key"] for c in report["changed"]} == {overwritten, keys[2]}
+    assert any("ETag" in c["reason"] for c in report["changed"])
 
-        # the next sync repairs what the catalog says must be there; verify agrees
-        code, summary = cli("sync")
-        assert code == 0 and summary["uploaded"] == 3
-        code, report = cli("verify")
-        assert (
-            report["missing"] == [] and report["changed"] == [] and report["unknown"] == [unknown]
-        )
-        client.delete_object(Bucket=BUCKET, Key=unknown)
-        client.delete_object(Bucket=BUCKET, Key=foreign)
-        code, report = cli("verify")
-        assert code == 0 and report["ok"]
+    # the next sync repairs what the catalog says must be there; verify agrees
+    code, summary = cli("sync")
+    assert code == 0 and summary["uploaded"] == 3
+    code, report = cli("verify")
+    assert report["missing"] == [] and report["changed"] == [] and report["unknown"] == [unknown]
+    client.delete_object(Bucket=BUCKET, Key=unknown)
+    client.delete_object(Bucket=BUCKET, Key=foreign)
+    code, report = cli("verify")
+    assert code == 0 and report["ok"]

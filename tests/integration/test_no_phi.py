@@ -5,25 +5,22 @@ from __future__ import annotations
 import json
 import os
 
-from pdata_sync.demo.resolver_server import ResolverServer
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
+from tests.conftest import BUCKET, run_cli
 
 
-def test_debug_sync_leaks_no_phi_and_no_secret(tmp_path, seaweed, prefect_server):
-    clinic = make_clinic(tmp_path / "clinic", clinic_id="phi-clinic", seed=23)
+def test_debug_sync_leaks_no_phi_and_no_secret(make_site, seaweed, prefect_server):
+    site = make_site(clinic_id="phi-clinic", seed=23)
+    clinic, config = site.clinic, site.config
     db_password = "Sidexis-Pw-" + os.urandom(6).hex()
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp_path / "c.yaml", clinic, resolver, seaweed)
-        env = {
-            **os.environ,
-            **prefect_server.env(),
-            **seaweed.env(),
-            "PDATA_SYNC_DB_PASSWORD": db_password,
-            "PREFECT_LOGGING_LEVEL": "DEBUG",
-            "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
-            "PREFECT_LOGGING_TO_API_LEVEL": "DEBUG",
-        }
-        out = run_cli(["-v", "sync", "--config", str(config), "--json"], env)
+    env = {
+        **os.environ,
+        **site.env,
+        "PDATA_SYNC_DB_PASSWORD": db_password,
+        "PREFECT_LOGGING_LEVEL": "DEBUG",
+        "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",
+        "PREFECT_LOGGING_TO_API_LEVEL": "DEBUG",
+    }
+    out = run_cli(["-v", "sync", "--config", str(config), "--json"], env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["uploaded"] == len(clinic.expected)

@@ -17,9 +17,8 @@ import yaml
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from pdata_sync.base.config import load_config
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.tasks.steps import clinic_limit_name
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic
+from tests.conftest import BUCKET
 from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,12 +148,18 @@ def test_schedules_and_limits_parse_into_one_deployment_per_clinic(deployed, pre
         assert "endpoint_url" in s3_form
 
 
-def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, seaweed, tmp_path):
-    clinic = make_clinic(tmp_path / "clinic", clinic_id="clinic-001")
-    s3 = seaweed.client()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+def test_custom_run_executed_by_a_worker_is_audited(
+    deployed, make_site, prefect_server, seaweed, tmp_path
+):
+    site = make_site(
+        transfer={"batch_size": 5},
+        settings={
+            "s3": {"aws_credentials_block": "test-aws"},
+            "database": {"password_secret_block": "clinic-001-sidexis-password"},
+        },
+        clinic_id="clinic-001",
+    )
+    clinic, s3 = site.clinic, site.client
 
     # secrets go into blocks with the documented commands; the worker below gets no AWS
     # variables, so S3 access can only come from the block
@@ -169,166 +174,145 @@ def test_custom_run_executed_by_a_worker_is_audited(deployed, prefect_server, se
         input=db_password + "\n",
     )
 
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = load_config(
-            clinic_yaml(
-                tmp_path / "clinic.yaml", clinic, resolver, seaweed, transfer={"batch_size": 5}
+    config = load_config(site.config)
+    override = {"config": config.model_dump(mode="json", by_alias=True)}
+    (tmp_path / "params.json").write_text(json.dumps(override))
+    started = prefect(
+        [
+            "deployment",
+            "run",
+            "sync-clinic/clinic-001",
+            "--params",
+            (tmp_path / "params.json").read_text(),
+        ],
+        deployed,
+    )
+    flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
+
+    worker_env = {
+        **deployed,
+        "PDATA_SYNC_HOME": str(REPO),
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    prefect(
+        ["worker", "start", "--pool", "pdata-sync", "--work-queue", "clinic-001", "--run-once"],
+        worker_env,
+        timeout=300,
+        drop=AWS_VARS,
+    )
+
+    with api(prefect_server) as client:
+        deadline = time.monotonic() + 120
+        run = client.read_flow_run(flow_run_id)
+        while not run.state.is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+            run = client.read_flow_run(flow_run_id)
+        assert run.state.is_completed(), run.state
+        # the override is what the run used and what the history shows
+        assert run.parameters["config"]["s3"]["endpoint_url"] == seaweed.endpoint
+        assert run.parameters["config"]["pdata_root"] == clinic.pdata_root
+        assert run.parameters["config"]["transfer"]["batch_size"] == 5
+
+        objects = [
+            o
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=BUCKET, Prefix="images/"
             )
-        )
-        config = config.model_copy(
-            update={
-                "s3": config.s3.model_copy(update={"aws_credentials_block": "test-aws"}),
-                "database": config.database.model_copy(
-                    update={"password_secret_block": "clinic-001-sidexis-password"}
-                ),
-            }
-        )
-        override = {"config": config.model_dump(mode="json", by_alias=True)}
-        (tmp_path / "params.json").write_text(json.dumps(override))
-        started = prefect(
-            [
-                "deployment",
-                "run",
-                "sync-clinic/clinic-001",
-                "--params",
-                (tmp_path / "params.json").read_text(),
-            ],
-            deployed,
-        )
-        flow_run_id = next(
-            line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line
+            for o in page.get("Contents", [])
+        ]
+        assert len(objects) == len(clinic.expected)
+
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
         )
 
-        worker_env = {
-            **deployed,
-            "PDATA_SYNC_HOME": str(REPO),
-            "AWS_CONFIG_FILE": "/dev/null",
-            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        }
-        prefect(
-            ["worker", "start", "--pool", "pdata-sync", "--work-queue", "clinic-001", "--run-once"],
-            worker_env,
-            timeout=300,
-            drop=AWS_VARS,
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
+        table = next(a for a in artifacts if a.key == "sync-summary-clinic-001")
+        rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+        counts = {(r["outcome"], r["reason"]): r["count"] for r in rows}
+        assert counts[("uploaded", "")] == len(objects)
+        assert counts[("unchanged", "already in S3")] == 0
 
+        batches = counts[("batches", "upload task runs")]
+        assert batches >= len(clinic.expected) / 5
+        from pdata_sync.flows.sync import BOOKKEEPING_TASKS
+
+        expected_runs = BOOKKEEPING_TASKS + batches
+        task_runs = wait_for_task_runs(client, run.id, at_least(expected_runs))
+        assert len(task_runs) == expected_runs
+        assert all(t.state_type.value == "COMPLETED" for t in task_runs)
+        assert sum(t.name.startswith("upload-batch") for t in task_runs) == batches
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        assert any("uploaded" in log.message for log in logs)
+        history = json.dumps([a.data for a in artifacts], default=str) + "\n".join(
+            log.message for log in logs
+        )
+        for value in clinic.phi:
+            assert value not in history
+        assert db_password not in history
+        assert seaweed.secret_key not in history
+
+    # A sync and a verify of the clinic started together (the weekly audit meeting the
+    # nightly sync) share the clinic's one concurrency slot: the test occupies it, both
+    # runs must wait for it, and once it is free they run one after the other, both
+    # Completed (without the shared slot one of them fails on the catalog lock).
+    limit = clinic_limit_name("clinic-001")
+    with api(prefect_server) as client:
+        client.update_global_concurrency_limit(limit, GlobalConcurrencyLimitUpdate(active_slots=1))
+    together = [
+        started_run(deployment, tmp_path / "params.json", deployed)
+        for deployment in ("sync-clinic/clinic-001", "verify-clinic/clinic-001-verify")
+    ]
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "pdata-sync"]
+        + ["--work-queue", "clinic-001", "--run-once"],
+        cwd=REPO,
+        env={k: v for k, v in {**os.environ, **worker_env}.items() if k not in AWS_VARS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
         with api(prefect_server) as client:
             deadline = time.monotonic() + 120
-            run = client.read_flow_run(flow_run_id)
-            while not run.state.is_final() and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                waiting = [run_logs(client, r, "waiting for concurrency limit") for r in together]
+                if all(waiting):
+                    break
                 time.sleep(1)
-                run = client.read_flow_run(flow_run_id)
-            assert run.state.is_completed(), run.state
-            # the override is what the run used and what the history shows
-            assert run.parameters["config"]["s3"]["endpoint_url"] == seaweed.endpoint
-            assert run.parameters["config"]["pdata_root"] == clinic.pdata_root
-            assert run.parameters["config"]["transfer"]["batch_size"] == 5
-
-            objects = [
-                o
-                for page in s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=BUCKET, Prefix="images/"
-                )
-                for o in page.get("Contents", [])
-            ]
-            assert len(objects) == len(clinic.expected)
-
-            from prefect.client.schemas.filters import (
-                ArtifactFilter,
-                ArtifactFilterFlowRunId,
-            )
-
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-            )
-            table = next(a for a in artifacts if a.key == "sync-summary-clinic-001")
-            rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-            counts = {(r["outcome"], r["reason"]): r["count"] for r in rows}
-            assert counts[("uploaded", "")] == len(objects)
-            assert counts[("unchanged", "already in S3")] == 0
-
-            batches = counts[("batches", "upload task runs")]
-            assert batches >= len(clinic.expected) / 5
-            from pdata_sync.flows.sync import BOOKKEEPING_TASKS
-
-            expected_runs = BOOKKEEPING_TASKS + batches
-            task_runs = wait_for_task_runs(client, run.id, at_least(expected_runs))
-            assert len(task_runs) == expected_runs
-            assert all(t.state_type.value == "COMPLETED" for t in task_runs)
-            assert sum(t.name.startswith("upload-batch") for t in task_runs) == batches
-            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
-            )
-            assert any("uploaded" in log.message for log in logs)
-            history = json.dumps([a.data for a in artifacts], default=str) + "\n".join(
-                log.message for log in logs
-            )
-            for value in clinic.phi:
-                assert value not in history
-            assert db_password not in history
-            assert seaweed.secret_key not in history
-
-        # A sync and a verify of the clinic started together (the weekly audit meeting the
-        # nightly sync) share the clinic's one concurrency slot: the test occupies it, both
-        # runs must wait for it, and once it is free they run one after the other, both
-        # Completed (without the shared slot one of them fails on the catalog lock).
-        limit = clinic_limit_name("clinic-001")
-        with api(prefect_server) as client:
+            assert all(waiting), "both runs wait for the clinic's slot"
+            time.sleep(3)
+            for run_id in together:  # still waiting while the slot is taken
+                assert not client.read_flow_run(run_id).state.is_final()
+                assert not run_logs(client, run_id, "holding concurrency limit")
             client.update_global_concurrency_limit(
-                limit, GlobalConcurrencyLimitUpdate(active_slots=1)
+                limit, GlobalConcurrencyLimitUpdate(active_slots=0)
             )
-        together = [
-            started_run(deployment, tmp_path / "params.json", deployed)
-            for deployment in ("sync-clinic/clinic-001", "verify-clinic/clinic-001-verify")
-        ]
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "pdata-sync"]
-            + ["--work-queue", "clinic-001", "--run-once"],
-            cwd=REPO,
-            env={k: v for k, v in {**os.environ, **worker_env}.items() if k not in AWS_VARS},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with api(prefect_server) as client:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    waiting = [
-                        run_logs(client, r, "waiting for concurrency limit") for r in together
-                    ]
-                    if all(waiting):
-                        break
-                    time.sleep(1)
-                assert all(waiting), "both runs wait for the clinic's slot"
-                time.sleep(3)
-                for run_id in together:  # still waiting while the slot is taken
-                    assert not client.read_flow_run(run_id).state.is_final()
-                    assert not run_logs(client, run_id, "holding concurrency limit")
-                client.update_global_concurrency_limit(
-                    limit, GlobalConcurrencyLimitUpdate(active_slots=0)
+            worker.wait(timeout=300)
+            runs = [client.read_flow_run(run_id) for run_id in together]
+            assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+            # one after the other: the second took the slot after the first released it.
+            # Both lines come from this host's clock, and each is written on its side of
+            # the hand-over (the release line before the slot goes back, the holding line
+            # after the server granted it), so the order is the hand-over's, not a race
+            # between a run's recorded end and the next run's start.
+            held = sorted(
+                (
+                    run_logs(client, r.id, "holding concurrency limit")[0].timestamp,
+                    run_logs(client, r.id, "releasing concurrency limit")[0].timestamp,
                 )
-                worker.wait(timeout=300)
-                runs = [client.read_flow_run(run_id) for run_id in together]
-                assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
-                # one after the other: the second took the slot after the first released it.
-                # Both lines come from this host's clock, and each is written on its side of
-                # the hand-over (the release line before the slot goes back, the holding line
-                # after the server granted it), so the order is the hand-over's, not a race
-                # between a run's recorded end and the next run's start.
-                held = sorted(
-                    (
-                        run_logs(client, r.id, "holding concurrency limit")[0].timestamp,
-                        run_logs(client, r.id, "releasing concurrency limit")[0].timestamp,
-                    )
-                    for r in runs
-                )
-                assert held[0][1] <= held[1][0], f"the two runs overlapped: {held}"
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+                for r in runs
+            )
+            assert held[0][1] <= held[1][0], f"the two runs overlapped: {held}"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
     # the history as an operator reads it (docs/operations.md)
     listing = prefect(["flow-run", "ls", "--flow-name", "sync-clinic", "--limit", "50"], deployed)

@@ -14,10 +14,9 @@ import pydicom
 import pytest
 import yaml
 
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.orthanc.client import instance_ids
 from pdata_sync.research.deid import ProjectKey
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli, stored_objects
+from tests.conftest import BUCKET, run_cli, stored_objects
 from tests.kit.s3 import empty_bucket
 
 RESEARCH = "research-exports"
@@ -25,30 +24,28 @@ SECRET = "Xr7bQ2mVt9LpZ4cK8wNf3HyJ6dGs1AeU5oRiTq0vBnM"  # 43 base64 characters
 
 
 @pytest.fixture
-def site(tmp_path, seaweed, prefect_server, orthanc):
-    clinic = make_clinic(tmp_path / "clinic")
+def site(make_site, seaweed, orthanc):
+    """A small clinic on SeaweedFS and Orthanc, a research bucket emptied before and after."""
     client = seaweed.client()
-    empty_bucket(client, BUCKET)
     if RESEARCH not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(Bucket=RESEARCH)
     empty_bucket(client, RESEARCH)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(
-            tmp_path / "clinic.yaml",
-            clinic,
-            resolver,
-            seaweed,
-            orthanc={"url": orthanc.url, "username": orthanc.user},
-            research={"bucket": RESEARCH, "region": "us-east-1", "endpoint_url": seaweed.endpoint},
-        )
-        env = {
-            **prefect_server.env(),
-            **seaweed.env(),
-            "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password,
-            "PDATA_SYNC_RESEARCH_SECRET": SECRET,
-        }
-        yield clinic, client, orthanc, config, env
-    empty_bucket(client, BUCKET)
+    site = make_site(
+        orthanc={"url": orthanc.url, "username": orthanc.user},
+        settings={
+            "research": {
+                "bucket": RESEARCH,
+                "region": "us-east-1",
+                "endpoint_url": seaweed.endpoint,
+            }
+        },
+    )
+    env = {
+        **site.env,
+        "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password,
+        "PDATA_SYNC_RESEARCH_SECRET": SECRET,
+    }
+    yield site.clinic, client, orthanc, site.config, env
     empty_bucket(client, RESEARCH)
 
 

@@ -24,11 +24,9 @@ from pdata_sync.demo.prefect_server import (
     start_worker,
     stop_process,
 )
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.serve import WORK_POOL, write_deployment_file
 from pdata_sync.fleet.deployments import render_to
-from tests.conftest import BUCKET, assert_exactly_expected, clinic_yaml, load_mapping, make_clinic
-from tests.kit.s3 import empty_bucket
+from tests.conftest import assert_exactly_expected
 from tests.support.prefect_runs import has_task, wait_for_task_runs
 
 CLINIC = "sched-clinic"
@@ -44,7 +42,7 @@ def summary_table(client: Any, flow_run_id: Any) -> str:
     return "\n".join(str(a.data) for a in artifacts if a.key and "sync-summary" in a.key)
 
 
-def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
+def test_a_schedule_creates_a_run_that_the_worker_completes(make_site, seaweed, tmp_path):
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -52,16 +50,10 @@ def test_a_schedule_creates_a_run_that_the_worker_completes(seaweed, tmp_path):
         FlowRunFilter,
     )
 
-    clinic = make_clinic(tmp_path / "clinic", clinic_id=CLINIC)
-    empty_bucket(seaweed.client(), BUCKET)
-    with (
-        ResolverServer(load_mapping(clinic)) as resolver,
-        PrefectServer(tmp_path / "prefect") as server,
-    ):
-        # incremental runs: a full reconcile is then a run of its own kind, with its reason
-        config_path = clinic_yaml(
-            tmp_path / "clinic.yaml", clinic, resolver, seaweed, incremental=True
-        )
+    # incremental runs: a full reconcile is then a run of its own kind, with its reason
+    site = make_site(settings={"incremental": True}, clinic_id=CLINIC)
+    clinic, config_path = site.clinic, site.config
+    with PrefectServer(tmp_path / "prefect") as server:
         folder = tmp_path / "deployments"
         write_deployment_file(
             folder,

@@ -10,6 +10,7 @@ import io
 import json
 import random
 import stat
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -18,10 +19,9 @@ import pytest
 from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.identity.keys import thumbnail_key
 from pdata_sync.viewer.manifest import INSTANCE_FIELDS
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, run_cli
+from tests.conftest import BUCKET, open_site, run_cli
 from tests.kit.s3 import empty_bucket
 
 # What OHIF's loader needs of every instance to place and draw it.
@@ -54,16 +54,14 @@ def dicom_value(ds: pydicom.Dataset, name: str):
 
 
 @pytest.fixture(scope="module")
-def archived(tmp_path_factory, seaweed, prefect_server):
+def archived(request, tmp_path_factory, seaweed):
     """A clinic synced with thumbnails switched off, plus two objects someone else put
     under one patient: a DICOM file that cannot be drawn and a file that is not DICOM."""
     tmp = tmp_path_factory.mktemp("viewer")
-    clinic = make_clinic(tmp / "clinic", patients=12)
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        config = clinic_yaml(tmp / "clinic.yaml", clinic, resolver, seaweed, thumbnails=False)
-        env = {**prefect_server.env(), **seaweed.env()}
+    empty_bucket(seaweed.client(), BUCKET)
+    with ExitStack() as stack:
+        site = open_site(stack, tmp, seaweed, request, settings={"thumbnails": False}, patients=12)
+        clinic, client, config, env = site.clinic, site.client, site.config, site.env
         sync = run_cli(["sync", "--config", str(config), "--json"], env)
         assert sync.returncode == 0, sync.stderr[-3000:]
     guid = max(
