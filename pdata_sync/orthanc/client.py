@@ -9,6 +9,10 @@ the product's taxonomy (pdata_sync.base.errors) here and nowhere else.
   done; a 400 is Orthanc refusing that file (:class:`OrthancRejected`, bad input, with
   Orthanc's own message); 5xx, timeouts and resets are retried.
 * ``GET /instances/{id}`` - does Orthanc still hold it (``verify``).
+* ``GET /instances/{id}/file`` after an ``AlreadyStored`` - is what Orthanc holds the
+  content just sent (Orthanc keeps the first file of a SOP Instance UID and answers
+  ``AlreadyStored`` to any other); ``DELETE /instances/{id}`` - take back an earlier content
+  pdata-sync itself stored there, so the current one can be stored.
 * ``GET /instances/{id}/preview`` - a PNG of the image, drawn by Orthanc.
 * ``GET /instances/{id}/file``, ``POST /tools/find`` - an instance's file, and finding
   instances by UID (research export, when the archive lacks one).
@@ -342,6 +346,15 @@ class OrthancClient:
         if answer.status != 200:
             raise PermanentError(f"{what}: Orthanc answered {answer.status}")
         return answer.content
+
+    def delete(self, instance_id: str) -> bool:
+        """Delete the instance; False if Orthanc did not hold it."""
+        what = "DELETE /instances/{id}"
+        instance_id = _orthanc_id(instance_id, what)
+        answer = self._call("DELETE", f"/instances/{instance_id}", what)
+        if answer.status == 400:
+            raise PermanentError(f"{what}: 400: {_detail(answer)}")
+        return answer.status == 200
 
     def find_instances(self, study_uid: str, sop_uid: str | None = None) -> list[str]:
         """Orthanc's ids of the instances of a study (``POST /tools/find``), or of one

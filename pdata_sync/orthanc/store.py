@@ -7,6 +7,14 @@ re-run with nothing new makes no Orthanc call for it). Orthanc's answer is recor
 image; a failure here never undoes the S3 copy: the image is *failed for Orthanc only* and
 the next run tries again. Once Orthanc stops answering (retries exhausted), the rest of the
 batch is not attempted, so a server that is down costs one image's retries, not a batch's.
+
+Orthanc keeps the first file it was given for a SOP Instance UID and answers
+``AlreadyStored`` to any other content under that UID (a file Sidexis saved again, edited in
+place). So an ``AlreadyStored`` is recorded only once the file Orthanc gives back has the
+content just sent. When it has other content that pdata-sync itself stored there for this
+image (the catalog's row names that instance), that earlier content is deleted and the
+current one stored; other content no row of this image accounts for is not pdata-sync's to
+replace: the image is reported rejected for Orthanc, with that reason.
 """
 
 from __future__ import annotations
@@ -18,18 +26,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdata_sync.base.errors import ErrorKind, classify, describe
+from pdata_sync.base.errors import ErrorKind, PermanentError, classify, describe
 from pdata_sync.catalog import VERIFIED, ClinicImages, now
 from pdata_sync.catalog.orthanc import (
     ALREADY_STORED,
     HELD,
+    MISSING,
     REJECTED,
     STORED,
     OrthancRecords,
     OrthancRow,
 )
-from pdata_sync.orthanc.client import SUCCESS, OrthancClient
+from pdata_sync.orthanc.client import SUCCESS, OrthancClient, OrthancInstance, OrthancRejected
 from pdata_sync.source.pdata import read_if_unchanged
+
+OTHER_CONTENT = (
+    "Orthanc holds other content under this image's SOP Instance UID, which pdata-sync did "
+    "not store for this image: not replaced"
+)
 
 # what became of an image in Orthanc
 O_STORED = "stored"
@@ -96,7 +110,37 @@ class OrthancBatch:
             raise ValueError("neither the file nor the S3 object has the verified content")
         return data
 
-    def _send(self, image: Verified) -> tuple[OrthancOutcome, OrthancRow | None]:
+    def _holds(self, answer: OrthancInstance, data: bytes) -> bool:
+        """Whether the instance Orthanc answered with holds exactly ``data``."""
+        if answer.status == SUCCESS:
+            return True
+        assert self.client is not None
+        held = self.client.file(answer.instance_id)
+        return held is not None and hashlib.sha256(held).digest() == hashlib.sha256(data).digest()
+
+    def _store(
+        self, data: bytes, earlier: OrthancRow | None, deleted: list[str]
+    ) -> OrthancInstance:
+        """Store ``data`` so that Orthanc holds exactly it (see the module's docstring);
+        the id of an instance deleted on the way goes into ``deleted``."""
+        assert self.client is not None
+        answer = self.client.store(data)
+        if self._holds(answer, data):
+            return answer
+        if earlier is None or earlier.instance_id != answer.instance_id:
+            raise OrthancRejected(OTHER_CONTENT)
+        if self.client.delete(answer.instance_id):  # our own earlier content of this image
+            deleted.append(answer.instance_id)
+        answer = self.client.store(data)
+        if not self._holds(answer, data):
+            raise PermanentError("Orthanc kept other content under this SOP Instance UID")
+        return answer
+
+    def _send(
+        self, image: Verified, earlier: OrthancRow | None
+    ) -> tuple[OrthancOutcome, OrthancRow | None]:
+        """One image to Orthanc: its outcome, and the row to record (None: nothing
+        changes in the catalog)."""
         if self._down:
             return OrthancOutcome(
                 image.key, image.rel_path, O_FAILED, f"not attempted: {self._down}"
@@ -106,9 +150,9 @@ class OrthancBatch:
         except Exception as exc:  # noqa: BLE001 - S3 unreadable or content not the verified one
             reason = f"not sent: {exc if isinstance(exc, ValueError) else describe(exc)}"
             return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), None
+        deleted: list[str] = []
         try:
-            assert self.client is not None
-            answer = self.client.store(data)
+            answer = self._store(data, earlier, deleted)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
             kind = classify(exc)
             if kind is ErrorKind.BAD_INPUT:
@@ -121,7 +165,10 @@ class OrthancBatch:
             if kind in (ErrorKind.TRANSIENT, ErrorKind.CONFIG):
                 with self._lock:
                     self._down = self._down or reason
-            return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), None
+            gone = None
+            if deleted and earlier is not None:  # the earlier content is no longer there
+                gone = OrthancRow(image.key, earlier.sha256, None, None, None, None, MISSING, now())
+            return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), gone
         status = STORED if answer.status == SUCCESS else ALREADY_STORED
         row = OrthancRow(
             key=image.key,
@@ -164,7 +211,8 @@ class OrthancBatch:
             with ThreadPoolExecutor(
                 min(concurrency, len(todo)), thread_name_prefix="pdata-orthanc"
             ) as pool:
-                for outcome, row in pool.map(self._send, todo):
+                sent = pool.map(lambda i: self._send(i, known.get(i.key)), todo)
+                for outcome, row in sent:
                     done[outcome.key] = outcome
                     if row is not None:
                         rows.append(row)

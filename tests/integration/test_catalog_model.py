@@ -2,13 +2,16 @@
 happens to a clinic's archive, against real SeaweedFS, the real resolver server and a real
 SQLite catalog, with the invariants checked after every step.
 
-Odd seeds run with incremental runs (``incremental: true``), even seeds without.
+Odd seeds run with incremental runs (``incremental: true``), even seeds without; seeds 0
+and 1 of every four also store to a real Orthanc (docs/orthanc.md), whose copy must hold
+what the catalog says it holds.
 
 Steps: add / change / delete / touch a source file; edit one in place keeping its size and
 mtime; delete or overwrite an object behind the product's back; a sync while a file is
 briefly empty; the media table emptied for a while (a database being restored); a catalog
 written by a clock that ran ahead; another clinic claiming one of the keys; switch the
-bucket; a sync killed at a random moment; a sync; a full sync; a verify; two syncs at once.
+bucket; a sync killed at a random moment; a sync; a full sync; a verify; two syncs at once;
+a sync while Orthanc does not answer.
 Syncs and verifies are the product's own sequences (pdata_sync.pipeline.runs: run_sync and
 run_verify, the functions the flows run as Prefect tasks), run in-process without Prefect,
 so hundreds of them fit in seconds.
@@ -26,17 +29,20 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pydicom
 import pytest
 import sqlalchemy as sa
@@ -56,11 +62,13 @@ from pdata_sync.catalog import (
     image_events,
 )
 from pdata_sync.catalog import image_history as history_table
-from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.catalog.orthanc import HELD
+from pdata_sync.catalog.orthanc import REJECTED as REJECTED_IN_ORTHANC
+from pdata_sync.catalog.schema import orthanc_instances as orthanc_table
 from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
-from tests.conftest import BUCKET, clinic_yaml, load_mapping, make_clinic, record_model_run
+from tests.conftest import BUCKET, open_site, record_model_run
 from tests.kit.s3 import empty_bucket
 
 SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
@@ -88,6 +96,7 @@ OPS = (
     "sync",
     "verify",
     "two_syncs",
+    "orthanc_down",
 )
 KILLED_SYNC = """
 import sys
@@ -146,6 +155,7 @@ class World:
     # sync the model does not watch, a killed one, may have confirmed some again since)
     future_keys: set[str] = field(default_factory=set)
     modes: dict[str, int] = field(default_factory=dict)  # clean syncs by mode (full, incremental)
+    orthanc: Any = None  # the Orthanc server of this sequence, if it stores to one
 
     @property
     def config(self):
@@ -225,6 +235,7 @@ def check_invariants(world: World, catalog: Catalog, client) -> None:
             )
         ).all()
     assert not holders, f"keys recorded for two images: {holders}"
+    check_orthanc_holds(world, catalog)
     assert events >= world.events and history >= world.history, "history was lost"
     world.events, world.history = events, history
     # nothing is overwritten without a copy: every replaced content is kept where its
@@ -235,12 +246,35 @@ def check_invariants(world: World, catalog: Catalog, client) -> None:
         assert sha(body(client, found[0], kept_at)) == digest, kept_at
 
 
+def check_orthanc_holds(world: World, catalog: Catalog) -> None:
+    """What the catalog records as held by Orthanc is there, with the recorded content: the
+    file Orthanc gives back has the row's SHA-256."""
+    if world.orthanc is None:
+        return
+    server = world.config.orthanc.url
+    query = sa.select(orthanc_table.c.key, orthanc_table.c.sha256, orthanc_table.c.instance_id)
+    query = query.where(orthanc_table.c.server == server, orthanc_table.c.status.in_(HELD))
+    with catalog.engine.connect() as conn:
+        held = conn.execute(query).all()
+    with httpx.Client(auth=(world.orthanc.user, world.orthanc.password)) as http:
+        for key, digest, instance in held:
+            answer = http.get(f"{server}/instances/{instance}/file")
+            assert answer.status_code == 200, f"Orthanc: {key} recorded as held, not there"
+            assert sha(answer.content) == digest, f"Orthanc: {key} holds other content"
+
+
 def check_clean_sync(
-    world: World, catalog: Catalog, client, run: SyncRun, full: bool = False
+    world: World,
+    catalog: Catalog,
+    client,
+    run: SyncRun,
+    full: bool = False,
+    orthanc_down: bool = False,
 ) -> None:
-    """After a sync without faults: every planned object is in S3 with the file's bytes
-    and its row is verified; nothing failed; no row is left pending or unconfirmed. A sync
-    the database check stopped uploaded and retired nothing."""
+    """After a sync without faults in S3: every planned object is in S3 with the file's
+    bytes and its row is verified; nothing failed; no row is left pending or unconfirmed;
+    with Orthanc answering, each of them was given to Orthanc with that content. A sync the
+    database check stopped uploaded and retired nothing."""
     summary = run.summary
     assert run.busy is None and run.fatal is None, (run.busy, run.fatal)
     if run.stopped:
@@ -298,6 +332,17 @@ def check_clean_sync(
             fields = parse_key(key, cfg.s3.key_template)
             was = world.named.get(fields["image_id"])
             assert was is None or fields["name"] == was, f"{key} was named {was}"
+    if world.orthanc is not None and not orthanc_down:
+        # Orthanc answered: every image verified in S3 was given to it, with that content
+        o = summary.orthanc
+        assert o is not None and o.unavailable is None and o.failed == [], o
+        sent = catalog.orthanc(cfg.clinic_id, cfg.orthanc.url).lookup(list(rows))
+        for item in run.plan.images:
+            if item.key in rejected or item.key in unseen or item.rel_path in unread:
+                continue
+            row = sent.get(item.key)
+            assert row is not None and row.sha256 == rows[item.key].sha256, item.key
+            assert row.status in (*HELD, REJECTED_IN_ORTHANC), (item.key, row.status)
     world.edited = set() if every else world.edited - reread
     # what this sync uploaded is no longer unseen
     uploaded = uploaded_by(catalog, cfg, summary.flow_run_id)
@@ -352,6 +397,13 @@ def future_dated(catalog: Catalog) -> set[str]:
     )
     with catalog.engine.connect() as conn:
         return {r[0] for r in conn.execute(query)}
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def planned_file(world: World) -> Path | None:
@@ -472,6 +524,13 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         check_clean_sync(world, catalog, client, run)
     elif op == "verify":
         check_verify(world, catalog, client)
+    elif op == "orthanc_down" and world.orthanc is not None:
+        # an Orthanc that does not answer: S3 is synced as usual, Orthanc gets nothing
+        world.future_keys = future_dated(catalog)
+        gone = cfg.orthanc.model_copy(update={"url": f"http://127.0.0.1:{closed_port()}"})
+        run = sync(catalog, cfg.model_copy(update={"orthanc": gone}), f"run-{world.steps}")
+        assert run.summary.orthanc is not None and run.summary.orthanc.unavailable, run.summary
+        check_clean_sync(world, catalog, client, run, orthanc_down=True)
     elif op == "two_syncs":
         errors: list[BaseException] = []
         results: list[SyncRun] = []
@@ -494,35 +553,49 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
         assert all(isinstance(r.busy, ClinicBusyError) for r in results if r not in done)
 
 
-def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
+def run_sequence(seed: int, tmp: Path, seaweed, client, request, orthanc) -> int:
     rng = random.Random(seed)
-    clinic = make_clinic(tmp / "clinic", patients=12, images_per_patient=(1, 2), seed=seed)
-    assert len(clinic.expected) >= 3
     for bucket in (BUCKET, OTHER_BUCKET):
         empty_bucket(client, bucket)
-    with ResolverServer(load_mapping(clinic)) as resolver:
-        transfer = {
-            "recheck_days": rng.choice([0, 7]),
-            "rehash_days": rng.choice([1, 30]),
-            "batch_size": rng.choice([3, 50]),
-            "max_attempts": 2,
-        }
-        config_path = clinic_yaml(
-            tmp / "clinic.yaml",
-            clinic,
-            resolver,
+    transfer = {
+        "recheck_days": rng.choice([0, 7]),
+        "rehash_days": rng.choice([1, 30]),
+        "batch_size": rng.choice([3, 50]),
+        "max_attempts": 2,
+    }
+    with_orthanc = seed % 4 < 2
+    if with_orthanc:  # a new clinic's Orthanc: what an earlier sequence stored is gone
+        with httpx.Client(auth=(orthanc.user, orthanc.password)) as http:
+            for patient in http.get(f"{orthanc.url}/patients").json():
+                http.delete(f"{orthanc.url}/patients/{patient}").raise_for_status()
+    with ExitStack() as stack:
+        site = open_site(
+            stack,
+            tmp,
             seaweed,
+            request,
             transfer=transfer,
-            retire_max_fraction=1.0,  # the model deletes many files of a small clinic
-            # every other sequence with incremental runs (ADR 0010): a sync then reads only
-            # the patients whose rows or patientGuids changed, a full sync (or every 7 days) all
-            incremental=seed % 2 == 1,
+            orthanc={"url": orthanc.url, "username": orthanc.user, "max_attempts": 2}
+            if with_orthanc
+            else None,
+            settings={
+                "retire_max_fraction": 1.0,  # the model deletes many files of a small clinic
+                # every other sequence with incremental runs (ADR 0010): a sync then reads
+                # only the patients whose rows or patientGuids changed, a full sync (or
+                # every 7 days) all
+                "incremental": seed % 2 == 1,
+            },
+            patients=12,
+            images_per_patient=(1, 2),
+            seed=seed,
         )
+        assert len(site.clinic.expected) >= 3
         world = World(
-            root=Path(clinic.pdata_root),
-            config_path=config_path,
+            root=Path(site.clinic.pdata_root),
+            config_path=site.config,
             catalog_url=f"sqlite:///{tmp / 'state' / 'catalog.sqlite'}",
             rng=rng,
+            orthanc=orthanc if with_orthanc else None,
         )
         catalog = Catalog.open(world.catalog_url)
         try:
@@ -537,13 +610,18 @@ def run_sequence(seed: int, tmp: Path, seaweed, client) -> int:
         finally:
             catalog.close()
     MODES.update(world.modes)
+    if with_orthanc:
+        MODES["with Orthanc"] += world.modes.get("full", 0) + world.modes.get("incremental", 0)
     return world.steps
 
 
 # about 5 s a sequence on 2 cores; the suite's default timeout would cut a long run short
 @pytest.mark.timeout(max(300, 30 * SEQUENCES))
-def test_catalog_invariants_hold_over_random_sequences(tmp_path, seaweed, monkeypatch):
+def test_catalog_invariants_hold_over_random_sequences(
+    request, tmp_path, seaweed, orthanc, monkeypatch
+):
     client = seaweed.client()
+    monkeypatch.setenv("PDATA_SYNC_ORTHANC_PASSWORD", orthanc.password)
     client.create_bucket(Bucket=OTHER_BUCKET)
     for name, value in seaweed.env().items():
         monkeypatch.setenv(name, value)
@@ -551,7 +629,7 @@ def test_catalog_invariants_hold_over_random_sequences(tmp_path, seaweed, monkey
     steps = 0
     try:
         for seed in range(FIRST_SEED, FIRST_SEED + SEQUENCES):
-            steps += run_sequence(seed, tmp_path / f"seq{seed}", seaweed, client)
+            steps += run_sequence(seed, tmp_path / f"seq{seed}", seaweed, client, request, orthanc)
             shutil.rmtree(tmp_path / f"seq{seed}", ignore_errors=True)
     finally:
         empty_bucket(client, OTHER_BUCKET)
@@ -562,6 +640,7 @@ def test_catalog_invariants_hold_over_random_sequences(tmp_path, seaweed, monkey
     print(f"clean syncs by mode: {dict(MODES)}")
     if SEQUENCES > 1:  # odd seeds ran incremental syncs, really: not silently full ones
         assert MODES["incremental"] > 0 and MODES["full"] > 0, MODES
+        assert MODES["with Orthanc"] > 0, MODES
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ counted, not assumed."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,53 +16,31 @@ import pytest
 
 from pdata_sync.base.config import OrthancConfig
 from pdata_sync.catalog import Catalog, default_catalog_url
-from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.orthanc.client import OrthancClient, OrthancRejected, instance_ids
 from pdata_sync.pipeline.previews import PREVIEW_MAX_SIDE
 from pdata_sync.viewer.render import render
 from tests.conftest import (
-    BUCKET,
     assert_exactly_expected,
-    clinic_yaml,
-    load_mapping,
-    make_clinic,
     run_cli,
     stored_objects,
 )
-from tests.kit.s3 import empty_bucket
 from tests.support.fault_proxy import FaultProxy
 
 
 @pytest.fixture
-def site(tmp_path, seaweed, prefect_server, orthanc):
+def site(make_site, orthanc):
     """A small clinic syncing to SeaweedFS and, through a recording proxy, to Orthanc."""
-    clinic = make_clinic(tmp_path / "clinic", patients=8)
-    client = seaweed.client()
-    empty_bucket(client, BUCKET)
-    with ResolverServer(load_mapping(clinic)) as resolver, FaultProxy(orthanc.url) as proxy:
+    with FaultProxy(orthanc.url) as proxy:
+        site = make_site(
+            orthanc={"url": proxy.url, "username": orthanc.user, "max_attempts": 2},
+            patients=8,
+        )
 
         def configure(concurrency: int = 4, **transfer) -> Path:
-            return clinic_yaml(
-                tmp_path / "clinic.yaml",
-                clinic,
-                resolver,
-                seaweed,
-                orthanc={
-                    "url": proxy.url,
-                    "username": orthanc.user,
-                    "max_attempts": 2,
-                    "concurrency": concurrency,
-                },
-                transfer=transfer,
-            )
+            return site.variant("orthanc", orthanc={"concurrency": concurrency}, transfer=transfer)
 
-        env = {
-            **prefect_server.env(),
-            **seaweed.env(),
-            "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password,
-        }
-        yield clinic, client, proxy, configure, env, tmp_path
-    empty_bucket(client, BUCKET)
+        env = {**site.env, "PDATA_SYNC_ORTHANC_PASSWORD": orthanc.password}
+        yield site.clinic, site.client, proxy, configure, env, site.tmp_path
 
 
 def sync(config: Path, env: dict, *extra: str):
@@ -395,3 +374,57 @@ def test_a_sync_trusts_no_malformed_orthanc_answer(site, prefect_server):
     ):
         assert secret not in text
         assert "Authorization" not in text
+
+
+def resave(path: Path, comment: str) -> bytes:
+    """The file saved again under its own UIDs with other content (as Sidexis does when an
+    image is edited): Orthanc answers ``AlreadyStored`` to it and keeps what it had."""
+    ds = pydicom.dcmread(path)
+    ds.ImageComments = comment
+    ds.save_as(path)
+    return path.read_bytes()
+
+
+def test_orthanc_ends_with_the_current_content_or_says_why_not(site, orthanc):
+    """Orthanc keeps the first file of a SOP Instance UID. A file saved again under its UID
+    replaces the content pdata-sync itself stored; content someone else stored under an
+    image's UID is not replaced and is reported, never recorded as held."""
+    clinic, client, proxy, configure, env, tmp_path = site
+    config = configure()
+    paths = [e["path"] for e in clinic.expected]
+    single = [e for e in clinic.expected if paths.count(e["path"]) == 1]
+    edited, foreign = single[0], single[1]
+    # someone else stored other content under the second image's UIDs before pdata-sync
+    theirs = io.BytesIO()
+    ds = pydicom.dcmread(Path(clinic.pdata_root, foreign["path"]))
+    ds.ImageComments = "stored by someone else"
+    ds.save_as(theirs)
+    with orthanc.http() as http:
+        assert http.post("/instances", content=theirs.getvalue()).json()["Status"] == "Success"
+
+    code, first = sync(config, env)
+    assert code == 0, first  # rejected by Orthanc is reported; S3 is complete
+    (refusal,) = first["orthanc"]["rejected"]
+    assert refusal["path"] == foreign["path"]
+    assert "other content under this image's SOP Instance UID" in refusal["reason"]
+    assert_exactly_expected(client, clinic)
+    ids = orthanc_ids_of(stored_objects(client))
+    prefix = f"images/{foreign['patient_guid']}/{clinic.clinic_id}_{foreign['image_id']}_"
+    (foreign_key,) = (k for k in ids if k.startswith(prefix))
+    assert foreign_key not in recorded(tmp_path, clinic, proxy.url)
+    with orthanc.http() as http:  # theirs stays theirs
+        held = http.get(f"/instances/{ids[foreign_key]}/file").content
+    assert held == theirs.getvalue()
+
+    new = resave(Path(clinic.pdata_root, edited["path"]), "revised after the first sync")
+    code, second = sync(config, env)
+    assert code == 0, second
+    assert second["uploaded"] == 1
+    assert second["orthanc"]["stored"] == 1 and second["orthanc"]["failed"] == []
+    assert [r["path"] for r in second["orthanc"]["rejected"]] == [foreign["path"]]
+    prefix = f"images/{edited['patient_guid']}/{clinic.clinic_id}_{edited['image_id']}_"
+    (edited_key,) = (k for k in ids if k.startswith(prefix))
+    with orthanc.http() as http:
+        assert http.get(f"/instances/{ids[edited_key]}/file").content == new
+    row = recorded(tmp_path, clinic, proxy.url)[edited_key]
+    assert row.sha256 == hashlib.sha256(new).hexdigest() and row.status == "stored"
