@@ -1,7 +1,8 @@
 """Flow ``export-research``: a research project's patients or studies, de-identified, into
 the research bucket, each instance once (docs/research-export.md).
 
-Thin orchestration: the plan and each batch are tasks over pdata_sync.research.export. The run's
+Thin orchestration: the sequence is pdata_sync.pipeline.export.run_export, its steps run as
+tasks (the plan, each batch, the manifest). The run's
 result and artifacts hold counts by source, and archive keys for what was held back or
 failed; the manifest of what was exported (pseudonyms and de-identified UIDs only) is
 written next to the export. Nothing links a patientGuid to its pseudonym.
@@ -9,51 +10,24 @@ written next to the export. Nothing links a patientGuid to its pseudonym.
 
 from __future__ import annotations
 
-import secrets
-from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 from pydantic import Field
 
 import pdata_sync.flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
-from pdata_sync.archive.s3_store import check_bucket, put_derived
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.flows.sync import artifact_key
-from pdata_sync.orthanc.client import warn_if_insecure
+from pdata_sync.pipeline.export import run_export
 from pdata_sync.pipeline.naming import run_name
-from pdata_sync.pipeline.plan import make_batches
-from pdata_sync.research.export import (
-    SOURCES,
-    ExportReport,
-    ExportRequest,
-    project_prefix,
-    validate_project,
-)
-from pdata_sync.tasks.credentials import s3_client
-from pdata_sync.tasks.research import export_batch, plan_export_task, project_key, research_config
-
-
-@task(name="write-export-manifest", cache_policy=NO_CACHE, persist_result=False)
-def write_manifest(config: ClinicConfig, project: str, report: ExportReport) -> str:
-    """The manifest CSV of this run's export, next to it; returns its key. Its name is a
-    time and a random token, not the flow run's id: the run's parameters name patientGuids,
-    and a manifest findable from them would pair a patient with its pseudonym."""
-    research = research_config(config)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    key = f"{project_prefix(project)}manifests/{stamp}-{secrets.token_hex(4)}.csv"
-    put_derived(
-        s3_client(research.as_s3()), research.bucket, key, report.manifest_csv(), "text/csv", None
-    )
-    return key
-
+from pdata_sync.research.export import SOURCES, ExportRequest
+from pdata_sync.tasks.credentials import run_context
+from pdata_sync.tasks.steps import PrefectRunner
 
 # the run form in the Prefect UI is built from these
 _PROJECT = Field(..., description="Project slug: 1-63 lower-case letters, digits and dashes.")
@@ -84,31 +58,14 @@ def export_research(
     """Export the requested patients' (or studies') images, de-identified, to the research
     bucket. Ends Failed when an instance could not be exported from any source."""
     protect_logs()
-    validate_project(project)
     request = ExportRequest(tuple(patient_guids or ()), tuple(study_uids or ()))
-    research = research_config(config)
-    project_key(config, project)  # no secret: refused before any work
-    check_bucket(s3_client(research.as_s3(), config.transfer), research.bucket)
-    logger = get_run_logger()
-    warn_if_insecure(config.orthanc, logger)
-
-    plan = plan_export_task(config, request)
-    items = plan.items
-    batches = make_batches(items, config.transfer.batch_size)  # a patient's images together
-    report = ExportReport(
-        project, not_found_guids=plan.not_found_guids, not_found_studies=plan.not_found_studies
-    )
-    futures = [export_batch.submit(config, project, quote(batch)) for batch in batches]
-    for future in futures:
-        report.add(future.result())
-    result = report.to_dict()
-    if sum(report.exported.values()):
-        result["manifest"] = write_manifest(config, project, report)
+    run = run_export(PrefectRunner(), run_context(config, flow_run.get_id()), project, request)
+    report, result, logger = run.report, run.to_dict(), get_run_logger()
     logger.info(
         "project %s: %d instances planned, exported %s, %d already exported, %d held back, "
         "%d failed",
         project,
-        len(items),
+        run.planned,
         ", ".join(f"{n} from {s}" for s, n in report.exported.items()),
         report.skipped,
         len(report.held_back),

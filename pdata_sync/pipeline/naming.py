@@ -17,7 +17,8 @@ def run_name(clinic_id: str, when: datetime, kind: str = "") -> str:
     return f"{clinic_id}-{kind}-{stamp}" if kind else f"{clinic_id}-{stamp}"
 
 
-def batch_task_name(index: int, total: int) -> str:
-    """``upload-batch-03-of-17`` for the third of 17 batches (``index`` counts from 1)."""
+def batch_task_name(index: int, total: int, kind: str = "upload") -> str:
+    """``upload-batch-03-of-17`` for the third of 17 batches (``index`` counts from 1);
+    ``kind`` names what the batches do (``export``)."""
     width = max(2, len(str(total)))
-    return f"upload-batch-{index:0{width}d}-of-{total:0{width}d}"
+    return f"{kind}-batch-{index:0{width}d}-of-{total:0{width}d}"

@@ -7,13 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from pdata_sync.archive.s3_store import AwsKeys
-from pdata_sync.base.config import OrthancConfig, ResearchConfig, S3Config, TransferConfig
+from pdata_sync.base.config import OrthancConfig, S3Config, TransferConfig
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.orthanc.client import OrthancClient
 from pdata_sync.pipeline import context
 from pdata_sync.pipeline.context import RunContext
-
-RESEARCH_SECRET_ENV = "PDATA_SYNC_RESEARCH_SECRET"
 
 
 class PrefectSecrets(context.EnvironmentSecrets):
@@ -72,12 +70,6 @@ def run_context(config: Any, run_id: str | None = None) -> RunContext:
     """A run's context: secrets from Prefect blocks or the environment, lines to the run's
     log."""
     return RunContext(config, run_id, PREFECT_SECRETS, logger=run_logger)
-
-
-def research_secret(cfg: ResearchConfig) -> str | None:
-    """The key material of a research project's pseudonyms: Secret block, else
-    ``PDATA_SYNC_RESEARCH_SECRET``."""
-    return PREFECT_SECRETS.value(cfg.secret_block, "research.secret_block", RESEARCH_SECRET_ENV)
 
 
 def orthanc_client(cfg: OrthancConfig) -> OrthancClient:

@@ -19,7 +19,7 @@ from prefect.futures import as_completed
 from prefect.tasks import Task
 from prefect.utilities.annotations import quote
 
-from pdata_sync.pipeline import steps
+from pdata_sync.pipeline import export, steps
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner
 
@@ -38,6 +38,9 @@ NAMES: dict[Callable[..., Any], str] = {
     steps.retire_objects: "retire-objects",
     steps.record_changes: "record-changes",
     steps.verify_clinic: "verify-catalog",
+    export.plan_research_export: "plan-export",
+    export.export_batch: "export-batch",
+    export.write_export_manifest: "write-export-manifest",
 }
 TASKS: dict[Callable[..., Any], Task[..., Any]] = {
     step: task(name=name, cache_policy=NO_CACHE, persist_result=False)(step)

@@ -14,8 +14,13 @@ import pydicom
 import pytest
 import yaml
 
+from pdata_sync.base.config import load_config
 from pdata_sync.orthanc.client import instance_ids
+from pdata_sync.pipeline.context import RunContext
+from pdata_sync.pipeline.export import run_export
+from pdata_sync.pipeline.runs import Runner
 from pdata_sync.research.deid import ProjectKey
+from pdata_sync.research.export import ExportRequest
 from tests.conftest import BUCKET, run_cli, stored_objects
 from tests.kit.s3 import empty_bucket
 
@@ -59,7 +64,9 @@ def header(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
 
-def test_export_takes_the_archive_then_orthanc_then_pdata_and_never_twice(site, tmp_path):
+def test_export_takes_the_archive_then_orthanc_then_pdata_and_never_twice(
+    site, tmp_path, monkeypatch
+):
     clinic, client, orthanc, config, env = site
     paths = [e["path"] for e in clinic.expected]
     single = [e for e in clinic.expected if paths.count(e["path"]) == 1]
@@ -148,9 +155,18 @@ def test_export_takes_the_archive_then_orthanc_then_pdata_and_never_twice(site, 
     assert again["skipped_already_exported"] == total - 2
     assert len(stored_objects(client, "research/caries-2027/", RESEARCH)) == len(exported)
 
-    # another project: other pseudonyms, other UIDs
-    code, other, _ = export(config, env, "perio-2027", "--patient-guid", guids[0])
-    assert other["exported"] >= 1
+    # another project: other pseudonyms, other UIDs; the export's own sequence run here,
+    # without Prefect, as the flow runs it
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    runner = Runner()
+    try:
+        other = run_export(
+            runner, RunContext(load_config(config)), "perio-2027", ExportRequest((guids[0],))
+        )
+    finally:
+        runner.close()
+    assert sum(other.report.exported.values()) >= 1 and other.manifest is not None
     second = stored_objects(client, "research/perio-2027/", RESEARCH)
     p2 = ProjectKey.of(SECRET, "perio-2027")
     assert all(f"/{p2.pseudonym(guids[0])}/" in k for k in second if "/manifests/" not in k)
