@@ -6,7 +6,7 @@ checksums S3 verifies (x-amz-checksum-sha256), 16 at a time, and print what it d
 Run by bench/datapath.py as a child process (its wall time, CPU and peak RSS are the
 candidate's), with the credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. MODE:
 
-* ``pdata-sync``: the product's path (pdata_sync.archive.s3_store.put_small: obstore since ADR
+* ``pdata-sync``: the product's path (pdata_sync.archive.uploads.put_small: obstore since ADR
   0011, called from 16 threads as the uploader does; SHA-256 checked by S3, metadata, the
   ETag compared with our MD5 afterwards).
 * ``botocore``: the path before ADR 0011, one boto3 client's ``put_object`` with SHA-256,
@@ -45,14 +45,14 @@ def _b64(digest: bytes) -> str:
 
 def _product_client(args: argparse.Namespace):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from pdata_sync.archive.s3_store import make_client
+    from pdata_sync.archive.s3_client import make_client
     from pdata_sync.base.config import S3Config
 
     return make_client(S3Config(bucket=args.bucket, region="us-east-1", endpoint_url=args.endpoint))
 
 
 def run_pdata_sync(args: argparse.Namespace, files: list[Path]) -> None:
-    from pdata_sync.archive.s3_store import put_small
+    from pdata_sync.archive.uploads import put_small
 
     client = _product_client(args)
 

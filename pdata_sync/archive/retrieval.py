@@ -12,14 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pdata_sync.archive.s3_store import (
-    RemoteObject,
-    download_into,
-    get_range,
-    iter_prefix,
-    list_prefix,
-    presign_get,
-)
+from pdata_sync.archive.listing import RemoteObject, iter_prefix, list_prefix
+from pdata_sync.archive.objects import download_into, get_range, presign_get
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import InvalidRequestError
 from pdata_sync.base.local_files import UNCHANGED, NotReplaced, private_folder, write_new

@@ -9,15 +9,15 @@ The guarantees are those of the botocore path (ADR 0004):
 
 * ``x-amz-checksum-sha256``, computed by obstore over the bytes it sends, is verified by S3
   on receipt; a body damaged in transit is refused.
-* The ETag S3 answers is returned as :class:`~pdata_sync.archive.s3_store.Stored`;
-  :func:`~pdata_sync.archive.s3_store.confirm_object` compares it with our MD5 of the same bytes
+* The ETag S3 answers is returned as :class:`~pdata_sync.archive.uploads.Stored`;
+  :func:`~pdata_sync.archive.uploads.confirm_object` compares it with our MD5 of the same bytes
   (where it is no MD5, e.g. SSE-KMS, a HEAD compares S3's SHA-256 with ours).
 * Content-Type and the user metadata go with the object.
 * Transient errors (5xx, throttling, timeouts, resets, a damaged body) are retried here,
   ``transfer.max_attempts`` tries with exponential backoff and jitter; obstore's own retries
   are off so there is one retry policy. Errors are read by :func:`pdata_sync.base.errors.classify`.
 
-The store is made with the boto3 client (:func:`pdata_sync.archive.s3_store.make_client`) from the
+The store is made with the boto3 client (:func:`pdata_sync.archive.s3_client.make_client`) from the
 same settings and the same credentials (a Prefect block's keys, or boto3's standard chain,
 refreshed through botocore).
 """
@@ -156,7 +156,7 @@ def settings_of(client: Any) -> PutSettings:
     """How ``client`` was made (:func:`register`)."""
     settings = _SETTINGS.get(client)
     if settings is None:
-        raise TypeError("the S3 client was not made by pdata_sync.archive.s3_store.make_client")
+        raise TypeError("the S3 client was not made by pdata_sync.archive.s3_client.make_client")
     return settings
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pdata_sync.archive.s3_store import get_bytes, iter_prefix, put_derived
+from pdata_sync.archive.listing import iter_prefix
+from pdata_sync.archive.objects import get_bytes, put_derived
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import describe, s3_code
 from pdata_sync.identity.keys import (

@@ -93,7 +93,7 @@ class SeaweedS3:
     def client(self) -> Any:
         """An admin client made as the product makes its own (``make_client``: path-style,
         our retries, single PUTs through obstore), so code given it runs as in production."""
-        from pdata_sync.archive.s3_store import AwsKeys, make_client
+        from pdata_sync.archive.s3_client import AwsKeys, make_client
         from pdata_sync.base.config import S3Config
 
         cfg = S3Config(bucket="any-bucket", region="us-east-1", endpoint_url=self.endpoint)

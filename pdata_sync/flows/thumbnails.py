@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 import pdata_sync.flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.archive.retrieval import validate_guid
-from pdata_sync.archive.s3_store import check_bucket
+from pdata_sync.archive.s3_client import check_bucket
 from pdata_sync.archive.thumbnails import BackfillReport, backfill
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.logsafety import protect_logs

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
-from pdata_sync.archive.s3_store import AwsKeys, make_client
+from pdata_sync.archive.s3_client import AwsKeys, make_client
 from pdata_sync.base.config import (
     CatalogConfig,
     ClinicConfig,

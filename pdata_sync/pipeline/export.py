@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pdata_sync.archive.s3_store import check_bucket, put_derived
+from pdata_sync.archive.objects import put_derived
+from pdata_sync.archive.s3_client import check_bucket
 from pdata_sync.base.config import ResearchConfig
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.catalog.orthanc import HELD

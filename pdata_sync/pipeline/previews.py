@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pdata_sync.archive.listing import iter_prefix
+from pdata_sync.archive.objects import get_bytes, get_range
 from pdata_sync.archive.retrieval import download_name, validate_guid
-from pdata_sync.archive.s3_store import get_bytes, get_range, iter_prefix
 from pdata_sync.archive.thumbnails import too_large
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import describe

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pdata_sync.archive.s3_store import move_to_retired, retired_key, retirement_metadata
+from pdata_sync.archive.retired import move_to_retired, retired_key, retirement_metadata
 from pdata_sync.archive.thumbnails import delete_thumbnail
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.errors import ErrorKind, classify, describe, s3_config_message

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pdata_sync.archive.s3_store import abort_interrupted_uploads, check_bucket, get_bytes
+from pdata_sync.archive.objects import get_bytes
+from pdata_sync.archive.s3_client import check_bucket
+from pdata_sync.archive.uploads import abort_interrupted_uploads
 from pdata_sync.base.errors import ConfigError, describe
 from pdata_sync.catalog import now
 from pdata_sync.identity.resolver import ResolutionCache, ResolverClient, ResolveResult

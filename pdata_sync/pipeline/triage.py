@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pdata_sync.archive.s3_store import RemoteObject
+from pdata_sync.archive.listing import RemoteObject
 from pdata_sync.catalog import VERIFIED, CatalogRow, in_the_future
 from pdata_sync.pipeline.plan import PlannedImage
 

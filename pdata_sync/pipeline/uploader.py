@@ -24,23 +24,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pdata_sync.archive.s3_store import (
+from pdata_sync.archive.listing import RemoteObject, list_patients
+from pdata_sync.archive.objects import head_metadata, head_sha256
+from pdata_sync.archive.retired import copy_to_retired, retired_key, retirement_metadata
+from pdata_sync.archive.thumbnails import ThumbnailError, make_thumbnail, too_large
+from pdata_sync.archive.uploads import (
     MB,
-    RemoteObject,
     Stored,
     build_metadata,
     confirm_object,
-    copy_to_retired,
-    head_metadata,
-    head_sha256,
     is_md5_etag,
-    list_patients,
     put_multipart,
     put_small,
-    retired_key,
-    retirement_metadata,
 )
-from pdata_sync.archive.thumbnails import ThumbnailError, make_thumbnail, too_large
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.errors import (
     BadInputError,

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdata_sync.archive.s3_store import RemoteObject, list_patients
+from pdata_sync.archive.listing import RemoteObject, list_patients
 from pdata_sync.catalog import DRIFTED, RETIRED, VERIFIED, ClinicImages, OrthancRecords
 from pdata_sync.orthanc.client import OrthancClient
 

@@ -27,14 +27,10 @@ from typing import Any
 
 import pydicom
 
+from pdata_sync.archive.listing import list_patients, list_prefix
+from pdata_sync.archive.objects import get_bytes
 from pdata_sync.archive.retrieval import validate_guid
-from pdata_sync.archive.s3_store import (
-    confirm_object,
-    get_bytes,
-    list_patients,
-    list_prefix,
-    put_small,
-)
+from pdata_sync.archive.uploads import confirm_object, put_small
 from pdata_sync.base.errors import BadInputError, ConfigError, PermanentError, describe
 from pdata_sync.identity.keys import parse_key
 from pdata_sync.orthanc.client import OrthancClient

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pdata_sync.archive.s3_store import AwsKeys
+from pdata_sync.archive.s3_client import AwsKeys
 from pdata_sync.base.config import OrthancConfig, S3Config, TransferConfig
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.orthanc.client import OrthancClient

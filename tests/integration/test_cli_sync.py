@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pdata_sync.archive.s3_store import METADATA_KEYS
+from pdata_sync.archive.uploads import METADATA_KEYS
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.identity.keys import decode_name_from_metadata
 from tests.conftest import (
@@ -287,7 +287,8 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
     the SHA-256 / MD5 we send; moto would not). Single PUTs (obstore) go through a proxy
     that flips a byte of every request body; multipart parts (botocore) are damaged after
     signing by an event hook."""
-    from pdata_sync.archive.s3_store import make_client, put_multipart, put_small
+    from pdata_sync.archive.s3_client import make_client
+    from pdata_sync.archive.uploads import put_multipart, put_small
     from pdata_sync.base.config import load_config
     from pdata_sync.source.dicom_meta import part_digests
     from tests.support.fault_proxy import Fault, FaultProxy

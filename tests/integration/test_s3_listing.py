@@ -1,4 +1,4 @@
-"""Listing many patients' prefixes as one walk of images/ (s3_store.list_patients) against a
+"""Listing many patients' prefixes as one walk of images/ (archive.listing.list_patients) against a
 real SeaweedFS: the answer is exactly what one listing per patient gives, with far fewer
 requests when the bucket is the clinic's, and never much more when other clinics' patients
 crowd the range."""
@@ -12,8 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pdata_sync.archive import s3_store
-from pdata_sync.archive.s3_store import AwsKeys, list_patients, list_prefix, make_client
+from pdata_sync.archive import listing, s3_client
+from pdata_sync.archive.listing import list_patients, list_prefix
+from pdata_sync.archive.s3_client import AwsKeys, make_client
 from pdata_sync.base.config import S3Config
 from pdata_sync.identity.keys import patient_prefix
 from tests.kit.s3 import empty_bucket
@@ -72,7 +73,7 @@ def test_many_patients_are_one_walk_with_the_same_answer(seaweed, client, monkey
     keys += [f"images/{ours[0]}", f"thumbnails/{ours[0]}/a.jpg"]  # not in any patient prefix
     keys += [f"images/{ours[1]}/c-1_9_a b+c=\u00fc%20&.dcm"]  # listed byte for byte
     put_all(client, keys)
-    monkeypatch.setattr(s3_store, "LIST_PAGE_KEYS", 25)  # a budget of 5 x 25 keys, 110 here
+    monkeypatch.setattr(listing, "LIST_PAGE_KEYS", 25)  # a budget of 5 x 25 keys, 110 here
 
     with counted_lister(seaweed) as (lister, calls):
         listed = list_patients(lister, BUCKET, ours, workers=8)
@@ -90,7 +91,7 @@ def test_a_crowded_range_falls_back_to_listing_the_rest_one_by_one(seaweed, clie
     keys = [f"images/{g}/c-1_1_x.dcm" for g in ours]
     keys += [f"images/{g}/c-9_{i}_x.dcm" for g in others for i in range(2)]
     put_all(client, keys)
-    monkeypatch.setattr(s3_store, "LIST_PAGE_KEYS", 20)
+    monkeypatch.setattr(listing, "LIST_PAGE_KEYS", 20)
 
     with counted_lister(seaweed) as (lister, calls):
         listed = list_patients(lister, BUCKET, ours, workers=8)
@@ -140,4 +141,4 @@ def test_listing_timestamps_are_read_without_dateutil(client):
 def test_timestamps_parse_as_botocore_does(text):
     from botocore.utils import parse_timestamp
 
-    assert s3_store.parse_s3_timestamp(text) == parse_timestamp(text)
+    assert s3_client.parse_s3_timestamp(text) == parse_timestamp(text)

@@ -12,7 +12,8 @@ import os
 import pytest
 
 from pdata_sync.archive import s3_put
-from pdata_sync.archive.s3_store import AwsKeys, confirm_object, make_client, put_small
+from pdata_sync.archive.s3_client import AwsKeys, make_client
+from pdata_sync.archive.uploads import confirm_object, put_small
 from pdata_sync.base.config import S3Config, TransferConfig
 from pdata_sync.base.errors import (
     ConfigError,

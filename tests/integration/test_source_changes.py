@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pdata_sync.archive.s3_store import make_client
+from pdata_sync.archive.s3_client import make_client
 from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.pipeline import uploader as uploader_module

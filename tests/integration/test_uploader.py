@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from pdata_sync.archive import s3_put
-from pdata_sync.archive.s3_store import METADATA_KEYS, make_client
+from pdata_sync.archive.s3_client import make_client
+from pdata_sync.archive.uploads import METADATA_KEYS
 from pdata_sync.base.config import parse_config
 from pdata_sync.demo.generate import write_dicom
 from pdata_sync.identity.keys import decode_name_from_metadata, thumbnail_key

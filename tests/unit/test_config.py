@@ -109,7 +109,7 @@ def test_password_in_database_url_is_refused_without_echoing_it():
 def test_reprs_hold_no_secrets(monkeypatch):
     """The config has no secret fields (they live in blocks / the environment); the
     credential objects that do carry secrets mask them in repr."""
-    from pdata_sync.archive.s3_store import AwsKeys
+    from pdata_sync.archive.s3_client import AwsKeys
 
     monkeypatch.setenv("PDATA_SYNC_DB_PASSWORD", "Hunter2-secret")
     config = ClinicConfig.model_validate(VALID)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from pdata_sync.archive.s3_store import RemoteObject
+from pdata_sync.archive.listing import RemoteObject
 from pdata_sync.catalog import DRIFTED, PENDING, VERIFIED, CatalogRow
 from pdata_sync.pipeline.plan import PlannedImage
 from pdata_sync.pipeline.triage import triage, trusted_keys

@@ -1,0 +1,65 @@
+"""Single objects of the archive: metadata from a HEAD, whole or partial bodies, derived
+pictures (thumbnails) put beside the images, presigned URLs and downloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+from pdata_sync.archive import s3_put
+
+
+def head_metadata(client: Any, bucket: str, key: str) -> dict[str, str]:
+    """The user metadata of an object (empty when it has none)."""
+    return dict(client.head_object(Bucket=bucket, Key=key).get("Metadata") or {})
+
+
+def head_sha256(client: Any, bucket: str, key: str) -> str | None:
+    """The ``sha256`` user metadata of an object, or None."""
+    response = client.head_object(Bucket=bucket, Key=key)
+    return (response.get("Metadata") or {}).get("sha256")
+
+
+def get_range(client: Any, bucket: str, key: str, length: int) -> tuple[bytes, int]:
+    """The first ``length`` bytes of an object and the object's full size."""
+    response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
+    body = response["Body"].read()
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    size = int(total) if total.isdigit() else int(response.get("ContentLength", len(body)))
+    return body, size
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> tuple[bytes, dict[str, str]]:
+    """A whole object's bytes and user metadata (for objects small enough to hold in
+    memory)."""
+    response = client.get_object(Bucket=bucket, Key=key)
+    return response["Body"].read(), dict(response.get("Metadata") or {})
+
+
+def put_derived(
+    client: Any, bucket: str, key: str, body: bytes, content_type: str, source_sha256: str | None
+) -> None:
+    """Store a picture made from an image (a thumbnail), checksummed by S3 like the images;
+    ``source-sha256`` records which image content it was made from."""
+    s3_put.put_object(
+        client,
+        bucket,
+        key,
+        body,
+        content_type=content_type,
+        metadata={"source-sha256": source_sha256} if source_sha256 else {},
+    )
+
+
+def presign_get(client: Any, bucket: str, key: str, expires_in: int) -> str:
+    """A presigned GET URL valid for ``expires_in`` seconds."""
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+    )
+
+
+def download_into(client: Any, bucket: str, key: str, fh: BinaryIO) -> None:
+    """Write ``key``'s bytes into the open file ``fh`` (the caller decides where files go
+    on the worker: :mod:`pdata_sync.base.local_files`)."""
+    client.download_fileobj(bucket, key, fh)
