@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,7 +63,14 @@ from pdata_sync.identity.keys import patient_prefix
 from pdata_sync.identity.rules import names_other_folder
 from pdata_sync.pipeline import progress
 from pdata_sync.pipeline.plan import PlannedImage
-from pdata_sync.pipeline.triage import LENIENT, FileCheck, triage, trusted_keys, verified_unchanged
+from pdata_sync.pipeline.triage import (
+    LENIENT,
+    FileCheck,
+    Triage,
+    triage,
+    trusted_keys,
+    verified_unchanged,
+)
 from pdata_sync.source.dicom_meta import DicomHeader, file_digests, part_digests, read_header
 from pdata_sync.source.pdata import patient_ids_on_share
 
@@ -190,6 +197,18 @@ def _compares(
     found = listing.get(item.key) if isinstance(listing, dict) else None
     st = stats.get(item.key)
     return found is not None and st is not None and found.size == st.st_size
+
+
+@dataclass
+class _Batch:
+    """One batch between its triage and its outcomes: the catalog's rows, the files'
+    stats, the patients' listings, the triage, and why images could not be recorded."""
+
+    rows: dict[str, CatalogRow]
+    stats: dict[str, os.stat_result]
+    listings: dict[str, dict[str, RemoteObject] | Exception]
+    plan: Triage
+    unrecorded: dict[str, str] = field(default_factory=dict)
 
 
 class SettleBuffer:
@@ -559,6 +578,25 @@ class BatchUploader:
             except Exception as exc:  # noqa: BLE001 - the environment: stop the run
                 self.fatal = f"catalog: cannot read the rows of this batch: {describe(exc)}"
                 return self._failed_all(items, self.fatal, fatal=True)
+        batch = self._triage(items, rows)
+        work = self._begin(batch)
+        # only images with work to do go to threads (a no-change batch needs none)
+        progress.advance(len(items) - len(work))
+        done = self._work(batch, work)
+        outcomes = [done[i.key] if i.key in done else self._settled(batch, i) for i in items]
+        self._release_rejected(outcomes)
+        lost = self.settled.unrecorded
+        return [
+            Outcome(FAILED, o.path, o.key, reason=lost[o.key])
+            if o.key in lost and o.status != FAILED
+            else o
+            for o in outcomes
+        ]
+
+    def _triage(self, items: list[PlannedImage], rows: dict[str, CatalogRow]) -> _Batch:
+        """What each image needs: trusted by the catalog, or compared with a listing of
+        its patient's prefix (each listed once), and the other archived rows of those
+        patients (an unplanned row is not this batch's to judge without them)."""
         stats: dict[str, os.stat_result] = {}
         for item in items:
             with contextlib.suppress(OSError):  # reported by process()
@@ -578,8 +616,16 @@ class BatchUploader:
                     describe(exc),
                 )
         plan = triage(items, rows, stats, trusted, listings, others, self.check)
-        unrecorded: dict[str, str] = {}
-        if self.images is not None and plan.unchanged:
+        return _Batch(rows, stats, listings, plan)
+
+    def _begin(self, batch: _Batch) -> list[PlannedImage]:
+        """Record what the listing confirmed or contradicted, then the images with work to
+        do as *pending* (one transaction); returns those. What the catalog cannot record
+        is not uploaded (``batch.unrecorded`` says why)."""
+        plan = batch.plan
+        if self.images is None:
+            return list(plan.work)
+        if plan.unchanged:
             try:
                 self.images.reconfirm(sorted(plan.unchanged), self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - only the trust window is not renewed
@@ -588,55 +634,67 @@ class BatchUploader:
                     len(plan.unchanged),
                     describe(exc),
                 )
-        if self.images is not None and plan.contradicted:
+        if plan.contradicted:
             try:
                 self.images.contradict(sorted(plan.contradicted), self.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - not uploaded unrecorded
                 reason = f"not uploaded: the catalog cannot record its drift: {describe(exc)}"
-                unrecorded.update(dict.fromkeys(plan.contradicted, reason))
-        work = [i for i in plan.work if i.key not in unrecorded]
-        if self.images is not None:
-            pending = [PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid) for i in work]
-            try:
-                unrecorded.update(self.images.begin_upload(pending, self.flow_run_id))
-            except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
-                reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
-                unrecorded.update(dict.fromkeys((i.key for i in work), reason))
-            work = [i for i in work if i.key not in unrecorded]
+                batch.unrecorded.update(dict.fromkeys(plan.contradicted, reason))
+        work = [i for i in plan.work if i.key not in batch.unrecorded]
+        pending = [PendingItem(i.key, i.rel_path, i.image_id, i.patient_guid) for i in work]
+        try:
+            batch.unrecorded.update(self.images.begin_upload(pending, self.flow_run_id))
+        except Exception as exc:  # noqa: BLE001 - nothing is uploaded unrecorded
+            reason = f"not uploaded: the catalog cannot record it: {describe(exc)}"
+            batch.unrecorded.update(dict.fromkeys((i.key for i in work), reason))
+        return [i for i in work if i.key not in batch.unrecorded]
 
-        def run(item: PlannedImage) -> Outcome:
-            if item.key in plan.trusted:
-                return Outcome(UNCHANGED, item.rel_path, item.key, trusted=True)
-            if item.key in plan.unchanged:
-                return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
-            if item.key in unrecorded:
-                return Outcome(FAILED, item.rel_path, item.key, reason=unrecorded[item.key])
-            if self.fatal:
-                reason = f"not attempted: {self.fatal}"
-                return Outcome(FAILED, item.rel_path, item.key, reason=reason, fatal=True)
-            if item.key in plan.unlisted:
-                listing = plan.unlisted[item.key]
-                if classify(listing) is ErrorKind.CONFIG:
-                    self.fatal = self.fatal or s3_config_message(listing, self.config.s3.bucket)
-                    return Outcome(FAILED, item.rel_path, item.key, reason=self.fatal, fatal=True)
-                reason = f"cannot list {patient_prefix(item.patient_guid)}: {describe(listing)}"
-                return Outcome(FAILED, item.rel_path, item.key, reason=reason)
-            listing = listings[item.patient_guid]
-            assert not isinstance(listing, Exception)
-            return self._safe_process(item, listing.get(item.key), rows.get(item.key))
+    def _settled(self, batch: _Batch, item: PlannedImage) -> Outcome:
+        """An image's outcome: settled without S3 when nothing is to be done or nothing can
+        be (:meth:`_without_upload`), else compared with its object or uploaded."""
+        outcome = self._without_upload(batch, item)
+        if outcome is not None:
+            return outcome
+        listing = batch.listings[item.patient_guid]
+        assert not isinstance(listing, Exception)
+        return self._safe_process(item, listing.get(item.key), batch.rows.get(item.key))
+
+    def _without_upload(self, batch: _Batch, item: PlannedImage) -> Outcome | None:
+        """The outcome of an image that is not compared or uploaded: trusted, confirmed by
+        the listing, not recorded, the run stopped, or its patient's listing failed."""
+        plan, path, key = batch.plan, item.rel_path, item.key
+        if key in plan.trusted:
+            return Outcome(UNCHANGED, path, key, trusted=True)
+        if key in plan.unchanged:
+            return Outcome(UNCHANGED, path, key)  # not read again
+        if key in batch.unrecorded:
+            return Outcome(FAILED, path, key, reason=batch.unrecorded[key])
+        if self.fatal:
+            return Outcome(FAILED, path, key, reason=f"not attempted: {self.fatal}", fatal=True)
+        if key in plan.unlisted:
+            listing = plan.unlisted[key]
+            if classify(listing) is ErrorKind.CONFIG:
+                self.fatal = self.fatal or s3_config_message(listing, self.config.s3.bucket)
+                return Outcome(FAILED, path, key, reason=self.fatal, fatal=True)
+            reason = f"cannot list {patient_prefix(item.patient_guid)}: {describe(listing)}"
+            return Outcome(FAILED, path, key, reason=reason)
+        return None
+
+    def _work(self, batch: _Batch, work: list[PlannedImage]) -> dict[str, Outcome]:
+        """Compare or upload the images with work to do, on threads: those whose object
+        may already hold the file are compared first (reading the file), the rest
+        uploaded; the catalog is written once at the end."""
 
         def run_and_report(item: PlannedImage) -> Outcome:
-            outcome = run(item)
+            outcome = self._settled(batch, item)
             progress.advance(1, outcome.bytes if outcome.status == UPLOADED else 0)
             return outcome
 
-        # only images with work to do go to threads (a no-change batch needs none)
-        progress.advance(len(items) - len(work))
         done: dict[str, Outcome] = {}
         to_compare: list[PlannedImage] = []
         to_upload: list[PlannedImage] = []
         for i in work:
-            (to_compare if _compares(i, listings, stats) else to_upload).append(i)
+            (to_compare if _compares(i, batch.listings, batch.stats) else to_upload).append(i)
         try:
             for part, workers, name in (
                 (to_compare, compare_workers(self.config), "pdata-compare"),
@@ -647,18 +705,14 @@ class BatchUploader:
                     done.update({i.key: o for i, o in zip(part, results, strict=True)})
         finally:
             self.flush()
-        outcomes = [done[i.key] if i.key in done else run(i) for i in items]
-        # bad input: the pending row gets back the state it had (a drifted row stays drifted)
+        return done
+
+    def _release_rejected(self, outcomes: list[Outcome]) -> None:
+        """Bad input: the pending row gets back the state it had (a drifted row stays
+        drifted)."""
         rejected = [o.key for o in outcomes if o.status == REJECTED]
         if self.images is not None and rejected:
             try:
                 self.images.release(rejected, self.flow_run_id)
             except Exception:  # noqa: BLE001 - a stale pending row is redone next run
                 log.warning("catalog: could not release %d pending row(s)", len(rejected))
-        lost = self.settled.unrecorded
-        return [
-            Outcome(FAILED, o.path, o.key, reason=lost[o.key])
-            if o.key in lost and o.status != FAILED
-            else o
-            for o in outcomes
-        ]
