@@ -27,6 +27,7 @@ from pdata_sync.pipeline.export import run_export
 from pdata_sync.pipeline.naming import run_name
 from pdata_sync.research.export import SOURCES, ExportRequest
 from pdata_sync.tasks.credentials import run_context
+from pdata_sync.tasks.export import EXPORT_TASKS
 from pdata_sync.tasks.steps import PrefectRunner
 
 # the run form in the Prefect UI is built from these
@@ -59,7 +60,9 @@ def export_research(
     bucket. Ends Failed when an instance could not be exported from any source."""
     protect_logs()
     request = ExportRequest(tuple(patient_guids or ()), tuple(study_uids or ()))
-    run = run_export(PrefectRunner(), run_context(config, flow_run.get_id()), project, request)
+    run = run_export(
+        PrefectRunner(EXPORT_TASKS), run_context(config, flow_run.get_id()), project, request
+    )
     report, result, logger = run.report, run.to_dict(), get_run_logger()
     logger.info(
         "project %s: %d instances planned, exported %s, %d already exported, %d held back, "

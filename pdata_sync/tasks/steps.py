@@ -19,7 +19,7 @@ from prefect.futures import as_completed
 from prefect.tasks import Task
 from prefect.utilities.annotations import quote
 
-from pdata_sync.pipeline import export, steps
+from pdata_sync.pipeline import steps
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner
 
@@ -38,14 +38,18 @@ NAMES: dict[Callable[..., Any], str] = {
     steps.retire_objects: "retire-objects",
     steps.record_changes: "record-changes",
     steps.verify_clinic: "verify-catalog",
-    export.plan_research_export: "plan-export",
-    export.export_batch: "export-batch",
-    export.write_export_manifest: "write-export-manifest",
 }
-TASKS: dict[Callable[..., Any], Task[..., Any]] = {
-    step: task(name=name, cache_policy=NO_CACHE, persist_result=False)(step)
-    for step, name in NAMES.items()
-}
+
+
+def as_tasks(names: dict[Callable[..., Any], str]) -> dict[Callable[..., Any], Task[..., Any]]:
+    """Each step as a Prefect task of that name (no cache, no persisted result)."""
+    return {
+        step: task(name=name, cache_policy=NO_CACHE, persist_result=False)(step)
+        for step, name in names.items()
+    }
+
+
+TASKS = as_tasks(NAMES)
 
 
 def clinic_limit_name(clinic_id: str) -> str:
@@ -87,13 +91,18 @@ class PrefectRunner(Runner):
     """Runs each step as its Prefect task, the upload batches as submitted task runs on the
     flow's task runner. Arguments go in ``quote()``: they hold no futures, and Prefect would
     otherwise walk every element of every list for dependency tracking (40% of a
-    100,000-image no-change run's CPU)."""
+    100,000-image no-change run's CPU). ``tasks``: the steps it may run (the sync's and
+    verify's by default; the research export passes its own)."""
+
+    def __init__(self, tasks: dict[Callable[..., Any], Task[..., Any]] = TASKS) -> None:
+        self.tasks = tasks
 
     def call(self, step: Callable[..., Any], *args: Any) -> Any:
-        return TASKS[step](*(quote(a) for a in args))
+        return self.tasks[step](*(quote(a) for a in args))
 
     def submit(self, step: Callable[..., Any], name: str, *args: Any) -> Any:
-        return TASKS[step].with_options(task_run_name=name).submit(*(quote(a) for a in args))
+        task_of_step = self.tasks[step].with_options(task_run_name=name)
+        return task_of_step.submit(*(quote(a) for a in args))
 
     def first_done(self, futures: list[Any]) -> Any:
         return next(as_completed(futures))

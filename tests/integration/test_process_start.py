@@ -61,7 +61,7 @@ def test_main_registers_the_freeze_once_however_often_it_runs() -> None:
 
 FROZEN_IMPORTS = """
 import gc
-from pdata_sync.cli import _loading_prefect
+from pdata_sync.console import _loading_prefect
 try:
     with _loading_prefect():
         print("inside", gc.isenabled(), flush=True)
