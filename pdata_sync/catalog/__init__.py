@@ -61,13 +61,13 @@ from pdata_sync.catalog.schema import (
 from pdata_sync.catalog.series import SeriesRegistry
 from pdata_sync.catalog.states import (
     ACCEPT,
+    ACCEPTED,
     CONFIRM,
     DRIFTED,
     MATCH,
     PENDING,
     RETIRED,
     STATES,
-    UPLOADED,
     VERIFIED,
     IllegalTransition,
     ImageState,
@@ -142,7 +142,7 @@ __all__ = [
     "PENDING",
     "RETIRED",
     "STATES",
-    "UPLOADED",
+    "ACCEPTED",
     "VERIFIED",
     "VERSION_TABLE",
     "Catalog",

@@ -19,6 +19,7 @@ from pdata_sync.catalog.schema import image_events, image_history, images
 from pdata_sync.catalog.series import SeriesRegistry, chunks
 from pdata_sync.catalog.states import (
     ACCEPT,
+    ACCEPTED,
     BEGIN_UPLOAD,
     CONFIRM,
     CONTRADICT,
@@ -29,7 +30,6 @@ from pdata_sync.catalog.states import (
     RELEASE,
     RETIRE,
     RETIRED,
-    UPLOADED,
     VERIFIED,
     ImageState,
     Transition,
@@ -294,7 +294,7 @@ class ClinicImages:
                             "source_mtime_ns": prev.source_mtime_ns,
                             "etag": prev.etag,
                             "state": prev.prior_state
-                            or (VERIFIED if prev.verified_at is not None else UPLOADED),
+                            or (VERIFIED if prev.verified_at is not None else ACCEPTED),
                             "verified_at": prev.verified_at,
                             "replaced_at": t,
                             "replaced_by_flow_run_id": flow_run_id,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -85,7 +85,7 @@ images = sa.Table(
     sa.Column("content_checked_at", TS, nullable=True),
     sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
     sa.CheckConstraint(
-        "state IN ('pending', 'uploaded', 'verified', 'drifted', 'retired')",
+        "state IN ('pending', 'accepted', 'verified', 'drifted', 'retired')",
         name="ck_images_state",
     ),
 )

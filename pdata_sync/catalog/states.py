@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 class ImageState(enum.StrEnum):
     PENDING = "pending"  # an upload of this key is under way (or was interrupted)
-    UPLOADED = "uploaded"  # S3 accepted a body, but did not confirm what it stores
+    ACCEPTED = "accepted"  # S3 accepted a body, but did not confirm what it stores
     VERIFIED = "verified"  # S3 confirmed these exact bytes at this key in this destination
     DRIFTED = "drifted"  # was verified; S3 was then seen not to hold those bytes
     RETIRED = "retired"  # no longer belongs: moved out of images/ (or never to be re-used)
 
 
-PENDING, UPLOADED, VERIFIED, DRIFTED, RETIRED = (
+PENDING, ACCEPTED, VERIFIED, DRIFTED, RETIRED = (
     ImageState.PENDING,
-    ImageState.UPLOADED,
+    ImageState.ACCEPTED,
     ImageState.VERIFIED,
     ImageState.DRIFTED,
     ImageState.RETIRED,
@@ -67,7 +67,7 @@ RELEASE = Transition(
 ACCEPT = Transition(
     "accept",
     frozenset({PENDING}),
-    UPLOADED,
+    ACCEPTED,
     "S3 accepted the body (its checksum checked on receipt) but did not confirm it",
 )
 CONFIRM = Transition(
@@ -97,7 +97,7 @@ CONTRADICT = Transition(
 )
 RETIRE = Transition(
     "retire",
-    frozenset({PENDING, VERIFIED, UPLOADED, DRIFTED}),
+    frozenset({PENDING, VERIFIED, ACCEPTED, DRIFTED}),
     RETIRED,
     "the object no longer belongs (its patient, key or source went away) and was moved to "
     "retired/ after its replacement, if any, was verified",

@@ -24,7 +24,7 @@ from pdata_sync.archive.retired import move_to_retired, retired_key, retirement_
 from pdata_sync.archive.thumbnails import delete_thumbnail
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.errors import ErrorKind, classify, describe, s3_config_message
-from pdata_sync.catalog import DRIFTED, PENDING, UPLOADED, VERIFIED, CatalogRow, ClinicImages, now
+from pdata_sync.catalog import ACCEPTED, DRIFTED, PENDING, VERIFIED, CatalogRow, ClinicImages, now
 from pdata_sync.pipeline.plan import PatientResolution, Plan
 from pdata_sync.source.pdata import ImageFile, PatientFolder, Problem
 from pdata_sync.source.sidexis_db import SKIP_PATIENT_DELETED, SKIP_PATIENT_NOT_IN_DB
@@ -40,7 +40,7 @@ PATIENT_NOT_IN_DB = "the patient is no longer in the Sidexis database"
 
 # rows that may stand for an object in S3 (a pending row's object may or may not exist:
 # an interrupted run's upload can have landed; an absent object is retired as "already gone")
-ARCHIVED = frozenset({PENDING, VERIFIED, UPLOADED, DRIFTED})
+ARCHIVED = frozenset({PENDING, VERIFIED, ACCEPTED, DRIFTED})
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ from pdata_sync.source.pdata import patient_ids_on_share
 
 log = logging.getLogger(__name__)
 
-UPLOADED = "uploaded"
+# what became of an image in this run (its catalog row then says verified, or why not)
+UPLOADED = "uploaded"  # sent, and S3 confirmed what it stores: the row is verified
 UNCHANGED = "unchanged"
 REJECTED = "rejected"
 FAILED = "failed"

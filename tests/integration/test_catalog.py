@@ -1,5 +1,5 @@
 """The image catalog on SQLite and on a real PostgreSQL server (started on 127.0.0.1 by the
-test setup): migrations, the pending -> uploaded -> verified states, history of a changed
+test setup): migrations, the pending -> accepted -> verified states, history of a changed
 source, studies and series grouped by DICOM UIDs, and concurrent writers."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from pdata_sync.base.errors import ClinicBusyError, ConfigError
 from pdata_sync.catalog import (
     ACCEPT,
+    ACCEPTED,
     CONFIRM,
     DRIFTED,
     HEAD_REVISION,
@@ -32,7 +33,6 @@ from pdata_sync.catalog import (
     MIGRATIONS,
     PENDING,
     RETIRED,
-    UPLOADED,
     VERIFIED,
     VERSION_TABLE,
     Catalog,
@@ -217,6 +217,55 @@ def test_an_older_catalog_is_upgraded_keeping_its_rows(catalog_db):
         cat.close()
 
 
+def test_the_state_uploaded_of_a_0007_catalog_is_accepted_after_the_upgrade(catalog_db):
+    """Revision 0008 renames the state 'uploaded' to 'accepted' wherever the catalog keeps
+    a state: the row, the state a pending row restores, replaced contents and events."""
+    old = Catalog.open(*catalog_db, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    accepted_key, pending_key = KEY, KEY.replace("_7_", "_8_")
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+        rows = [  # as a 0007 release wrote them
+            (accepted_key, 7, "uploaded", None),
+            (pending_key, 8, "pending", "uploaded"),
+        ]
+        for key, image_id, state, prior in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO images (clinic_id, destination, key, image_id, patient_guid,"
+                    " rel_path, state, prior_state, updated_at) VALUES ('c1', :dest, :key, :id,"
+                    " :guid, 'P_1/0000_7.dcm', :state, :prior, :t)"
+                ),
+                {"dest": DEST, "key": key, "id": image_id, "guid": GUID, "state": state,
+                 "prior": prior, "t": now()},
+            )  # fmt: skip
+        conn.execute(
+            sa.text(
+                "INSERT INTO image_events (clinic_id, destination, key, transition, from_state,"
+                " to_state, at) VALUES ('c1', :dest, :key, 'accept', 'pending', 'uploaded', :t)"
+            ),
+            {"dest": DEST, "key": accepted_key, "t": now()},
+        )
+    old.close()
+
+    cat = Catalog.open(*catalog_db)
+    try:
+        assert cat.schema_revision() == HEAD_REVISION
+        imgs = cat.images("c1", DEST)
+        assert imgs.lookup([accepted_key])[accepted_key].state == ACCEPTED
+        imgs.release([pending_key])  # back to the state it left, by its new name
+        assert imgs.lookup([pending_key])[pending_key].state == ACCEPTED
+        with cat.engine.connect() as conn:
+            events = conn.execute(sa.text("SELECT from_state, to_state FROM image_events"))
+            assert ("pending", "accepted") in set(events)
+        with pytest.raises(sa.exc.IntegrityError), cat.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE images SET state = 'uploaded'"))
+    finally:
+        cat.close()
+
+
 KEY = f"images/{GUID}/c1_7_x.dcm"
 DEST = "http://127.0.0.1:8333/dental-images"
 
@@ -319,7 +368,7 @@ def test_states_move_forward_with_times_and_flow_run(catalog, imgs):
     row = imgs.lookup([KEY])[KEY]
     assert row.state == PENDING and row.etag is None and row.sha256 is None
     imgs.settle(settled(ACCEPT), "run-1")
-    assert imgs.lookup([KEY])[KEY].state == UPLOADED
+    assert imgs.lookup([KEY])[KEY].state == ACCEPTED
     imgs.begin_upload(pending(), "run-2")
     imgs.settle(settled(MATCH), "run-2")  # the same bytes found in S3 by the next run
     row = imgs.lookup([KEY])[KEY]

@@ -51,11 +51,11 @@ import yaml
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ClinicBusyError
 from pdata_sync.catalog import (
+    ACCEPTED,
     CONFIRM,
     DRIFTED,
     PENDING,
     RETIRED,
-    UPLOADED,
     VERIFIED,
     Catalog,
     PendingItem,
@@ -307,7 +307,7 @@ def check_clean_sync(
         data = (world.root / item.rel_path).read_bytes()
         assert body(client, world.bucket, item.key) == data, item.key
         assert rows[item.key].state == VERIFIED and rows[item.key].sha256 == sha(data)
-    assert not [r.key for r in rows.values() if r.state in (PENDING, UPLOADED)]
+    assert not [r.key for r in rows.values() if r.state in (PENDING, ACCEPTED)]
     # the archive converges to the source: nothing in images/ that is not planned (what a
     # deleted file left was retired), and every retired row's object is out of images/
     stored = set(objects(client, world.bucket))

@@ -203,8 +203,7 @@ class _Lying:
 def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files(
     tmp_path, s3, monkeypatch
 ):
-    from pdata_sync.catalog import UPLOADED as ROW_UPLOADED
-    from pdata_sync.catalog import VERIFIED, Catalog, destination_of
+    from pdata_sync.catalog import ACCEPTED, VERIFIED, Catalog, destination_of
 
     root = tmp_path / "PDATA"
     dcm(root, "P_1/0000_1.dcm", 1)
@@ -221,7 +220,7 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     assert all("not verified" in o.reason for o in lying)
     assert not any("images/" in o.reason for o in lying)  # the key is beside the reason, not in it
     rows = rows_of.lookup([i.key for i in items])
-    assert {r.state for r in rows.values()} == {ROW_UPLOADED}  # accepted, never verified
+    assert {r.state for r in rows.values()} == {ACCEPTED}  # never verified
 
     done = BatchUploader(cfg, client, rows_of, "run-2").upload_batch(items)
     assert [o.status for o in done] == [UNCHANGED, UNCHANGED]  # content already there
@@ -243,7 +242,7 @@ def test_catalog_verifies_only_what_s3_confirms_and_skips_reading_verified_files
     liar = _Lying(client, monkeypatch)
     changed = BatchUploader(cfg, liar, rows_of, "run-4").upload_batch(items[:1])
     assert [o.status for o in changed] == [FAILED]
-    assert rows_of.lookup([items[0].key])[items[0].key].state == "uploaded"
+    assert rows_of.lookup([items[0].key])[items[0].key].state == "accepted"
     # S3 holds the new content (it just did not say so): the next run settles it, no upload
     changed = BatchUploader(cfg, client, rows_of, "run-5").upload_batch(items[:1])
     assert [o.status for o in changed] == [UNCHANGED]
