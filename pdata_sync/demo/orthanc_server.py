@@ -12,13 +12,13 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
+from pdata_sync.demo.ports import free_port
 from pdata_sync.demo.prefect_server import stop_process
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
@@ -30,21 +30,6 @@ def orthanc_binary() -> str | None:
     if Path(ORTHANC_BINARY).exists():
         return ORTHANC_BINARY
     return shutil.which("Orthanc")
-
-
-def _free_port(preferred: int = 0) -> int:
-    """``preferred`` if it is free on 127.0.0.1, else any free port. A port the last run's
-    Orthanc left in TIME_WAIT is free: Orthanc binds with SO_REUSEADDR, and so does this
-    check (the catalog knows an Orthanc by its URL: a new port would resend every image)."""
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class OrthancServer:
@@ -72,7 +57,9 @@ class OrthancServer:
         if binary is None:
             raise RuntimeError("Orthanc is not installed (Debian: apt-get install orthanc)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port(self.port) if not self.proc_started else self.port
+        # a port the last run's Orthanc left in TIME_WAIT is free: Orthanc binds with
+        # SO_REUSEADDR (the catalog knows an Orthanc by its URL: a new port resends all)
+        self.port = free_port(self.port, reuse=True) if not self.proc_started else self.port
         self.proc_started = True
         config = {
             "Name": "pdata-sync-test",

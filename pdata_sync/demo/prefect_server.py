@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,7 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from pdata_sync.demo.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = REPO / "ops" / "prefect-server.env"
@@ -57,7 +51,7 @@ class PrefectServer:
         timeout: float = 90.0,
     ):
         self.home = Path(home)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.ui = ui
         self.extra_env = extra_env or {}  # e.g. the PostgreSQL connection settings
         self.timeout = timeout

@@ -114,7 +114,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     """Start the demo's S3 server on its stored data and run ``pdata-sync view`` for the
     demo's first patient until Ctrl-C. The demo must have run once (`make demo`)."""
     from pdata_sync.console import EXIT_FAILED, view
-    from pdata_sync.demo.prefect_server import _free_port
+    from pdata_sync.demo.ports import free_port
     from pdata_sync.viewer.server import HOST
 
     work = Path(workdir).resolve()
@@ -125,7 +125,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     manifest = Manifest.load(manifest_path)
     guid = manifest.expected[0]["patient_guid"]
     if port == 0:
-        port = _free_port()  # known before serving: the bucket's CORS rule names it
+        port = free_port()  # known before serving: the bucket's CORS rule names it
     with SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:
         os.environ.update(s3.env())
         config_path = write_config(

@@ -16,16 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pdata_sync.demo.ports import port_is_free
+
 GRPC_OFFSET = 10000  # weed listens on port + 10000 for gRPC
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port_pair(taken: set[int]) -> int:
@@ -38,7 +31,7 @@ def free_port_pair(taken: set[int]) -> int:
             port = 20000 + secrets.randbelow(25000)
         if {port, port + GRPC_OFFSET} & taken:
             continue
-        if _port_free(port) and _port_free(port + GRPC_OFFSET):
+        if port_is_free(port) and port_is_free(port + GRPC_OFFSET):
             taken.update({port, port + GRPC_OFFSET})
             return port
     raise RuntimeError("no free port pair found on 127.0.0.1")

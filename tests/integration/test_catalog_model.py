@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from pdata_sync.catalog import image_history as history_table
 from pdata_sync.catalog.orthanc import HELD
 from pdata_sync.catalog.orthanc import REJECTED as REJECTED_IN_ORTHANC
 from pdata_sync.catalog.schema import orthanc_instances as orthanc_table
+from pdata_sync.demo.ports import free_port
 from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
@@ -399,13 +399,6 @@ def future_dated(catalog: Catalog) -> set[str]:
         return {r[0] for r in conn.execute(query)}
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def planned_file(world: World) -> Path | None:
     files = dicom_files(world)
     return world.rng.choice(files) if files else None
@@ -527,7 +520,8 @@ def step(world: World, op: str, catalog: Catalog, client) -> None:  # noqa: C901
     elif op == "orthanc_down" and world.orthanc is not None:
         # an Orthanc that does not answer: S3 is synced as usual, Orthanc gets nothing
         world.future_keys = future_dated(catalog)
-        gone = cfg.orthanc.model_copy(update={"url": f"http://127.0.0.1:{closed_port()}"})
+        silent = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        gone = cfg.orthanc.model_copy(update={"url": silent})
         run = sync(catalog, cfg.model_copy(update={"orthanc": gone}), f"run-{world.steps}")
         assert run.summary.orthanc is not None and run.summary.orthanc.unavailable, run.summary
         check_clean_sync(world, catalog, client, run, orthanc_down=True)

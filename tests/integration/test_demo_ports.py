@@ -3,7 +3,7 @@ Orthanc by its URL, so a new port made the second demo send every image again.""
 
 import socket
 
-from pdata_sync.demo.orthanc_server import _free_port
+from pdata_sync.demo.ports import free_port
 
 
 def test_a_port_left_in_time_wait_by_the_last_run_is_taken_again():
@@ -17,7 +17,7 @@ def test_a_port_left_in_time_wait_by_the_last_run_is_taken_again():
     conn.close()  # the server's side closes first, as Orthanc's does at shutdown: TIME_WAIT
     client.close()
     server.close()
-    assert _free_port(port) == port
+    assert free_port(port, reuse=True) == port  # as Orthanc binds it
 
 
 def test_a_port_another_process_listens_on_is_not_taken():
@@ -26,6 +26,6 @@ def test_a_port_another_process_listens_on_is_not_taken():
     server.listen()
     port = server.getsockname()[1]
     try:
-        assert _free_port(port) != port
+        assert free_port(port, reuse=True) != port
     finally:
         server.close()

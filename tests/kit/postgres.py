@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pdata_sync.demo.ports import free_port
+
 
 def pg_bin_dir() -> Path:
     """The newest ``/usr/lib/postgresql/*/bin`` that has ``initdb``."""
@@ -32,12 +34,6 @@ def pg_bin_dir() -> Path:
     return Path(found[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """``with PostgresServer() as pg:`` starts a cluster; ``pg.url(database, user)`` gives a
     SQLAlchemy URL without password; ``pg.superuser_password``; ``pg.execute(sql)``."""
@@ -45,7 +41,7 @@ class PostgresServer:
     def __init__(self, *, fsync: bool = False) -> None:
         self.fsync = fsync  # off for tests (speed); on for benchmarks (what production does)
         self.bin = pg_bin_dir()
-        self.port = _free_port()
+        self.port = free_port()
         self.superuser = "pdata_test"
         self.superuser_password = secrets.token_urlsafe(16)
         self._dir: Path | None = None
