@@ -159,6 +159,10 @@ def catalog_password(cfg: CatalogConfig, secrets: Secrets) -> str | None:
 class RunContext:
     """One run of one clinic: its config, the run's id and what it talks to.
 
+    Its S3 client, Sidexis engine and Orthanc client are looked up once per run (and their
+    secrets read once: a Prefect block is an API call), then kept; :meth:`with_config` gives
+    a context for other settings that looks them up again.
+
     A plain object on purpose: Prefect walks dataclasses and pydantic models it is handed
     as task arguments (for futures); it leaves this one alone."""
 
@@ -175,6 +179,19 @@ class RunContext:
         self.secrets = secrets
         self._catalog = catalog
         self._logger = logger
+        self._made: dict[str, Any] = {}  # what this run looked up, by name
+        self._lock = threading.Lock()
+
+    def with_config(self, config: ClinicConfig) -> RunContext:
+        """The same run (id, secrets, catalog, logger) with other settings."""
+        return RunContext(config, self.run_id, self.secrets, self._catalog, self._logger)
+
+    def _once(self, name: str, make: Callable[[], Any]) -> Any:
+        """``make()``'s answer, asked once per run (threads share it)."""
+        with self._lock:
+            if name not in self._made:
+                self._made[name] = make()
+            return self._made[name]
 
     @property
     def clinic_id(self) -> str:
@@ -218,17 +235,20 @@ class RunContext:
 
     @property
     def s3(self) -> Any:
-        return s3_client(self.config.s3, self.config.transfer, self.secrets)
+        return self._once(
+            "s3", lambda: s3_client(self.config.s3, self.config.transfer, self.secrets)
+        )
 
     @property
     def engine(self) -> Engine:
-        return database_engine(self.config.database, self.secrets)
+        return self._once("engine", lambda: database_engine(self.config.database, self.secrets))
 
     @property
     def orthanc(self) -> OrthancClient | None:
-        if self.config.orthanc is None:
+        orthanc = self.config.orthanc
+        if orthanc is None:
             return None
-        return orthanc_client(self.config.orthanc, self.secrets)
+        return self._once("orthanc", lambda: orthanc_client(orthanc, self.secrets))
 
     def belongs(self, key: str) -> bool:
         """Is this a key this clinic's syncs write?"""

@@ -100,10 +100,8 @@ def run_sync(
     """Sync one clinic: checks, then everything else under the clinic's lock. A run
     refused by the lock returns with ``busy`` set, before any work."""
     if full_run:  # every patient listed in S3, trusting no recent confirmation
-        config = ctx.config
-        ctx.config = config.model_copy(
-            update={"transfer": config.transfer.model_copy(update={"recheck_days": 0})}
-        )
+        transfer = ctx.config.transfer.model_copy(update={"recheck_days": 0})
+        ctx = ctx.with_config(ctx.config.model_copy(update={"transfer": transfer}))
     run = SyncRun(RunSummary(clinic_id=ctx.clinic_id, flow_run_id=ctx.run_id))
     # Configuration problems stop the run here, before any work; an Orthanc that cannot be
     # used does not: S3 is the archive of record (product-rules §12.4)
