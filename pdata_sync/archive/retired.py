@@ -5,7 +5,7 @@ deleted; an upload over an object first keeps the content it replaces the same w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,12 +52,17 @@ def move_to_retired(
 
 
 def copy_to_retired(
-    client: Any, bucket: str, key: str, target: str, retirement: Mapping[str, str]
+    client: Any,
+    bucket: str,
+    key: str,
+    target: str,
+    retirement: Mapping[str, str] | Callable[[str], Mapping[str, str]],
 ) -> str | None:
     """Copy ``key`` to ``target`` (under ``retired/``) with its metadata plus
     ``retirement``, and check the copy holds the same size and SHA-256; the original stays.
-    What an upload over an object keeps of the content it replaces. Returns the ETag of
-    what was copied (which bytes were kept: the caller compares it with the ETag it
+    What an upload over an object keeps of the content it replaces. ``retirement`` may
+    depend on which bytes are copied: a function of their ETag (read before the copy).
+    Returns the ETag of what was copied (the caller compares it with the ETag it
     verified), or None when ``key`` is gone."""
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -65,6 +70,9 @@ def copy_to_retired(
         if s3_code(exc)[1] in ("404", "NoSuchKey"):
             return None
         raise
+    etag = str(head.get("ETag", "")).strip('"')
+    if callable(retirement):
+        retirement = retirement(etag)
     metadata = {**(head.get("Metadata") or {}), **retirement}
     client.copy(
         {"Bucket": bucket, "Key": key},
@@ -83,4 +91,4 @@ def copy_to_retired(
             f"the retired copy of {key} does not match the original (size or sha256); "
             "the original was kept"
         )
-    return str(head.get("ETag", "")).strip('"')
+    return etag

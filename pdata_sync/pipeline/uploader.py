@@ -366,19 +366,23 @@ class BatchUploader:
         else:
             why = KEPT_CHANGED
         target = retired_key(self.config.clinic_id, item.key, at)
-        held = row.etag if row is not None else None
+        held = row.etag.strip('"') if row is not None and row.etag else None
+
+        def reason(etag: str) -> str:
+            # the copy is the archived content only if S3 still held the verified bytes;
+            # bytes changed behind our back are kept all the same, but are not that content
+            return why if held is None or etag == held else KEPT_DRIFT
+
         kept = copy_to_retired(
             self.client,
             self.config.s3.bucket,
             item.key,
             target,
-            retirement_metadata(why, at, self.flow_run_id, item.key),
+            lambda etag: retirement_metadata(reason(etag), at, self.flow_run_id, item.key),
         )
         if kept is not None:
-            # the copy is the archived content only if S3 still held the verified bytes;
-            # bytes changed behind our back are kept all the same, but are not that content
-            same = held is None or kept == held.strip('"')
-            self._kept[item.key] = (target if same else "", why if same else KEPT_DRIFT)
+            same = held is None or kept == held
+            self._kept[item.key] = (target if same else "", reason(kept))
         return self._kept_note(item.key)
 
     def _kept_note(self, key: str) -> str:

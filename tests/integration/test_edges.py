@@ -11,6 +11,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pydicom
+
 from pdata_sync.identity.keys import parse_key
 from pdata_sync.pipeline.plan import NOTE_MEDIA_ROW_VANISHED
 from pdata_sync.source.probe import CARD, FOLDER, NEITHER
@@ -425,3 +427,32 @@ def test_bytes_changed_in_place_with_the_mtime_put_back_are_found(site):
         assert body == before[k.split("/", 3)[3]]  # the old version, byte for byte
         meta = client.head_object(Bucket=BUCKET, Key=k)["Metadata"]
         assert meta["retired-reason"] == KEPT_IN_PLACE
+
+
+def test_bytes_changed_behind_our_back_are_kept_under_their_own_reason(site):
+    """An object overwritten in S3 behind the product's back, then its file changed: the
+    upload keeps what S3 held under retired/, labelled as bytes that were not the verified
+    content, not as the file's previous version."""
+    from pdata_sync.pipeline.uploader import KEPT_DRIFT
+
+    clinic, client = site.clinic, site.client
+    assert site.sync()[0] == 0
+    before = stored_objects(client)
+    entry = next(
+        e for e in clinic.expected if sum(x["path"] == e["path"] for x in clinic.expected) == 1
+    )
+    key = next(k for k in before if f"_{entry['image_id']}_" in k)
+    tampered = b"DICM not what was archived"
+    client.put_object(Bucket=BUCKET, Key=key, Body=tampered)
+    path = Path(clinic.pdata_root, entry["path"])
+    ds = pydicom.dcmread(path)
+    ds.ImageComments = "revised"
+    ds.save_as(path)
+
+    code, summary = site.sync()
+    assert code == 0 and summary["uploaded"] == 1, summary
+    assert stored_objects(client)[key] == path.read_bytes()
+    (kept,) = stored_objects(client, prefix=f"retired/{clinic.clinic_id}/").items()
+    assert kept[1] == tampered
+    meta = client.head_object(Bucket=BUCKET, Key=kept[0])["Metadata"]
+    assert meta["retired-reason"] == KEPT_DRIFT
