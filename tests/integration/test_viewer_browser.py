@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
-from pdata_sync.demo.prefect_server import _free_port
+from pdata_sync.demo.ports import free_port
 from pdata_sync.demo.run import allow_viewer_origin
 from tests.conftest import BUCKET, CLI, clinic_yaml, make_clinic, run_cli
 from tests.kit.s3 import empty_bucket
@@ -194,7 +194,7 @@ def test_view_refuses_a_bucket_whose_cors_does_not_allow_the_viewer(tmp_path, se
     client.put_object(Bucket=BUCKET, Key=f"images/{guid}/c-1_7_x.dcm", Body=path.read_bytes())
     clinic = SimpleNamespace(clinic_id="c-1", pdata_root=str(tmp_path), database_path="x.db")
     config = clinic_yaml(tmp_path / "c.yaml", clinic, "http://127.0.0.1:9/x", seaweed)
-    port = _free_port()
+    port = free_port()
     allow_viewer_origin(client, BUCKET, "https://pacs.example.org")
     try:
         out = run_cli(
