@@ -65,11 +65,17 @@ def task_runs(api_url: str, flow_run_id: str) -> dict[str, int]:
                 offset += 200
 
     # task runs are recorded through the server's event pipeline, shortly after the flow
-    # run ends: read until every one is in a final state (or 60 s have passed)
+    # run ends, and some may not be there yet at the first read (a read of 4 of a run's 11
+    # was seen): read until every one is in a final state and three reads a second apart
+    # agree (or 60 s have passed)
     deadline = time.monotonic() + 60
+    seen: list[dict[str, int]] = []
     while True:
         counts = asyncio.run(read())
-        if set(counts) <= FINAL or time.monotonic() > deadline:
+        seen = [*seen[-2:], counts]
+        if len(seen) == 3 and seen[0] == seen[1] == counts and set(counts) <= FINAL:
+            return counts
+        if time.monotonic() > deadline:
             return counts
         time.sleep(1)
 
