@@ -44,10 +44,10 @@ from _common import (
     servers,
     wait_until_idle,
 )
-from _link import maybe_link
 
 from pdata_sync.demo.resolver_server import ResolverServer
 from pdata_sync.demo.run import write_config
+from tests.kit.link import maybe_link
 
 BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"

@@ -8,6 +8,7 @@ of the same client go through obstore (:mod:`pdata_sync.archive.s3_put`, ADR 001
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from botocore.utils import parse_timestamp
 
 from pdata_sync.archive import s3_put
 from pdata_sync.archive.uploads import PARTS_IN_FLIGHT
+from pdata_sync.base.bandwidth import Bandwidth, Throttle
 from pdata_sync.base.config import S3Config, TransferConfig
 from pdata_sync.base.errors import (
     ConfigError,
@@ -67,8 +69,11 @@ def make_client(
     keys: AwsKeys | None = None,
     *,
     max_pool_connections: int | None = None,
+    bandwidth: Bandwidth | None = None,
 ) -> Any:
-    """A boto3 S3 client for ``cfg``; thread-safe, meant to be shared by a batch's uploads."""
+    """A boto3 S3 client for ``cfg``; thread-safe, meant to be shared by a batch's uploads.
+    ``bandwidth``: the cap its uploads keep to (single PUTs, parts, pictures), one throttle
+    for every thread that shares the client."""
     transfer = transfer or TransferConfig()
     pool = max_pool_connections or max(10, transfer.upload_concurrency * (PARTS_IN_FLIGHT + 1))
     config = Config(
@@ -98,6 +103,7 @@ def make_client(
         timestamp_parser=parse_s3_timestamp
     )
     session = boto3.session.Session(botocore_session=core, **session_kwargs)
+    throttle = Throttle(bandwidth) if bandwidth is not None and bandwidth.capped else None
     client = session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
     s3_put.register(
         client,
@@ -108,13 +114,26 @@ def make_client(
             connect_timeout=transfer.connect_timeout_seconds,
             read_timeout=transfer.read_timeout_seconds,
             session=session,
+            throttle=throttle,
         ),
     )
+    if throttle is not None:  # boto3's uploads: multipart parts (single PUTs: obstore)
+        for operation in ("UploadPart", "PutObject"):
+            client.meta.events.register(
+                f"before-send.s3.{operation}", functools.partial(_paced, throttle)
+            )
     # No "Expect: 100-continue": it costs a round trip per PUT (about half the time of a
     # small upload against a nearby server) to save sending a body S3 would refuse, which
     # for our parts of at most a few MB is the cheaper risk.
     client.meta.events.unregister("before-call.s3", add_expect_header)
     return client
+
+
+def _paced(throttle: Throttle, request: Any, **_: Any) -> None:
+    """Before a body goes out (each attempt): wait for its bytes under the cap."""
+    length = request.headers.get("Content-Length")
+    if length and str(length).isdigit():
+        throttle.take(int(length))
 
 
 def check_bucket(client: Any, bucket: str) -> None:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pdata_sync.base.bandwidth import Throttle
 from pdata_sync.base.errors import ConfigError, s3_code
 from pdata_sync.base.retrying import call_with_retries
 
@@ -54,6 +55,7 @@ class PutSettings:
     connect_timeout: float
     read_timeout: float
     session: Any  # boto3.session.Session: its credentials
+    throttle: Throttle | None = None  # the uploads' bandwidth (pdata_sync.base.bandwidth)
 
 
 NO_CREDENTIALS = (
@@ -176,10 +178,14 @@ def put_object(
     store = store_of(client, bucket)
     attributes: dict[str, str] = {"Content-Type": content_type, **metadata}
 
+    settings = settings_of(client)
+
     def once() -> Any:
+        if settings.throttle is not None:  # every attempt sends the body again
+            settings.throttle.take(len(data))
         return obstore.put(store, key, data, attributes=attributes, use_multipart=False)
 
-    result = call_with_retries(once, max_attempts=settings_of(client).max_attempts)
+    result = call_with_retries(once, max_attempts=settings.max_attempts)
     return str(result.get("e_tag") or "").strip('"')
 
 

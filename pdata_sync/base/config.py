@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import re
 import string
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from pdata_sync.base.bandwidth import Bandwidth, Window, overlapping
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.base.key_template import ambiguity
 from pdata_sync.base.url_secrets import url_secret
@@ -280,8 +283,36 @@ class S3Config(_Model):
         return _block_name(value)
 
 
+class BandwidthWindow(_Model):
+    """From ``from`` to ``to`` (the clinic's time, HH:MM; past midnight allowed), uploads
+    to S3 use at most ``max_upload_mbit``."""
+
+    start: str = Field(alias="from", description="Start, HH:MM in the clinic's time zone.")
+    end: str = Field(alias="to", description="End (excluded), HH:MM; before from: next day.")
+    max_upload_mbit: float = Field(gt=0, le=100_000, description="Cap in this window, Mbit/s.")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        try:
+            parsed = datetime.strptime(value, "%H:%M")
+        except ValueError:
+            raise ValueError(f"{value!r} is not a time of day as HH:MM") from None
+        return parsed.strftime("%H:%M")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> BandwidthWindow:
+        if self.start == self.end:
+            raise ValueError(f"the window from {self.start} to {self.end} is empty")
+        return self
+
+    def window(self) -> Window:
+        start, end = (datetime.strptime(t, "%H:%M").time() for t in (self.start, self.end))
+        return Window(start, end, self.max_upload_mbit)
+
+
 class TransferConfig(_Model):
-    """How hard to push: concurrency, batching, multipart sizes, retries."""
+    """How hard to push: concurrency, batching, multipart sizes, retries, bandwidth."""
 
     batch_size: int = Field(
         500, ge=1, le=5000, description="Images per upload task (one Prefect task run each)."
@@ -316,12 +347,42 @@ class TransferConfig(_Model):
         "bytes changed although their size and mtime did not. 0: off. Each night reads "
         "1/rehash_days of the archive from the share.",
     )
+    max_upload_mbit: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Cap on the uploads to S3 (images, parts, thumbnails), Mbit/s, shared "
+        "by every upload of the run; outside the bandwidth windows. Empty: no cap. Research "
+        "exports and retrieval are not capped.",
+    )
+    bandwidth: tuple[BandwidthWindow, ...] = Field(
+        (),
+        description="A timetable of caps by time of day in the clinic's time zone, e.g. "
+        "[{from: '07:00', to: '19:00', max_upload_mbit: 4}]; windows must not overlap. "
+        "Outside them: max_upload_mbit.",
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache and the default catalog; default "
         "~/.local/state/pdata-sync "
         "(or PDATA_SYNC_STATE_DIR).",
     )
+
+    @model_validator(mode="after")
+    def _one_cap_at_a_time(self) -> TransferConfig:
+        clash = overlapping([w.window() for w in self.bandwidth])
+        if clash:
+            a, b = (f"{w.start:%H:%M}-{w.end:%H:%M}" for w in clash)
+            raise ValueError(f"transfer.bandwidth: the windows {a} and {b} overlap")
+        return self
+
+    def uploads(self, timezone: str | None) -> Bandwidth:
+        """The uploads' bandwidth in the clinic's time zone."""
+        return Bandwidth(self.max_upload_mbit, tuple(w.window() for w in self.bandwidth), timezone)
+
+    def uncapped(self) -> TransferConfig:
+        """These settings without a cap (research exports, retrieval)."""
+        return self.model_copy(update={"max_upload_mbit": None, "bandwidth": ()})
 
 
 class CatalogConfig(_Model):
@@ -451,8 +512,24 @@ class ResearchConfig(_Model):
 class ClinicConfig(_Model):
     """Everything one clinic's sync needs (docs/product-rules.md §6)."""
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (e.g. Europe/Berlin)") from None
+        return value
+
     clinic_id: str = Field(description="Unique id of the clinic; part of every object key.")
     pdata_root: str = Field(description="Path of the Sidexis PDATA share as the worker sees it.")
+    timezone: str | None = Field(
+        None,
+        description="The clinic's time zone (IANA, e.g. Europe/Berlin) for its bandwidth "
+        "windows. Empty: the worker's local time.",
+    )
     database: DatabaseConfig
     resolver: ResolverConfig
     s3: S3Config

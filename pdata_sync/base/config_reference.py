@@ -37,6 +37,15 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _entries_of(annotation: Any) -> type[BaseModel] | None:
+    """The model of each entry when the field is a list of them (``tuple[X, ...]``)."""
+    if typing.get_origin(annotation) in (tuple, list):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return args[0]
+    return None
+
+
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
@@ -56,6 +65,8 @@ def _default(info: FieldInfo) -> str:
     value = info.default
     if value is None:
         return "null"
+    if value == ():
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"`{value}`"
@@ -85,8 +96,13 @@ def _section(model: type[BaseModel], path: str, out: list[str]) -> None:
     for name, info in model.model_fields.items():
         key = info.alias or name
         sub = _model_of(info.annotation)
+        entries = _entries_of(info.annotation)
         description = info.description or ""
-        if sub is not None:
+        if entries is not None:
+            description = f"{description} Each entry: see below."
+            nested.append((entries, f"{path}.{key}" if path else key))
+            kind = "list"
+        elif sub is not None:
             description = description or f"{_cell(sub.__doc__ or '')} See below."
             nested.append((sub, f"{path}.{key}" if path else key))
             kind = "section" + (" or null" if _default(info) == "null" else "")

@@ -104,8 +104,10 @@ _ENGINES: dict[tuple[str, str | None], Engine] = {}
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_client(s3: S3Config, transfer: TransferConfig, keys: AwsKeys | None) -> Any:
-    return make_client(s3, transfer, keys)
+def _s3_client(
+    s3: S3Config, transfer: TransferConfig, keys: AwsKeys | None, timezone: str | None
+) -> Any:
+    return make_client(s3, transfer, keys, bandwidth=transfer.uploads(timezone))
 
 
 @functools.lru_cache(maxsize=16)
@@ -124,9 +126,12 @@ def open_catalog(url: str, password: str | None, new: bool = False) -> Catalog:
         return _CATALOGS[url]
 
 
-def s3_client(s3: S3Config, transfer: TransferConfig | None, secrets: Secrets) -> Any:
-    """The process's S3 client for these settings and credentials (thread-safe)."""
-    return _s3_client(s3, transfer or TransferConfig(), secrets.aws_keys(s3))
+def s3_client(
+    s3: S3Config, transfer: TransferConfig | None, secrets: Secrets, timezone: str | None = None
+) -> Any:
+    """The process's S3 client for these settings and credentials (thread-safe); its
+    uploads keep to the transfer settings' bandwidth in ``timezone`` (the clinic's)."""
+    return _s3_client(s3, transfer or TransferConfig(), secrets.aws_keys(s3), timezone)
 
 
 def orthanc_client(cfg: OrthancConfig, secrets: Secrets) -> OrthancClient:
@@ -236,7 +241,10 @@ class RunContext:
     @property
     def s3(self) -> Any:
         return self._once(
-            "s3", lambda: s3_client(self.config.s3, self.config.transfer, self.secrets)
+            "s3",
+            lambda: s3_client(
+                self.config.s3, self.config.transfer, self.secrets, self.config.timezone
+            ),
         )
 
     @property

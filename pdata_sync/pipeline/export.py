@@ -55,8 +55,9 @@ def research_config(ctx: RunContext) -> ResearchConfig:
 
 
 def research_s3(ctx: RunContext) -> Any:
-    """The S3 client of the research bucket."""
-    return s3_client(research_config(ctx).as_s3(), ctx.config.transfer, ctx.secrets)
+    """The S3 client of the research bucket (not capped: the clinic's cap is for its
+    archive's uploads)."""
+    return s3_client(research_config(ctx).as_s3(), ctx.config.transfer.uncapped(), ctx.secrets)
 
 
 def project_key(ctx: RunContext, project: str) -> ProjectKey:

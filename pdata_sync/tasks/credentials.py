@@ -77,9 +77,12 @@ def orthanc_client(cfg: OrthancConfig) -> OrthancClient:
     return context.orthanc_client(cfg, PREFECT_SECRETS)
 
 
-def s3_client(s3: S3Config, transfer: TransferConfig | None = None) -> Any:
-    """The process's S3 client for these settings (pdata_sync.pipeline.context)."""
-    return context.s3_client(s3, transfer, PREFECT_SECRETS)
+def s3_client(
+    s3: S3Config, transfer: TransferConfig | None = None, timezone: str | None = None
+) -> Any:
+    """The process's S3 client for these settings (pdata_sync.pipeline.context); its
+    uploads keep to ``transfer``'s bandwidth in ``timezone``."""
+    return context.s3_client(s3, transfer, PREFECT_SECRETS, timezone)
 
 
 def save_aws_block(

@@ -1,9 +1,10 @@
-"""A shaped link for benchmarks: a TCP relay on 127.0.0.1 in front of the S3 server that
-behaves like a clinic's uplink to the cloud - a round-trip time, and an upload bandwidth
-shared by every connection (as one uplink is).
+"""A shaped link for tests and benchmarks: a TCP relay on 127.0.0.1 in front of the S3
+server that behaves like a clinic's uplink to the cloud - a round-trip time, and an upload
+bandwidth shared by every connection (as one uplink is). It records when each chunk went
+up (:attr:`ShapedLink.sent`), so a test can measure the rate a client kept to.
 
-Used by ``compare_tools.py --link RTT_MS:UP_MBIT``: on loopback the client's CPU decides
-the race; on a link, the link does, as in production.
+Used by ``compare_tools.py --link RTT_MS:UP_MBIT`` (on loopback the client's CPU decides
+the race; on a link, the link does, as in production) and by the bandwidth tests.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 CHUNK = 64 * 1024
@@ -37,6 +39,7 @@ async def _pump(
     writer: asyncio.StreamWriter,
     one_way: float,
     bucket: _Bucket | None,
+    sent: list[tuple[float, int]] | None = None,
 ) -> None:
     """Copy ``reader`` to ``writer``: each chunk leaves ``one_way`` seconds after it came
     in (after its turn in ``bucket``), in order."""
@@ -55,6 +58,8 @@ async def _pump(
                 return
             writer.write(data)
             await writer.drain()
+            if sent is not None:
+                sent.append((time.monotonic(), len(data)))
 
     sender = asyncio.create_task(deliver())
     try:
@@ -78,6 +83,7 @@ class ShapedLink:
         self.one_way = rtt_ms / 2000
         self.up = _Bucket(up_mbit * 1e6 / 8)
         self.port = 0
+        self.sent: list[tuple[float, int]] = []  # (time.monotonic(), bytes) of each chunk up
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shaped-link", daemon=True)
@@ -93,7 +99,7 @@ class ShapedLink:
             writer.close()
             return
         await asyncio.gather(
-            _pump(reader, up_writer, self.one_way, self.up),
+            _pump(reader, up_writer, self.one_way, self.up, self.sent),
             _pump(up_reader, writer, self.one_way, None),
         )
         for w in (writer, up_writer):
@@ -129,3 +135,9 @@ def maybe_link(endpoint: str, spec: str | None) -> Iterator[str]:
     host, port = endpoint.removeprefix("http://").rsplit(":", 1)
     with ShapedLink(host, int(port), rtt_ms=rtt, up_mbit=mbit) as link:
         yield link.url
+
+
+def rate_mbit(sent: list[tuple[float, int]], start: float, end: float) -> float:
+    """Mbit/s of the chunks that went up between ``start`` and ``end`` (monotonic)."""
+    total = sum(n for at, n in sent if start <= at < end)
+    return total * 8 / 1e6 / (end - start)

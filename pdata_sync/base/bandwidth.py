@@ -1,0 +1,109 @@
+"""A clinic's upload bandwidth: a cap, a timetable of caps by time of day in the clinic's
+time zone, and the one throttle of a process that every upload thread and multipart part
+takes its bytes from (docs/bandwidth.md).
+
+The throttle paces requests: before a body goes out it takes as many bytes from a token
+bucket as the body holds, waiting while the bucket is ahead of the rate of that moment.
+Over any window longer than a few bodies the bytes sent stay at the cap; a single body
+still goes at the link's speed (a part of 8 MB on a 40 Mbit/s link: 1.6 s), so the
+granularity is one object or part per upload thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo
+
+MBIT = 1_000_000 / 8  # bytes per second in one Mbit/s
+
+
+@dataclass(frozen=True)
+class Window:
+    """From ``start`` to ``end`` (clinic time, ``end`` excluded; a window may run past
+    midnight), uploads at most ``mbit`` Mbit/s."""
+
+    start: clock_time
+    end: clock_time
+    mbit: float
+
+    def holds(self, at: clock_time) -> bool:
+        if self.start < self.end:
+            return self.start <= at < self.end
+        return at >= self.start or at < self.end  # past midnight
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """The cap in force at any moment: the window's that holds it, else ``default_mbit``
+    (None: no cap)."""
+
+    default_mbit: float | None = None
+    windows: tuple[Window, ...] = ()
+    timezone: str | None = None  # IANA name; None: the worker's local time
+
+    @property
+    def capped(self) -> bool:
+        return self.default_mbit is not None or bool(self.windows)
+
+    def mbit_at(self, at: datetime) -> float | None:
+        """The cap (Mbit/s) at ``at`` (an aware datetime), None for none."""
+        local = at.astimezone(ZoneInfo(self.timezone)) if self.timezone else at.astimezone()
+        moment = local.time()
+        for window in self.windows:
+            if window.holds(moment):
+                return window.mbit
+        return self.default_mbit
+
+
+def overlapping(windows: Sequence[Window]) -> tuple[Window, Window] | None:
+    """Two windows that share a minute, if any (a timetable must say one cap per moment)."""
+    minutes = {}
+    for window in windows:
+        for minute in range(24 * 60):
+            at = clock_time(minute // 60, minute % 60)
+            if window.holds(at):
+                if minute in minutes:
+                    return minutes[minute], window
+                minutes[minute] = window
+    return None
+
+
+class Throttle:
+    """One process's upload pace for one bandwidth setting: :meth:`take` returns when
+    ``n`` more bytes fit under the cap of this moment. Thread-safe; the cap is read again
+    at every take, so a timetable that switches during a run changes the pace at once."""
+
+    def __init__(
+        self,
+        bandwidth: Bandwidth,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.bandwidth = bandwidth
+        self._monotonic = monotonic
+        self._wall = wall
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_free = 0.0  # when the bytes taken so far have gone out at the cap
+        self.taken = 0  # bytes, for reports
+
+    def take(self, n: int) -> None:
+        mbit = self.bandwidth.mbit_at(self._wall())
+        with self._lock:
+            self.taken += n
+            if mbit is None:
+                self._next_free = 0.0
+                return
+            now = self._monotonic()
+            start = max(now, self._next_free)
+            self._next_free = start + n / (mbit * MBIT)
+            wait = start - now
+        if wait > 0:
+            self._sleep(wait)
