@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import time as clock_time
 from zoneinfo import ZoneInfo
 
@@ -58,6 +58,17 @@ class Bandwidth:
             if window.holds(moment):
                 return window.mbit
         return self.default_mbit
+
+
+def window_end(start: datetime, stop_at: clock_time, timezone: str | None) -> datetime:
+    """The first ``stop_at`` (clinic time) after ``start``: when a run that started then
+    must stop starting uploads."""
+    zone = ZoneInfo(timezone) if timezone else None
+    local = start.astimezone(zone) if zone else start.astimezone()
+    end = local.replace(hour=stop_at.hour, minute=stop_at.minute, second=0, microsecond=0)
+    if end <= local:
+        end += timedelta(days=1)
+    return end
 
 
 def overlapping(windows: Sequence[Window]) -> tuple[Window, Window] | None:

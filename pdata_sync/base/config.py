@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from pdata_sync.base.bandwidth import Bandwidth, Window, overlapping
+from pdata_sync.base.bandwidth import Bandwidth, Window, overlapping, window_end
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.base.key_template import ambiguity
 from pdata_sync.base.url_secrets import url_secret
@@ -361,12 +361,29 @@ class TransferConfig(_Model):
         "[{from: '07:00', to: '19:00', max_upload_mbit: 4}]; windows must not overlap. "
         "Outside them: max_upload_mbit.",
     )
+    stop_at: str | None = Field(
+        None,
+        description="The end of the run's window, HH:MM in the clinic's time zone: past it a "
+        "run starts no new upload, finishes the ones in flight, records what it did and ends "
+        "Completed with what is left; the next run goes on from there. Empty: no end.",
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache and the default catalog; default "
         "~/.local/state/pdata-sync "
         "(or PDATA_SYNC_STATE_DIR).",
     )
+
+    @field_validator("stop_at")
+    @classmethod
+    def _stop_hhmm(cls, value: str | None) -> str | None:
+        return None if value is None else BandwidthWindow._hhmm(value)
+
+    def deadline(self, start: datetime, timezone: str | None) -> datetime | None:
+        """When a run that started at ``start`` must stop starting uploads (``stop_at``)."""
+        if self.stop_at is None:
+            return None
+        return window_end(start, datetime.strptime(self.stop_at, "%H:%M").time(), timezone)
 
     @model_validator(mode="after")
     def _one_cap_at_a_time(self) -> TransferConfig:

@@ -131,6 +131,8 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
         )
     elif summary.get("full_reason"):
         print(f"  full run: {summary['full_reason']}", file=out)
+    if summary.get("window_ended"):
+        print(f"  {summary['window_ended']}; the next run goes on from there", file=out)
     for reason, count in summary["skipped"].items():
         print(f"  skipped {count:>6}  {reason}", file=out)
     for label in ("rejected", "failed"):

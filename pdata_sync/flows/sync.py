@@ -184,4 +184,6 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False, new_catalog: bool 
                 f"{len(result['orthanc']['failed'])} image(s) not stored in Orthanc (in S3)"
             )
         return Failed(message="; ".join(failures), data=result)
+    if run.summary.window_ended:  # not a failure: the next run goes on from here
+        return Completed(message=run.summary.window_ended, data=result)
     return Completed(message="all images synced", data=result)

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,11 +186,14 @@ class RunContext:
         self._catalog = catalog
         self._logger = logger
         self._made: dict[str, Any] = {}  # what this run looked up, by name
+        self.deadline: datetime | None = None  # past it, no upload starts (transfer.stop_at)
         self._lock = threading.Lock()
 
     def with_config(self, config: ClinicConfig) -> RunContext:
         """The same run (id, secrets, catalog, logger) with other settings."""
-        return RunContext(config, self.run_id, self.secrets, self._catalog, self._logger)
+        ctx = RunContext(config, self.run_id, self.secrets, self._catalog, self._logger)
+        ctx.deadline = self.deadline
+        return ctx
 
     def _once(self, name: str, make: Callable[[], Any]) -> Any:
         """``make()``'s answer, asked once per run (threads share it)."""

@@ -22,7 +22,7 @@ from pdata_sync.orthanc.store import (
 )
 from pdata_sync.pipeline.recheck import Recheck
 from pdata_sync.pipeline.retirement import RetireReport
-from pdata_sync.pipeline.uploader import FAILED, REJECTED, UNCHANGED, UPLOADED, Outcome
+from pdata_sync.pipeline.uploader import FAILED, LEFT, REJECTED, UNCHANGED, UPLOADED, Outcome
 from pdata_sync.source.pdata import Problem
 
 # Task runs of a sync besides its upload-batch runs: check-source, check-destinations,
@@ -103,6 +103,8 @@ class BatchReport:
     thumbnails_not_made: tuple[Problem, ...] = ()
     orthanc: OrthancCounts | None = None  # None: the clinic has no Orthanc
     header_patient_id_empty: int = 0  # files read whose PatientID is empty (accepted)
+    left: int = 0  # not started: the run's window ended
+    bytes_left: int = 0
 
     @classmethod
     def of(
@@ -124,6 +126,8 @@ class BatchReport:
                 Problem(o.path, o.thumbnail) for o in outcomes if o.thumbnail not in ("", "made")
             ),
             header_patient_id_empty=len({o.path for o in outcomes if o.header_id_empty}),
+            left=sum(o.status == LEFT for o in outcomes),
+            bytes_left=sum(o.bytes for o in outcomes if o.status == LEFT),
         )
 
 
@@ -142,6 +146,9 @@ class RunSummary:
     unchanged: int = 0
     unchanged_by_catalog: int = 0  # of unchanged: vouched for by the catalog, S3 not asked
     bytes_uploaded: int = 0
+    left: int = 0  # images not started before the run's window ended (transfer.stop_at)
+    bytes_left: int = 0
+    window_ended: str = ""  # "stopped at the end of its window: ...", when it did
     batches: int = 0
     resolver_calls: int = 0
     resolver_cache_hits: int = 0
@@ -187,6 +194,8 @@ class RunSummary:
         self.notes.extend(report.notes)
         self.thumbnails_made += report.thumbnails_made
         self.header_patient_id_empty += report.header_patient_id_empty
+        self.left += report.left
+        self.bytes_left += report.bytes_left
         self.thumbnails_not_made.extend(report.thumbnails_not_made)
         if report.orthanc is not None:
             if self.orthanc is None:
@@ -237,6 +246,8 @@ class RunSummary:
             "unchanged": self.unchanged,
             "unchanged_by_catalog": self.unchanged_by_catalog,
             "bytes_uploaded": self.bytes_uploaded,
+            "left": {"images": self.left, "bytes": self.bytes_left},
+            "window_ended": self.window_ended,
             "batches": self.batches,
             "resolver_calls": self.resolver_calls,
             "resolver_cache_hits": self.resolver_cache_hits,

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pdata_sync.base.errors import ClinicBusyError, describe
@@ -102,6 +103,7 @@ def run_sync(
     if full_run:  # every patient listed in S3, trusting no recent confirmation
         transfer = ctx.config.transfer.model_copy(update={"recheck_days": 0})
         ctx = ctx.with_config(ctx.config.model_copy(update={"transfer": transfer}))
+    ctx.deadline = ctx.config.transfer.deadline(now(), ctx.config.timezone)
     run = SyncRun(RunSummary(clinic_id=ctx.clinic_id, flow_run_id=ctx.run_id))
     # Configuration problems stop the run here, before any work; an Orthanc that cannot be
     # used does not: S3 is the archive of record (product-rules §12.4)
@@ -231,6 +233,13 @@ def _sync(
     fatal = _upload(runner, ctx, run, batches, full_run, recheck.changed)
     if fatal:
         return fatal
+    if summary.left:  # the window ended: retirement and the marks wait for a whole run
+        summary.window_ended = run.stopped = (
+            f"stopped at the end of its window: {summary.left} images "
+            f"({summary.bytes_left / 1e6:,.1f} MB) left"
+        )
+        ctx.log.warning("clinic %s: %s", config.clinic_id, summary.window_ended)
+        return None
 
     # what no longer belongs leaves images/, only after this run's uploads are verified
     view = source_view(
@@ -274,6 +283,13 @@ def _upload(
     in_flight: list[Any] = []
     done, fatal = 0, None
     while (queue and not fatal) or in_flight:
+        if queue and ctx.deadline is not None and now() >= ctx.deadline:
+            _leave(ctx, run.summary, [image for _, batch in queue for image in batch])
+            done += len(queue)
+            queue.clear()
+            runner.batch_done(done, len(batches))
+            if not in_flight:
+                break
         while queue and not fatal and len(in_flight) < ctx.config.transfer.parallel_batches:
             index, batch = queue.pop(0)
             name = batch_task_name(index, len(batches))
@@ -292,6 +308,16 @@ def _upload(
     if not batches:
         runner.batch_done(0, 0)
     return fatal
+
+
+def _leave(ctx: RunContext, summary: RunSummary, images: list[Any]) -> None:
+    """Count what a run whose window ended did not start: the images, and their files'
+    bytes as they are now (a file gone counts none)."""
+    root = Path(ctx.config.pdata_root)
+    summary.left += len(images)
+    for image in images:
+        with contextlib.suppress(OSError):
+            summary.bytes_left += (root / image.rel_path).stat().st_size
 
 
 def run_verify(runner: Runner, ctx: RunContext) -> tuple[Drift | None, ClinicBusyError | None]:

@@ -378,7 +378,7 @@ def upload_batch(
     run compares each file's ctime and inode too; ``reread``: paths the rolling content
     check found changed, read whatever the catalog says."""
     check = FileCheck(strict=full_run, reread=reread)
-    uploader = BatchUploader(ctx.config, ctx.s3, ctx.images(), ctx.run_id, check)
+    uploader = BatchUploader(ctx.config, ctx.s3, ctx.images(), ctx.run_id, check, ctx.deadline)
     outcomes = uploader.upload_batch(batch)
     in_orthanc = None
     if ctx.config.orthanc is not None and not uploader.fatal:

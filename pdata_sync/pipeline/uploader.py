@@ -81,6 +81,8 @@ UPLOADED = "uploaded"  # sent, and S3 confirmed what it stores: the row is verif
 UNCHANGED = "unchanged"
 REJECTED = "rejected"
 FAILED = "failed"
+LEFT = "left"  # not started: the run's window ended (transfer.stop_at); the next run goes on
+LEFT_REASON = "not started: the run's window ended"
 
 _STABLE_READ_TRIES = 3
 # why an upload kept the object it replaced (retired/...; product-rules §3.5)
@@ -96,7 +98,7 @@ SOURCE_CHANGE_PAUSE = 0.5  # seconds, times the attempt number
 class Outcome:
     """What happened to one planned image."""
 
-    status: str  # uploaded | unchanged | rejected | failed
+    status: str  # uploaded | unchanged | rejected | failed | left
     path: str
     key: str
     reason: str = ""
@@ -259,8 +261,10 @@ class BatchUploader:
         images: ClinicImages | None = None,
         flow_run_id: str | None = None,
         check: FileCheck = LENIENT,
+        deadline: datetime | None = None,
     ):
         self.config = config
+        self.deadline = deadline  # past it, no upload starts (transfer.stop_at)
         self.client = client
         self.images = images  # the clinic's rows in this destination
         self.flow_run_id = flow_run_id
@@ -676,6 +680,9 @@ class BatchUploader:
             return Outcome(FAILED, path, key, reason=batch.unrecorded[key])
         if self.fatal:
             return Outcome(FAILED, path, key, reason=f"not attempted: {self.fatal}", fatal=True)
+        if self.deadline is not None and now() >= self.deadline:
+            st = batch.stats.get(key)
+            return Outcome(LEFT, path, key, reason=LEFT_REASON, bytes=st.st_size if st else 0)
         if key in plan.unlisted:
             listing = plan.unlisted[key]
             if classify(listing) is ErrorKind.CONFIG:
@@ -713,9 +720,9 @@ class BatchUploader:
         return done
 
     def _release_rejected(self, outcomes: list[Outcome]) -> None:
-        """Bad input: the pending row gets back the state it had (a drifted row stays
-        drifted)."""
-        rejected = [o.key for o in outcomes if o.status == REJECTED]
+        """Bad input, or not started before the window ended: the pending row gets back the
+        state it had (a drifted row stays drifted)."""
+        rejected = [o.key for o in outcomes if o.status in (REJECTED, LEFT)]
         if self.images is not None and rejected:
             try:
                 self.images.release(rejected, self.flow_run_id)

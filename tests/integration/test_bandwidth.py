@@ -75,3 +75,59 @@ def test_a_timetable_that_switches_during_a_run_changes_the_rate(make_site, seaw
         print(f"before the window {before:.1f} Mbit/s, in it {after:.2f} Mbit/s")
         assert before > 12, f"{before:.1f} Mbit/s before the window"
         assert abs(after - 4) <= 0.4, f"{after:.2f} Mbit/s in the window capped at 4"
+
+
+def wait_for_a_minute_to_begin_in(seconds: float) -> datetime:
+    """Sleep until the next whole minute (UTC) is ``seconds`` away; returns that minute."""
+    now = datetime.now(UTC)
+    switch = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (switch - now).total_seconds() < seconds + 3:
+        switch += timedelta(minutes=1)
+    time.sleep(max(0.0, (switch - datetime.now(UTC)).total_seconds() - seconds))
+    return switch
+
+
+def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make_site, seaweed):
+    """Past stop_at a run starts no upload, finishes those in flight, reports what is left
+    and ends Completed (exit 0), with no multipart upload open and no catalog row claiming
+    what S3 lacks; the next run leaves the bucket as one whole run would."""
+    import sqlalchemy as sa
+
+    with link_to(seaweed) as link:
+        # the run must start before stop_at (one that starts after it runs until the next
+        # day's), and be uploading when it comes: about 24 s of uploads at 4 Mbit/s
+        switch = wait_for_a_minute_to_begin_in(20)
+        site = make_site(
+            endpoint=link.url,
+            transfer={"max_upload_mbit": 4, "stop_at": f"{switch:%H:%M}", "batch_size": 10},
+            settings={"timezone": "UTC"},
+            patients=20,
+            scale=0.6,
+        )
+        code, first = site.sync()
+        assert code == 0, first
+        left = first["left"]["images"]
+        assert 0 < left < len(site.clinic.expected), first["left"]
+        assert first["left"]["bytes"] > 0
+        assert first["window_ended"].startswith(f"stopped at the end of its window: {left} ")
+        assert first["failed"] == []
+        client = site.client
+        assert client.list_multipart_uploads(Bucket="dental-images").get("Uploads", []) == []
+        engine = sa.create_engine(f"sqlite:///{site.tmp_path / 'state' / 'catalog.sqlite'}")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT key, state, etag FROM images")).all()
+        engine.dispose()
+        stored = {
+            o["Key"]: o["ETag"].strip('"')
+            for o in client.list_objects_v2(Bucket="dental-images").get("Contents", [])
+        }
+        for key, state, etag in rows:
+            assert state in ("verified", "accepted", "retired") or key not in stored, state
+            if state == "verified":
+                assert stored.get(key) == etag, f"{key} recorded verified, S3 holds no such"
+        assert not [r for r in rows if r.state == "pending"]
+
+        code, second = site.sync()
+        assert code == 0 and second["window_ended"] == "", second
+        assert second["uploaded"] == left
+    assert_exactly_expected(site.client, site.clinic)

@@ -106,3 +106,28 @@ def test_the_clinics_time_zone_must_be_one():
     assert ClinicConfig.model_validate({**base, "timezone": "Europe/Berlin"}).timezone
     with pytest.raises(ValidationError, match="is not a time zone name"):
         ClinicConfig.model_validate({**base, "timezone": "Mars/Olympus"})
+
+
+def test_a_window_ends_at_the_first_stop_at_after_the_run_started():
+    from pdata_sync.base.bandwidth import window_end
+
+    # a nightly run from 19:00 Berlin stops at 06:30 there the next morning
+    start = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)  # 19:00 in Berlin
+    assert window_end(start, time(6, 30), "Europe/Berlin") == datetime(
+        2026, 12, 8, 5, 30, tzinfo=UTC
+    )
+    # across the change to summer time, 06:30 is still 06:30 on the clinic's clock
+    spring = datetime(2027, 3, 27, 18, 0, tzinfo=UTC)
+    assert window_end(spring, time(6, 30), "Europe/Berlin") == datetime(
+        2027, 3, 28, 4, 30, tzinfo=UTC
+    )
+    # a run that starts after stop_at runs until the next day's (the timetable caps its day)
+    late = datetime(2026, 12, 8, 5, 31, tzinfo=UTC)
+    assert window_end(late, time(6, 30), "Europe/Berlin") == datetime(
+        2026, 12, 9, 5, 30, tzinfo=UTC
+    )
+    transfer = TransferConfig.model_validate({"stop_at": "6:30"})
+    assert transfer.stop_at == "06:30"
+    assert TransferConfig().deadline(start, None) is None
+    with pytest.raises(ValidationError, match="is not a time of day as HH:MM"):
+        TransferConfig.model_validate({"stop_at": "half past six"})
