@@ -133,6 +133,13 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
         print(f"  full run: {summary['full_reason']}", file=out)
     if summary.get("window_ended"):
         print(f"  {summary['window_ended']}; the next run goes on from there", file=out)
+        rate, runs = summary.get("rate"), summary.get("runs_left")
+        if rate and runs:
+            print(
+                f"  this run: {rate['mbit_per_s']} Mbit/s, {rate['images_per_s']} images/s; "
+                f"about {runs} more run(s) like it for what is left",
+                file=out,
+            )
     for reason, count in summary["skipped"].items():
         print(f"  skipped {count:>6}  {reason}", file=out)
     for label in ("rejected", "failed"):

@@ -149,6 +149,7 @@ class RunSummary:
     left: int = 0  # images not started before the run's window ended (transfer.stop_at)
     bytes_left: int = 0
     window_ended: str = ""  # "stopped at the end of its window: ...", when it did
+    upload_seconds: float = 0.0  # from the first batch submitted to the last one done
     batches: int = 0
     resolver_calls: int = 0
     resolver_cache_hits: int = 0
@@ -202,6 +203,27 @@ class RunSummary:
                 self.orthanc = OrthancCounts()
             self.orthanc.add(report.orthanc)
 
+    def backlog(self) -> dict[str, Any]:
+        """Where a backfill stands after this run: what is not archived yet (the images left
+        at the window's end and those that failed; bytes: of those left), the rate this run
+        achieved, and how many more runs like it the images left need at that rate."""
+        seconds = self.upload_seconds
+        rate = None
+        if seconds > 0 and self.uploaded:
+            rate = {
+                "mbit_per_s": round(self.bytes_uploaded * 8 / 1e6 / seconds, 2),
+                "images_per_s": round(self.uploaded / seconds, 2),
+            }
+        runs_left = -(-self.bytes_left // self.bytes_uploaded) if self.bytes_uploaded else None
+        return {
+            "backlog": {
+                "images": self.left + len({p.path for p in self.failed}),
+                "bytes": self.bytes_left,
+            },
+            "rate": rate,
+            "runs_left": runs_left if self.left else 0,
+        }
+
     def outcomes(self) -> dict[str, list[dict[str, str]]]:
         """``failed``, ``rejected`` and ``notes``, each path under one of them only: a path
         that failed is not also rejected, and one that failed or was rejected has no note
@@ -247,6 +269,7 @@ class RunSummary:
             "unchanged_by_catalog": self.unchanged_by_catalog,
             "bytes_uploaded": self.bytes_uploaded,
             "left": {"images": self.left, "bytes": self.bytes_left},
+            **self.backlog(),
             "window_ended": self.window_ended,
             "batches": self.batches,
             "resolver_calls": self.resolver_calls,

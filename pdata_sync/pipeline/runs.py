@@ -13,6 +13,7 @@ artifacts (pdata_sync.flows.sync).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -279,6 +280,7 @@ def _upload(
     """The batches, at most ``transfer.parallel_batches`` in flight; a wrong set-up (access
     denied, bucket gone) fails every image alike, so none is started after one says so."""
     runner.batches_planned(ctx, len(batches))
+    started = time.monotonic()
     queue = list(enumerate(batches, start=1))
     in_flight: list[Any] = []
     done, fatal = 0, None
@@ -307,6 +309,7 @@ def _upload(
         runner.batch_done(done, len(batches))
     if not batches:
         runner.batch_done(0, 0)
+    run.summary.upload_seconds = time.monotonic() - started
     return fatal
 
 

@@ -111,6 +111,10 @@ def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make
         assert first["left"]["bytes"] > 0
         assert first["window_ended"].startswith(f"stopped at the end of its window: {left} ")
         assert first["failed"] == []
+        # where the backfill stands: what is left, the rate achieved, the runs still needed
+        assert first["backlog"] == {"images": left, "bytes": first["left"]["bytes"]}
+        assert 3.2 <= first["rate"]["mbit_per_s"] <= 4.4, first["rate"]
+        assert first["runs_left"] >= 1
         client = site.client
         assert client.list_multipart_uploads(Bucket="dental-images").get("Uploads", []) == []
         engine = sa.create_engine(f"sqlite:///{site.tmp_path / 'state' / 'catalog.sqlite'}")
@@ -130,4 +134,5 @@ def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make
         code, second = site.sync()
         assert code == 0 and second["window_ended"] == "", second
         assert second["uploaded"] == left
+        assert second["backlog"] == {"images": 0, "bytes": 0} and second["runs_left"] == 0
     assert_exactly_expected(site.client, site.clinic)
