@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import string
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -283,6 +283,20 @@ class S3Config(_Model):
         return _block_name(value)
 
 
+def _time_of_day(value: str) -> str:
+    """``value`` as HH:MM (``6:30`` -> ``06:30``), or a ValueError naming it."""
+    try:
+        parsed = datetime.strptime(value, "%H:%M")
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time of day as HH:MM") from None
+    return parsed.strftime("%H:%M")
+
+
+def _clock(value: str) -> time:
+    """An HH:MM setting (checked by :func:`_time_of_day`) as a time of day."""
+    return datetime.strptime(value, "%H:%M").time()
+
+
 class BandwidthWindow(_Model):
     """From ``from`` to ``to`` (the clinic's time, HH:MM; past midnight allowed), uploads
     to S3 use at most ``max_upload_mbit``."""
@@ -294,11 +308,7 @@ class BandwidthWindow(_Model):
     @field_validator("start", "end")
     @classmethod
     def _hhmm(cls, value: str) -> str:
-        try:
-            parsed = datetime.strptime(value, "%H:%M")
-        except ValueError:
-            raise ValueError(f"{value!r} is not a time of day as HH:MM") from None
-        return parsed.strftime("%H:%M")
+        return _time_of_day(value)
 
     @model_validator(mode="after")
     def _not_empty(self) -> BandwidthWindow:
@@ -307,8 +317,7 @@ class BandwidthWindow(_Model):
         return self
 
     def window(self) -> Window:
-        start, end = (datetime.strptime(t, "%H:%M").time() for t in (self.start, self.end))
-        return Window(start, end, self.max_upload_mbit)
+        return Window(_clock(self.start), _clock(self.end), self.max_upload_mbit)
 
 
 class TransferConfig(_Model):
@@ -377,13 +386,13 @@ class TransferConfig(_Model):
     @field_validator("stop_at")
     @classmethod
     def _stop_hhmm(cls, value: str | None) -> str | None:
-        return None if value is None else BandwidthWindow._hhmm(value)
+        return None if value is None else _time_of_day(value)
 
     def deadline(self, start: datetime, timezone: str | None) -> datetime | None:
         """When a run that started at ``start`` must stop starting uploads (``stop_at``)."""
         if self.stop_at is None:
             return None
-        return window_end(start, datetime.strptime(self.stop_at, "%H:%M").time(), timezone)
+        return window_end(start, _clock(self.stop_at), timezone)
 
     @model_validator(mode="after")
     def _one_cap_at_a_time(self) -> TransferConfig:

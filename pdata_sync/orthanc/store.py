@@ -110,29 +110,31 @@ class OrthancBatch:
             raise ValueError("neither the file nor the S3 object has the verified content")
         return data
 
-    def _holds(self, answer: OrthancInstance, data: bytes) -> bool:
-        """Whether the instance Orthanc answered with holds exactly ``data``."""
+    def _holds(self, answer: OrthancInstance, sha256: str) -> bool:
+        """Whether the instance Orthanc answered with holds exactly the content whose
+        SHA-256 (hex) is ``sha256``."""
         if answer.status == SUCCESS:
             return True
         assert self.client is not None
         held = self.client.file(answer.instance_id)
-        return held is not None and hashlib.sha256(held).digest() == hashlib.sha256(data).digest()
+        return held is not None and hashlib.sha256(held).hexdigest() == sha256
 
     def _store(
-        self, data: bytes, earlier: OrthancRow | None, deleted: list[str]
+        self, data: bytes, sha256: str, earlier: OrthancRow | None, deleted: list[str]
     ) -> OrthancInstance:
-        """Store ``data`` so that Orthanc holds exactly it (see the module's docstring);
-        the id of an instance deleted on the way goes into ``deleted``."""
+        """Store ``data`` (its SHA-256: ``sha256``, checked by :meth:`_content`) so that
+        Orthanc holds exactly it (see the module's docstring); the id of an instance
+        deleted on the way goes into ``deleted``."""
         assert self.client is not None
         answer = self.client.store(data)
-        if self._holds(answer, data):
+        if self._holds(answer, sha256):
             return answer
         if earlier is None or earlier.instance_id != answer.instance_id:
             raise OrthancRejected(OTHER_CONTENT)
         if self.client.delete(answer.instance_id):  # our own earlier content of this image
             deleted.append(answer.instance_id)
         answer = self.client.store(data)
-        if not self._holds(answer, data):
+        if not self._holds(answer, sha256):
             raise PermanentError("Orthanc kept other content under this SOP Instance UID")
         return answer
 
@@ -152,7 +154,7 @@ class OrthancBatch:
             return OrthancOutcome(image.key, image.rel_path, O_FAILED, reason), None
         deleted: list[str] = []
         try:
-            answer = self._store(data, earlier, deleted)
+            answer = self._store(data, image.sha256, earlier, deleted)
         except Exception as exc:  # noqa: BLE001 - every error becomes this image's outcome
             kind = classify(exc)
             if kind is ErrorKind.BAD_INPUT:
