@@ -13,7 +13,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pdata_sync.viewer.render import THUMBNAIL_MAX_SIDE, RenderError, render
+from pdata_sync.viewer.render import (
+    THUMBNAIL_MAX_SIDE,
+    RenderError,
+    _native_frame,
+    render,
+    stride_for,
+)
 
 CORPUS = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
 
@@ -173,3 +179,50 @@ def test_declared_size_beyond_the_limit_is_refused_before_decoding():
     ds.save_as(out)
     with pytest.raises(RenderError, match="too large"):
         render(out.getvalue())
+
+
+# The strided read of uncompressed pixel data must give exactly what pydicom decodes.
+NATIVE = ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "MR_small.dcm"]
+
+
+@pytest.mark.parametrize("name", NATIVE)
+@pytest.mark.parametrize("step", [1, 3])
+def test_strided_read_equals_pydicom_decode(name, step):
+    ds = pydicom.dcmread(io.BytesIO(corpus(name)))
+    fast = _native_frame(ds, step)
+    assert fast is not None, "an uncompressed monochrome file takes the strided read"
+    np.testing.assert_array_equal(fast, ds.pixel_array[::step, ::step])
+
+
+@pytest.mark.parametrize(
+    "allocated,stored,signed",
+    [(16, 12, 0), (16, 12, 1), (16, 16, 1), (8, 8, 0), (8, 6, 1), (16, 10, 0)],
+)
+def test_strided_read_masks_and_sign_extends_like_pydicom(allocated, stored, signed):
+    # every bit pattern, high bits above BitsStored included (overlays or junk live there)
+    rng = np.random.default_rng(allocated * 100 + stored)
+    raw = rng.integers(0, 1 << allocated, size=(40, 60), dtype=np.uint32)
+    ds = pydicom.dcmread(io.BytesIO(synthetic(raw.astype("<u2"))))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+    ds.PixelRepresentation = signed
+    ds.PixelData = raw.astype(f"<u{allocated // 8}").tobytes()
+    fast = _native_frame(ds, 1)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, ds.pixel_array)
+
+
+def test_compressed_or_colour_files_are_left_to_pydicom():
+    for name in ("MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm", "examples_palette.dcm"):
+        assert _native_frame(pydicom.dcmread(io.BytesIO(corpus(name))), 1) is None, name
+
+
+def test_a_large_uncompressed_image_is_drawn_from_every_nth_pixel():
+    # 1,500 x 3,000 (a panoramic): rows kept at a stride of 5, then shrunk to 256 x 128;
+    # a half-black, half-white image stays so
+    big = np.zeros((1500, 3000), dtype=np.uint16)
+    big[:, 1500:] = 4095
+    out = np.asarray(Image.open(io.BytesIO(render(synthetic(big), fmt="PNG"))).convert("L"))
+    assert out.shape == (128, 256)
+    assert out[:, :120].max() < 3 and out[:, 136:].min() > 252
+    assert stride_for(1500, 3000, THUMBNAIL_MAX_SIDE) == 5
+    assert stride_for(340, 480, THUMBNAIL_MAX_SIDE) == 1
