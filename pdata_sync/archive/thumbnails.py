@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +53,15 @@ def too_large(size: int) -> str | None:
 
 
 def make_thumbnail(
-    client: Any, bucket: str, image_key: str, data: bytes, source_sha256: str | None
+    client: Any,
+    bucket: str,
+    image_key: str,
+    data: bytes,
+    source_sha256: str | None,
+    cpu: AbstractContextManager[Any] | None = None,
 ) -> str:
     """Draw ``data`` (the image at ``image_key``) and store its thumbnail; return its key.
+    The drawing holds ``cpu`` (a slot of the run's CPU work), the upload does not.
     Raises :class:`ThumbnailError` (never anything else) when it cannot."""
     reason = too_large(len(data))
     if reason:
@@ -64,7 +71,8 @@ def make_thumbnail(
     from pdata_sync.viewer.render import RenderError, render
 
     try:
-        jpeg = render(data)
+        with cpu or nullcontext():
+            jpeg = render(data)
     except RenderError as exc:
         raise ThumbnailError(f"thumbnail not made: {exc}") from None
     key = thumbnail_key(image_key)

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from pdata_sync.base.bandwidth import Bandwidth, Window, overlapping, window_end
+from pdata_sync.base.cpu import default_cpu_threads
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.base.key_template import ambiguity
 from pdata_sync.base.url_secrets import url_secret
@@ -376,6 +377,14 @@ class TransferConfig(_Model):
         "run starts no new upload, finishes the ones in flight, records what it did and ends "
         "Completed with what is left; the next run goes on from there. Empty: no end.",
     )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Threads that may do CPU work at once: hashing files, reading DICOM "
+        "headers, drawing thumbnails (uploads waiting on the network do not count). Empty: "
+        "the machine's cores minus one, at least one, so a core stays free for Sidexis.",
+    )
     state_dir: str | None = Field(
         None,
         description="Folder for the resolver cache and the default catalog; default "
@@ -405,6 +414,10 @@ class TransferConfig(_Model):
     def uploads(self, timezone: str | None) -> Bandwidth:
         """The uploads' bandwidth in the clinic's time zone."""
         return Bandwidth(self.max_upload_mbit, tuple(w.window() for w in self.bandwidth), timezone)
+
+    def cpu_slots(self) -> int:
+        """``cpu_threads``, or its default for this machine."""
+        return self.cpu_threads or default_cpu_threads()
 
     def uncapped(self) -> TransferConfig:
         """These settings without a cap (research exports, retrieval)."""

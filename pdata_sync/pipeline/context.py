@@ -34,6 +34,7 @@ from pdata_sync.base.config import (
     S3Config,
     TransferConfig,
 )
+from pdata_sync.base.cpu import CpuSlots
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.catalog import (
     Catalog,
@@ -250,6 +251,11 @@ class RunContext:
                 self.config.s3, self.config.transfer, self.secrets, self.config.timezone
             ),
         )
+
+    @property
+    def cpu(self) -> CpuSlots:
+        """The run's slots for CPU work (``transfer.cpu_threads``), shared by its batches."""
+        return self._once("cpu", lambda: CpuSlots(self.config.transfer.cpu_slots()))
 
     @property
     def engine(self) -> Engine:

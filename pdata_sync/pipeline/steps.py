@@ -7,7 +7,6 @@ one task per step); tests and the model-based test call them directly through
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -117,7 +116,7 @@ def recheck_content(ctx: RunContext) -> Recheck:
         ctx.images(),
         ctx.config.pdata_root,
         ctx.config.transfer.rehash_days,
-        max(2, os.cpu_count() or 1),
+        ctx.config.transfer.cpu_slots(),
     )
     ctx.log.info(
         "clinic %s: %d archived file(s) hashed again (%.1f MB); %d changed in place",
@@ -378,7 +377,9 @@ def upload_batch(
     run compares each file's ctime and inode too; ``reread``: paths the rolling content
     check found changed, read whatever the catalog says."""
     check = FileCheck(strict=full_run, reread=reread)
-    uploader = BatchUploader(ctx.config, ctx.s3, ctx.images(), ctx.run_id, check, ctx.deadline)
+    uploader = BatchUploader(
+        ctx.config, ctx.s3, ctx.images(), ctx.run_id, check, ctx.deadline, ctx.cpu
+    )
     outcomes = uploader.upload_batch(batch)
     in_orthanc = None
     if ctx.config.orthanc is not None and not uploader.fatal:

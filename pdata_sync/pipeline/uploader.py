@@ -38,6 +38,7 @@ from pdata_sync.archive.uploads import (
     put_small,
 )
 from pdata_sync.base.config import ClinicConfig
+from pdata_sync.base.cpu import CpuSlots
 from pdata_sync.base.errors import (
     BadInputError,
     ErrorKind,
@@ -178,7 +179,7 @@ def each_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int, name
 
 def compare_workers(config: ClinicConfig) -> int:
     """Threads of one batch for the images of which S3 holds an object of the same size:
-    one per core across the batches in flight, at most ``upload_concurrency``.
+    ``cpu_threads`` across the batches in flight, at most ``upload_concurrency``.
 
     Comparing is reading, hashing and a header scan, work for the CPU, not the network (the
     listing is done). Eight threads per batch on 2 cores only handed the GIL back and forth:
@@ -186,7 +187,7 @@ def compare_workers(config: ClinicConfig) -> int:
     and spent 15-18 s in the kernel; with one thread per core, 0.2 million and 9 s, and the
     run took 61 s instead of 67-77 s (bench/RESULTS.md). An image that turns out to differ
     is uploaded by the same thread."""
-    per_batch = (os.cpu_count() or 1) // config.transfer.parallel_batches
+    per_batch = config.transfer.cpu_slots() // config.transfer.parallel_batches
     return max(1, min(config.transfer.upload_concurrency, per_batch))
 
 
@@ -262,8 +263,11 @@ class BatchUploader:
         flow_run_id: str | None = None,
         check: FileCheck = LENIENT,
         deadline: datetime | None = None,
+        cpu: CpuSlots | None = None,
     ):
         self.config = config
+        # hashing, header reads and drawing take a slot (transfer.cpu_threads)
+        self.cpu = cpu or CpuSlots(config.transfer.cpu_slots())
         self.deadline = deadline  # past it, no upload starts (transfer.stop_at)
         self.client = client
         self.images = images  # the clinic's rows in this destination
@@ -330,11 +334,15 @@ class BatchUploader:
             source: bytes | Path = path
             if size <= self.threshold:  # read once for the digests and the header
                 source = path.read_bytes()
-                etag, sha = hashlib.md5(source).hexdigest(), hashlib.sha256(source).hexdigest()
+                with self.cpu:
+                    etag = hashlib.md5(source).hexdigest()
+                    sha = hashlib.sha256(source).hexdigest()
             else:
-                etag, sha = file_digests(path, size, self.threshold, self.part_size)
+                with self.cpu:
+                    etag, sha = file_digests(path, size, self.threshold, self.part_size)
             if self._same_content(remote, etag, sha):
-                header = read_header(source)
+                with self.cpu:
+                    header = read_header(source)
                 self._check_header(item, header)
                 if self.images is not None:
                     info = self._info(item, st, sha, header)
@@ -427,8 +435,9 @@ class BatchUploader:
         self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
     ) -> Outcome:
         data, st = _read_stable(path)
-        digest = hashlib.sha256(data).digest()
-        header = read_header(data)
+        with self.cpu:
+            digest = hashlib.sha256(data).digest()
+            header = read_header(data)
         self._check_header(item, header)
         info = self._info(item, st, digest.hex(), header)
         kept = self._keep_replaced(item, row, st, info.sha256) if replaces else ""
@@ -459,10 +468,12 @@ class BatchUploader:
     def _upload_multipart(
         self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
     ) -> Outcome:
-        header = read_header(path)
+        with self.cpu:
+            header = read_header(path)
         self._check_header(item, header)
         before = os.stat(path)
-        sha, digests = part_digests(path, self.part_size)
+        with self.cpu:
+            sha, digests = part_digests(path, self.part_size)
         info = self._info(item, before, sha, header)
         kept = self._keep_replaced(item, row, before, sha) if replaces else ""
         stored = put_multipart(
@@ -495,7 +506,7 @@ class BatchUploader:
         if reason := too_large(size):
             return reason
         try:
-            make_thumbnail(self.client, self.config.s3.bucket, item.key, read(), sha)
+            make_thumbnail(self.client, self.config.s3.bucket, item.key, read(), sha, self.cpu)
         except ThumbnailError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - never the image's failure

@@ -74,9 +74,12 @@ def _native_frame(ds: pydicom.Dataset, step: int) -> np.ndarray | None:
         "MONOCHROME2",
     ):
         return None
+    needed = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
+    if any(getattr(ds, name, None) is None for name in needed):
+        return None  # pydicom names what is missing
     rows, columns = int(ds.Rows), int(ds.Columns)
     allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+    signed = int(ds.PixelRepresentation) == 1
     data = ds.PixelData
     if allocated not in (8, 16) or not 1 <= stored <= allocated or rows < 1 or columns < 1:
         return None

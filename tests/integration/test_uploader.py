@@ -3,6 +3,7 @@ single PUTs go through obstore, which no in-process mock intercepts, and Seaweed
 the SHA-256 each upload carries."""
 
 import hashlib
+import os
 import random
 import threading
 import time
@@ -28,6 +29,7 @@ from pdata_sync.pipeline.uploader import (
     compare_workers,
     each_in_threads,
 )
+from pdata_sync.viewer import render as render_module
 from pdata_sync.viewer.render import render
 from tests.kit.s3 import empty_bucket
 
@@ -524,3 +526,49 @@ def test_a_kept_version_is_claimed_only_for_the_bytes_that_were_archived(tmp_pat
     # nothing is overwritten without a copy: what S3 held at image 1's key is kept too
     assert any(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() == tampered for k in retired)
     catalog.close()
+
+
+class _Drawing:
+    """The renderer, slowed down, counting how many threads draw at once."""
+
+    def __init__(self, monkeypatch):
+        self.inside = 0
+        self.most = 0
+        self._lock = threading.Lock()
+        real = render_module.render
+
+        def slow_render(data, **kwargs):
+            with self._lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            try:
+                time.sleep(0.03)
+                return real(data, **kwargs)
+            finally:
+                with self._lock:
+                    self.inside -= 1
+
+        monkeypatch.setattr(render_module, "render", slow_render)
+
+
+@pytest.mark.parametrize("cpu_threads", [1, 3])
+def test_cpu_threads_bounds_the_threads_drawing_at_once_not_the_uploads(
+    tmp_path, s3, monkeypatch, cpu_threads
+):
+    cfg = config(tmp_path, upload_concurrency=8, cpu_threads=cpu_threads)
+    items = []
+    for n in range(12):
+        dcm(tmp_path, f"P_1/0000_{n + 20}.dcm", n + 20)
+        items.append(item(f"P_1/0000_{n + 20}.dcm", G1, n + 20))
+    drawing = _Drawing(monkeypatch)
+    out = BatchUploader(cfg, make_client(cfg.s3, cfg.transfer)).upload_batch(items)
+    assert [o.thumbnail for o in out] == ["made"] * 12
+    assert drawing.most == cpu_threads  # never more; and the uploads did run side by side
+
+
+def test_cpu_threads_defaults_to_one_core_less_than_the_machine(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert config(Path("/x")).transfer.cpu_slots() == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert config(Path("/x")).transfer.cpu_slots() == 1
+    assert config(Path("/x"), cpu_threads=4).transfer.cpu_slots() == 4
