@@ -561,6 +561,16 @@ class ClinicImages:
         with self.db.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query.order_by(image_events.c.id))]
 
+    def verified_totals(self) -> tuple[int, int]:
+        """How many objects of this clinic S3 confirmed in this destination, and their bytes:
+        what a backfill has archived so far."""
+        query = sa.select(
+            sa.func.count(), sa.func.coalesce(sa.func.sum(images.c.source_size), 0)
+        ).where(self._mine(), images.c.state == VERIFIED)
+        with self.db.engine.connect() as conn:
+            count, size = conn.execute(query).one()
+        return int(count or 0), int(size or 0)
+
     def state_counts(self) -> dict[str, int]:
         with self.db.engine.connect() as conn:
             result = conn.execute(

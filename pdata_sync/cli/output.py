@@ -140,6 +140,15 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
                 f"about {runs} more run(s) like it for what is left",
                 file=out,
             )
+    archived = summary.get("archived")
+    if archived and archived["images"]:
+        left = (summary.get("left") or {}).get("images")
+        share = f" ({archived['percent']} % of what is known)" if left else ""
+        print(
+            f"  archive: {archived['images']:,} images ({archived['bytes'] / 1e9:,.2f} GB) "
+            f"confirmed in S3{share}",
+            file=out,
+        )
     for reason, count in summary["skipped"].items():
         print(f"  skipped {count:>6}  {reason}", file=out)
     for label in ("rejected", "failed"):

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    Artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -27,6 +28,8 @@ import pdata_sync.flows._prefect_engine  # noqa: F401 - a flow run ends when its
 from pdata_sync.base.config import ClinicConfig
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.base.logsafety import protect_logs
+from pdata_sync.catalog import now
+from pdata_sync.pipeline import backfill
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.naming import run_name
 from pdata_sync.pipeline.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it
@@ -108,6 +111,28 @@ class SyncRunner(PrefectRunner):
 
     def finished(self, ctx: RunContext, summary: RunSummary) -> None:
         _write_artifacts(ctx.config, summary)
+        _write_backfill(ctx, summary)
+
+
+def _write_backfill(ctx: RunContext, summary: RunSummary) -> None:
+    """The clinic's backfill across nights (pdata_sync.pipeline.backfill): its table grows
+    by this run's row, its progress shows the share archived."""
+    key = artifact_key("backfill-nights", ctx.clinic_id)
+    try:
+        before = Artifact.get(key)
+    except Exception as exc:  # noqa: BLE001 - the table starts again; the run goes on
+        ctx.log.warning("clinic %s: backfill table not read back: %s", ctx.clinic_id, exc)
+        before = None
+    create_table_artifact(
+        key=key,
+        table=backfill.grown(before.data if before else None, backfill.night(summary, now())),
+        description=f"Sync runs of clinic {ctx.clinic_id}: uploaded, archived and left",
+    )
+    create_progress_artifact(
+        progress=backfill.percent_archived(summary),
+        key=artifact_key("backfill", ctx.clinic_id),
+        description=f"Clinic {ctx.clinic_id}: {backfill.headline(summary)}",
+    )
 
 
 def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:

@@ -1,7 +1,9 @@
 """Progress of the sync running in this process, for a person watching a terminal.
 
-The first sync of a clinic takes hours; the CLI shows images done of the total, the upload
-rate and an estimate of the time left, updated in place on stderr when stderr is a terminal
+The first sync of a clinic takes hours, often nights; the CLI shows images done of the
+total, the images left, the upload rate in Mbit/s (the unit of a clinic's uplink), an
+estimate of the time left and, when the run has a window (``transfer.stop_at``), when it
+ends. The line is updated in place on stderr when stderr is a terminal
 (nothing is added with ``--json`` or without a terminal). The flow announces the total, the
 uploader reports each image it finishes; both are no-ops unless a listener is installed, so
 a worker's runs are unaffected (their progress is the run's progress artifact).
@@ -12,11 +14,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol, TextIO
 
 
 class Listener(Protocol):
-    def planned(self, images: int) -> None: ...
+    def planned(self, images: int, window_ends: datetime | None = None) -> None: ...
     def advance(self, images: int, nbytes: int) -> None: ...
 
 
@@ -29,10 +32,10 @@ def listen(listener: Listener | None) -> None:
     _listener = listener
 
 
-def planned(images: int) -> None:
-    """The run will go through ``images`` images."""
+def planned(images: int, window_ends: datetime | None = None) -> None:
+    """The run will go through ``images`` images, starting none past ``window_ends``."""
     if _listener is not None:
-        _listener.planned(images)
+        _listener.planned(images, window_ends)
 
 
 def advance(images: int, nbytes: int = 0) -> None:
@@ -64,13 +67,15 @@ class TerminalProgress:
         self.done = 0
         self.nbytes = 0
         self.started = clock()
+        self.window_ends: datetime | None = None
         self._shown = ""
         self._last = float("-inf")
         self._lock = threading.RLock()
 
-    def planned(self, images: int) -> None:
+    def planned(self, images: int, window_ends: datetime | None = None) -> None:
         with self._lock:
             self.total, self.done, self.nbytes, self.started = images, 0, 0, self.clock()
+            self.window_ends = window_ends
             self._draw(force=True)
 
     def advance(self, images: int, nbytes: int) -> None:
@@ -81,12 +86,15 @@ class TerminalProgress:
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.started, 1e-9)
-        rate = self.nbytes / elapsed / 1e6
-        text = f"{self.done}/{self.total} images  {rate:.1f} MB/s"
+        rate = self.nbytes * 8 / elapsed / 1e6
+        left = max(0, self.total - self.done)
+        text = f"{self.done}/{self.total} images  {left:,} left  {rate:.1f} Mbit/s"
         if 0 < self.done < self.total:
-            text += f"  ETA {_duration(elapsed / self.done * (self.total - self.done))}"
+            text += f"  ETA {_duration(elapsed / self.done * left)}"
         elif self.done >= self.total:
             text += f"  done in {_duration(elapsed)}"
+        if self.window_ends is not None and left:
+            text += f"  window ends {self.window_ends:%H:%M}"
         return text
 
     def _draw(self, force: bool = False) -> None:

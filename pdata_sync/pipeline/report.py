@@ -150,6 +150,8 @@ class RunSummary:
     bytes_left: int = 0
     window_ended: str = ""  # "stopped at the end of its window: ...", when it did
     upload_seconds: float = 0.0  # from the first batch submitted to the last one done
+    archived_images: int = 0  # after the run: objects S3 confirmed in this destination
+    archived_bytes: int = 0
     batches: int = 0
     resolver_calls: int = 0
     resolver_cache_hits: int = 0
@@ -215,7 +217,14 @@ class RunSummary:
                 "images_per_s": round(self.uploaded / seconds, 2),
             }
         runs_left = -(-self.bytes_left // self.bytes_uploaded) if self.bytes_uploaded else None
+        whole = self.archived_bytes + self.bytes_left
         return {
+            "archived": {
+                "images": self.archived_images,
+                "bytes": self.archived_bytes,
+                # of the bytes known: archived, and left at the window's end
+                "percent": round(100.0 * self.archived_bytes / whole, 1) if whole else None,
+            },
             "backlog": {
                 "images": self.left + len({p.path for p in self.failed}),
                 "bytes": self.bytes_left,

@@ -118,10 +118,20 @@ def run_sync(
             try:
                 run.fatal = _sync(runner, ctx, run, lock.acquired_at, full_run)
             finally:  # whatever happened, the run's record says what was done
+                _count_archived(ctx, run.summary)
                 runner.finished(ctx, run.summary)
     except ClinicBusyError as exc:
         run.busy = exc
     return run
+
+
+def _count_archived(ctx: RunContext, summary: RunSummary) -> None:
+    """What the archive holds after the run, for the backfill's progress (0 when the
+    catalog cannot say: the run's own outcome is reported all the same)."""
+    try:
+        summary.archived_images, summary.archived_bytes = ctx.images().verified_totals()
+    except Exception as exc:  # noqa: BLE001 - a report, never the run's failure
+        ctx.log.warning("clinic %s: archive totals not read: %s", ctx.clinic_id, describe(exc))
 
 
 @contextlib.contextmanager
@@ -219,7 +229,7 @@ def _sync(
     summary.notes.extend(plan.notes)
     summary.failed.extend(plan.failed)
     summary.objects_planned = len(plan.images)
-    progress.planned(len(plan.images))
+    progress.planned(len(plan.images), ctx.deadline)
 
     batches = make_batches(plan.images, config.transfer.batch_size)
     summary.batches = len(batches)

@@ -5,6 +5,7 @@ changes the rate there."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -82,7 +83,23 @@ def wait_for_a_minute_to_begin_in(seconds: float) -> datetime:
     return switch
 
 
-def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make_site, seaweed):
+def backfill_artifacts(prefect_server, flow_run_id: str, clinic_id: str) -> tuple[list, float]:
+    """The clinic's backfill table rows and progress value as this run left them."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with SyncPrefectClient(prefect_server.api_url) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_key = {a.key: a.data for a in found}
+    table = by_key[f"backfill-nights-{clinic_id}"]
+    return json.loads(table) if isinstance(table, str) else table, by_key[f"backfill-{clinic_id}"]
+
+
+def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(
+    make_site, seaweed, prefect_server
+):
     """Past stop_at a run starts no upload, finishes those in flight, reports what is left
     and ends Completed (exit 0), with no multipart upload open and no catalog row claiming
     what S3 lacks; the next run leaves the bucket as one whole run would."""
@@ -126,6 +143,17 @@ def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make
             if state == "verified":
                 assert stored.get(key) == etag, f"{key} recorded verified, S3 holds no such"
         assert not [r for r in rows if r.state == "pending"]
+        # the backfill artifacts: this night's row, the share archived so far
+        verified = sum(1 for r in rows if r.state == "verified")
+        assert first["archived"]["images"] == verified
+        nights, share = backfill_artifacts(
+            prefect_server, first["flow_run_id"], site.clinic.clinic_id
+        )
+        assert [(n["outcome"], n["left"], n["archived"]) for n in nights] == [
+            ("window ended", left, verified)
+        ]
+        assert nights[0]["nights left"] == first["runs_left"]
+        assert 0 < share < 100 and share == first["archived"]["percent"]
 
         # the next run, without the cap or the window (the night after, at full speed)
         code, second = site.sync(
@@ -134,4 +162,20 @@ def test_a_window_that_ends_mid_backfill_completes_and_the_next_run_goes_on(make
         assert code == 0 and second["window_ended"] == "", second
         assert second["uploaded"] == left
         assert second["backlog"] == {"images": 0, "bytes": 0} and second["runs_left"] == 0
+        # the table grew by the second night; the progress reads 100 %
+        nights, share = backfill_artifacts(
+            prefect_server, second["flow_run_id"], site.clinic.clinic_id
+        )
+        assert [(n["outcome"], n["left"]) for n in nights] == [
+            ("window ended", left),
+            ("complete", 0),
+        ]
+        assert nights[1]["archived"] == second["archived"]["images"] == len(stored_after(site))
+        assert share == 100
     assert_exactly_expected(site.client, site.clinic)
+
+
+def stored_after(site) -> list[str]:
+    """The image keys in the bucket."""
+    listed = site.client.list_objects_v2(Bucket="dental-images", Prefix="images/")
+    return [o["Key"] for o in listed.get("Contents", [])]

@@ -384,6 +384,18 @@ def test_states_move_forward_with_times_and_flow_run(catalog, imgs):
     assert imgs.state_counts() == {VERIFIED: 1}
 
 
+def test_verified_totals_count_the_confirmed_objects_of_this_clinic_and_bucket(catalog, imgs):
+    assert imgs.verified_totals() == (0, 0)  # a new clinic: nothing archived
+    upload(imgs, size=100)
+    upload(imgs, key=KEY + "2", path="P_1/0000_8.dcm", size=250)
+    imgs.begin_upload(pending(KEY + "3", "P_1/0000_9.dcm"), "run-1")  # pending: not yet
+    upload(catalog.images("c2", DEST), key=KEY + "4", size=999)  # another clinic
+    upload(catalog.images("c1", "s3://other"), size=999)  # another bucket
+    assert imgs.verified_totals() == (2, 350)
+    imgs.contradict([KEY])  # S3 was seen not to hold it: no longer counted
+    assert imgs.verified_totals() == (1, 250)
+
+
 def test_rows_of_one_destination_never_vouch_for_another(catalog, imgs):
     upload(imgs)
     elsewhere = catalog.images("c1", "s3://dental-images-2")

@@ -352,7 +352,8 @@ def test_wrong_checksum_is_refused_by_the_server(setup):
 
 def test_progress_on_a_terminal_only(setup):
     """The first sync of a clinic takes hours: on a terminal, stderr shows images done of
-    the total, MB/s and the time left, updated in place; piped or with --json, nothing."""
+    the total, what is left, Mbit/s and the time left, updated in place; piped or with
+    --json, nothing."""
     import pty
 
     clinic, client, resolver, config, env = setup
@@ -379,10 +380,10 @@ def test_progress_on_a_terminal_only(setup):
     assert proc.returncode == 0, seen.decode(errors="replace")[-3000:]
     terminal = seen.decode(errors="replace")
     # every planned object (the expected ones and the bad files that get rejected)
-    done = re.findall(r"(\d+)/(\d+) images  [\d.]+ MB/s", terminal)
+    done = re.findall(r"(\d+)/(\d+) images  [\d,]+ left  [\d.]+ Mbit/s", terminal)
     assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= len(clinic.expected)
     assert "\r\x1b[K" in terminal  # rewritten in place
-    assert "MB/s" not in stdout and stdout.startswith("clinic ")  # stdout: the summary only
+    assert "Mbit/s" not in stdout and stdout.startswith("clinic ")  # stdout: the summary only
 
     piped = run_cli(["sync", "--config", str(config)], env)
-    assert piped.returncode == 0 and "MB/s" not in piped.stderr + piped.stdout
+    assert piped.returncode == 0 and "Mbit/s" not in piped.stderr + piped.stdout

@@ -20,7 +20,7 @@ def test_status_line_counts_rate_and_eta_in_place():
         progress.planned(2000)
         clock.now += 10
         progress.advance(500, 100_000_000)  # 500 images, 100 MB in 10 s
-        assert bar.line() == "500/2000 images  10.0 MB/s  ETA 0:00:30"
+        assert bar.line() == "500/2000 images  1,500 left  80.0 Mbit/s  ETA 0:00:30"
         shown = out.getvalue()
         assert shown.count("\r\x1b[K") == 2 and shown.endswith("ETA 0:00:30")
         clock.now += 0.1
@@ -29,7 +29,7 @@ def test_status_line_counts_rate_and_eta_in_place():
         clock.now += 29.9
         progress.advance(1499, 200_000_000)
         bar.finish()
-        assert out.getvalue().endswith("2000/2000 images  7.5 MB/s  done in 0:00:40\n")
+        assert out.getvalue().endswith("2000/2000 images  0 left  60.0 Mbit/s  done in 0:00:40\n")
         assert "\n" not in out.getvalue()[:-1]  # one line, rewritten in place
     finally:
         progress.listen(None)
@@ -50,6 +50,22 @@ def test_log_lines_pass_above_the_status_line():
     stream = StatusLineStream(out, bar)
     stream.write("a log line\n")
     assert out.getvalue() == (
-        "\r\x1b[K0/10 images  0.0 MB/s" + "\r\x1b[Ka log line\n" + "0/10 images  0.0 MB/s"
+        "\r\x1b[K0/10 images  10 left  0.0 Mbit/s"
+        + "\r\x1b[Ka log line\n"
+        + "0/10 images  10 left  0.0 Mbit/s"
     )
     assert stream.isatty() is False  # everything else is the terminal's
+
+
+def test_a_run_with_a_window_says_when_it_ends_until_nothing_is_left():
+    from datetime import datetime, timedelta, timezone
+
+    clock, out = Clock(), io.StringIO()
+    bar = TerminalProgress(out, clock=clock)
+    ends = datetime(2026, 12, 8, 6, 30, tzinfo=timezone(timedelta(hours=1)))
+    bar.planned(4, ends)
+    clock.now += 2
+    bar.advance(1, 1_000_000)
+    assert bar.line() == "1/4 images  3 left  4.0 Mbit/s  ETA 0:00:06  window ends 06:30"
+    bar.advance(3, 0)
+    assert "window" not in bar.line()
