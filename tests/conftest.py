@@ -391,6 +391,7 @@ def dicom_file(tmp_path: Path) -> Path:
 LONGEST_FIRST = (
     "test_faults.py",  # ~190 s
     "test_bandwidth.py",  # ~100 s, most of it waiting for a minute to begin
+    "test_link_use.py",  # ~110 s on a shaped link, little CPU
     "test_schedules_fire.py",  # 107 s
     "test_fleet.py",  # 101 s
     "test_edges.py",  # ~90 s

@@ -22,7 +22,7 @@ from botocore.utils import parse_timestamp
 
 from pdata_sync.archive import s3_put
 from pdata_sync.archive.uploads import PARTS_IN_FLIGHT
-from pdata_sync.base.bandwidth import Bandwidth, Throttle
+from pdata_sync.base.bandwidth import Bandwidth, PacedBody, Throttle
 from pdata_sync.base.config import S3Config, TransferConfig
 from pdata_sync.base.errors import (
     ConfigError,
@@ -117,7 +117,8 @@ def make_client(
             throttle=throttle,
         ),
     )
-    if throttle is not None:  # boto3's uploads: multipart parts (single PUTs: obstore)
+    if throttle is not None:  # boto3's uploads: multipart parts, and bodies too coarse
+        # for obstore's pacing (pdata_sync.archive.s3_put)
         for operation in ("UploadPart", "PutObject"):
             client.meta.events.register(
                 f"before-send.s3.{operation}", functools.partial(_paced, throttle)
@@ -130,10 +131,10 @@ def make_client(
 
 
 def _paced(throttle: Throttle, request: Any, **_: Any) -> None:
-    """Before a body goes out (each attempt): wait for its bytes under the cap."""
-    length = request.headers.get("Content-Length")
-    if length and str(length).isdigit():
-        throttle.take(int(length))
+    """Before a body goes out: it is read out under the cap as it is sent (each attempt;
+    a retry rewinds the same paced body)."""
+    if request.body is not None and not isinstance(request.body, PacedBody):
+        request.body = PacedBody(request.body, throttle)
 
 
 def check_bucket(client: Any, bucket: str) -> None:

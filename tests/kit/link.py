@@ -141,3 +141,36 @@ def rate_mbit(sent: list[tuple[float, int]], start: float, end: float) -> float:
     """Mbit/s of the chunks that went up between ``start`` and ``end`` (monotonic)."""
     total = sum(n for at, n in sent if start <= at < end)
     return total * 8 / 1e6 / (end - start)
+
+
+def bodies(sent: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """The chunks from the first body's to the last body's (requests' headers and small
+    calls before and after the uploads are not the link's work)."""
+    big = [i for i, (_, n) in enumerate(sent) if n >= 16 * 1024]
+    return sent[big[0] : big[-1] + 1] if big else []
+
+
+def busy(sent: list[tuple[float, int]], link_mbit: float) -> tuple[float, float]:
+    """(share of the link used, seconds) from the first body to the last."""
+    span = bodies(sent)
+    if len(span) < 2:
+        return 0.0, 0.0
+    seconds = span[-1][0] - span[0][0]
+    return sum(n for _, n in span) * 8 / 1e6 / seconds / link_mbit, seconds
+
+
+def windows(sent: list[tuple[float, int]], seconds: float) -> list[float]:
+    """Mbit/s over every window of ``seconds`` that starts at a chunk and fits in the span."""
+    rates: list[float] = []
+    if not sent:
+        return rates
+    end, total, j = sent[-1][0], 0, 0
+    for i, (start, _) in enumerate(sent):
+        if start + seconds > end:
+            break
+        while j < len(sent) and sent[j][0] < start + seconds:
+            total += sent[j][1]
+            j += 1
+        rates.append(total * 8 / 1e6 / seconds)
+        total -= sent[i][1]
+    return rates

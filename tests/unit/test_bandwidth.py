@@ -131,3 +131,30 @@ def test_a_window_ends_at_the_first_stop_at_after_the_run_started():
     assert TransferConfig().deadline(start, None) is None
     with pytest.raises(ValidationError, match="is not a time of day as HH:MM"):
         TransferConfig.model_validate({"stop_at": "half past six"})
+
+
+def test_a_paced_body_goes_out_chunk_by_chunk_at_the_cap_and_rewinds_for_a_retry():
+    from pdata_sync.base.bandwidth import PACED_CHUNK, PacedBody
+
+    clock = Clock(datetime(2026, 12, 7, 12, tzinfo=UTC))
+    pace = throttle(Bandwidth(default_mbit=10), clock)
+    data = bytes(range(256)) * 20_000  # 5.12 MB: 4.1 s at 10 Mbit/s
+    body = PacedBody(data, pace)
+    seen = b""
+    while chunk := body.read(1 << 20):  # http.client asks for more: it gets one chunk
+        assert len(chunk) <= PACED_CHUNK
+        # each chunk leaves once the bytes before it have gone out at the cap: a steady
+        # pace, not the whole body at the link's speed once its turn came
+        assert clock.now == pytest.approx(len(seen) / (10 * MBIT))
+        seen += chunk
+    assert seen == data and len(data) // PACED_CHUNK >= 70
+    body.seek(0)  # botocore rewinds the body to send it again
+    assert body.tell() == 0 and body.read(10) == data[:10]
+
+
+def test_only_bodies_longer_than_the_grain_at_the_cap_in_force_are_paced_as_they_go():
+    clock = Clock(datetime(2026, 12, 7, 12, tzinfo=UTC))
+    capped = throttle(Bandwidth(default_mbit=10), clock)  # 0.5 s at 10 Mbit/s: 625,000 bytes
+    assert not capped.whole_body_too_coarse(600_000)
+    assert capped.whole_body_too_coarse(700_000)
+    assert not throttle(Bandwidth(), clock).whole_body_too_coarse(10**9)  # no cap: never
