@@ -2,7 +2,9 @@
 #   make demo   - set up, then run the demo clinic end to end
 #   make test   - set up, then run the whole test suite
 # Benchmarks (not tests; each prints its figures):
-#   make bench        - pdata-sync against s5cmd, rclone, aws s3 sync (bench/compare_tools.py)
+#   make bench        - pdata-sync against s5cmd, rclone, aws s3 sync on loopback
+#                       (bench/compare_tools.py), then on a shaped uplink with and without
+#                       a cap (bench/link_use.py)
 #   make bench-scale  - 100,000 images in 10,000 patient folders (bench/scale.py)
 #   make bench-huge   - peak memory uploading a 1 GB file (bench/huge_file.py)
 #   make bench-fleet  - a night of 200 clinics on one Prefect server on PostgreSQL (bench/fleet.py)
@@ -38,6 +40,7 @@ $(BENCH_STAMP): bench/requirements.txt .ci/bench-setup
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/compare_tools.py
+	$(VENV)/bin/python bench/link_use.py
 
 bench-scale: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/scale.py

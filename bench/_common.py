@@ -178,6 +178,20 @@ class Tree:
     bytes: int
 
 
+def _shape(nbytes: int, single: bool) -> tuple[int, int, int]:
+    """Rows, columns and frames of a 16-bit image of about ``nbytes``."""
+    pixels = max(64, nbytes // 2)
+    if single:  # make_tree's historical shapes: 256 rows, or frames of 512 x 512
+        frames = max(1, pixels // (512 * 512))
+        rows = 512 if frames > 1 else 256
+        return rows, pixels // (rows * frames), frames
+    if nbytes > 16 * MB:
+        frames = max(1, pixels // (512 * 512))
+        return 512, 512, frames
+    rows = max(8, int((pixels * 0.75) ** 0.5))
+    return rows, max(8, pixels // rows), 1
+
+
 def make_tree(
     root: Path,
     *,
@@ -186,9 +200,14 @@ def make_tree(
     file_bytes: int,
     clinic_id: str = "bench-clinic",
     seed: int = 1,
+    mix: tuple[tuple[int, int], ...] = (),
 ) -> Tree:
     """Deterministic PDATA tree of real DICOM files (16-bit noise), a Sidexis SQLite database
-    and the resolver mapping. Reused when ``root`` already holds the same tree."""
+    and the resolver mapping. Reused when ``root`` already holds the same tree.
+
+    ``mix``: (count, bytes) pairs instead of ``patients`` x ``file_bytes``: the files, in a
+    fixed shuffled order, ``files_per_patient`` to a patient; up to 16 MB a single frame (an
+    intraoral, a panoramic), larger ones frames of 512 x 512 (a CBCT export)."""
     import json as _json
     import random
     import sqlite3
@@ -202,6 +221,7 @@ def make_tree(
         "file_bytes": file_bytes,
         "clinic_id": clinic_id,
         "seed": seed,
+        **({"mix": [list(m) for m in mix]} if mix else {}),
     }
     if stamp.exists():
         saved = _json.loads(stamp.read_text())
@@ -222,10 +242,11 @@ def make_tree(
         " Name NVARCHAR(300), IsDeleted BIT NOT NULL DEFAULT 0);"
     )
     rng = random.Random(seed)
-    pixels = max(64, file_bytes // 2)
-    frames = max(1, pixels // (512 * 512))
-    rows = 512 if frames > 1 else 256
-    cols = pixels // (rows * frames)
+    sizes = [n for count, n in mix for _ in range(count)] or [file_bytes] * (
+        patients * files_per_patient
+    )
+    random.Random(seed).shuffle(sizes)
+    patients = -(-len(sizes) // files_per_patient)
     mapping: dict[str, str] = {}
     image_id = 1
     total = 0
@@ -235,6 +256,9 @@ def make_tree(
         mapping[card] = guid_for(clinic_id, card)
         db.execute("INSERT INTO Patient (PatientId, CardId) VALUES (?, ?)", (pid, card))
         for _ in range(files_per_patient):
+            if image_id > len(sizes):
+                break
+            rows, cols, frames = _shape(sizes[image_id - 1], single=not mix)
             path = pdata / f"P_{pid}" / f"0000_{image_id}.dcm"
             write_dicom(
                 path,
@@ -264,8 +288,17 @@ def make_tree(
     return tree
 
 
-def draw_chart(rows: list[tuple[str, float, float]], path: Path, title: str) -> None:
-    """Bars of wall time and files/s per tool (Pillow; no plotting library needed)."""
+def draw_chart(
+    rows: list[tuple[str, float, float]],
+    path: Path,
+    title: str,
+    panels: tuple[tuple[str, str], tuple[str, str]] = (
+        ("wall time (s, lower is better)", "s"),
+        ("files per second (higher is better)", "/s"),
+    ),
+) -> None:
+    """Bars of two figures per tool, by default wall time and files/s (Pillow; no plotting
+    library needed)."""
     from PIL import Image, ImageDraw
 
     width, bar_h, gap, left = 900, 26, 10, 240
@@ -274,9 +307,8 @@ def draw_chart(rows: list[tuple[str, float, float]], path: Path, title: str) -> 
     draw = ImageDraw.Draw(img)
     draw.text((10, 10), title, fill="black")
     y = 40
-    for label, unit, values in (
-        ("wall time (s, lower is better)", "s", [r[1] for r in rows]),
-        ("files per second (higher is better)", "/s", [r[2] for r in rows]),
+    for (label, unit), values in zip(
+        panels, ([r[1] for r in rows], [r[2] for r in rows]), strict=True
     ):
         draw.text((10, y), label, fill="black")
         y += 20
