@@ -9,8 +9,10 @@ pdata-sync runs as in production: the whole ``pdata-sync sync`` process against 
 Prefect server, with its database, resolver, DICOM header reads, checksums and catalog (its
 state is wiped before each initial run), twice: ``pdata-sync`` as clinics run it, drawing
 and storing each image's thumbnail during the sync, and ``pdata-sync-data`` (thumbnails:
-false), its data path alone, which is what the other tools do (docs/adr/0013). Prints
-medians, min-max, files/s, MB/s, peak RSS and each against s5cmd, and draws
+false), its data path alone, which is what the other tools do (docs/adr/0013); with
+``--tools ...,pdata-sync-all-cores`` also as before ``transfer.cpu_threads`` (CPU work in
+as many threads as cores). Prints medians, min-max, files/s, MB/s, the client's own CPU
+(user + system) per 1,000 images, peak RSS and each against s5cmd, and draws
 bench/compare-{case}.png.
 
     .venv/bin/python bench/compare_tools.py --link 20:100 --cases wan
@@ -53,8 +55,23 @@ BUCKET = "dental-images"
 BENCH_BIN = ROOT / ".bench-venv" / "bin"
 # pdata-sync as clinics run it (thumbnails drawn and stored during the sync), and its data
 # path alone ("pdata-sync-data": thumbnails: false), which is what the other tools do.
-TOOLS = ("pdata-sync", "pdata-sync-data", "s5cmd", "rclone", "aws", "prefect-floor")
-PDATA_SYNC = ("pdata-sync", "pdata-sync-data")
+TOOLS = (
+    "pdata-sync",
+    "pdata-sync-data",
+    "pdata-sync-all-cores",
+    "s5cmd",
+    "rclone",
+    "aws",
+    "prefect-floor",
+)
+PDATA_SYNC = ("pdata-sync", "pdata-sync-data", "pdata-sync-all-cores")
+DEFAULT_TOOLS = tuple(t for t in TOOLS if t != "pdata-sync-all-cores")
+# pdata-sync's variants: the clinic's config with these settings
+VARIANTS: dict[str, dict] = {
+    "pdata-sync-data": {"thumbnails": False},
+    # CPU work in as many threads as cores, as before transfer.cpu_threads (default: one less)
+    "pdata-sync-all-cores": {"transfer": {"cpu_threads": os.cpu_count() or 1}},
+}
 # The least a deployable Prefect flow run costs as a whole process on this machine, against
 # the same server: import Prefect, run a flow with one parameter (a pydantic model, as every
 # deployment takes one) and one task, exit. No sync, no S3. The parameter is not free: Prefect
@@ -105,16 +122,26 @@ def tool_paths() -> dict[str, str]:
     return paths
 
 
-def data_only(config: Path) -> Path:
-    """The config of "pdata-sync-data": the clinic's, with thumbnails: false."""
-    return config.with_name(f"{config.stem}-data{config.suffix}")
+def variant_config(config: Path, tool: str) -> Path:
+    """Where the config of a pdata-sync variant is (see :func:`write_variant`)."""
+    return config.with_name(f"{config.stem}-{tool}{config.suffix}")
+
+
+def write_variant(config: Path, tool: str) -> None:
+    """The config of a pdata-sync variant: the clinic's, with the variant's settings."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    for key, value in VARIANTS[tool].items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    variant_config(config, tool).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def command(tool: str, paths: dict[str, str], src: str, endpoint: str, config: Path) -> list[str]:
     target = f"{BUCKET}/{tool}/"
     if tool in PDATA_SYNC:
-        if tool == "pdata-sync-data":
-            config = data_only(config)
+        if tool in VARIANTS:
+            config = variant_config(config, tool)
         return [CLI, "sync", "--config", str(config), "--json"]
     if tool == "prefect-floor":
         return [sys.executable, "-c", PREFECT_FLOOR]
@@ -149,7 +176,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cases", default="small,large")
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS))
     parser.add_argument("--workdir", default=".bench/compare")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
@@ -196,7 +223,8 @@ def main() -> int:
                     endpoint=endpoint,
                     state_dir=state,
                 )
-                data_only(config).write_text(config.read_text() + "thumbnails: false\n")
+                for variant in VARIANTS:
+                    write_variant(config, variant)
                 for round_ in range(args.runs):
                     order = tools[round_ % len(tools) :] + tools[: round_ % len(tools)]
                     for tool in order:
