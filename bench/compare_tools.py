@@ -295,7 +295,7 @@ def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: st
     via = f", link {link} (RTT ms : Mbit/s up)" if link else ", loopback"
     print(f"\n{case}: {tree.files} files, {mb:.0f} MB  ({machine()}{via})")
     print(
-        f"{'tool':15} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
+        f"{'tool':20} {'initial (median, min-max)':28} {'files/s':>8} {'MB/s':>7}  "
         f"{'CPU/1k img':>10}  {'no-change':24} {'peak RSS':>9}"
     )
     for tool, r in results.items():
@@ -304,7 +304,7 @@ def report(case: str, tree, results: dict[str, dict[str, list[float]]], link: st
         # competes with Sidexis on a clinic's server (servers' CPU not included)
         cpu = statistics.median(r["cpu"]) / tree.files * 1000
         print(
-            f"{tool:15} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
+            f"{tool:20} {fmt(r['initial']):28} {tree.files / med:8.0f} {mb / med:7.1f}  "
             f"{cpu:8.2f} s  {fmt(r['nochange']):24} {max(r['rss']):6.0f} MB"
         )
     if "prefect-floor" in results:
