@@ -567,7 +567,8 @@ class ClinicConfig(_Model):
     timezone: str | None = Field(
         None,
         description="The clinic's time zone (IANA, e.g. Europe/Berlin) for its bandwidth "
-        "windows. Empty: the worker's local time.",
+        "windows and stop_at. Empty: the time zone its deployment's schedule names, else the "
+        "worker's local time.",
     )
     database: DatabaseConfig
     resolver: ResolverConfig

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pdata_sync.base.config import ClinicConfig, format_validation_error
 from pdata_sync.base.errors import ConfigError
@@ -87,6 +94,20 @@ class ClinicDeployment(BaseModel):
         if value is not None and not _NAME.fullmatch(value):
             raise ValueError(f"{value!r}: use lower-case letters, digits and dashes")
         return value
+
+    @model_validator(mode="after")
+    def _clinic_time(self) -> ClinicDeployment:
+        """A clinic's bandwidth windows and stop_at are in its time zone: a config without
+        ``timezone`` takes the one its schedule names, rather than the worker's clock (a
+        server on UTC would move a Berlin clinic's 07:00 window by an hour or two)."""
+        named = (
+            self.schedule
+            if self.schedule and "timezone" in self.schedule.model_fields_set
+            else None
+        )
+        if self.config.timezone is None and named is not None:
+            self.config = self.config.model_copy(update={"timezone": named.timezone})
+        return self
 
     @property
     def name(self) -> str:

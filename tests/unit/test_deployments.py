@@ -121,3 +121,25 @@ def test_no_secret_values_in_rendered_yaml():
     assert "password_secret_block" in text and "aws_credentials_block" in text
     for word in ("aws_secret_access_key", "password:", "AKIA"):
         assert word not in text
+
+
+def test_a_clinic_without_a_time_zone_takes_its_schedules(tmp_path: Path):
+    """Bandwidth windows and stop_at are clinic time: a config without ``timezone`` gets the
+    one its schedule names, not the worker's clock; its own, or none named, is kept."""
+    from pdata_sync.fleet.deployments import load_deployment
+
+    spec = yaml.safe_load((REPO / "deployments" / "clinic-001.yaml").read_text())
+    spec["config"].pop("timezone", None)
+    path = tmp_path / "c.yaml"
+    cases = [
+        ({"cron": "0 19 * * *", "timezone": "Europe/Zurich"}, None, "Europe/Zurich"),
+        ({"cron": "0 19 * * *", "timezone": "Europe/Zurich"}, "Europe/Vienna", "Europe/Vienna"),
+        ({"cron": "0 19 * * *"}, None, None),  # UTC by default, not named: the worker's
+    ]
+    for schedule, own, expected in cases:
+        config = {**spec["config"], **({"timezone": own} if own else {})}
+        path.write_text(yaml.safe_dump({**spec, "schedule": schedule, "config": config}))
+        deployment = load_deployment(path)
+        assert deployment.config.timezone == expected, (schedule, own)
+        rendered = deployment.config.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        assert rendered.get("timezone") == expected  # what the deployment's runs get
