@@ -390,8 +390,7 @@ def dicom_file(tmp_path: Path) -> Path:
 # (alphabetically test_schedules_fire, 107 s) ran alone at the end while the others idled.
 LONGEST_FIRST = (
     "test_faults.py",  # ~190 s
-    "test_bandwidth.py",  # ~100 s, most of it waiting for a minute to begin
-    "test_link_use.py",  # ~110 s on a shaped link, little CPU
+    "test_bandwidth.py",  # ~240 s, waiting for a minute to begin or on a shaped link
     "test_schedules_fire.py",  # 107 s
     "test_fleet.py",  # 101 s
     "test_edges.py",  # ~90 s

@@ -1,16 +1,19 @@
 """The uploads' bandwidth through the CLI, with SeaweedFS behind a shaped link on
-127.0.0.1 (20 ms round trip, 20 Mbit/s up, tests/kit/link.py) that records when each byte
-went up: the cap is what the link sees, and a timetable that switches during a run
-changes the rate there."""
+127.0.0.1 (tests/kit/link.py) that records when each byte went up: a cap is what the link
+sees, over any 10 s; a timetable that switches during a run changes the rate there; a
+window that ends mid-backfill leaves nothing half-done; and a typical dental first sync with
+thumbnails on keeps a 40 Mbit/s link busy. (One file: these tests mostly wait on the link
+or the clock, so they share one test worker while the others use the CPU.)"""
 
 from __future__ import annotations
 
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from tests.conftest import assert_exactly_expected
-from tests.kit.link import ShapedLink, rate_mbit
+from tests.kit.link import ShapedLink, bodies, busy, rate_mbit, windows
 
 LINK_MBIT = 20
 SMALL_CLINIC = {"patients": 14, "scale": 0.6}  # 7.5 MB in 27 images: 15 s at 4 Mbit/s
@@ -178,3 +181,52 @@ def stored_after(site) -> list[str]:
     """The image keys in the bucket."""
     listed = site.client.list_objects_v2(Bucket="dental-images", Prefix="images/")
     return [o["Key"] for o in listed.get("Contents", [])]
+
+
+UPLINK_MBIT = 40
+# Intraoral images of 0.4-0.8 MB, panoramics of 3 MB and one CBCT export of 100 MB: about
+# 140 MB, 28 s at 40 Mbit/s
+DENTAL_MIX = {
+    "patients": 12,
+    "images_per_patient": (4, 7),
+    "scale": 1.0,
+    "large_files": 1,
+    "large_mb": 100,
+}
+# about 25 MB without a CBCT: 20 s at 10 Mbit/s
+SMALL_MIX = {"patients": 14, "images_per_patient": (4, 6), "scale": 1.0, "seed": 5}
+
+
+def uplink_to(seaweed) -> ShapedLink:
+    host, port = seaweed.endpoint.removeprefix("http://").rsplit(":", 1)
+    return ShapedLink(host, int(port), rtt_ms=20, up_mbit=UPLINK_MBIT)
+
+
+def test_a_dental_first_sync_with_thumbnails_keeps_the_link_busy(make_site, seaweed):
+    with uplink_to(seaweed) as link:
+        site = make_site(endpoint=link.url, **DENTAL_MIX)
+        sizes = [
+            Path(site.clinic.pdata_root, e["path"]).stat().st_size for e in site.clinic.expected
+        ]
+        assert max(sizes) > 100 * 1e6 and sum(s > 2e6 for s in sizes) >= 3, "not the mix"
+        code, summary = site.sync()
+        assert code == 0, summary
+        assert summary["uploaded"] == len(site.clinic.expected)
+        assert summary["thumbnails"]["made"] == len(site.clinic.expected) - 1  # not the CBCT
+        used, span = busy(link.sent, UPLINK_MBIT)
+        print(f"{sum(sizes) / 1e6:.0f} MB in {span:.1f} s: the link {used:.0%} busy")
+        assert used >= 0.90, f"the link was {used:.0%} busy over {span:.1f} s"
+    assert_exactly_expected(site.client, site.clinic)
+
+
+def test_a_cap_of_10_mbit_holds_over_every_10_seconds(make_site, seaweed):
+    with uplink_to(seaweed) as link:
+        site = make_site(endpoint=link.url, transfer={"max_upload_mbit": 10}, **SMALL_MIX)
+        code, summary = site.sync()
+        assert code == 0, summary
+        sent = bodies(link.sent)
+        assert sent[-1][0] - sent[0][0] >= 15, "too few bytes to measure windows of 10 s"
+        rates = windows(sent, 10.0)
+        print(f"cap 10 Mbit/s: every 10 s between {min(rates):.2f} and {max(rates):.2f} Mbit/s")
+        assert min(rates) >= 9.0 and max(rates) <= 11.0, (min(rates), max(rates))
+    assert_exactly_expected(site.client, site.clinic)
