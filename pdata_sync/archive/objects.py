@@ -20,6 +20,11 @@ def head_sha256(client: Any, bucket: str, key: str) -> str | None:
     return (response.get("Metadata") or {}).get("sha256")
 
 
+def stored_encryption(client: Any, bucket: str, key: str) -> str:
+    """How S3 says it stores ``key`` at rest (``AES256``, ``aws:kms``; "" for not)."""
+    return str(client.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption") or "")
+
+
 def get_range(client: Any, bucket: str, key: str, length: int) -> tuple[bytes, int]:
     """The first ``length`` bytes of an object and the object's full size."""
     response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")

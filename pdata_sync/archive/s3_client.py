@@ -104,6 +104,7 @@ def make_client(
     )
     session = boto3.session.Session(botocore_session=core, **session_kwargs)
     throttle = Throttle(bandwidth) if bandwidth is not None and bandwidth.capped else None
+    encryption = cfg.encryption()
     client = session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
     s3_put.register(
         client,
@@ -115,8 +116,15 @@ def make_client(
             read_timeout=transfer.read_timeout_seconds,
             session=session,
             throttle=throttle,
+            encryption=tuple(sorted(encryption.items())),
         ),
     )
+    if encryption:  # every write through boto3 asks for it; obstore's store is made with it
+        for operation in ("PutObject", "CreateMultipartUpload", "CopyObject"):
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}",
+                functools.partial(_encrypted, encryption),
+            )
     if throttle is not None:  # boto3's uploads: multipart parts, and bodies too coarse
         # for obstore's pacing (pdata_sync.archive.s3_put)
         for operation in ("UploadPart", "PutObject"):
@@ -128,6 +136,13 @@ def make_client(
     # for our parts of at most a few MB is the cheaper risk.
     client.meta.events.unregister("before-call.s3", add_expect_header)
     return client
+
+
+def _encrypted(encryption: dict[str, str], params: dict[str, Any], **_: Any) -> None:
+    """Before a write's request is built: the configured encryption at rest, unless the
+    call names its own."""
+    for name, value in encryption.items():
+        params.setdefault(name, value)
 
 
 def _paced(throttle: Throttle, request: Any, **_: Any) -> None:

@@ -56,6 +56,7 @@ class PutSettings:
     read_timeout: float
     session: Any  # boto3.session.Session: its credentials
     throttle: Throttle | None = None  # the uploads' bandwidth (pdata_sync.base.bandwidth)
+    encryption: tuple[tuple[str, str], ...] = ()  # S3Config.encryption(), as pairs
 
 
 NO_CREDENTIALS = (
@@ -113,6 +114,11 @@ def store_of(client: Any, bucket: str) -> Any:
             "region": settings.bucket_region,
             "checksum_algorithm": "sha256",
         }
+        encryption = dict(settings.encryption)
+        if "ServerSideEncryption" in encryption:  # every PUT asks S3 to encrypt at rest
+            config["server_side_encryption"] = encryption["ServerSideEncryption"]
+        if "SSEKMSKeyId" in encryption:
+            config["sse_kms_key_id"] = encryption["SSEKMSKeyId"]
         client_options: dict[str, Any] = {
             "connect_timeout": timedelta(seconds=settings.connect_timeout),
             "read_timeout": timedelta(seconds=settings.read_timeout),

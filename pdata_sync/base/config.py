@@ -201,6 +201,9 @@ class ResolverConfig(_Model):
         return value
 
 
+Encryption = Literal["AES256", "aws:kms"]
+
+
 class S3Config(_Model):
     """Destination bucket and object naming."""
 
@@ -219,6 +222,32 @@ class S3Config(_Model):
         description="Name of a Prefect AwsCredentials block. Without it, the standard AWS "
         "chain is used (environment variables, profile, instance role).",
     )
+    server_side_encryption: Encryption | None = Field(
+        None,
+        description="Encryption at rest asked of S3 for every object pdata-sync writes "
+        "(images, multipart uploads, thumbnails, copies into retired/): AES256 (keys S3 "
+        "manages) or aws:kms (kms_key_id, else the account's default key). verify reports "
+        "an image stored without it; the next sync encrypts it in place. Empty: the "
+        "bucket's default.",
+    )
+    kms_key_id: str | None = Field(
+        None, description="KMS key id, ARN or alias for aws:kms. Empty: S3's default key."
+    )
+
+    @model_validator(mode="after")
+    def _key_with_kms(self) -> S3Config:
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id needs server_side_encryption: aws:kms")
+        return self
+
+    def encryption(self) -> dict[str, str]:
+        """The S3 request parameters of the configured encryption ({} for none)."""
+        if self.server_side_encryption is None:
+            return {}
+        params = {"ServerSideEncryption": self.server_side_encryption}
+        if self.kms_key_id:
+            params["SSEKMSKeyId"] = self.kms_key_id
+        return params
 
     @field_validator("bucket")
     @classmethod
@@ -521,6 +550,12 @@ class ResearchConfig(_Model):
         description="Name of a Prefect AwsCredentials block for the export bucket. Without "
         "it, the standard AWS chain is used.",
     )
+    server_side_encryption: Encryption | None = Field(
+        None,
+        description="Encryption at rest asked of S3 for every export object: AES256 or "
+        "aws:kms (as s3.server_side_encryption). Empty: the export bucket's default.",
+    )
+    kms_key_id: str | None = Field(None, description="KMS key for aws:kms.")
     secret_block: str | None = Field(
         None,
         description="Name of a Prefect Secret block holding the key of the pseudonyms and "
@@ -545,6 +580,8 @@ class ResearchConfig(_Model):
             region=self.region,
             endpoint_url=self.endpoint_url,
             aws_credentials_block=self.aws_credentials_block,
+            server_side_encryption=self.server_side_encryption,
+            kms_key_id=self.kms_key_id,
         )
 
 

@@ -92,6 +92,8 @@ def print_drift(result: dict[str, Any]) -> None:
         print(f"  unknown: {key}")
     for key in result["unverified"]:
         print(f"  not yet verified: {key}")
+    for item in result.get("unencrypted", []):
+        print(f"  not encrypted at rest: {item['key']}: {item['reason']}")
     if result["orthanc"] is not None:
         print(f"Orthanc: {result['orthanc']['checked']} images recorded as held, checked")
         for key in result["orthanc"]["missing"]:

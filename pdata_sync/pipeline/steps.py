@@ -450,11 +450,22 @@ def verify_clinic(ctx: RunContext) -> Drift:
     if orthanc is not None:
         warn_if_insecure(ctx.config.orthanc, ctx.log)
         orthanc.check()  # unreachable or refused: before any work
-    drift = verify_catalog(ctx.images(), ctx.s3, ctx.config.s3.bucket, ctx.belongs, ctx.run_id)
+    drift = verify_catalog(
+        ctx.images(),
+        ctx.s3,
+        ctx.config.s3.bucket,
+        ctx.belongs,
+        ctx.run_id,
+        ctx.config.s3.server_side_encryption,
+    )
     if orthanc is not None:
         verify_orthanc(ctx.orthanc_records(), orthanc, drift, orthanc.cfg.concurrency)
     # an incremental sync must read these patients' folders next, not wait for a full run
-    differing = {*drift.missing, *(c["key"] for c in drift.changed), *drift.orthanc_missing}
+    differing = {
+        *drift.missing,
+        *(c["key"] for c in drift.changed + drift.unencrypted),
+        *drift.orthanc_missing,
+    }
     if differing:
         paths = {row.key: row.rel_path for row in ctx.images().rows()}
         ctx.marks().forget(

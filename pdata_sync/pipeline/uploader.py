@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pdata_sync.archive.listing import RemoteObject, list_patients
-from pdata_sync.archive.objects import head_metadata, head_sha256
+from pdata_sync.archive.objects import head_metadata, head_sha256, stored_encryption
 from pdata_sync.archive.retired import copy_to_retired, retired_key, retirement_metadata
 from pdata_sync.archive.thumbnails import ThumbnailError, make_thumbnail, too_large
 from pdata_sync.archive.uploads import (
@@ -52,6 +52,7 @@ from pdata_sync.base.errors import (
 from pdata_sync.catalog import (
     ACCEPT,
     CONFIRM,
+    DRIFTED,
     MATCH,
     CatalogRow,
     ClinicImages,
@@ -330,6 +331,7 @@ class BatchUploader:
             raise BadInputError("empty file")
         if verified_unchanged(item, row, remote, st, self.check):
             return Outcome(UNCHANGED, item.rel_path, item.key)  # not read again
+        held: str | None = None  # the SHA-256 S3 is known to hold at the key
         if remote is not None and remote.size == size:
             source: bytes | Path = path
             if size <= self.threshold:  # read once for the digests and the header
@@ -340,7 +342,10 @@ class BatchUploader:
             else:
                 with self.cpu:
                     etag, sha = file_digests(path, size, self.threshold, self.part_size)
-            if self._same_content(remote, etag, sha):
+            same = self._same_content(remote, etag, sha)
+            if same and self._stored_unencrypted(item, row):
+                held = sha  # S3 holds these bytes: nothing to keep if they are what goes up
+            elif same:
                 with self.cpu:
                     header = read_header(source)
                 self._check_header(item, header)
@@ -357,8 +362,8 @@ class BatchUploader:
         if remote is not None and (row is None or row.sha256 is None):
             self._check_owner(item)  # about to replace an object this catalog never held
         if size <= self.threshold:
-            return self._upload_small(item, path, row, replaces=remote is not None)
-        return self._upload_multipart(item, path, row, replaces=remote is not None)
+            return self._upload_small(item, path, row, remote is not None, held)
+        return self._upload_multipart(item, path, row, remote is not None, held)
 
     def _keep_replaced(
         self, item: PlannedImage, row: CatalogRow | None, st: os.stat_result, sha: str
@@ -401,6 +406,17 @@ class BatchUploader:
         target, why = self._kept.get(key, ("", ""))
         return f"{why}; the old version is kept at {target}" if why == KEPT_IN_PLACE else ""
 
+    def _stored_unencrypted(self, item: PlannedImage, row: CatalogRow | None) -> bool:
+        """A drifted row whose object holds the right bytes may have been found by verify
+        stored without the configured encryption (docs/protecting-the-archive.md): then
+        the same bytes are uploaded again, encrypted (S3 servers differ on copying an
+        object onto itself; SeaweedFS refuses it). Asked of drifted rows only: every
+        write of pdata-sync asks for the encryption."""
+        algorithm = self.config.s3.server_side_encryption
+        if algorithm is None or row is None or row.state != DRIFTED:
+            return False
+        return stored_encryption(self.client, self.config.s3.bucket, item.key) != algorithm
+
     def _check_owner(self, item: PlannedImage) -> None:
         """Raise :class:`PermanentError` unless the object S3 holds at ``item.key`` is this
         clinic's image ``item.image_id`` by its own metadata: a key is one image's, and an
@@ -432,7 +448,12 @@ class BatchUploader:
         raise PermanentError(why)
 
     def _upload_small(
-        self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
+        self,
+        item: PlannedImage,
+        path: Path,
+        row: CatalogRow | None,
+        replaces: bool,
+        held: str | None = None,
     ) -> Outcome:
         data, st = _read_stable(path)
         with self.cpu:
@@ -440,6 +461,7 @@ class BatchUploader:
             header = read_header(data)
         self._check_header(item, header)
         info = self._info(item, st, digest.hex(), header)
+        replaces = replaces and info.sha256 != held  # the same bytes again: nothing to keep
         kept = self._keep_replaced(item, row, st, info.sha256) if replaces else ""
         stored = put_small(
             self.client,
@@ -466,7 +488,12 @@ class BatchUploader:
         )
 
     def _upload_multipart(
-        self, item: PlannedImage, path: Path, row: CatalogRow | None, replaces: bool
+        self,
+        item: PlannedImage,
+        path: Path,
+        row: CatalogRow | None,
+        replaces: bool,
+        held: str | None = None,
     ) -> Outcome:
         with self.cpu:
             header = read_header(path)
@@ -475,6 +502,7 @@ class BatchUploader:
         with self.cpu:
             sha, digests = part_digests(path, self.part_size)
         info = self._info(item, before, sha, header)
+        replaces = replaces and sha != held  # the same bytes again: nothing to keep
         kept = self._keep_replaced(item, row, before, sha) if replaces else ""
         stored = put_multipart(
             self.client,

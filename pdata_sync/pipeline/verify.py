@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdata_sync.archive.listing import RemoteObject, list_patients
+from pdata_sync.archive.objects import stored_encryption
 from pdata_sync.catalog import DRIFTED, RETIRED, VERIFIED, ClinicImages, OrthancRecords
 from pdata_sync.orthanc.client import OrthancClient
 
@@ -48,14 +49,24 @@ class Drift:
     retired: int = 0  # rows of objects moved out of images/: nothing to compare
     orthanc_checked: int | None = None  # None: the clinic has no Orthanc
     orthanc_missing: list[str] = field(default_factory=list)
+    # s3.server_side_encryption set: the objects S3 does not say are stored that way
+    unencrypted: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.changed or self.unknown or self.orthanc_missing)
+        return not (
+            self.missing or self.changed or self.unknown or self.orthanc_missing or self.unencrypted
+        )
 
     @property
     def differences(self) -> int:
-        return len(self.missing) + len(self.changed) + len(self.unknown) + len(self.orthanc_missing)
+        return (
+            len(self.missing)
+            + len(self.changed)
+            + len(self.unknown)
+            + len(self.orthanc_missing)
+            + len(self.unencrypted)
+        )
 
     def table(self) -> list[dict[str, str]]:
         """One row per object that differs from the catalog (key, finding, reason)."""
@@ -72,6 +83,10 @@ class Drift:
             {"key": k, "finding": "missing in Orthanc", "reason": "stored there, now gone"}
             for k in sorted(self.orthanc_missing)
         ]
+        rows += [
+            {"key": u["key"], "finding": "not encrypted at rest", "reason": u["reason"]}
+            for u in sorted(self.unencrypted, key=lambda u: u["key"])
+        ]
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +101,7 @@ class Drift:
             "unknown": sorted(self.unknown),
             "unverified": sorted(self.unverified),
             "retired": self.retired,
+            "unencrypted": sorted(self.unencrypted, key=lambda u: u["key"]),
             "orthanc": None
             if self.orthanc_checked is None
             else {"checked": self.orthanc_checked, "missing": sorted(self.orthanc_missing)},
@@ -98,9 +114,13 @@ def verify_catalog(
     bucket: str,
     belongs: Callable[[str], bool],
     flow_run_id: str | None = None,
+    encryption: str | None = None,
 ) -> Drift:
     """Compare every catalog row of the clinic in this destination with what S3 lists,
-    and record the result in the catalog (S3 is only read)."""
+    and record the result in the catalog (S3 is only read). With ``encryption`` (the
+    configured ``s3.server_side_encryption``) every object that matches is also asked
+    (HEAD) how S3 stores it: one stored otherwise is reported and recorded as drifted,
+    for the next sync to encrypt in place."""
     rows = images.rows()
     drift = Drift(clinic_id=images.clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})
@@ -137,9 +157,31 @@ def verify_catalog(
             confirmed.append(row.key)
     for guid, listing in listings.items():
         drift.unknown += [k for k in listing if k not in known[guid] and belongs(k)]
+    if encryption is not None:
+        drift.unencrypted = not_encrypted(client, bucket, confirmed, encryption)
+        plain = {u["key"] for u in drift.unencrypted}
+        confirmed = [k for k in confirmed if k not in plain]
+        drift.verified_ok -= len(plain)
     images.reconfirm(confirmed, flow_run_id)
-    images.contradict(drift.missing + [c["key"] for c in drift.changed], flow_run_id)
+    images.contradict(
+        drift.missing + [c["key"] for c in drift.changed + drift.unencrypted], flow_run_id
+    )
     return drift
+
+
+def not_encrypted(
+    client: Any, bucket: str, keys: list[str], algorithm: str
+) -> list[dict[str, str]]:
+    """The objects among ``keys`` whose HEAD does not say ``algorithm`` (key, reason)."""
+
+    with ThreadPoolExecutor(LIST_WORKERS) as pool:
+        found = list(pool.map(lambda key: stored_encryption(client, bucket, key), keys))
+    return [
+        {"key": key, "reason": f"S3 stores it {'as ' + how if how else 'unencrypted'}, "
+         f"not {algorithm}"}
+        for key, how in zip(keys, found, strict=True)
+        if how != algorithm
+    ]  # fmt: skip
 
 
 def verify_orthanc(

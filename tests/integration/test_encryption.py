@@ -1,0 +1,83 @@
+"""Encryption at rest (``s3.server_side_encryption``) through the CLI on SeaweedFS, which
+stores and reports SSE-S3 (AES256): every object a sync writes is encrypted, verify finds an
+image someone rewrote without it, and the next sync encrypts it in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import assert_exactly_expected
+
+BUCKET = "dental-images"
+AES = {"s3": {"server_side_encryption": "AES256"}}
+
+
+def stored_as(client, key: str) -> str | None:
+    return client.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption")
+
+
+def every_key(client) -> list[str]:
+    listed = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    return [o["Key"] for o in listed]
+
+
+def test_every_object_of_a_sync_is_encrypted_and_verify_finds_one_that_is_not(make_site):
+    site = make_site(settings=AES)
+    client = site.client
+    code, summary = site.sync()
+    assert code == 0, summary
+    keys = every_key(client)
+    assert any(k.startswith("thumbnails/") for k in keys)
+    assert {k: stored_as(client, k) for k in keys} == {k: "AES256" for k in keys}
+
+    # someone writes an image again, same bytes and metadata, without encryption
+    key = next(k for k in keys if k.startswith("images/"))
+    got = client.get_object(Bucket=BUCKET, Key=key)
+    client.put_object(
+        Bucket=BUCKET,
+        Key=key,
+        Body=got["Body"].read(),
+        Metadata=got["Metadata"],
+        ContentType=got["ContentType"],
+    )
+    assert stored_as(client, key) is None  # the server did not encrypt it by itself
+
+    code, report = site.verify()
+    assert code == 1 and not report["ok"], report
+    assert [u["key"] for u in report["unencrypted"]] == [key]
+    assert "unencrypted, not AES256" in report["unencrypted"][0]["reason"]
+    assert report["missing"] == report["changed"] == []
+
+    code, summary = site.sync()
+    # the same bytes sent again, encrypted; nothing kept in retired/ (nothing was replaced)
+    assert code == 0 and summary["uploaded"] == 1, summary["failed"]
+    assert summary["retired"] == [] and not [k for k in every_key(client) if "retired/" in k]
+    assert stored_as(client, key) == "AES256"
+    code, report = site.verify()
+    assert code == 0 and report["ok"] and report["unencrypted"] == [], report
+    assert_exactly_expected(client, site.clinic)
+
+
+def test_copies_kept_in_retired_are_encrypted_too(make_site):
+    site = make_site(settings=AES)
+    code, summary = site.sync()
+    assert code == 0, summary
+    entry = site.clinic.expected[0]
+    path = Path(site.clinic.pdata_root, entry["path"])
+    path.write_bytes(path.read_bytes() + b"\0\0")  # the file changed: the old one is kept
+    code, summary = site.sync()
+    assert code == 0 and summary["uploaded"] >= 1, summary
+    retired = [k for k in every_key(site.client) if k.startswith("retired/")]
+    assert retired, "the replaced content is kept under retired/"
+    assert {stored_as(site.client, k) for k in retired} == {"AES256"}
+
+
+def test_kms_key_without_aws_kms_is_refused_at_load(tmp_path):
+    import pytest
+
+    from pdata_sync.base.config import S3Config
+
+    with pytest.raises(ValueError, match="kms_key_id needs server_side_encryption: aws:kms"):
+        S3Config(bucket=BUCKET, server_side_encryption="AES256", kms_key_id="alias/x")
+    s3 = S3Config(bucket=BUCKET, server_side_encryption="aws:kms", kms_key_id="alias/x")
+    assert s3.encryption() == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/x"}
