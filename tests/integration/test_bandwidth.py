@@ -40,8 +40,15 @@ def test_a_cap_of_4_mbit_on_a_20_mbit_link_is_what_the_link_carries(make_site, s
         start, end = busy_span(link.sent)
         assert end - start >= 10, f"the uploads took {end - start:.1f} s: too few to measure"
         measured = rate_mbit(link.sent, start, end)
-        print(f"cap 4 Mbit/s: {measured:.2f} Mbit/s over {end - start:.1f} s")
+        # and over any 10 s, not only on average: the panoramics (1.1 MB here, 2.2 s at the
+        # cap) are paced as they are sent, not sent whole at the link's speed
+        rates = windows(bodies(link.sent), 10.0)
+        print(
+            f"cap 4 Mbit/s: {measured:.2f} Mbit/s over {end - start:.1f} s; every 10 s "
+            f"{min(rates):.2f}-{max(rates):.2f}"
+        )
         assert abs(measured - 4) <= 0.4, f"{measured:.2f} Mbit/s at a cap of 4"
+        assert min(rates) >= 3.6 and max(rates) <= 4.4, (min(rates), max(rates))
     assert_exactly_expected(site.client, site.clinic)
 
 
@@ -184,17 +191,15 @@ def stored_after(site) -> list[str]:
 
 
 UPLINK_MBIT = 40
-# Intraoral images of 0.4-0.8 MB, panoramics of 3 MB and one CBCT export of 100 MB: about
-# 140 MB, 28 s at 40 Mbit/s
+# Intraoral images of 0.4-0.8 MB, three panoramics of 3 MB and one CBCT export of 100 MB:
+# 25 images, 125 MB, 25 s at 40 Mbit/s
 DENTAL_MIX = {
-    "patients": 12,
+    "patients": 9,
     "images_per_patient": (4, 7),
     "scale": 1.0,
     "large_files": 1,
     "large_mb": 100,
 }
-# about 25 MB without a CBCT: 20 s at 10 Mbit/s
-SMALL_MIX = {"patients": 14, "images_per_patient": (4, 6), "scale": 1.0, "seed": 5}
 
 
 def uplink_to(seaweed) -> ShapedLink:
@@ -216,17 +221,4 @@ def test_a_dental_first_sync_with_thumbnails_keeps_the_link_busy(make_site, seaw
         used, span = busy(link.sent, UPLINK_MBIT)
         print(f"{sum(sizes) / 1e6:.0f} MB in {span:.1f} s: the link {used:.0%} busy")
         assert used >= 0.90, f"the link was {used:.0%} busy over {span:.1f} s"
-    assert_exactly_expected(site.client, site.clinic)
-
-
-def test_a_cap_of_10_mbit_holds_over_every_10_seconds(make_site, seaweed):
-    with uplink_to(seaweed) as link:
-        site = make_site(endpoint=link.url, transfer={"max_upload_mbit": 10}, **SMALL_MIX)
-        code, summary = site.sync()
-        assert code == 0, summary
-        sent = bodies(link.sent)
-        assert sent[-1][0] - sent[0][0] >= 15, "too few bytes to measure windows of 10 s"
-        rates = windows(sent, 10.0)
-        print(f"cap 10 Mbit/s: every 10 s between {min(rates):.2f} and {max(rates):.2f} Mbit/s")
-        assert min(rates) >= 9.0 and max(rates) <= 11.0, (min(rates), max(rates))
     assert_exactly_expected(site.client, site.clinic)

@@ -21,7 +21,7 @@ def every_key(client) -> list[str]:
     return [o["Key"] for o in listed]
 
 
-def test_every_object_of_a_sync_is_encrypted_and_verify_finds_one_that_is_not(make_site):
+def test_every_object_is_encrypted_and_one_found_without_it_is_written_again(make_site):
     site = make_site(settings=AES)
     client = site.client
     code, summary = site.sync()
@@ -48,28 +48,25 @@ def test_every_object_of_a_sync_is_encrypted_and_verify_finds_one_that_is_not(ma
     assert "unencrypted, not AES256" in report["unencrypted"][0]["reason"]
     assert report["missing"] == report["changed"] == []
 
+    # and a file changes: what it replaces is kept under retired/, encrypted too
+    changed = next(e for e in site.clinic.expected if e["image_id"] != image_of(key))
+    path = Path(site.clinic.pdata_root, changed["path"])
+    path.write_bytes(path.read_bytes() + b"\0\0")
     code, summary = site.sync()
-    # the same bytes sent again, encrypted; nothing kept in retired/ (nothing was replaced)
-    assert code == 0 and summary["uploaded"] == 1, summary["failed"]
-    assert summary["retired"] == [] and not [k for k in every_key(client) if "retired/" in k]
+    assert code == 0, summary["failed"]
+    # the unencrypted one sent again, encrypted; nothing kept for it (nothing was replaced)
+    retired = [k for k in every_key(client) if k.startswith("retired/")]
+    assert retired and not [k for k in retired if k.endswith(key.rsplit("/", 1)[1])]
+    assert {stored_as(client, k) for k in retired} == {"AES256"}
     assert stored_as(client, key) == "AES256"
     code, report = site.verify()
     assert code == 0 and report["ok"] and report["unencrypted"] == [], report
     assert_exactly_expected(client, site.clinic)
 
 
-def test_copies_kept_in_retired_are_encrypted_too(make_site):
-    site = make_site(settings=AES)
-    code, summary = site.sync()
-    assert code == 0, summary
-    entry = site.clinic.expected[0]
-    path = Path(site.clinic.pdata_root, entry["path"])
-    path.write_bytes(path.read_bytes() + b"\0\0")  # the file changed: the old one is kept
-    code, summary = site.sync()
-    assert code == 0 and summary["uploaded"] >= 1, summary
-    retired = [k for k in every_key(site.client) if k.startswith("retired/")]
-    assert retired, "the replaced content is kept under retired/"
-    assert {stored_as(site.client, k) for k in retired} == {"AES256"}
+def image_of(key: str) -> int:
+    """The image id in a key of the default template ({clinic}_{image}_{name}.dcm)."""
+    return int(key.rsplit("/", 1)[1].split("_")[1])
 
 
 def test_kms_key_without_aws_kms_is_refused_at_load(tmp_path):
