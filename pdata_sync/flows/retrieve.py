@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import Field
 
@@ -23,6 +24,7 @@ from pdata_sync.archive.retrieval import (
 from pdata_sync.base.config import OrthancConfig, S3Config
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.orthanc.client import warn_if_insecure
+from pdata_sync.pipeline.naming import retrieval_run_name
 from pdata_sync.pipeline.previews import write_previews
 from pdata_sync.tasks.credentials import orthanc_client, s3_client
 
@@ -112,7 +114,14 @@ _ORTHANC = Field(
 )
 
 
-@flow(name="retrieve-patient-images", persist_result=False)
+def _run_name() -> str:
+    """``retrieve-{first 8 of the guid}-{UTC time}`` (pdata_sync.pipeline.naming)."""
+    return retrieval_run_name(
+        flow_run.parameters.get("patient_guid"), flow_run.scheduled_start_time
+    )
+
+
+@flow(name="retrieve-patient-images", flow_run_name=_run_name, persist_result=False)
 def retrieve_patient_images(
     patient_guid: str = _GUID,
     s3: S3Config = _S3,

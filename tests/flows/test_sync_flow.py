@@ -236,6 +236,13 @@ def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(make_site, s3):
     )
     presigned = state.result()
     assert all("X-Amz-Signature" in i["url"] for i in presigned)
+    # named by the patient it retrieved and when, not Prefect's random words
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    stamp = run.expected_start_time.astimezone(UTC).strftime("%Y-%m-%dT%H-%MZ")
+    assert run.name == f"retrieve-{guid[:8]}-{stamp}"
     (artifact,) = [
         a
         for a in artifacts_of(state.state_details.flow_run_id)
