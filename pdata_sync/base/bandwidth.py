@@ -3,10 +3,11 @@ time zone, and the one throttle of a process that every upload thread and multip
 takes its bytes from (docs/bandwidth.md).
 
 The throttle paces requests: before a body goes out it takes as many bytes from a token
-bucket as the body holds, waiting while the bucket is ahead of the rate of that moment.
-Over any window longer than a few bodies the bytes sent stay at the cap; a single body
-still goes at the link's speed (a part of 8 MB on a 40 Mbit/s link: 1.6 s), so the
-granularity is one object or part per upload thread.
+bucket as the body holds, waiting while the bucket is ahead of the rate of that moment,
+and the body then goes at the link's speed. A body that would take longer than
+:data:`GRAIN_SECONDS` at the cap is instead read out through :class:`PacedBody`, 64 KB
+at a time, each chunk taking its own bytes: the rate holds over any window of a few
+seconds, not only over a few bodies.
 """
 
 from __future__ import annotations

@@ -227,8 +227,8 @@ class S3Config(_Model):
         description="Encryption at rest asked of S3 for every object pdata-sync writes "
         "(images, multipart uploads, thumbnails, copies into retired/): AES256 (keys S3 "
         "manages) or aws:kms (kms_key_id, else the account's default key). verify reports "
-        "an image stored without it; the next sync encrypts it in place. Empty: the "
-        "bucket's default.",
+        "an image stored without it; the next sync writes the same bytes again, encrypted. "
+        "Empty: the bucket's default.",
     )
     kms_key_id: str | None = Field(
         None, description="KMS key id, ARN or alias for aws:kms. Empty: S3's default key."

@@ -82,13 +82,17 @@ def grown(previous: Any, row: dict[str, Any], keep: int = KEEP_NIGHTS) -> list[d
 
 def percent_archived(summary: RunSummary) -> float:
     """The progress artifact's value: the archive's bytes in S3 of those known."""
-    share = summary.backlog()["archived"]["percent"]
+    return _percent(summary.backlog())
+
+
+def _percent(backlog: dict[str, Any]) -> float:
+    share = backlog["archived"]["percent"]
     return 100.0 if share is None else float(share)
 
 
 def headline(summary: RunSummary) -> str:
-    """One line on where the backfill stands, e.g. "12.3 GB archived (12.3 %); 80,000
-    images (87.7 GB) left: about 9 more nights at 22.1 Mbit/s"."""
+    """One line on where the backfill stands, e.g. "20,000 images (20.0 GB) archived
+    (25.0 %); 60,000 images (60.0 GB) left: about 3 more night(s) at 11.11 Mbit/s"."""
     data = summary.backlog()
     archived = f"{data['archived']['images']:,} images ({_gb(summary.archived_bytes):,.1f} GB)"
     if not summary.left:
@@ -98,8 +102,8 @@ def headline(summary: RunSummary) -> str:
     left = f"{summary.left:,} images ({_gb(summary.bytes_left):,.1f} GB) left"
     rate = data["rate"]
     if not rate:
-        return f"{archived} archived ({percent_archived(summary)} %); {left}, none uploaded"
+        return f"{archived} archived ({_percent(data)} %); {left}, none uploaded"
     return (
-        f"{archived} archived ({percent_archived(summary)} %); {left}: about "
+        f"{archived} archived ({_percent(data)} %); {left}: about "
         f"{data['runs_left']} more night(s) at {rate['mbit_per_s']} Mbit/s"
     )

@@ -120,7 +120,7 @@ def verify_catalog(
     and record the result in the catalog (S3 is only read). With ``encryption`` (the
     configured ``s3.server_side_encryption``) every object that matches is also asked
     (HEAD) how S3 stores it: one stored otherwise is reported and recorded as drifted,
-    for the next sync to encrypt in place."""
+    for the next sync to write again, encrypted."""
     rows = images.rows()
     drift = Drift(clinic_id=images.clinic_id, rows=len(rows))
     guids = sorted({r.patient_guid for r in rows})

@@ -25,10 +25,9 @@ def link_to(seaweed) -> ShapedLink:
 
 
 def busy_span(sent: list[tuple[float, int]]) -> tuple[float, float]:
-    """From the first to the last chunk of the uploads (the bodies; small requests before
-    and after them do not count)."""
-    big = [at for at, n in sent if n >= 16 * 1024]
-    return big[0], big[-1]
+    """From the first to the last chunk of the uploads' bodies (tests/kit/link.py)."""
+    span = bodies(sent)
+    return span[0][0], span[-1][0]
 
 
 def test_a_cap_of_4_mbit_on_a_20_mbit_link_is_what_the_link_carries(make_site, seaweed):

@@ -1,6 +1,6 @@
 """Encryption at rest (``s3.server_side_encryption``) through the CLI on SeaweedFS, which
 stores and reports SSE-S3 (AES256): every object a sync writes is encrypted, verify finds an
-image someone rewrote without it, and the next sync encrypts it in place."""
+image someone rewrote without it, and the next sync writes the same bytes again, encrypted."""
 
 from __future__ import annotations
 
