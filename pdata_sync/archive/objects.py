@@ -43,10 +43,17 @@ def get_bytes(client: Any, bucket: str, key: str) -> tuple[bytes, dict[str, str]
 
 
 def put_derived(
-    client: Any, bucket: str, key: str, body: bytes, content_type: str, source_sha256: str | None
+    client: Any,
+    bucket: str,
+    key: str,
+    body: bytes,
+    content_type: str,
+    source_sha256: str | None,
+    lock: dict[str, Any] | None = None,
 ) -> None:
     """Store a picture made from an image (a thumbnail), checksummed by S3 like the images;
-    ``source-sha256`` records which image content it was made from."""
+    ``source-sha256`` records which image content it was made from; ``lock``: the image's
+    own Object Lock (a thumbnail shows the patient's X-ray, so it is kept as long)."""
     s3_put.put_object(
         client,
         bucket,
@@ -54,7 +61,22 @@ def put_derived(
         body,
         content_type=content_type,
         metadata={"source-sha256": source_sha256} if source_sha256 else {},
+        lock=lock,
     )
+
+
+def stored_lock(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The Object Lock of ``key``'s current version as request parameters (None: none),
+    for what is made from it or copied out of it to carry the same date."""
+    return lock_in(client.head_object(Bucket=bucket, Key=key))
+
+
+def lock_in(response: dict[str, Any]) -> dict[str, Any] | None:
+    """The Object Lock a HEAD or GET answered, as request parameters (None: none)."""
+    mode, until = response.get("ObjectLockMode"), response.get("ObjectLockRetainUntilDate")
+    if not mode or until is None:
+        return None
+    return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
 
 
 def presign_get(client: Any, bucket: str, key: str, expires_in: int) -> str:

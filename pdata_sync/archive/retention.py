@@ -22,7 +22,8 @@ shortened, so every doubt lengthens the date, and nothing here can shorten it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 EARLIEST = date(1900, 1, 1)
 FROM_STUDY, FROM_ACQUISITION, FROM_CONTENT, FROM_UPLOAD = (
@@ -60,8 +61,15 @@ class Retention:
     examined_from: str  # which header date gave the examination (or the upload date)
     minor: bool | None  # a minor at the examination; None: unknown (no usable birth date)
 
-    def note(self) -> str | None:
-        """What a run should count and say about this image's date, or None."""
+    def ended(self, today: date) -> bool:
+        """The rule asks nothing more of this image: S3 takes no lock date in the past."""
+        return self.until < today
+
+    def note(self, today: date) -> str | None:
+        """What a run should count and say about this image's date, or None (never the
+        date itself: a minor's would tell the birth date)."""
+        if self.ended(today):
+            return "its retention period has ended: stored without a lock"
         if self.examined_from == FROM_UPLOAD:
             return "no usable examination date in the header: kept from the upload date"
         if self.minor is None:
@@ -119,3 +127,37 @@ def retain_until(
     if minor:
         until = max(until, years_after(born, rule.minors_until_age))
     return Retention(until, examined, source, minor)
+
+
+def rule_of(lock: Any) -> RetentionRule:
+    """The rule of a clinic's ``s3.object_lock`` (pdata_sync.base.config.ObjectLockConfig)."""
+    return RetentionRule(
+        years=lock.years, minors_until_age=lock.minors_until_age, adult_age=lock.adult_age
+    )
+
+
+def of_header(rule: RetentionRule, dates: Any, uploaded: date) -> Retention:
+    """:func:`retain_until` of a header's dates (pdata_sync.source.dicom_meta.HeaderDates)."""
+    return retain_until(
+        rule,
+        uploaded=uploaded,
+        study=dates.study,
+        acquisition=dates.acquisition,
+        content=dates.content,
+        birth=dates.birth,
+    )
+
+
+def lock_params(mode: str, until: date) -> dict[str, Any]:
+    """The S3 request parameters that lock a version in ``mode`` through the whole of
+    ``until``: up to the start of the next day in UTC, which is past the end of ``until``
+    anywhere west of UTC+24 (a day short would be unlawful, a day long is not)."""
+    end = datetime.combine(until + timedelta(days=1), time(0), tzinfo=UTC)
+    return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": end}
+
+
+def locked_until(params: dict[str, Any] | None) -> date | None:
+    """The day :func:`lock_params` locks through (None: no lock)."""
+    if not params:
+        return None
+    return params["ObjectLockRetainUntilDate"].date() - timedelta(days=1)

@@ -1,6 +1,8 @@
 """The move out of ``images/``: a retired object is copied under ``retired/`` (by clinic and
-time, with why, when and by which run in its metadata), the copy checked, then the original
-deleted; an upload over an object first keeps the content it replaces the same way.
+time, with why, when and by which run in its metadata, and the original's Object Lock), the
+copy checked, then the original deleted; an upload over an object first keeps the content it
+replaces the same way. On a versioned bucket the delete is a plain DELETE: it leaves a
+delete marker, and a locked version stays (pdata-sync never deletes a version).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from pdata_sync.archive.objects import lock_in
 from pdata_sync.archive.uploads import CONTENT_TYPE
 from pdata_sync.base.errors import PermanentError, s3_code
 
@@ -82,6 +85,8 @@ def copy_to_retired(
             "Metadata": metadata,
             "MetadataDirective": "REPLACE",
             "ContentType": head.get("ContentType") or CONTENT_TYPE,
+            # a copy is a new object: S3 does not carry the lock over, so it is asked for
+            **(lock_in(head) or {}),
         },
     )
     copied = client.head_object(Bucket=bucket, Key=target)

@@ -29,6 +29,7 @@ from pdata_sync.base.errors import (
     ErrorKind,
     classify,
     describe,
+    s3_code,
     s3_config_message,
 )
 
@@ -152,10 +153,14 @@ def _paced(throttle: Throttle, request: Any, **_: Any) -> None:
         request.body = PacedBody(request.body, throttle)
 
 
-def check_bucket(client: Any, bucket: str) -> None:
-    """Make sure the bucket exists and these credentials can reach it, else :class:`ConfigError`."""
+def check_bucket(client: Any, bucket: str, *, locked: bool = False) -> None:
+    """Make sure the bucket exists and these credentials can reach it, else :class:`ConfigError`.
+    ``locked`` (s3.object_lock is set): it must also have versioning and Object Lock
+    enabled, or no version written could be locked."""
     try:
         client.head_bucket(Bucket=bucket)
+        if locked:
+            _check_object_lock(client, bucket)
     except NoCredentialsError:
         raise ConfigError(s3_put.NO_CREDENTIALS) from None
     except EndpointConnectionError as exc:
@@ -164,3 +169,21 @@ def check_bucket(client: Any, bucket: str) -> None:
         if classify(exc) is ErrorKind.CONFIG:
             raise ConfigError(s3_config_message(exc, bucket)) from None
         raise ConfigError(f"S3: bucket {bucket!r} cannot be checked: {describe(exc)}") from None
+
+
+def _check_object_lock(client: Any, bucket: str) -> None:
+    """Refuse a bucket that cannot keep locked versions (one line, as a ConfigError)."""
+    refused = (
+        f"S3: bucket {bucket!r} {{}}, and s3.object_lock is set: create the bucket with "
+        "Object Lock enabled (it enables versioning too); nothing was uploaded"
+    )
+    try:
+        lock = client.get_object_lock_configuration(Bucket=bucket)
+    except ClientError as exc:
+        if s3_code(exc)[1] in ("ObjectLockConfigurationNotFoundError", "404", "NoSuchBucket"):
+            raise ConfigError(refused.format("has no Object Lock")) from None
+        raise
+    if (lock.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") != "Enabled":
+        raise ConfigError(refused.format("has no Object Lock"))
+    if client.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
+        raise ConfigError(refused.format("is not versioned"))

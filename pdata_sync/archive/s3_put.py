@@ -176,17 +176,22 @@ def put_object(
     *,
     content_type: str,
     metadata: dict[str, str],
+    lock: dict[str, Any] | None = None,
 ) -> str:
     """PUT ``data`` under ``key`` in one request with S3's SHA-256 check; returns the ETag
-    S3 answered (without quotes, "" if none). Transient errors are retried."""
+    S3 answered (without quotes, "" if none). Transient errors are retried. ``lock``: the
+    version's Object Lock (pdata_sync.archive.retention.lock_params), which obstore cannot
+    send, so a locked PUT goes through boto3."""
     import obstore
+
+    settings = settings_of(client)
+    if lock or (
+        settings.throttle is not None and settings.throttle.whole_body_too_coarse(len(data))
+    ):
+        return _put_boto3(client, bucket, key, data, content_type, metadata, lock)
 
     store = store_of(client, bucket)
     attributes: dict[str, str] = {"Content-Type": content_type, **metadata}
-
-    settings = settings_of(client)
-    if settings.throttle is not None and settings.throttle.whole_body_too_coarse(len(data)):
-        return _put_paced(client, bucket, key, data, content_type, metadata)
 
     def once() -> Any:
         if settings.throttle is not None:  # every attempt sends the body again
@@ -197,14 +202,21 @@ def put_object(
     return str(result.get("e_tag") or "").strip('"')
 
 
-def _put_paced(
-    client: Any, bucket: str, key: str, data: bytes, content_type: str, metadata: dict[str, str]
+def _put_boto3(
+    client: Any,
+    bucket: str,
+    key: str,
+    data: bytes,
+    content_type: str,
+    metadata: dict[str, str],
+    lock: dict[str, Any] | None,
 ) -> str:
-    """The same PUT through boto3, for a body that must be paced as it is sent under a cap
-    (obstore sends a body whole): its hook reads the body out under the throttle
-    (pdata_sync.archive.s3_client). S3 checks the same ``x-amz-checksum-sha256``; botocore
-    retries transient errors (``transfer.max_attempts``). A capped upload waits on the
-    link, so botocore's CPU per request does not matter here."""
+    """The same PUT through boto3, for what obstore cannot do: a body that must be paced as
+    it is sent under a cap (obstore sends a body whole; the client's hook reads it out under
+    the throttle, pdata_sync.archive.s3_client), or a version with an Object Lock. S3 checks
+    the same ``x-amz-checksum-sha256`` (which also stands for the Content-MD5 a locked PUT
+    needs); botocore retries transient errors (``transfer.max_attempts``). A capped upload
+    waits on the link, so botocore's CPU per request does not matter there."""
     response = client.put_object(
         Bucket=bucket,
         Key=key,
@@ -212,6 +224,7 @@ def _put_paced(
         ContentType=content_type,
         Metadata=metadata,
         ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode("ascii"),
+        **(lock or {}),
     )
     return str(response.get("ETag") or "").strip('"')
 
@@ -224,6 +237,7 @@ def checks_sha256(
     *,
     content_type: str,
     metadata: dict[str, str],
+    lock: dict[str, Any] | None = None,
 ) -> bool:
     """Whether the server refuses a body that does not match its ``x-amz-checksum-sha256``.
 
@@ -252,6 +266,7 @@ def checks_sha256(
                     ContentType=content_type,
                     Metadata=metadata,
                     ChecksumSHA256=base64.b64encode(not_its_own).decode("ascii"),
+                    **(lock or {}),  # a version stored unchecked is locked like the rest
                 )
                 known[bucket] = False  # stored unchecked
             except Exception as exc:  # noqa: BLE001 - every answer is a verdict, read here

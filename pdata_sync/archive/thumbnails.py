@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from pdata_sync.archive.listing import iter_prefix
-from pdata_sync.archive.objects import get_bytes, put_derived
+from pdata_sync.archive.objects import get_bytes, put_derived, stored_lock
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import describe, s3_code
 from pdata_sync.identity.keys import (
@@ -59,9 +59,11 @@ def make_thumbnail(
     data: bytes,
     source_sha256: str | None,
     cpu: AbstractContextManager[Any] | None = None,
+    lock: dict[str, Any] | None = None,
 ) -> str:
     """Draw ``data`` (the image at ``image_key``) and store its thumbnail; return its key.
     The drawing holds ``cpu`` (a slot of the run's CPU work), the upload does not.
+    ``lock``: the image's Object Lock, which the thumbnail gets too.
     Raises :class:`ThumbnailError` (never anything else) when it cannot."""
     reason = too_large(len(data))
     if reason:
@@ -77,7 +79,7 @@ def make_thumbnail(
         raise ThumbnailError(f"thumbnail not made: {exc}") from None
     key = thumbnail_key(image_key)
     try:
-        put_derived(client, bucket, key, jpeg, CONTENT_TYPE, source_sha256)
+        put_derived(client, bucket, key, jpeg, CONTENT_TYPE, source_sha256, lock)
     except Exception as exc:  # noqa: BLE001 - the image is archived; only this is missing
         raise ThumbnailError(f"thumbnail not stored: {describe(exc)}") from None
     return key
@@ -137,7 +139,8 @@ def backfill(
             return reason
         try:
             data, metadata = get_bytes(client, s3.bucket, obj.key)
-            make_thumbnail(client, s3.bucket, obj.key, data, metadata.get("sha256"))
+            lock = stored_lock(client, s3.bucket, obj.key) if s3.object_lock else None
+            make_thumbnail(client, s3.bucket, obj.key, data, metadata.get("sha256"), lock=lock)
         except ThumbnailError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - reported per image

@@ -107,19 +107,21 @@ def put_small(
     data: bytes,
     metadata: dict[str, str],
     sha256_digest: bytes | None = None,
+    lock: dict[str, Any] | None = None,
 ) -> Stored:
     """Upload ``data`` in one PUT through obstore (:mod:`pdata_sync.archive.s3_put`) with the
     SHA-256 check S3 makes on receipt (``sha256_digest``: the caller's SHA-256 of ``data``,
     if it has it already). Where the server does not show that it makes that check
     (:func:`~pdata_sync.archive.s3_put.checks_sha256`), our MD5 of ``data`` goes with the answer,
-    for :func:`confirm_object` to compare with the ETag."""
+    for :func:`confirm_object` to compare with the ETag. ``lock``: the version's Object Lock
+    (pdata_sync.archive.retention.lock_params)."""
     sha = _b64(sha256_digest or hashlib.sha256(data).digest())
     checked = s3_put.checks_sha256(
-        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata
+        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata, lock=lock
     )
     md5 = None if checked else hashlib.md5(data).hexdigest()
     etag = s3_put.put_object(
-        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata
+        client, bucket, key, data, content_type=CONTENT_TYPE, metadata=metadata, lock=lock
     )
     return Stored(etag=etag, sent_etag=md5, sent_sha256=sha, size=len(data))
 
@@ -147,6 +149,7 @@ def put_multipart(
     expected_size: int,
     metadata: dict[str, str],
     expected_mtime_ns: int | None = None,
+    lock: dict[str, Any] | None = None,
 ) -> Stored:
     """Stream ``path`` up in parts of ``part_size``, each with its own SHA-256 and MD5.
 
@@ -156,6 +159,7 @@ def put_multipart(
     completing, and if it changed (e.g. it is still being written) the upload is aborted,
     so no torn object is ever created. Memory: at most ``PARTS_IN_FLIGHT`` parts per file
     and ``MAX_PARTS_IN_MEMORY`` in the process. Any failure aborts the multipart upload.
+    ``lock``: the version's Object Lock, given when the upload is created.
     """
     created = client.create_multipart_upload(
         Bucket=bucket,
@@ -163,6 +167,7 @@ def put_multipart(
         ContentType=CONTENT_TYPE,
         ChecksumAlgorithm="SHA256",
         Metadata=metadata,
+        **(lock or {}),
     )
     upload_id = created["UploadId"]
     parts: dict[int, dict[str, Any]] = {}

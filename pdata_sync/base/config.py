@@ -204,6 +204,35 @@ class ResolverConfig(_Model):
 Encryption = Literal["AES256", "aws:kms"]
 
 
+class ObjectLockConfig(_Model):
+    """Retention no one can shorten: every image version is written with an S3 Object Lock
+    until the date the retention rule gives it (docs/adr/0017-retention-rule.md)."""
+
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        "COMPLIANCE",
+        description="COMPLIANCE: no one, not even the account's root, can delete a locked "
+        "version or shorten its date. GOVERNANCE: a user granted the permission to bypass "
+        "governance retention can (the worker never is, ops/worker-iam-policy.json).",
+    )
+    years: int = Field(
+        10, ge=1, le=100, description="Years an image is kept after the examination."
+    )
+    minors_until_age: int | None = Field(
+        28,
+        ge=1,
+        le=100,
+        description="For a patient younger than adult_age at the examination: kept at "
+        "least until this birthday. Empty: no rule for minors.",
+    )
+    adult_age: int = Field(18, ge=1, le=100, description="The age of majority.")
+
+    @model_validator(mode="after")
+    def _ages(self) -> ObjectLockConfig:
+        if self.minors_until_age is not None and self.minors_until_age < self.adult_age:
+            raise ValueError("minors_until_age must not be below adult_age")
+        return self
+
+
 class S3Config(_Model):
     """Destination bucket and object naming."""
 
@@ -232,6 +261,13 @@ class S3Config(_Model):
     )
     kms_key_id: str | None = Field(
         None, description="KMS key id, ARN or alias for aws:kms. Empty: S3's default key."
+    )
+    object_lock: ObjectLockConfig | None = Field(
+        None,
+        description="Write every image, its thumbnail and any retired copy with an S3 Object "
+        "Lock until the retention rule's date (examination + years; a minor's until "
+        "minors_until_age). The bucket must have been created with Object Lock (hence "
+        "versioning), else a run is refused. Empty: no lock.",
     )
 
     @model_validator(mode="after")

@@ -54,6 +54,7 @@ _CONTENT = (
     "source_ctime_ns",
     "source_inode",
     "content_checked_at",
+    "retain_until",
     "retired_to",
     "retired_reason",
     "state",
@@ -283,6 +284,11 @@ class ClinicImages:
                     "retired_reason": None,
                     "updated_at": t,
                 }
+                # the lock of the version S3 holds: a new upload's own (None: written
+                # without one); a MATCH wrote nothing, so the version keeps the date it had
+                values["retain_until"] = (
+                    prev.retain_until if rec.transition is MATCH else info.retain_until
+                )
                 changes.append((rec.key, prev.state, state))
                 accepted = prev.verified_at is not None or prev.uploaded_at is not None
                 if prev.sha256 is not None and prev.sha256 != info.sha256 and accepted:

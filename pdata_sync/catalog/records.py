@@ -4,7 +4,7 @@ be uploaded, what S3 answered, and a row as the uploader and ``verify`` read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pdata_sync.base.clock import CLOCK_TOLERANCE, aware, in_the_future, now  # noqa: F401 - re-exported
@@ -27,6 +27,9 @@ class SourceInfo:
     image_name: str | None = None
     ctime_ns: int | None = None  # what else identifies the file (a full run compares them)
     inode: int | None = None
+    # the Object Lock date the version written now carries (s3.object_lock); None: this
+    # record wrote no locked version (the row keeps the date it had)
+    retain_until: date | None = None
 
 
 @dataclass(frozen=True)

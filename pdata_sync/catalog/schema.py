@@ -11,7 +11,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -83,6 +83,8 @@ images = sa.Table(
     sa.Column("source_ctime_ns", sa.BigInteger, nullable=True),
     sa.Column("source_inode", sa.String(24), nullable=True),
     sa.Column("content_checked_at", TS, nullable=True),
+    # the Object Lock date of the current version (s3.object_lock); NULL: not locked (0009)
+    sa.Column("retain_until", sa.Date, nullable=True),
     sa.UniqueConstraint("clinic_id", "destination", "key", name="uq_images_clinic_dest_key"),
     sa.CheckConstraint(
         "state IN ('pending', 'accepted', 'verified', 'drifted', 'retired')",

@@ -24,7 +24,7 @@ from pdata_sync.tasks.credentials import s3_client
 @task(name="backfill-thumbnails", cache_policy=NO_CACHE, persist_result=False)
 def backfill_task(config: ClinicConfig, patient_guid: str | None, redo: bool) -> BackfillReport:
     client = s3_client(config.s3, config.transfer, config.timezone)
-    check_bucket(client, config.s3.bucket)
+    check_bucket(client, config.s3.bucket, locked=config.s3.object_lock is not None)
     return backfill(
         client,
         config.s3,

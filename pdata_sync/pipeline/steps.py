@@ -74,7 +74,7 @@ def check_destinations(ctx: RunContext) -> Unavailable | None:
     """Fail fast if the bucket is missing or the credentials cannot reach it. The clinic's
     Orthanc, when it has one, is checked too, but never stops the archive: why it cannot be
     used is returned, and the run syncs S3 without it."""
-    check_bucket(ctx.s3, ctx.config.s3.bucket)
+    check_bucket(ctx.s3, ctx.config.s3.bucket, locked=ctx.config.s3.object_lock is not None)
     ctx.log.info("bucket %s is reachable", ctx.config.s3.bucket)
     if ctx.config.orthanc is None:
         return None
@@ -445,7 +445,7 @@ def verify_clinic(ctx: RunContext) -> Drift:
     # an audit starts with the catalog's own file: SQLite's thorough check (0.4 s for
     # 100,000 rows; a sync runs the quick one)
     ctx.catalog.check_integrity(thorough=True)
-    check_bucket(ctx.s3, ctx.config.s3.bucket)
+    check_bucket(ctx.s3, ctx.config.s3.bucket, locked=ctx.config.s3.object_lock is not None)
     orthanc = ctx.orthanc
     if orthanc is not None:
         warn_if_insecure(ctx.config.orthanc, ctx.log)

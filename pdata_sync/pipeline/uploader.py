@@ -26,6 +26,13 @@ from typing import Any, TypeVar
 
 from pdata_sync.archive.listing import RemoteObject, list_patients
 from pdata_sync.archive.objects import head_metadata, head_sha256, stored_encryption
+from pdata_sync.archive.retention import (
+    Retention,
+    lock_params,
+    locked_until,
+    of_header,
+    rule_of,
+)
 from pdata_sync.archive.retired import copy_to_retired, retired_key, retirement_metadata
 from pdata_sync.archive.thumbnails import ThumbnailError, make_thumbnail, too_large
 from pdata_sync.archive.uploads import (
@@ -460,7 +467,9 @@ class BatchUploader:
             digest = hashlib.sha256(data).digest()
             header = read_header(data)
         self._check_header(item, header)
-        info = self._info(item, st, digest.hex(), header)
+        retention = self._retention(header)
+        lock = self._lock(retention)
+        info = self._info(item, st, digest.hex(), header, lock)
         replaces = replaces and info.sha256 != held  # the same bytes again: nothing to keep
         kept = self._keep_replaced(item, row, st, info.sha256) if replaces else ""
         stored = put_small(
@@ -470,6 +479,7 @@ class BatchUploader:
             data,
             self._metadata(item, info),
             sha256_digest=digest,
+            lock=lock,
         )
         after = os.stat(path)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -482,8 +492,8 @@ class BatchUploader:
             item.rel_path,
             item.key,
             bytes=len(data),
-            note=_notes(info.header.defect, kept),
-            thumbnail=self._thumbnail(item, lambda: data, info.sha256, len(data)),
+            note=_notes(info.header.defect, kept, retention and retention.note(now().date())),
+            thumbnail=self._thumbnail(item, lambda: data, info.sha256, len(data), lock),
             header_id_empty=not header.patient_id,
         )
 
@@ -501,7 +511,9 @@ class BatchUploader:
         before = os.stat(path)
         with self.cpu:
             sha, digests = part_digests(path, self.part_size)
-        info = self._info(item, before, sha, header)
+        retention = self._retention(header)
+        lock = self._lock(retention)
+        info = self._info(item, before, sha, header, lock)
         replaces = replaces and sha != held  # the same bytes again: nothing to keep
         kept = self._keep_replaced(item, row, before, sha) if replaces else ""
         stored = put_multipart(
@@ -514,6 +526,7 @@ class BatchUploader:
             expected_mtime_ns=before.st_mtime_ns,
             metadata=self._metadata(item, info),
             digests=digests,
+            lock=lock,
         )
         self._confirm(item, info, stored)
         return Outcome(
@@ -521,28 +534,60 @@ class BatchUploader:
             item.rel_path,
             item.key,
             bytes=before.st_size,
-            note=_notes(header.defect, kept),
-            thumbnail=self._thumbnail(item, path.read_bytes, info.sha256, before.st_size),
+            note=_notes(header.defect, kept, retention and retention.note(now().date())),
+            thumbnail=self._thumbnail(item, path.read_bytes, info.sha256, before.st_size, lock),
             header_id_empty=not header.patient_id,
         )
 
-    def _thumbnail(self, item: PlannedImage, read: Callable[[], bytes], sha: str, size: int) -> str:
-        """Make the verified image's thumbnail from ``read()``: "made", or why not ("" when
-        switched off). Never raises: the image is archived whatever happens here."""
+    def _thumbnail(
+        self,
+        item: PlannedImage,
+        read: Callable[[], bytes],
+        sha: str,
+        size: int,
+        lock: dict[str, Any] | None = None,
+    ) -> str:
+        """Make the verified image's thumbnail from ``read()`` (locked with the image's
+        ``lock``): "made", or why not ("" when switched off). Never raises: the image is
+        archived whatever happens here."""
         if not self.config.thumbnails:
             return ""
         if reason := too_large(size):
             return reason
         try:
-            make_thumbnail(self.client, self.config.s3.bucket, item.key, read(), sha, self.cpu)
+            make_thumbnail(
+                self.client, self.config.s3.bucket, item.key, read(), sha, self.cpu, lock
+            )
         except ThumbnailError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - never the image's failure
             return f"thumbnail not made: {describe(exc)}"
         return "made"
 
+    def _retention(self, header: DicomHeader) -> Retention | None:
+        """Until when the version about to be written is locked (s3.object_lock; None: no
+        lock), from the header's dates and today (docs/adr/0017-retention-rule.md)."""
+        lock = self.config.s3.object_lock
+        if lock is None:
+            return None
+        return of_header(rule_of(lock), header.dates, now().date())
+
+    def _lock(self, retention: Retention | None) -> dict[str, Any] | None:
+        """The Object Lock request parameters of ``retention`` (None: no lock, or the
+        retention period has already ended: S3 refuses a date in the past, and the law
+        asks nothing more; the image's note says so)."""
+        lock = self.config.s3.object_lock
+        if lock is None or retention is None or retention.ended(now().date()):
+            return None
+        return lock_params(lock.mode, retention.until)
+
     def _info(
-        self, item: PlannedImage, st: os.stat_result, sha: str, header: DicomHeader
+        self,
+        item: PlannedImage,
+        st: os.stat_result,
+        sha: str,
+        header: DicomHeader,
+        lock: dict[str, Any] | None = None,
     ) -> SourceInfo:
         return SourceInfo(
             rel_path=item.rel_path,
@@ -555,6 +600,7 @@ class BatchUploader:
             image_name=item.image_name,
             ctime_ns=st.st_ctime_ns,
             inode=st.st_ino,
+            retain_until=locked_until(lock),  # the date the version written now carries
         )
 
     def _confirm(self, item: PlannedImage, info: SourceInfo, stored: Stored) -> None:

@@ -28,7 +28,20 @@ _HEADER_TAGS = [
     "SeriesDate",
     "StudyDate",
     "PatientID",
+    "PatientBirthDate",
 ]
+
+
+@dataclass(frozen=True)
+class HeaderDates:
+    """The header's own dates as written (DICOM DA text; None when absent), what the
+    retention rule reads (pdata_sync.archive.retention). The birth date is never logged,
+    stored or put in metadata, hence no repr."""
+
+    study: str | None = None
+    acquisition: str | None = None
+    content: str | None = None
+    birth: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class DicomHeader:
     # the file's own PatientID (None: absent), compared with its folder's patient
     # (pdata_sync.identity.rules); never logged, stored or put in metadata, hence no repr
     patient_id: str | None = field(default=None, repr=False)
+    # the examination and birth dates, one by one (retention); never logged, hence no repr
+    dates: HeaderDates = field(default_factory=HeaderDates, repr=False)
 
 
 def _text(get: Callable[[str], Any], *keywords: str) -> str:
@@ -72,7 +87,20 @@ def _header(
         acquisition_date=_text(get, "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"),
         defect=defect,
         patient_id=_patient_id(get("PatientID")),
+        dates=HeaderDates(
+            study=_raw(get("StudyDate")),
+            acquisition=_raw(get("AcquisitionDate")),
+            content=_raw(get("ContentDate")),
+            birth=_raw(get("PatientBirthDate")),
+        ),
     )
+
+
+def _raw(value: Any) -> str | None:
+    """A date element's text as written (None when absent or empty)."""
+    if value in (None, ""):
+        return None
+    return str(value).strip() or None
 
 
 def _patient_id(value: Any) -> str | None:

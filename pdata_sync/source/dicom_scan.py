@@ -35,6 +35,7 @@ WANTED: dict[int, tuple[str, bytes]] = {
     0x00080023: ("ContentDate", b"DA"),
     0x00080060: ("Modality", b"CS"),
     0x00100020: ("PatientID", b"LO"),  # compared with the folder's patient, never kept
+    0x00100030: ("PatientBirthDate", b"DA"),  # the retention rule's, never kept or logged
     0x0020000D: ("StudyInstanceUID", b"UI"),
     0x0020000E: ("SeriesInstanceUID", b"UI"),
 }

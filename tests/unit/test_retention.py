@@ -4,7 +4,7 @@ the file's own dates; every doubt lengthens the date, nothing shortens it."""
 from __future__ import annotations
 
 import random
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -14,6 +14,8 @@ from pdata_sync.archive.retention import (
     FROM_UPLOAD,
     RetentionRule,
     dicom_date,
+    lock_params,
+    locked_until,
     retain_until,
     years_after,
 )
@@ -25,7 +27,7 @@ UPLOADED = date(2026, 12, 7)
 def test_an_adult_is_kept_ten_years_after_the_examination():
     kept = retain_until(GERMANY, uploaded=UPLOADED, study="20200510", birth="19800101")
     assert (kept.until, kept.examined_from, kept.minor) == (date(2030, 5, 10), FROM_STUDY, False)
-    assert kept.note() is None
+    assert kept.note(UPLOADED) is None
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,7 @@ def test_the_examination_date_falls_back_through_the_header_then_to_the_upload()
     for broken in ("2019", "20190230", "18991231", "2019-01-02", "abcdefgh", None, 20190102.5):
         kept = retain_until(GERMANY, uploaded=UPLOADED, study=broken, birth="19800101")
         assert (kept.examined, kept.examined_from) == (UPLOADED, FROM_UPLOAD), broken
-        assert "upload date" in (kept.note() or "")
+        assert "upload date" in (kept.note(UPLOADED) or "")
     # an examination after its own upload is a wrong clock, never a later lock of 80 years
     kept = retain_until(
         GERMANY, uploaded=UPLOADED, study="20990101", content="20240229", birth="19800101"
@@ -60,7 +62,7 @@ def test_without_a_usable_birth_date_the_image_is_kept_as_for_a_newborn():
     for birth in (None, "", "20250101", "notadate"):  # absent, empty, after the examination
         kept = retain_until(GERMANY, uploaded=UPLOADED, study="20200510", birth=birth)
         assert kept.until == date(2048, 5, 10) and kept.minor is None, birth
-        assert "birth date" in (kept.note() or "")
+        assert "birth date" in (kept.note(UPLOADED) or "")
 
 
 def test_another_countrys_rule_is_other_numbers():
@@ -102,3 +104,17 @@ def test_the_date_is_never_shorter_than_the_law_asks():
             assert kept.minor is True and kept.until >= years_after(born, 28)
         if kept.minor is None:  # unknown: as long as any patient examined that day could need
             assert kept.until >= years_after(kept.examined, 28)
+
+
+def test_a_period_already_ended_is_said_without_its_date_and_is_not_lockable():
+    kept = retain_until(GERMANY, uploaded=UPLOADED, study="20120105", birth="19700101")
+    assert kept.until == date(2022, 1, 5) and kept.ended(UPLOADED)
+    assert kept.note(UPLOADED) == "its retention period has ended: stored without a lock"
+    live = retain_until(GERMANY, uploaded=UPLOADED, study="20200105", birth="19700101")
+    assert not live.ended(UPLOADED) and live.note(UPLOADED) is None
+
+
+def test_lock_params_cover_the_whole_last_day_and_read_back():
+    params = lock_params("COMPLIANCE", date(2030, 6, 15))
+    assert params["ObjectLockRetainUntilDate"] == datetime(2030, 6, 16, tzinfo=UTC)
+    assert locked_until(params) == date(2030, 6, 15) and locked_until(None) is None

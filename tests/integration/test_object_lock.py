@@ -1,0 +1,170 @@
+"""Retention no one can shorten (``s3.object_lock``), through the CLI on SeaweedFS 4.48, which
+enforces Object Lock (tests/integration/test_object_lock_server.py measures it): every image
+version and its thumbnail is locked until the retention rule's date, a minor's longer; the
+worker's own credentials cannot delete a locked version; retirement and a drift repair on the
+locked bucket work and leave the locked versions; a bucket without Object Lock is refused.
+
+Each test makes a bucket of its own: locked versions outlive the test (until the session's
+SeaweedFS is stopped and its folder removed), so no test shares them."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import run_cli
+
+LOCK = {"mode": "COMPLIANCE", "years": 10, "minors_until_age": 28}
+
+
+def locked_bucket(client) -> str:
+    bucket = f"locked-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    return bucket
+
+
+def rewrite(path: Path, **elements: str | None) -> None:
+    """Set (or, with None, remove) header elements of a clinic's file."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in elements.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def keys_under(client, bucket: str, prefix: str) -> list[str]:
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"] for o in listed)
+
+
+def retention(client, bucket: str, key: str, version: str | None = None) -> tuple[str, datetime]:
+    extra = {"VersionId": version} if version else {}
+    held = client.get_object_retention(Bucket=bucket, Key=key, **extra)["Retention"]
+    return held["Mode"], held["RetainUntilDate"].astimezone(UTC)
+
+
+def unlocked(client, bucket: str, key: str) -> bool:
+    try:
+        client.get_object_retention(Bucket=bucket, Key=key)
+    except ClientError:
+        return True
+    return False
+
+
+def key_of(keys: list[str], clinic_id: str, entry: dict) -> str:
+    prefix = f"images/{entry['patient_guid']}/{clinic_id}_{entry['image_id']}_"
+    (key,) = [k for k in keys if k.startswith(prefix)]
+    return key
+
+
+def end_of(day: date) -> datetime:
+    """A lock through the whole of ``day``: to the start of the next day, UTC."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and_drift(
+    make_site,
+):
+    site = make_site()
+    client = site.client
+    bucket = locked_bucket(client)
+    clinic = site.clinic
+    config = site.variant("locked", s3={"bucket": bucket, "object_lock": LOCK})
+    entries = sorted(clinic.expected, key=lambda e: e["image_id"])
+    # files archived once (a special case archives one file under two patientGuids)
+    once = [e for e in entries if [x["path"] for x in entries].count(e["path"]) == 1]
+    adult, minor, undated, gone, drifts = once[:5]
+    rewrite(Path(clinic.pdata_root, adult["path"]), StudyDate="20200615",
+            PatientBirthDate="19700101")  # fmt: skip
+    rewrite(Path(clinic.pdata_root, minor["path"]), StudyDate="20200615",
+            PatientBirthDate="20100301")  # fmt: skip
+    rewrite(Path(clinic.pdata_root, undated["path"]), StudyDate=None, AcquisitionDate=None,
+            ContentDate=None, PatientBirthDate="19700101")  # fmt: skip
+    for entry in (gone, drifts):  # examined recently enough to be locked
+        rewrite(Path(clinic.pdata_root, entry["path"]), StudyDate="20240101")
+
+    code, summary = site.sync(config=config)
+    assert code == 0, summary["failed"]
+    today = datetime.now(UTC).date()
+    images = keys_under(client, bucket, "images/")
+    assert len(images) == len(clinic.expected)
+    with closing(sqlite3.connect(site.tmp_path / "state" / "catalog.sqlite")) as db:
+        kept = dict(db.execute("SELECT key, retain_until FROM images"))
+    # an examination more than 10 years ago (the generated ones go back to 2015) has no
+    # period left: stored without a lock, and said so; every other version is locked
+    ended = {n["path"] for n in summary["notes"] if "retention period has ended" in n["reason"]}
+    by_path = {e["path"]: key_of(images, clinic.clinic_id, e) for e in once}
+    ended_keys = {k for e in entries if e["path"] in ended
+                  for k in [key_of(images, clinic.clinic_id, e)]}  # fmt: skip
+    assert {k for k in images if unlocked(client, bucket, k)} == ended_keys
+    for key in set(images) - ended_keys:
+        mode, until = retention(client, bucket, key)
+        assert mode == "COMPLIANCE" and until == end_of(date.fromisoformat(kept[key])), key
+        # its thumbnail is kept as long as the image
+        thumb = "thumbnails/" + key.removeprefix("images/").rsplit(".", 1)[0] + ".jpg"
+        assert retention(client, bucket, thumb) == (mode, until), thumb
+    assert retention(client, bucket, by_path[adult["path"]])[1] == end_of(date(2030, 6, 15))
+    # a minor at the examination: until the 28th birthday, later than 10 years after it
+    assert retention(client, bucket, by_path[minor["path"]])[1] == end_of(date(2038, 3, 1))
+    assert retention(client, bucket, by_path[undated["path"]])[1] in {
+        end_of(day.replace(year=day.year + 10)) for day in (today, today - timedelta(days=1))
+    }
+    assert [n["path"] for n in summary["notes"] if "upload date" in n["reason"]] == [
+        undated["path"]
+    ]
+    assert {k for k, v in kept.items() if v is None} == ended_keys
+
+    # the worker's own credentials cannot destroy a locked version
+    adult_key = key_of(images, clinic.clinic_id, adult)
+    first = client.head_object(Bucket=bucket, Key=adult_key)["VersionId"]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key=adult_key, VersionId=first)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+    # a file leaves the share, and someone rewrites another image in S3
+    Path(clinic.pdata_root, gone["path"]).unlink()
+    drift_key = key_of(images, clinic.clinic_id, drifts)
+    locked_version = client.head_object(Bucket=bucket, Key=drift_key)["VersionId"]
+    client.put_object(Bucket=bucket, Key=drift_key, Body=b"not an x-ray")
+    code, report = site.verify(config=config)
+    assert code == 1 and [c["key"] for c in report["changed"]] == [drift_key], report
+
+    code, summary = site.sync(config=config)
+    assert code == 0, summary["failed"]
+    gone_key = key_of(images, clinic.clinic_id, gone)
+    assert [r["key"] for r in summary["retired"]] == [gone_key]
+    # retired: out of images/ (a delete marker), its locked version still there, and the
+    # copy under retired/ locked until the same date
+    assert gone_key not in keys_under(client, bucket, "images/")
+    versions = client.list_object_versions(Bucket=bucket, Prefix=gone_key)
+    assert [m["IsLatest"] for m in versions.get("DeleteMarkers", [])] == [True]
+    (old,) = versions["Versions"]
+    copy = next(k for k in keys_under(client, bucket, "retired/") if k.endswith(gone_key))
+    assert retention(client, bucket, copy) == retention(client, bucket, gone_key, old["VersionId"])
+    # drift repaired by a new locked version; the locked original and the stray one stay
+    repaired = client.get_object(Bucket=bucket, Key=drift_key)
+    assert repaired["Body"].read() == Path(clinic.pdata_root, drifts["path"]).read_bytes()
+    assert repaired["ObjectLockMode"] == "COMPLIANCE"
+    listed = client.list_object_versions(Bucket=bucket, Prefix=drift_key)["Versions"]
+    assert len(listed) == 3 and locked_version in {v["VersionId"] for v in listed}
+    code, report = site.verify(config=config)
+    assert code == 0 and report["ok"], report
+
+
+def test_a_bucket_without_object_lock_is_refused_before_any_upload(site):
+    config = site.variant("unlocked", s3={"object_lock": LOCK})  # dental-images: no lock
+    out = run_cli(["sync", "--config", str(config)], site.env, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    last = [line for line in out.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("pdata-sync: S3: bucket 'dental-images' has no Object Lock"), last
+    assert site.client.list_objects_v2(Bucket="dental-images").get("KeyCount", 0) == 0
