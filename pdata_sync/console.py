@@ -105,6 +105,16 @@ def run_thumbnails(
     return _outcome(make_thumbnails(config=config, patient_guid=guid, redo=redo, return_state=True))
 
 
+def run_restore(
+    config: ClinicConfig, to: str, guids: list[str]
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``restore-clinic`` flow; return (report, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.restore import restore_clinic
+
+    return _outcome(restore_clinic(config=config, to=to, patient_guids=guids, return_state=True))
+
+
 def orthanc_line(counts: dict[str, Any]) -> str:
     """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
     return (

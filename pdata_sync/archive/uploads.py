@@ -57,6 +57,7 @@ METADATA_KEYS = (
     "sop-instance-uid",
     "modality",
     "acquisition-date",
+    "source-path",
 )
 
 
@@ -80,9 +81,17 @@ def is_md5_etag(etag: str) -> bool:
 
 
 def build_metadata(
-    *, clinic_id: str, image_id: int, image_name: str | None, sha256_hex: str, header: DicomHeader
+    *,
+    clinic_id: str,
+    image_id: int,
+    image_name: str | None,
+    sha256_hex: str,
+    header: DicomHeader,
+    rel_path: str,
 ) -> dict[str, str]:
-    """The object's user metadata: exactly :data:`METADATA_KEYS`, all ASCII."""
+    """The object's user metadata: exactly :data:`METADATA_KEYS`, all ASCII. ``source-path``
+    is the file's path relative to PDATA (``P_{patientId}/{name}.dcm``), what a restore
+    from S3 alone writes it back to (pdata_sync.archive.restore)."""
     return {
         "clinic-id": clinic_id,
         "image-id": str(image_id),
@@ -93,6 +102,7 @@ def build_metadata(
         "sop-instance-uid": header.sop_instance_uid,
         "modality": header.modality,
         "acquisition-date": header.acquisition_date,
+        "source-path": encode_name_for_metadata(rel_path),
     }
 
 

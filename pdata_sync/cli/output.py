@@ -79,6 +79,18 @@ def print_backfill(report: dict[str, Any]) -> None:
         print(f"  not made: {item['key']}: {item['reason']}")
 
 
+def print_restore(report: dict[str, Any]) -> None:
+    print(
+        f"clinic {report['clinic_id']}: {report['objects']} images in S3, "
+        f"{report['written']} written ({report['bytes_written']:,} bytes), "
+        f"{report['present']} already there, {report['unmapped']} unmapped "
+        f"(under unmapped/), {len(report['failed'])} not restored"
+    )
+    print(f"  list of what is there: {report['csv']}")
+    for item in report["failed"]:
+        print(f"  not restored: {item['key']}: {item['reason']}")
+
+
 def print_drift(result: dict[str, Any]) -> None:
     print(
         f"clinic {result['clinic_id']}: {result['rows']} catalog rows, "

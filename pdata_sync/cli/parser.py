@@ -7,6 +7,7 @@ import argparse
 from pdata_sync.cli.runs import (
     cmd_export,
     cmd_probe,
+    cmd_restore,
     cmd_retrieve,
     cmd_sync,
     cmd_thumbnails,
@@ -49,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
         "trusts nothing, for a catalog that was lost or damaged (a run refuses those)",
     )
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "restore", help="write the clinic's archived images back as a Sidexis share, from S3"
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument(
+        "--to",
+        required=True,
+        help="a new folder for the share (P_{patientId}/...); never inside pdata_root",
+    )
+    p.add_argument(
+        "--patient-guid",
+        action="append",
+        help="restore only this patient's images (repeat for several)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
     p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")

@@ -1,7 +1,7 @@
 """The commands that run a clinic's flows or read its archive: ``sync``, ``verify``,
-``retrieve``, ``export``, ``thumbnails``, ``view``, ``probe``. Each loads and checks its
-input (a refusal is one line and exit 2), runs through :mod:`pdata_sync.console`, prints, and
-answers the exit code.
+``retrieve``, ``export``, ``thumbnails``, ``restore``, ``view``, ``probe``. Each loads and
+checks its input (a refusal is one line and exit 2), runs through :mod:`pdata_sync.console`,
+prints, and answers the exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pdata_sync.cli.output import (
     print_drift,
     print_export,
     print_images,
+    print_restore,
     print_summary,
     run_and_print,
     terminal_progress,
@@ -28,6 +29,7 @@ from pdata_sync.console import (
     _loading_prefect,
     refuse,
     run_export,
+    run_restore,
     run_retrieve,
     run_sync,
     run_thumbnails,
@@ -52,6 +54,27 @@ def cmd_thumbnails(args: argparse.Namespace) -> int:
         print_backfill,
     )
     return EXIT_OK if code is None else code
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pdata_sync.archive.restore import check_target
+    from pdata_sync.archive.retrieval import validate_guid
+
+    try:
+        config = load_config(args.config)
+        guids = [validate_guid(g) for g in args.patient_guid or []]
+        check_target(args.to, config.pdata_root)
+    except ConfigError as exc:
+        return refuse(str(exc))
+    report, code = run_and_print(
+        args, "restore", lambda: run_restore(config, args.to, guids), print_restore
+    )
+    if code is not None:
+        return code
+    if report["failed"]:
+        print(f"pdata-sync: {len(report['failed'])} image(s) not restored", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -632,6 +632,7 @@ class BatchUploader:
             image_name=item.image_name,
             sha256_hex=info.sha256,
             header=info.header,
+            rel_path=info.rel_path,
         )
 
     def _safe_process(
