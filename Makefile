@@ -10,6 +10,7 @@
 #   make bench-fleet  - a night of 200 clinics on one Prefect server on PostgreSQL (bench/fleet.py)
 #   make bench-datapath - upload data paths side by side against s5cmd (bench/datapath.py)
 #   make bench-rehash - the rolling content check's cost per night at 100,000 files (bench/rehash.py)
+#   make bench-restore - restore of the demo clinic from S3 alone, against s5cmd (bench/restore.py)
 # Dependencies: `make lock` re-resolves requirements.lock from pyproject.toml (after changing
 # a dependency there), then reinstalls .venv from it; run `make test` after.
 PYTHON ?= python3.11
@@ -18,7 +19,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := .bench-venv/.installed
 
-.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet bench-datapath bench-rehash
+.PHONY: demo test setup lint clean lock bench bench-setup bench-scale bench-huge bench-fleet bench-datapath bench-rehash bench-restore
 
 setup: $(STAMP)
 
@@ -56,6 +57,9 @@ bench-rehash: $(STAMP)
 
 bench-datapath: $(STAMP) $(BENCH_STAMP)
 	$(VENV)/bin/python bench/datapath.py
+
+bench-restore: $(STAMP) $(BENCH_STAMP)
+	$(VENV)/bin/python bench/restore.py
 
 # The lock is for Linux x86-64 and Python 3.11, what the tests run on; hashes make pip refuse
 # any file other than the one resolved here.

@@ -173,6 +173,21 @@ class _Damaged(Exception):
     """A body whose SHA-256 is not the one stored with it."""
 
 
+class _NotRead(Exception):
+    """An object that could not be read, or carries no SHA-256 to check it against."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One object put in place: where (relative), how it was placed, what happened."""
+
+    obj: _Object
+    rel: str
+    how: str
+    done: str
+    size: int
+
+
 def restore(
     client: Any,
     s3: S3Config,
@@ -202,26 +217,7 @@ def restore(
             listed.append((remote.key, str(fields["patient_guid"]), int(fields["image_id"])))
     report = RestoreReport(objects=len(listed))
 
-    def head(item: tuple[str, str, int]) -> _Object | Exception:
-        try:
-            return _read_object(client, s3.bucket, *item)
-        except Exception as exc:  # noqa: BLE001 - reported per object
-            return exc
-
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        heads = list(pool.map(head, listed))
-    objects: list[_Object] = []
-    for (key, _, _), found in zip(listed, heads, strict=True):
-        if isinstance(found, Exception):
-            report.failed.append({"key": key, "reason": f"not read: {describe(found)}"})
-        elif found.sha256 is None:
-            report.failed.append(
-                {"key": key, "reason": "no SHA-256 stored with it: cannot be checked"}
-            )
-        else:
-            objects.append(found)
-    to_locate = [(o.image_id, o.guid) for o in objects if o.source_path is None]
-    located = locate(to_locate) if locate is not None and to_locate else {}
+    located: dict[tuple[int, str], str] = {}
 
     def place(obj: _Object) -> tuple[str, str]:
         """(path relative to the target, how it was found)."""
@@ -232,31 +228,52 @@ def restore(
             return found, "database"
         return f"{UNMAPPED}/{obj.guid}/{obj.key.rsplit('/', 1)[-1]}", UNMAPPED
 
-    def one(obj: _Object) -> tuple[str, str, str, int]:
-        """(relative path, how placed, what happened, bytes written)."""
-        rel, how = place(obj)
-        path = target / rel
-        if _sha256_of(path) == obj.sha256:
-            return rel, how, UNCHANGED, 0
-        done, size = _download_checked(client, s3.bucket, obj, path)
-        return rel, how, done, size if done != UNCHANGED else 0
-
-    def safe(obj: _Object) -> tuple[str, str, str, int] | Exception:
+    def one(obj: _Object) -> _Done | Exception:
+        """Put ``obj`` in place: what happened, or why not."""
         try:
-            return one(obj)
+            rel, how = place(obj)
+            path = target / rel
+            if _sha256_of(path) == obj.sha256:
+                return _Done(obj, rel, how, UNCHANGED, 0)
+            done, size = _download_checked(client, s3.bucket, obj, path)
+            return _Done(obj, rel, how, done, size if done != UNCHANGED else 0)
         except Exception as exc:  # noqa: BLE001 - reported per object
             return exc
 
+    def first(item: tuple[str, str, int]) -> _Object | _Done | Exception:
+        """HEAD the object; one that says where it goes is put there at once (the HEADs and
+        the downloads overlap), the others wait for the database (``locate``)."""
+        try:
+            obj = _read_object(client, s3.bucket, *item)
+        except Exception as exc:  # noqa: BLE001 - reported per object
+            return _NotRead(f"not read: {describe(exc)}")
+        if obj.sha256 is None:
+            return _NotRead("no SHA-256 stored with it: cannot be checked")
+        return obj if obj.source_path is None else one(obj)
+
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        results = list(pool.map(safe, objects))
-    for obj, result in zip(objects, results, strict=True):
+        outcomes = list(pool.map(first, listed))
+        waiting = [o for o in outcomes if isinstance(o, _Object)]
+        if waiting and locate is not None:
+            located.update(locate([(o.image_id, o.guid) for o in waiting]))
+        placed = dict(zip([o.key for o in waiting], pool.map(one, waiting), strict=True))
+    objects, results = [], []
+    for (key, _, _), outcome in zip(listed, outcomes, strict=True):
+        if isinstance(outcome, _Object):
+            outcome = placed[key]
+        if isinstance(outcome, _NotRead):
+            report.failed.append({"key": key, "reason": str(outcome)})
+            continue
+        objects.append(key)
+        results.append(outcome)
+    for key, result in zip(objects, results, strict=True):
         if isinstance(result, NotReplaced | _Damaged):
-            report.failed.append({"key": obj.key, "reason": str(result)})
+            report.failed.append({"key": key, "reason": str(result)})
             continue
         if isinstance(result, Exception):
-            report.failed.append({"key": obj.key, "reason": f"not restored: {describe(result)}"})
+            report.failed.append({"key": key, "reason": f"not restored: {describe(result)}"})
             continue
-        rel, how, done, size = result
+        obj, rel, how, done, size = result.obj, result.rel, result.how, result.done, result.size
         report.from_metadata += how == "metadata"
         report.from_database += how == "database"
         report.unmapped += how == UNMAPPED
