@@ -115,6 +115,16 @@ def run_restore(
     return _outcome(restore_clinic(config=config, to=to, patient_guids=guids, return_state=True))
 
 
+def run_hold(
+    config: ClinicConfig, guid: str, on: bool
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``legal-hold`` flow; return (report, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.hold import legal_hold
+
+    return _outcome(legal_hold(config=config, patient_guid=guid, on=on, return_state=True))
+
+
 def orthanc_line(counts: dict[str, Any]) -> str:
     """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
     return (

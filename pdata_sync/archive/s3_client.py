@@ -155,8 +155,8 @@ def _paced(throttle: Throttle, request: Any, **_: Any) -> None:
 
 def check_bucket(client: Any, bucket: str, *, locked: bool = False) -> None:
     """Make sure the bucket exists and these credentials can reach it, else :class:`ConfigError`.
-    ``locked`` (s3.object_lock is set): it must also have versioning and Object Lock
-    enabled, or no version written could be locked."""
+    ``locked`` (s3.object_lock is set, or a legal hold is asked for): it must also have
+    versioning and Object Lock enabled, or no version could be locked or held."""
     try:
         client.head_bucket(Bucket=bucket)
         if locked:
@@ -174,8 +174,8 @@ def check_bucket(client: Any, bucket: str, *, locked: bool = False) -> None:
 def _check_object_lock(client: Any, bucket: str) -> None:
     """Refuse a bucket that cannot keep locked versions (one line, as a ConfigError)."""
     refused = (
-        f"S3: bucket {bucket!r} {{}}, and s3.object_lock is set: create the bucket with "
-        "Object Lock enabled (it enables versioning too); nothing was uploaded"
+        f"S3: bucket {bucket!r} {{}}, which s3.object_lock and legal holds need: create "
+        "the bucket with Object Lock enabled (it enables versioning too); nothing was written"
     )
     try:
         lock = client.get_object_lock_configuration(Bucket=bucket)

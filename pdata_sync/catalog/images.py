@@ -3,7 +3,8 @@
 Every write is one of the named transitions of :mod:`pdata_sync.catalog.states`, applied in
 one transaction that also appends an ``image_events`` row per state change with the flow run
 id. A transition applied to a row in a state it does not leave raises
-:class:`~pdata_sync.catalog.states.IllegalTransition` and writes nothing.
+:class:`~pdata_sync.catalog.states.IllegalTransition` and writes nothing. A legal hold is
+recorded as an event too (``LEGAL_HOLD_ON`` / ``LEGAL_HOLD_OFF``), changing no row.
 """
 
 from __future__ import annotations
@@ -349,6 +350,35 @@ class ClinicImages:
         """CONTRADICT: a listing shows these keys missing or different from what was
         verified. Nothing is stamped: a contradicted row is not confirmed."""
         self._listing(CONTRADICT, keys, flow_run_id)
+
+    def record_hold(self, keys: Sequence[str], status: str, flow_run_id: str | None) -> None:
+        """A legal hold set (``status`` ON) or cleared (OFF) on every version of these
+        keys' objects: an event per key (``LEGAL_HOLD_ON`` / ``LEGAL_HOLD_OFF``), its state
+        unchanged (None where the catalog has no row, e.g. on a new machine). A hold is not
+        a transition of the row's lifecycle: nothing else about the row changes."""
+        if status not in ("ON", "OFF"):
+            raise ValueError(f"legal hold status {status!r}: ON or OFF")
+        if not keys:
+            return
+        t = now()
+        with self.db.begin() as conn:
+            rows = self._current(conn, keys, images.c.key, images.c.state)
+            conn.execute(
+                sa.insert(image_events),
+                [
+                    {
+                        "clinic_id": self.clinic_id,
+                        "destination": self.destination,
+                        "key": key,
+                        "transition": f"LEGAL_HOLD_{status}",
+                        "from_state": rows[key].state if key in rows else None,
+                        "to_state": rows[key].state if key in rows else None,
+                        "flow_run_id": flow_run_id,
+                        "at": t,
+                    }
+                    for key in dict.fromkeys(keys)
+                ],
+            )
 
     def retire(self, key: str, retired_to: str, reason: str, flow_run_id: str | None) -> None:
         """RETIRE: the object of ``key`` no longer belongs; it now lives at ``retired_to``

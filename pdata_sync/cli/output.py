@@ -79,6 +79,17 @@ def print_backfill(report: dict[str, Any]) -> None:
         print(f"  not made: {item['key']}: {item['reason']}")
 
 
+def print_hold(report: dict[str, Any]) -> None:
+    print(
+        f"clinic {report['clinic_id']}: legal hold {report['status']} on "
+        f"{report['versions']} version(s) of {len(report['images'])} image(s) of patient "
+        f"{report['patient_guid']} (with their thumbnails and retired copies), "
+        f"{len(report['failed'])} failed"
+    )
+    for item in report["failed"]:
+        print(f"  failed: {item['key']} (version {item['version']}): {item['reason']}")
+
+
 def print_restore(report: dict[str, Any]) -> None:
     print(
         f"clinic {report['clinic_id']}: {report['objects']} images in S3, "

@@ -6,6 +6,7 @@ import argparse
 
 from pdata_sync.cli.runs import (
     cmd_export,
+    cmd_hold,
     cmd_probe,
     cmd_restore,
     cmd_retrieve,
@@ -67,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "hold", help="set or clear a legal hold on every version of a patient's objects"
+    )
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument("--patient-guid", required=True, help="the patient's GUID (canonical UUID)")
+    p.add_argument("--off", action="store_true", help="clear the hold instead of setting it")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_hold)
 
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
     p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")

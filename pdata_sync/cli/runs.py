@@ -1,5 +1,5 @@
 """The commands that run a clinic's flows or read its archive: ``sync``, ``verify``,
-``retrieve``, ``export``, ``thumbnails``, ``restore``, ``view``, ``probe``. Each loads and
+``retrieve``, ``export``, ``thumbnails``, ``restore``, ``hold``, ``view``, ``probe``. Each loads and
 checks its input (a refusal is one line and exit 2), runs through :mod:`pdata_sync.console`,
 prints, and answers the exit code.
 """
@@ -16,6 +16,7 @@ from pdata_sync.cli.output import (
     print_backfill,
     print_drift,
     print_export,
+    print_hold,
     print_images,
     print_restore,
     print_summary,
@@ -29,6 +30,7 @@ from pdata_sync.console import (
     _loading_prefect,
     refuse,
     run_export,
+    run_hold,
     run_restore,
     run_retrieve,
     run_sync,
@@ -73,6 +75,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return code
     if report["failed"]:
         print(f"pdata-sync: {len(report['failed'])} image(s) not restored", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    from pdata_sync.archive.retrieval import validate_guid
+
+    try:
+        config = load_config(args.config)
+        guid = validate_guid(args.patient_guid)
+    except ConfigError as exc:
+        return refuse(str(exc))
+    report, code = run_and_print(
+        args, "hold", lambda: run_hold(config, guid, not args.off), print_hold
+    )
+    if code is not None:
+        return code
+    if report["failed"]:
+        print(
+            f"pdata-sync: the legal hold was not set on {len(report['failed'])} version(s)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 

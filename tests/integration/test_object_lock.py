@@ -61,6 +61,14 @@ def unlocked(client, bucket: str, key: str) -> bool:
     return False
 
 
+def unheld(client, bucket: str, key: str) -> bool:
+    try:
+        status = client.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"]["Status"]
+    except ClientError:
+        return True  # never held
+    return status == "OFF"
+
+
 def key_of(keys: list[str], clinic_id: str, entry: dict) -> str:
     prefix = f"images/{entry['patient_guid']}/{clinic_id}_{entry['image_id']}_"
     (key,) = [k for k in keys if k.startswith(prefix)]
@@ -124,6 +132,30 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     ]
     assert {k for k, v in kept.items() if v is None} == ended_keys
 
+    # a legal hold on one patient: every version of their images and thumbnails, recorded
+    guid = adult["patient_guid"]
+    code, held = site.cli("hold", "--patient-guid", guid, config=config)
+    assert code == 0 and held["status"] == "ON" and held["failed"] == [], held
+    patient_keys = [k for k in images if k.startswith(f"images/{guid}/")]
+    assert held["images"] == sorted(patient_keys)
+    thumbs = ["thumbnails/" + k.removeprefix("images/").rsplit(".", 1)[0] + ".jpg"
+              for k in patient_keys]  # fmt: skip
+    assert held["versions"] == len(patient_keys) + len(thumbs)
+    for key in patient_keys + thumbs:
+        assert client.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"]["Status"] == "ON"
+    others = [k for k in images if not k.startswith(f"images/{guid}/")]
+    assert unheld(client, bucket, others[0])
+    code, cleared = site.cli("hold", "--patient-guid", guid, "--off", config=config)
+    assert code == 0 and cleared["versions"] == held["versions"], cleared
+    assert all(unheld(client, bucket, k) for k in patient_keys + thumbs)
+    with closing(sqlite3.connect(site.tmp_path / "state" / "catalog.sqlite")) as db:
+        events = db.execute(
+            "SELECT key, transition FROM image_events WHERE transition LIKE 'LEGAL_HOLD_%'"
+        ).fetchall()
+    assert sorted(events) == sorted(
+        [(k, "LEGAL_HOLD_ON") for k in patient_keys] + [(k, "LEGAL_HOLD_OFF") for k in patient_keys]
+    )
+
     # the worker's own credentials cannot destroy a locked version
     adult_key = key_of(images, clinic.clinic_id, adult)
     first = client.head_object(Bucket=bucket, Key=adult_key)["VersionId"]
@@ -168,3 +200,7 @@ def test_a_bucket_without_object_lock_is_refused_before_any_upload(site):
     last = [line for line in out.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("pdata-sync: S3: bucket 'dental-images' has no Object Lock"), last
     assert site.client.list_objects_v2(Bucket="dental-images").get("KeyCount", 0) == 0
+    # nor can a legal hold be set there
+    guid = site.clinic.expected[0]["patient_guid"]
+    out = run_cli(["hold", "--config", str(config), "--patient-guid", guid], site.env)
+    assert out.returncode == 2 and "has no Object Lock" in out.stderr.splitlines()[-1]
