@@ -11,7 +11,8 @@ mtime; delete or overwrite an object behind the product's back; a sync while a f
 briefly empty; the media table emptied for a while (a database being restored); a catalog
 written by a clock that ran ahead; another clinic claiming one of the keys; switch the
 bucket; a sync killed at a random moment; a sync; a full sync; a verify; two syncs at once;
-a sync while Orthanc does not answer.
+a sync while Orthanc does not answer. The other bucket a switch goes to keeps versions, as
+a bucket with Object Lock does: delete markers and non-current versions are in it.
 Syncs and verifies are the product's own sequences (pdata_sync.pipeline.runs: run_sync and
 run_verify, the functions the flows run as Prefect tasks), run in-process without Prefect,
 so hundreds of them fit in seconds.
@@ -69,7 +70,7 @@ from pdata_sync.identity.keys import FALLBACK_NAME, parse_key
 from pdata_sync.pipeline.context import RunContext
 from pdata_sync.pipeline.runs import Runner, SyncRun, run_sync, run_verify
 from tests.conftest import BUCKET, open_site, record_model_run
-from tests.kit.s3 import empty_bucket
+from tests.kit.s3 import destroy_versions, empty_bucket
 
 SEQUENCES = int(os.environ.get("PDATA_MODEL_SEQUENCES", "4"))
 FIRST_SEED = int(os.environ.get("PDATA_MODEL_FIRST_SEED", "0"))  # to replay one: its seed
@@ -617,6 +618,10 @@ def test_catalog_invariants_hold_over_random_sequences(
     client = seaweed.client()
     monkeypatch.setenv("PDATA_SYNC_ORTHANC_PASSWORD", orthanc.password)
     client.create_bucket(Bucket=OTHER_BUCKET)
+    # the other bucket keeps versions (as a bucket with Object Lock does): a retirement or a
+    # DELETE behind the product's back leaves a delete marker, an overwrite a non-current
+    # version, and the invariants must hold over what the bucket lists as current
+    client.put_bucket_versioning(Bucket=OTHER_BUCKET, VersioningConfiguration={"Status": "Enabled"})
     for name, value in seaweed.env().items():
         monkeypatch.setenv(name, value)
     started = time.monotonic()
@@ -627,6 +632,7 @@ def test_catalog_invariants_hold_over_random_sequences(
             shutil.rmtree(tmp_path / f"seq{seed}", ignore_errors=True)
     finally:
         empty_bucket(client, OTHER_BUCKET)
+        destroy_versions(client, OTHER_BUCKET)
         client.delete_bucket(Bucket=OTHER_BUCKET)
         empty_bucket(client, BUCKET)
     record_model_run((SEQUENCES, steps, round(time.monotonic() - started, 1)))

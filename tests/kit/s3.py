@@ -17,3 +17,15 @@ def empty_bucket(client: Any, bucket: str, prefix: str = "") -> None:
             client.abort_multipart_upload(
                 Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
+
+
+def destroy_versions(client: Any, bucket: str) -> None:
+    """Delete every version and delete marker of a versioned bucket (none locked), so the
+    bucket can be deleted: what a test's teardown does, never the product."""
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        doomed = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in (page.get("Versions") or []) + (page.get("DeleteMarkers") or [])
+        ]
+        if doomed:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
