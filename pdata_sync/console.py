@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pdata_sync.base.config import ClinicConfig
+from pdata_sync.base.errors import PdataSyncError
 
 EXIT_OK = 0
 
@@ -215,6 +217,53 @@ def view(config: ClinicConfig, guid: str, presign: int, port: int) -> int:
     return EXIT_OK
 
 
+# Whether the terminal's log shows the traceback of an error pdata-sync names itself (a
+# refusal, a classified failure): only with the CLI's -v. Prefect's run log keeps it always.
+_BRIEF = {"on": False}
+
+
+def brief_known_errors(on: bool = True) -> None:
+    """Print pdata-sync's own errors on the terminal as their line, without a traceback (the
+    CLI without -v); applied to the console handlers once Prefect has set them up."""
+    _BRIEF["on"] = on
+    if on:
+        _brief_console_handlers()
+
+
+class _BriefKnownErrors(logging.Formatter):
+    """A console formatter that leaves out the traceback of a :class:`PdataSyncError` (its
+    message says what is wrong); every other record as the wrapped formatter prints it."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, PdataSyncError):
+            return self.inner.format(record)
+        kept = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:  # other handlers (Prefect's run log) still get the traceback
+            record.exc_info, record.exc_text = kept
+
+
+def _brief_console_handlers() -> None:
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+        if name == "prefect" or name.startswith("prefect.")
+    ]  # fmt: skip
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = isinstance(handler, logging.StreamHandler) or type(handler).__name__ == (
+                "PrefectConsoleHandler"
+            )
+            if console and not isinstance(handler.formatter, _BriefKnownErrors):
+                handler.setFormatter(_BriefKnownErrors(handler.formatter))
+
+
 @contextlib.contextmanager
 def _loading_prefect() -> Iterator[None]:
     """Import the flows (or tasks) with Prefect's settings in place
@@ -235,3 +284,5 @@ def _loading_prefect() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
+        if _BRIEF["on"]:
+            _brief_console_handlers()

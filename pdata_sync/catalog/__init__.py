@@ -32,7 +32,7 @@ from pdata_sync.catalog.database import (
     sqlite_path,
 )
 from pdata_sync.catalog.destination import destination_of
-from pdata_sync.catalog.images import ClinicImages
+from pdata_sync.catalog.images import INVENTORY_COLUMNS, ClinicImages
 from pdata_sync.catalog.lock import ClinicLock, Holder
 from pdata_sync.catalog.marks import SyncMarks
 from pdata_sync.catalog.orthanc import OrthancRecords, OrthancRow
@@ -148,6 +148,7 @@ __all__ = [
     "Catalog",
     "CatalogRow",
     "ClinicImages",
+    "INVENTORY_COLUMNS",
     "ClinicLock",
     "Holder",
     "IllegalTransition",

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from pdata_sync.catalog.database import Database
 from pdata_sync.catalog.records import ROW_COLUMNS, CatalogRow, PendingItem, Settled, now
-from pdata_sync.catalog.schema import image_events, image_history, images
+from pdata_sync.catalog.schema import image_events, image_history, images, studies
+from pdata_sync.catalog.schema import series as series_table
 from pdata_sync.catalog.series import SeriesRegistry, chunks
 from pdata_sync.catalog.states import (
     ACCEPT,
@@ -64,6 +65,24 @@ _CONTENT = (
     "updated_at",
 )
 _UPLOAD_RECORD = ("uploaded_at", "flow_run_id")
+
+# the columns of ClinicImages.inventory, in order (pdata-sync inventory)
+INVENTORY_COLUMNS = (
+    "key",
+    "patient_guid",
+    "image_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "modality",
+    "acquisition_date",
+    "size",
+    "sha256",
+    "state",
+    "uploaded_at",
+    "verified_at",
+    "retain_until",
+)
 
 
 class ClinicImages:
@@ -459,7 +478,7 @@ class ClinicImages:
         held once (verified, or drifted since) and that is not retired, with its study UID
         (``key, patient_guid, rel_path, sha256, state, sop_instance_uid, study_instance_uid``),
         by key."""
-        from pdata_sync.catalog.schema import series, studies
+        from pdata_sync.catalog.schema import studies
 
         query = (
             sa.select(
@@ -472,8 +491,8 @@ class ClinicImages:
                 studies.c.study_instance_uid,
             )
             .select_from(
-                images.outerjoin(series, images.c.series_id == series.c.id).outerjoin(
-                    studies, series.c.study_id == studies.c.id
+                images.outerjoin(series_table, images.c.series_id == series_table.c.id).outerjoin(
+                    studies, series_table.c.study_id == studies.c.id
                 )
             )
             .where(self._mine(), images.c.state.in_([VERIFIED, DRIFTED]))
@@ -596,6 +615,38 @@ class ClinicImages:
             query = query.where(image_events.c.key == key)
         with self.db.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query.order_by(image_events.c.id))]
+
+    def inventory(self) -> list[dict[str, Any]]:
+        """One row per image of this clinic in this destination, in key order: what the
+        archive holds and in which state (:data:`INVENTORY_COLUMNS`). No names, no paths
+        on the share: nothing in it identifies a person outside the platform."""
+        query = (
+            sa.select(
+                images.c.key,
+                images.c.patient_guid,
+                images.c.image_id,
+                studies.c.study_instance_uid,
+                series_table.c.series_instance_uid,
+                images.c.sop_instance_uid,
+                images.c.modality,
+                images.c.acquisition_date,
+                images.c.source_size.label("size"),
+                images.c.sha256,
+                images.c.state,
+                images.c.uploaded_at,
+                images.c.verified_at,
+                images.c.retain_until,
+            )
+            .select_from(
+                images.outerjoin(series_table, images.c.series_id == series_table.c.id).outerjoin(
+                    studies, series_table.c.study_id == studies.c.id
+                )
+            )
+            .where(self._mine())
+            .order_by(images.c.key)
+        )
+        with self.db.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def verified_totals(self) -> tuple[int, int]:
         """How many objects of this clinic S3 confirmed in this destination, and their bytes:

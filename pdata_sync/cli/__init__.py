@@ -1,5 +1,5 @@
-"""Command line: ``pdata-sync sync | retrieve | restore | hold | view | verify | export |
-thumbnails | probe | check-config | config-reference | deployments | blocks | demo``.
+"""Command line: ``pdata-sync sync | retrieve | restore | hold | inventory | view | verify |
+export | thumbnails | probe | check-config | config-reference | deployments | blocks | demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With
@@ -23,7 +23,7 @@ import sys
 from pdata_sync.base.errors import ConfigError, PdataSyncError, describe
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.cli.parser import build_parser
-from pdata_sync.console import EXIT_FAILED, refuse
+from pdata_sync.console import EXIT_FAILED, brief_known_errors, refuse
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     # One line per HTTP request to the Prefect API drowns what matters.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     protect_logs()
+    brief_known_errors(not args.verbose)  # a refusal is its line; -v shows the traceback
     try:
         return args.func(args)
     except PdataSyncError as exc:

@@ -7,6 +7,7 @@ import argparse
 from pdata_sync.cli.runs import (
     cmd_export,
     cmd_hold,
+    cmd_inventory,
     cmd_probe,
     cmd_restore,
     cmd_retrieve,
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--off", action="store_true", help="clear the hold instead of setting it")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_hold)
+
+    p = sub.add_parser("inventory", help="export the catalog's rows as Parquet or CSV")
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    p.add_argument("--out", required=True, help="the file to write: FILE.parquet or FILE.csv")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
+    p.set_defaults(func=cmd_inventory)
 
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
     p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")

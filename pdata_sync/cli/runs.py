@@ -1,7 +1,7 @@
 """The commands that run a clinic's flows or read its archive: ``sync``, ``verify``,
-``retrieve``, ``export``, ``thumbnails``, ``restore``, ``hold``, ``view``, ``probe``. Each loads and
-checks its input (a refusal is one line and exit 2), runs through :mod:`pdata_sync.console`,
-prints, and answers the exit code.
+``retrieve``, ``export``, ``thumbnails``, ``restore``, ``hold``, ``inventory``, ``view``,
+``probe``. Each loads and checks its input (a refusal is one line and exit 2), runs through
+:mod:`pdata_sync.console`, prints, and answers the exit code.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ConfigError
+from pdata_sync.base.local_files import NotReplaced
 from pdata_sync.cli.output import (
     print_backfill,
     print_drift,
@@ -98,6 +99,28 @@ def cmd_hold(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    """The catalog's rows of the clinic as Parquet or CSV (pdata_sync.pipeline.inventory):
+    read from the worker's catalog only, nothing asked of S3."""
+    from pdata_sync.pipeline.inventory import check_out, write_inventory
+
+    try:
+        config = load_config(args.config)
+        out = check_out(args.out)
+        with _loading_prefect():  # the catalog's password may be in a Prefect block
+            from pdata_sync.tasks.credentials import run_context
+
+        ctx = run_context(config)
+        rows = write_inventory(ctx.images(), out)
+    except ConfigError as exc:
+        return refuse(str(exc))
+    except NotReplaced as exc:
+        return refuse(f"inventory: {exc} (remove it, or choose another file)")
+    answer = {"clinic_id": config.clinic_id, "rows": rows, "out": str(out)}
+    print(json.dumps(answer) if args.json else f"clinic {config.clinic_id}: {rows} rows in {out}")
     return EXIT_OK
 
 

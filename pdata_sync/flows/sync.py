@@ -20,6 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -90,6 +91,32 @@ def _problems_markdown(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+ARCHIVED_EVENT = "pdata-sync.images.archived"
+
+
+def emit_archived(clinic_id: str, report: Any) -> None:
+    """The Prefect event a platform can trigger on when a batch archived new images: the
+    clinic as its resource, each patientGuid with a new image as a related resource, the
+    counts as payload. patientGuids only: no names, no CardIds."""
+    emit_event(
+        event=ARCHIVED_EVENT,
+        resource={"prefect.resource.id": f"pdata-sync.clinic.{clinic_id}"},
+        related=[
+            {
+                "prefect.resource.id": f"pdata-sync.patient.{guid}",
+                "prefect.resource.role": "patient",
+            }
+            for guid in report.patients_uploaded
+        ],
+        payload={
+            "clinic_id": clinic_id,
+            "uploaded": report.uploaded,
+            "bytes": report.bytes_uploaded,
+            "patients": len(report.patients_uploaded),
+        },
+    )
+
+
 class SyncRunner(PrefectRunner):
     """The sync's steps as Prefect tasks, with the run's progress artifact (batches done)
     and, when the run ends, its summary and problems as artifacts."""
@@ -108,6 +135,11 @@ class SyncRunner(PrefectRunner):
             update_progress_artifact(
                 self.progress_id, progress=100.0 * done / count if count else 100.0
             )
+
+    def batch_reported(self, ctx: RunContext, report: Any, index: int, count: int) -> None:
+        super().batch_reported(ctx, report, index, count)
+        if report.uploaded:  # a batch that archived nothing new tells a platform nothing
+            emit_archived(ctx.clinic_id, report)
 
     def finished(self, ctx: RunContext, summary: RunSummary) -> None:
         _write_artifacts(ctx.config, summary)

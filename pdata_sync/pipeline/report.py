@@ -105,6 +105,18 @@ class BatchReport:
     header_patient_id_empty: int = 0  # files read whose PatientID is empty (accepted)
     left: int = 0  # not started: the run's window ended
     bytes_left: int = 0
+    # the patientGuids with an image uploaded in this batch (what a platform acts on)
+    patients_uploaded: tuple[str, ...] = ()
+
+    def line(self, index: int, count: int) -> str:
+        """One line for the run's log: ``batch 3/8: 50 images, 2 uploaded, 48 unchanged``."""
+        images = self.uploaded + self.unchanged + len(self.rejected) + len(self.failed)
+        images += self.left
+        parts = [f"{self.uploaded} uploaded", f"{self.unchanged} unchanged"]
+        others = ((len(self.rejected), "rejected"), (len(self.failed), "failed"),
+                  (self.left, "left for the next run"))  # fmt: skip
+        parts += [f"{n} {what}" for n, what in others if n]
+        return f"batch {index}/{count}: {images} images, {', '.join(parts)}"
 
     @classmethod
     def of(
@@ -128,6 +140,9 @@ class BatchReport:
             header_patient_id_empty=len({o.path for o in outcomes if o.header_id_empty}),
             left=sum(o.status == LEFT for o in outcomes),
             bytes_left=sum(o.bytes for o in outcomes if o.status == LEFT),
+            patients_uploaded=tuple(
+                sorted({o.key.split("/")[1] for o in outcomes if o.status == UPLOADED and o.key})
+            ),
         )
 
 

@@ -66,6 +66,11 @@ class Runner:
     def batch_done(self, done: int, count: int) -> None:
         """``done`` of ``count`` batches are finished."""
 
+    def batch_reported(self, ctx: RunContext, report: Any, index: int, count: int) -> None:
+        """Batch ``index`` of ``count`` ended with ``report`` (a BatchReport): one line in
+        the run's log."""
+        ctx.log.info("%s", report.line(index, count))
+
     def finished(self, ctx: RunContext, summary: RunSummary) -> None:
         """The run's record is complete (called under the lock, also after an error)."""
 
@@ -293,6 +298,7 @@ def _upload(
     started = time.monotonic()
     queue = list(enumerate(batches, start=1))
     in_flight: list[Any] = []
+    numbers: list[int] = []  # the batch number of each in flight, in the same order
     done, fatal = 0, None
     while (queue and not fatal) or in_flight:
         if queue and ctx.deadline is not None and now() >= ctx.deadline:
@@ -310,10 +316,13 @@ def _upload(
                     steps.upload_batch, name, ctx, batch, full_run, run.orthanc_down, reread
                 )
             )
+            numbers.append(index)
         finished = runner.first_done(in_flight)
+        index = in_flight.index(finished)
         in_flight.remove(finished)
         report = finished.result()
         run.summary.add_batch(report)
+        runner.batch_reported(ctx, report, numbers.pop(index), len(batches))
         fatal = fatal or report.fatal
         done += 1
         runner.batch_done(done, len(batches))

@@ -28,6 +28,7 @@ from pdata_sync.catalog import (
     CONFIRM,
     DRIFTED,
     HEAD_REVISION,
+    INVENTORY_COLUMNS,
     LEGACY_DESTINATION,
     MATCH,
     MIGRATIONS,
@@ -612,3 +613,38 @@ def test_a_key_held_by_another_image_is_refused_and_said_so(catalog, imgs):
     assert imgs.begin_upload(pending(), "run-4") == {}
     # another bucket holds nothing yet
     assert catalog.images("c1-x", DEST + "-2").begin_upload(pending(), "run-5") == {}
+
+
+def test_the_lock_date_is_kept_through_a_match_and_the_inventory_carries_it(
+    catalog, imgs, tmp_path
+):
+    import csv
+    import dataclasses
+    from datetime import date
+
+    from pdata_sync.pipeline.inventory import write_inventory
+
+    locked = dataclasses.replace(info(), retain_until=date(2034, 1, 2))
+    imgs.begin_upload(pending(), "run-1")
+    imgs.settle([Settled(KEY, locked, CONFIRM, "etag1", now())], "run-1")
+    # a later run finds the same bytes in S3 and writes nothing: the version keeps its date
+    imgs.begin_upload(pending(), "run-2")
+    imgs.settle([Settled(KEY, info(), MATCH, "etag1", now())], "run-2")
+
+    assert write_inventory(imgs, tmp_path / "inventory.csv") == 1
+    with open(tmp_path / "inventory.csv", newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert tuple(row) == INVENTORY_COLUMNS
+    assert {k: row[k] for k in ("key", "patient_guid", "image_id", "study_instance_uid",
+                                "series_instance_uid", "modality", "size", "state",
+                                "retain_until")} == {
+        "key": KEY, "patient_guid": GUID, "image_id": "7", "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.4", "modality": "IO", "size": "100",
+        "state": "verified", "retain_until": "2034-01-02",
+    }  # fmt: skip
+    # a new upload without a lock (s3.object_lock removed) writes a version without one
+    imgs.begin_upload(pending(), "run-3")
+    imgs.settle([Settled(KEY, info(sha="b" * 64), CONFIRM, "etag2", now())], "run-3")
+    assert imgs.inventory()[0]["retain_until"] is None
+    with pytest.raises(ConfigError, match=r"must end in \.parquet or \.csv"):
+        write_inventory(imgs, tmp_path / "inventory.xlsx")

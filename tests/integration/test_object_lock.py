@@ -10,15 +10,18 @@ SeaweedFS is stopped and its folder removed), so no test shares them."""
 from __future__ import annotations
 
 import sqlite3
+import stat
 import uuid
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 from botocore.exceptions import ClientError
 
+from pdata_sync.catalog import INVENTORY_COLUMNS
 from tests.conftest import run_cli
 
 LOCK = {"mode": "COMPLIANCE", "years": 10, "minors_until_age": 28}
@@ -131,6 +134,19 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
         undated["path"]
     ]
     assert {k for k, v in kept.items() if v is None} == ended_keys
+
+    # the inventory carries the date beside each image, and nothing that names a person
+    out = site.tmp_path / "inventory.parquet"
+    code, answer = site.cli("inventory", "--out", str(out), config=config)
+    assert code == 0 and answer["rows"] == len(images), answer
+    table = pq.read_table(out)
+    assert tuple(table.column_names) == INVENTORY_COLUMNS
+    inventory = {r["key"]: r for r in table.to_pylist()}
+    assert {k: r["retain_until"] for k, r in inventory.items()} == {
+        k: None if v is None else date.fromisoformat(v) for k, v in kept.items()
+    }
+    assert {r["state"] for r in inventory.values()} == {"verified"}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
     # a legal hold on one patient: every version of their images and thumbnails, recorded
     guid = adult["patient_guid"]

@@ -23,12 +23,48 @@ def files_under(root: Path) -> dict[str, bytes]:
     }
 
 
+def archived_events(site, flow_run_id: str, uploaded: int) -> list[dict]:
+    """The ``pdata-sync.images.archived`` events of one flow run, read from the Prefect
+    server's events API (its persister writes them a moment after they are emitted)."""
+    import time
+
+    import httpx
+
+    api = site.request.getfixturevalue("prefect_server").api_url
+    query = {
+        "filter": {
+            "event": {"name": ["pdata-sync.images.archived"]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+            "occurred": {"since": "2000-01-01T00:00:00Z"},
+        },
+        "limit": 200,
+    }
+    events: list[dict] = []
+    for _ in range(50):  # until every batch's event is in, or 10 s
+        found = httpx.post(f"{api}/events/filter", json=query, timeout=10).raise_for_status()
+        events = found.json()["events"]
+        if sum(e["payload"]["uploaded"] for e in events) >= uploaded:
+            break
+        time.sleep(0.2)
+    return events
+
+
 def test_a_clinic_is_restored_byte_identical_from_s3_alone_and_resumes(make_site, tmp_path):
     site = make_site()
     clinic, client = site.clinic, site.client
     code, summary = site.sync()
     assert code == 0, summary["failed"]
     archived = sorted({e["path"] for e in clinic.expected})
+    # each batch that archived images told the platform so, with the patients it names
+    events = archived_events(site, summary["flow_run_id"], summary["uploaded"])
+    assert sum(e["payload"]["uploaded"] for e in events) == summary["uploaded"] > 0
+    named = {r["prefect.resource.id"].removeprefix("pdata-sync.patient.")
+             for e in events for r in e["related"]
+             if r.get("prefect.resource.role") == "patient"}  # fmt: skip
+    assert named == {e["patient_guid"] for e in clinic.expected}
+    assert {e["resource"]["prefect.resource.id"] for e in events} == {
+        f"pdata-sync.clinic.{clinic.clinic_id}"
+    }
 
     # one object as archived before objects carried their source path
     old = next(
