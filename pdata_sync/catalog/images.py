@@ -4,7 +4,7 @@ Every write is one of the named transitions of :mod:`pdata_sync.catalog.states`,
 one transaction that also appends an ``image_events`` row per state change with the flow run
 id. A transition applied to a row in a state it does not leave raises
 :class:`~pdata_sync.catalog.states.IllegalTransition` and writes nothing. A legal hold is
-recorded as an event too (``LEGAL_HOLD_ON`` / ``LEGAL_HOLD_OFF``), changing no row.
+recorded as an event too (``legal_hold_on`` / ``legal_hold_off``), changing no row.
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ class ClinicImages:
 
     def record_hold(self, keys: Sequence[str], status: str, flow_run_id: str | None) -> None:
         """A legal hold set (``status`` ON) or cleared (OFF) on every version of these
-        keys' objects: an event per key (``LEGAL_HOLD_ON`` / ``LEGAL_HOLD_OFF``), its state
+        keys' objects: an event per key (``legal_hold_on`` / ``legal_hold_off``), its state
         unchanged (None where the catalog has no row, e.g. on a new machine). A hold is not
         a transition of the row's lifecycle: nothing else about the row changes."""
         if status not in ("ON", "OFF"):
@@ -389,7 +389,7 @@ class ClinicImages:
                         "clinic_id": self.clinic_id,
                         "destination": self.destination,
                         "key": key,
-                        "transition": f"LEGAL_HOLD_{status}",
+                        "transition": f"legal_hold_{status.lower()}",
                         "from_state": rows[key].state if key in rows else None,
                         "to_state": rows[key].state if key in rows else None,
                         "flow_run_id": flow_run_id,
@@ -647,6 +647,54 @@ class ClinicImages:
         )
         with self.db.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def audit(
+        self,
+        *,
+        key: str | None = None,
+        flow_run_id: str | None = None,
+        patient_guid: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The recorded history of one key, of what one flow run did, or of one patient's
+        keys: every event (transition, states, run, time) oldest first, each with where the
+        row's object was retired to and why, when it was."""
+        query = (
+            sa.select(
+                image_events.c.key,
+                image_events.c.transition,
+                image_events.c.from_state,
+                image_events.c.to_state,
+                image_events.c.flow_run_id,
+                image_events.c.at,
+                images.c.image_id,
+                images.c.retired_to,
+                images.c.retired_reason,
+            )
+            .select_from(
+                image_events.outerjoin(
+                    images,
+                    sa.and_(
+                        images.c.key == image_events.c.key,
+                        images.c.clinic_id == image_events.c.clinic_id,
+                        images.c.destination == image_events.c.destination,
+                    ),
+                )
+            )
+            .where(
+                image_events.c.clinic_id == self.clinic_id,
+                image_events.c.destination == self.destination,
+            )
+        )
+        if key is not None:
+            query = query.where(image_events.c.key == key)
+        if flow_run_id is not None:
+            query = query.where(image_events.c.flow_run_id == flow_run_id)
+        if patient_guid is not None:
+            prefix = f"images/{patient_guid}/"
+            query = query.where(image_events.c.key.startswith(prefix, autoescape=True))
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query.order_by(image_events.c.id))
+            return [dict(r._mapping) for r in rows]
 
     def verified_totals(self) -> tuple[int, int]:
         """How many objects of this clinic S3 confirmed in this destination, and their bytes:

@@ -1,5 +1,6 @@
-"""Command line: ``pdata-sync sync | retrieve | restore | hold | inventory | view | verify |
-export | thumbnails | probe | check-config | config-reference | deployments | blocks | demo``.
+"""Command line: ``pdata-sync sync | retrieve | restore | hold | inventory | audit | view |
+verify | export | thumbnails | probe | check-config | config-reference | deployments | blocks |
+demo``.
 
 Exit codes: 0 nothing failed; 1 some images failed, ``verify`` found drift, or the run
 crashed; 2 the input was refused (bad config, bad patient GUID, bad option). With

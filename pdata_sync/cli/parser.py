@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pdata_sync.cli.runs import (
+    cmd_audit,
     cmd_export,
     cmd_hold,
     cmd_inventory,
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the file to write: FILE.parquet or FILE.csv")
     p.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
     p.set_defaults(func=cmd_inventory)
+
+    p = sub.add_parser("audit", help="an object's recorded history, from the catalog")
+    p.add_argument("--config", required=True, help="clinic config YAML file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", help="one object key (images/{patientGuid}/...)")
+    which.add_argument("--flow-run", help="what one flow run did (its id)")
+    which.add_argument("--patient-guid", help="every key of one patient")
+    p.add_argument("--json", action="store_true", help="print the events as JSON on stdout")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("retrieve", help="list / presign / download a patient's images")
     p.add_argument("--config", required=True, help="clinic config YAML file (its s3 section)")

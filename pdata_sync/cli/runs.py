@@ -1,7 +1,7 @@
 """The commands that run a clinic's flows or read its archive: ``sync``, ``verify``,
-``retrieve``, ``export``, ``thumbnails``, ``restore``, ``hold``, ``inventory``, ``view``,
-``probe``. Each loads and checks its input (a refusal is one line and exit 2), runs through
-:mod:`pdata_sync.console`, prints, and answers the exit code.
+``retrieve``, ``export``, ``thumbnails``, ``restore``, ``hold``, ``inventory``, ``audit``,
+``view``, ``probe``. Each loads and checks its input (a refusal is one line and exit 2),
+runs through :mod:`pdata_sync.console`, prints, and answers the exit code.
 """
 
 from __future__ import annotations
@@ -121,6 +121,43 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         return refuse(f"inventory: {exc} (remove it, or choose another file)")
     answer = {"clinic_id": config.clinic_id, "rows": rows, "out": str(out)}
     print(json.dumps(answer) if args.json else f"clinic {config.clinic_id}: {rows} rows in {out}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """An object's recorded history (by key, by flow run or by patient) from the worker's
+    catalog: every transition with its run and time; nothing asked of S3, no names."""
+    from pdata_sync.archive.retrieval import validate_guid
+
+    try:
+        config = load_config(args.config)
+        if args.patient_guid is not None:
+            validate_guid(args.patient_guid)
+        with _loading_prefect():  # the catalog's password may be in a Prefect block
+            from pdata_sync.tasks.credentials import run_context
+
+        events = (
+            run_context(config)
+            .images()
+            .audit(key=args.key, flow_run_id=args.flow_run, patient_guid=args.patient_guid)
+        )
+    except ConfigError as exc:
+        return refuse(str(exc))
+    for event in events:
+        event["at"] = event["at"].isoformat() if event["at"] is not None else None
+    if args.json:
+        print(json.dumps({"clinic_id": config.clinic_id, "events": events}, indent=2))
+        return EXIT_OK
+    for e in events:
+        moved = (
+            f" -> {e['retired_to']} ({e['retired_reason']})" if e["to_state"] == "retired" else ""
+        )
+        print(
+            f"{e['at']}  {e['key']}  {e['transition']}: {e['from_state'] or '-'} -> "
+            f"{e['to_state'] or '-'}  run {e['flow_run_id'] or '-'}{moved}"
+        )
+    if not events:
+        print(f"clinic {config.clinic_id}: nothing recorded for that")
     return EXIT_OK
 
 

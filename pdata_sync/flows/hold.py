@@ -1,6 +1,6 @@
 """Flow ``legal-hold``: set or clear a legal hold on every version of one patient's objects
 in a clinic's bucket (pdata_sync.archive.legal_hold). The run is the record in Prefect's
-history; each of the patient's images gets a catalog event (``LEGAL_HOLD_ON`` / ``_OFF``).
+history; each of the patient's images gets a catalog event (``legal_hold_on`` / ``legal_hold_off``).
 Only on a bucket with Object Lock: refused otherwise, before anything is asked of S3."""
 
 from __future__ import annotations

@@ -166,10 +166,10 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     assert all(unheld(client, bucket, k) for k in patient_keys + thumbs)
     with closing(sqlite3.connect(site.tmp_path / "state" / "catalog.sqlite")) as db:
         events = db.execute(
-            "SELECT key, transition FROM image_events WHERE transition LIKE 'LEGAL_HOLD_%'"
+            "SELECT key, transition FROM image_events WHERE transition LIKE 'legal_hold_%'"
         ).fetchall()
     assert sorted(events) == sorted(
-        [(k, "LEGAL_HOLD_ON") for k in patient_keys] + [(k, "LEGAL_HOLD_OFF") for k in patient_keys]
+        [(k, "legal_hold_on") for k in patient_keys] + [(k, "legal_hold_off") for k in patient_keys]
     )
 
     # the worker's own credentials cannot destroy a locked version
@@ -199,6 +199,15 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     (old,) = versions["Versions"]
     copy = next(k for k in keys_under(client, bucket, "retired/") if k.endswith(gone_key))
     assert retention(client, bucket, copy) == retention(client, bucket, gone_key, old["VersionId"])
+    # the audit tells the retirement, from the catalog, by key and by the run that did it
+    code, audit = site.cli("audit", "--key", gone_key, config=config)
+    assert code == 0, audit
+    assert [e["transition"] for e in audit["events"]][-1] == "retire"
+    assert audit["events"][-1]["retired_to"] == copy
+    code, by_run = site.cli("audit", "--flow-run", summary["flow_run_id"], config=config)
+    assert code == 0 and gone_key in {e["key"] for e in by_run["events"]}, by_run
+    assert {e["flow_run_id"] for e in by_run["events"]} == {summary["flow_run_id"]}
+
     # drift repaired by a new locked version; the locked original and the stray one stay
     repaired = client.get_object(Bucket=bucket, Key=drift_key)
     assert repaired["Body"].read() == Path(clinic.pdata_root, drifts["path"]).read_bytes()
