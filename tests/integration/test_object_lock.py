@@ -9,6 +9,7 @@ SeaweedFS is stopped and its folder removed), so no test shares them."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import uuid
@@ -21,6 +22,8 @@ import pydicom
 import pytest
 from botocore.exceptions import ClientError
 
+from pdata_sync.archive.retrieval import list_patient_images, patient_manifest
+from pdata_sync.base.config import load_config
 from pdata_sync.catalog import INVENTORY_COLUMNS
 from tests.conftest import run_cli
 
@@ -199,6 +202,17 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     (old,) = versions["Versions"]
     copy = next(k for k in keys_under(client, bucket, "retired/") if k.endswith(gone_key))
     assert retention(client, bucket, copy) == retention(client, bucket, gone_key, old["VersionId"])
+    # retrieval and the viewer's manifest read current versions only: the retired image is
+    # gone for them, its patient's other images are there, each once
+    s3 = load_config(config).s3
+    listed = [i["key"] for i in list_patient_images(client, s3, gone["patient_guid"])]
+    assert gone_key not in listed and len(listed) == len(set(listed))
+    assert listed == [k for k in images if k.startswith(f"images/{gone['patient_guid']}/")
+                      and k != gone_key]  # fmt: skip
+    manifest, left_out = patient_manifest(client, s3, gone["patient_guid"])
+    urls = json.dumps(manifest)
+    assert left_out == [] and gone_key not in urls and all(k in urls for k in listed)
+
     # the audit tells the retirement, from the catalog, by key and by the run that did it
     code, audit = site.cli("audit", "--key", gone_key, config=config)
     assert code == 0, audit
