@@ -49,10 +49,13 @@ def run_and_print(
     label: str,
     run: Callable[[], tuple[Any, BaseException | None]],
     print_text: Callable[[Any], None],
+    during: contextlib.AbstractContextManager[Any] | None = None,
 ) -> tuple[Any, int | None]:
-    """Run a flow (its output kept off stdout with ``--json``) and print its result as JSON
-    or text. Returns (result, None), or (None, the exit code) when the run ended in error."""
-    with stdout_to_stderr(args.json) as out:
+    """Run a flow (its output kept off stdout with ``--json``; inside ``during``, e.g. the
+    terminal's status line, which is finished before anything is printed) and print its
+    result as JSON or text. Returns (result, None), or (None, the exit code) when the run
+    ended in error."""
+    with stdout_to_stderr(args.json) as out, during or contextlib.nullcontext():
         result, error = run()
     if error is not None:
         if isinstance(error, ClinicBusyError):
@@ -174,11 +177,25 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
             f"confirmed in S3{share}",
             file=out,
         )
+    seconds = summary.get("seconds")
+    took = f" in {seconds:,.1f} s" if seconds is not None else ""
+    thumbs = summary.get("thumbnails") or {}
+    print(
+        f"  {summary['bytes_uploaded'] / 1e6:,.1f} MB uploaded{took}; "
+        f"{len(summary.get('retired') or [])} retired, {len(summary.get('notes') or [])} "
+        f"note(s), {thumbs.get('made', 0)} thumbnail(s) made, "
+        f"{len(thumbs.get('not_made') or [])} not made",
+        file=out,
+    )
     for reason, count in summary["skipped"].items():
         print(f"  skipped {count:>6}  {reason}", file=out)
-    for label in ("rejected", "failed"):
+    for item in summary.get("retired") or []:
+        print(f"  retired: {item['key']}: {item['reason']}", file=out)
+    for label in ("rejected", "failed", "notes"):
         for item in summary[label]:
-            print(f"  {label}: {item['path']}: {item['reason']}", file=out)
+            print(f"  {label.removesuffix('s')}: {item['path']}: {item['reason']}", file=out)
+    for item in thumbs.get("not_made") or []:
+        print(f"  thumbnail not made: {item['path']}: {item['reason']}", file=out)
     orthanc = summary.get("orthanc")
     if orthanc is not None:
         print(orthanc_line(orthanc), file=out)

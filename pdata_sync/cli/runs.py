@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from typing import Any
 
 from pdata_sync.base.config import load_config
 from pdata_sync.base.errors import ConfigError
@@ -189,13 +191,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return refuse(str(exc))
-    with terminal_progress(not args.json):
-        summary, code = run_and_print(
-            args,
-            "sync",
-            lambda: run_sync(config, args.full, args.new_catalog),
-            lambda s: print_summary(s, sys.stdout),
-        )
+    started = time.monotonic()
+
+    def timed() -> tuple[Any, BaseException | None]:
+        result, error = run_sync(config, args.full, args.new_catalog)
+        if result is not None:  # what the person at the terminal waited, Prefect's start too
+            result["seconds"] = round(time.monotonic() - started, 1)
+        return result, error
+
+    summary, code = run_and_print(
+        args,
+        "sync",
+        timed,
+        lambda s: print_summary(s, sys.stdout),
+        during=terminal_progress(not args.json),  # its line ends before the summary
+    )
     if code is not None:
         return code
     orthanc_down = (summary["orthanc"] or {}).get("unavailable")

@@ -358,11 +358,11 @@ def test_progress_on_a_terminal_only(setup):
 
     clinic, client, resolver, config, env = setup
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # stdout and stderr on one terminal, as a person runs it
         [CLI, "sync", "--config", str(config)],
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=secondary,
         stderr=secondary,
     )
     os.close(secondary)
@@ -375,7 +375,7 @@ def test_progress_on_a_terminal_only(setup):
         if not chunk:
             break
         seen += chunk
-    stdout = proc.communicate(timeout=240)[0].decode()
+    proc.wait(timeout=240)
     os.close(primary)
     assert proc.returncode == 0, seen.decode(errors="replace")[-3000:]
     terminal = seen.decode(errors="replace")
@@ -383,7 +383,13 @@ def test_progress_on_a_terminal_only(setup):
     done = re.findall(r"(\d+)/(\d+) images  [\d,]+ left  [\d.]+ Mbit/s", terminal)
     assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= len(clinic.expected)
     assert "\r\x1b[K" in terminal  # rewritten in place
-    assert "Mbit/s" not in stdout and stdout.startswith("clinic ")  # stdout: the summary only
+    # the status line is finished before the summary, and not drawn again after it
+    first = re.search(rf"clinic {clinic.clinic_id}: \d+ uploaded", terminal)
+    assert first is not None, terminal[-3000:]
+    summary = terminal[first.start() :]
+    assert "Mbit/s" not in summary and "\x1b[K" not in summary, summary
+    assert re.search(r"MB uploaded in [\d.,]+ s; \d+ retired, \d+ note\(s\)", summary), summary
 
     piped = run_cli(["sync", "--config", str(config)], env)
     assert piped.returncode == 0 and "Mbit/s" not in piped.stderr + piped.stdout
+    assert piped.stdout.startswith("clinic ")  # stdout: the summary only
