@@ -25,9 +25,14 @@ def stored_encryption(client: Any, bucket: str, key: str) -> str:
     return str(client.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption") or "")
 
 
-def get_range(client: Any, bucket: str, key: str, length: int) -> tuple[bytes, int]:
-    """The first ``length`` bytes of an object and the object's full size."""
+def get_range(
+    client: Any, bucket: str, key: str, length: int, metadata: dict[str, str] | None = None
+) -> tuple[bytes, int]:
+    """The first ``length`` bytes of an object and the object's full size (its user
+    metadata into ``metadata``, when given: the same answer carries it)."""
     response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
+    if metadata is not None:
+        metadata.update(response.get("Metadata") or {})
     body = response["Body"].read()
     content_range = str(response.get("ContentRange") or "")
     total = content_range.rpartition("/")[2]

@@ -18,6 +18,8 @@ from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import InvalidRequestError
 from pdata_sync.base.local_files import UNCHANGED, NotReplaced, private_folder, write_new
 from pdata_sync.identity.keys import (
+    FALLBACK_NAME,
+    decode_name_from_metadata,
     is_canonical_guid,
     parse_key,
     patient_prefix,
@@ -139,6 +141,26 @@ def _download(
 HEADER_READERS = 8  # concurrent ranged GETs while building a manifest
 
 
+def shown_name(encoded: str | None) -> str | None:
+    """The Sidexis image name an object carries (``image-name``), for a viewer to label it;
+    None when it has none (the fallback ``unnamed``) or it is not printable text."""
+    if not encoded:
+        return None
+    name = decode_name_from_metadata(encoded).strip()
+    if not name or name == FALLBACK_NAME or not name.isprintable():
+        return None
+    return name[:64]  # DICOM's LO limit for SeriesDescription
+
+
+def _image_id(key: str, metadata: dict[str, str], template: str) -> int | None:
+    fields = parse_key(key, template) or {}
+    value = fields.get("image_id", metadata.get("image-id"))
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def patient_manifest(
     client: Any, s3: S3Config, patient_guid: str, presign_seconds: int = DEFAULT_PRESIGN_SECONDS
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -151,8 +173,9 @@ def patient_manifest(
     thumbnails = list_prefix(client, s3.bucket, thumbnail_prefix(guid))
 
     def header_of(obj: RemoteObject) -> Instance | dict[str, str]:
+        metadata: dict[str, str] = {}
         try:
-            header = read_header(lambda n: get_range(client, s3.bucket, obj.key, n))
+            header = read_header(lambda n: get_range(client, s3.bucket, obj.key, n, metadata))
         except HeaderError as exc:
             return {"key": obj.key, "reason": str(exc)}
         missing = missing_for_viewer(header)
@@ -166,6 +189,8 @@ def patient_manifest(
             thumbnail_url=presign_get(client, s3.bucket, thumb, presign_seconds)
             if thumb in thumbnails
             else None,
+            name=shown_name(metadata.get("image-name")),
+            image_id=_image_id(obj.key, metadata, s3.key_template),
         )
 
     with ThreadPoolExecutor(HEADER_READERS) as pool:

@@ -151,6 +151,8 @@ class Instance:
     url: str
     thumbnail_url: str | None = None
     notes: list[str] = field(default_factory=list)
+    name: str | None = None  # the Sidexis image name from the object's metadata
+    image_id: int | None = None  # the Sidexis image id: the order images were taken in
 
 
 def _uid(ds: pydicom.Dataset, name: str, key: str, notes: list[str]) -> str:
@@ -204,17 +206,20 @@ def build_manifest(items: list[Instance], patient_guid: str) -> dict[str, Any]:
                 **_pick(item.header, SERIES_FIELDS),
                 "SeriesInstanceUID": meta["SeriesInstanceUID"],
                 "instances": [],
+                "_names": [],
+                "_order": None,
             },
         )
         series["instances"].append(entry)
+        if item.name and item.name not in series["_names"]:
+            series["_names"].append(item.name)
+        if item.image_id is not None:
+            series["_order"] = min(item.image_id, series["_order"] or item.image_id)
     out = []
     for study in sorted(
         studies.values(), key=lambda s: (s.get("StudyDate", ""), s["StudyInstanceUID"])
     ):
-        series_list = sorted(
-            study.pop("series").values(),
-            key=lambda s: (_sort_number(s.get("SeriesNumber")), s["SeriesInstanceUID"]),
-        )
+        series_list = _labelled(list(study.pop("series").values()))
         for series in series_list:
             series["instances"].sort(
                 key=lambda i: (
@@ -228,6 +233,28 @@ def build_manifest(items: list[Instance], patient_guid: str) -> dict[str, Any]:
         study["series"] = series_list
         out.append(study)
     return {"studies": out}
+
+
+def _labelled(series_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A study's series as a person reads them: the Sidexis image name as SeriesDescription
+    (what OHIF labels a thumbnail with; a bitewing and an OPG otherwise look alike until
+    opened), the header's own where no name is known; and the series in the order the
+    images were taken (their Sidexis image ids), numbered 1, 2, ... in that order (the
+    headers' numbers are often all 0 or all 1). Without image ids, the headers' order."""
+    if any(s["_order"] is None for s in series_list):
+        series_list.sort(
+            key=lambda s: (_sort_number(s.get("SeriesNumber")), s["SeriesInstanceUID"])
+        )
+    else:
+        series_list.sort(key=lambda s: (s["_order"], s["SeriesInstanceUID"]))
+        for place, series in enumerate(series_list, start=1):
+            series["SeriesNumber"] = place
+    for series in series_list:
+        names = series.pop("_names")
+        series.pop("_order")
+        if names:
+            series["SeriesDescription"] = " / ".join(names)[:64]
+    return series_list
 
 
 def read_header(

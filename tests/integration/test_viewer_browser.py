@@ -75,9 +75,10 @@ def similarity(picture: np.ndarray, thumbnail: bytes) -> tuple[float, float]:
     return correlation(resized, reference), float(np.minimum(histogram, expected).sum())
 
 
-def viewport_after_load(url: str, timeout: float = 90) -> tuple[np.ndarray, bytes, list[str]]:
+def viewport_after_load(url: str, timeout: float = 90) -> tuple[np.ndarray, bytes, list[str], str]:
     """Open ``url`` in headless chromium; wait until the viewport shows a picture. Returns
-    the viewport's grey pixels, a screenshot of the page and the requests that failed."""
+    the viewport's grey pixels, a screenshot of the page, the requests that failed and the
+    page's text."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -97,11 +98,12 @@ def viewport_after_load(url: str, timeout: float = 90) -> tuple[np.ndarray, byte
                 break
             time.sleep(1)
         page_shot = page.screenshot()
+        text = page.inner_text("body")
         browser.close()
     # a blank canvas is one flat colour (standard deviation 0; a few pixels of overlay text
     # stay far below 20)
     assert center.std() > 20, f"the viewport stayed blank; failed requests: {failed}"
-    return pixels, page_shot, failed
+    return pixels, page_shot, failed, text
 
 
 def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefect_server):
@@ -157,7 +159,11 @@ def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefec
             assert image.headers["access-control-allow-origin"] == origin
             thumbnails.append(httpx.get(instance["thumbnail"], timeout=30).content)
 
-        pixels, page_shot, _ = viewport_after_load(url)
+        pixels, page_shot, _, text = viewport_after_load(url)
+        # OHIF labels each thumbnail with its series' description: the Sidexis image name
+        labels = {se["SeriesDescription"] for st in manifest["studies"] for se in st["series"]}
+        assert labels and "unnamed" not in labels
+        assert all(label in text for label in labels), (labels, text[:2000])
         (tmp_path / "viewer.png").write_bytes(page_shot)
         if os.environ.get(SHOT_ENV):
             shutil.copyfile(tmp_path / "viewer.png", os.environ[SHOT_ENV])

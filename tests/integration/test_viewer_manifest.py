@@ -203,6 +203,25 @@ def test_manifest_is_what_ohif_reads_and_every_url_serves_the_source_file(archiv
         sources
     )
 
+    # each series is labelled with its image's Sidexis name (what OHIF shows under a
+    # thumbnail) and numbered 1, 2, ... in the order the images were taken (image ids)
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(f"file:{clinic.database_path}?mode=ro", uri=True)) as db:
+        names = dict(db.execute("SELECT MediaBaseId, Name FROM MediaBase"))
+    for study in manifest["studies"]:
+        ids = []
+        for series in study["series"]:
+            (instance,) = series["instances"]  # Sidexis: one image per series
+            body = httpx.get(instance["url"][len("dicomweb:") :]).content
+            image_id = next(i for i, p in sources.items() if p.read_bytes() == body)
+            ids.append(image_id)
+            if (names.get(image_id) or "").strip():
+                assert series["SeriesDescription"] == names[image_id].strip()[:64], series
+        assert [s["SeriesNumber"] for s in study["series"]] == list(range(1, len(ids) + 1))
+        assert ids == sorted(ids)
+
     text = target.read_text()
     for value in clinic.phi:  # names, birth dates, CardIds
         if len(value) >= 4:
