@@ -696,6 +696,73 @@ class ClinicImages:
             rows = conn.execute(query.order_by(image_events.c.id))
             return [dict(r._mapping) for r in rows]
 
+    def run_changes(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """What one flow run changed in S3, per key, for the run's record: ``uploaded`` (a
+        key S3 had no verified bytes of before), ``re-uploaded`` (new content, or the same
+        bytes again after S3 was found not to hold them) and ``retired``, each with its
+        image id and why. Re-uploads and retirements first, then uploads, in key order."""
+        written = ("confirm", "accept", "retire")
+        with self.db.engine.connect() as conn:
+            events = conn.execute(
+                sa.select(image_events.c.key, image_events.c.transition)
+                .where(
+                    image_events.c.clinic_id == self.clinic_id,
+                    image_events.c.destination == self.destination,
+                    image_events.c.flow_run_id == flow_run_id,
+                    image_events.c.transition.in_(written),
+                )
+                .order_by(image_events.c.id)
+            ).all()
+            keys = list(dict.fromkeys(e.key for e in events))
+            rows = self._current(conn, keys)
+            replaced = {
+                r.key: r.kept_at
+                for r in conn.execute(
+                    sa.select(images.c.key, image_history.c.kept_at)
+                    .join(images, image_history.c.image_row_id == images.c.id)
+                    .where(self._mine(), image_history.c.replaced_by_flow_run_id == flow_run_id)
+                )
+            }
+            before = (
+                {
+                    r.key
+                    for r in conn.execute(
+                        sa.select(image_events.c.key).where(
+                            image_events.c.clinic_id == self.clinic_id,
+                            image_events.c.destination == self.destination,
+                            image_events.c.key.in_(keys),
+                            image_events.c.transition.in_(("confirm", "accept")),
+                            image_events.c.flow_run_id != flow_run_id,
+                        )
+                    )
+                }
+                if keys
+                else set()
+            )
+        last = {e.key: e.transition for e in events}
+        changes = []
+        for key in keys:
+            row = rows.get(key)
+            image_id = None if row is None else row.image_id
+            if last[key] == "retire":
+                why = (row.retired_reason if row is not None else None) or ""
+                changes.append({"key": key, "image_id": image_id, "change": "retired",
+                                "reason": why})  # fmt: skip
+            elif key in replaced:
+                kept = replaced[key]
+                why = "new content" + (f"; the old kept at {kept}" if kept else "")
+                changes.append({"key": key, "image_id": image_id, "change": "re-uploaded",
+                                "reason": why})  # fmt: skip
+            elif key in before:
+                why = "S3 did not hold the verified bytes, or not as configured: sent again"
+                changes.append({"key": key, "image_id": image_id, "change": "re-uploaded",
+                                "reason": why})  # fmt: skip
+            else:
+                changes.append({"key": key, "image_id": image_id, "change": "uploaded",
+                                "reason": ""})  # fmt: skip
+        order = {"re-uploaded": 0, "retired": 1, "uploaded": 2}
+        return sorted(changes, key=lambda c: (order[c["change"]], c["key"]))
+
     def verified_totals(self) -> tuple[int, int]:
         """How many objects of this clinic S3 confirmed in this destination, and their bytes:
         what a backfill has archived so far."""

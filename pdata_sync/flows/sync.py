@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import pdata_sync.flows._prefect_engine  # noqa: F401 - a flow run ends when its work is done
 from pdata_sync.base.config import ClinicConfig
-from pdata_sync.base.errors import ConfigError
+from pdata_sync.base.errors import ConfigError, describe
 from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.catalog import now
 from pdata_sync.pipeline import backfill
@@ -143,6 +143,10 @@ class SyncRunner(PrefectRunner):
 
     def finished(self, ctx: RunContext, summary: RunSummary) -> None:
         _write_artifacts(ctx.config, summary)
+        try:
+            _write_changes(ctx)
+        except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more
+            ctx.log.warning("the run's changes artifact was not written: %s", describe(exc))
         _write_backfill(ctx, summary)
 
 
@@ -177,6 +181,38 @@ def _write_artifacts(config: ClinicConfig, summary: RunSummary) -> None:
         key=artifact_key("sync-problems", config.clinic_id),
         markdown=_problems_markdown(summary),
         description=f"Files of clinic {config.clinic_id} not uploaded, with reasons",
+    )
+
+
+# rows of the run's changes artifact: a first sync uploads 100,000 images, which no one reads
+# in a table; the audit command has them all
+CHANGES_SHOWN = 500
+
+
+def _write_changes(ctx: RunContext) -> None:
+    """``sync-changes-{clinic}``: which keys this run uploaded, re-uploaded and retired, with
+    image ids and why (no names), re-uploads and retirements first; the audit trail per
+    run in the UI. Beyond :data:`CHANGES_SHOWN` rows, the description says how to see all."""
+    if ctx.run_id is None:
+        return
+    changes = ctx.images().run_changes(ctx.run_id)
+    counts = {what: sum(c["change"] == what for c in changes)
+              for what in ("uploaded", "re-uploaded", "retired")}  # fmt: skip
+    more = len(changes) - CHANGES_SHOWN
+    tail = (
+        f"; {more} more not listed here: pdata-sync audit --flow-run {ctx.run_id}"
+        if more > 0
+        else ""
+    )
+    create_table_artifact(
+        key=artifact_key("sync-changes", ctx.clinic_id),
+        table=changes[:CHANGES_SHOWN]
+        or [{"key": None, "image_id": None, "change": None, "reason": None}],  # fmt: skip
+        description=(
+            f"What this sync of clinic {ctx.clinic_id} changed in S3: "
+            + ", ".join(f"{n} {what}" for what, n in counts.items())
+            + tail
+        ),
     )
 
 

@@ -67,6 +67,20 @@ def unlocked(client, bucket: str, key: str) -> bool:
     return False
 
 
+def run_artifact(site, flow_run_id: str, name: str) -> list[dict]:
+    """The rows of a run's table artifact ``{name}-{clinic}``, read from the Prefect server."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    api = site.request.getfixturevalue("prefect_server").api_url
+    with SyncPrefectClient(api) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    (table,) = [a.data for a in found if a.key == f"{name}-{site.clinic.clinic_id}"]
+    return json.loads(table) if isinstance(table, str) else table
+
+
 def unheld(client, bucket: str, key: str) -> bool:
     try:
         status = client.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"]["Status"]
@@ -212,6 +226,14 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     manifest, left_out = patient_manifest(client, s3, gone["patient_guid"])
     urls = json.dumps(manifest)
     assert left_out == [] and gone_key not in urls and all(k in urls for k in listed)
+
+    # the run's record in the UI: what it changed and why, by image id, no names
+    changes = {r["key"]: r for r in run_artifact(site, summary["flow_run_id"], "sync-changes")}
+    assert changes[gone_key]["change"] == "retired"
+    assert changes[gone_key]["reason"] == "the file is gone from PDATA"
+    assert changes[drift_key]["change"] == "re-uploaded"
+    assert changes[drift_key]["image_id"] == drifts["image_id"]
+    assert {c["change"] for c in changes.values()} == {"retired", "re-uploaded"}
 
     # the audit tells the retirement, from the catalog, by key and by the run that did it
     code, audit = site.cli("audit", "--key", gone_key, config=config)
