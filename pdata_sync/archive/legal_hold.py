@@ -18,7 +18,7 @@ from typing import Any
 from pdata_sync.archive.retired import RETIRED_PREFIX
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import describe
-from pdata_sync.identity.keys import parse_key, patient_prefix, thumbnail_key
+from pdata_sync.identity.keys import parse_key, patient_prefix, thumbnail_key, thumbnail_prefix
 
 ON, OFF = "ON", "OFF"
 
@@ -65,8 +65,8 @@ def patient_versions(
         ours.append((key, version))
         image_keys.add(key)
     thumbnails = {thumbnail_key(k) for k in image_keys}
-    thumb_prefix = thumbnail_key(prefix + "x.dcm").rsplit("/", 1)[0] + "/"
-    ours += [(k, v) for k, v in _versions(client, s3.bucket, thumb_prefix) if k in thumbnails]
+    thumbs = thumbnail_prefix(patient_guid)
+    ours += [(k, v) for k, v in _versions(client, s3.bucket, thumbs) if k in thumbnails]
     # a retired copy keeps its original key after retired/{clinic}/{time}/
     retired_root = f"{RETIRED_PREFIX}{clinic_id}/"
     for key, version in _versions(client, s3.bucket, retired_root):
