@@ -400,6 +400,15 @@ LONGEST_FIRST = (
     "test_integrity.py",
     "test_viewer_browser.py",
     "test_demo_serve.py",
+    # next, the files of 20-75 s: scheduled last (alphabetical order), one of them alone
+    # kept a worker busy minutes after the others had finished
+    "test_orthanc.py",  # ~75 s
+    "test_cli_sync.py",  # ~50 s
+    "test_viewer_manifest.py",  # ~45 s with its module fixture
+    "test_object_lock.py",  # ~40 s
+    "test_failures.py",
+    "test_retirement.py",
+    "test_incremental.py",
 )
 
 
