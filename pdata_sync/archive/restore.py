@@ -35,15 +35,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pdata_sync.archive.listing import iter_prefix
+from pdata_sync.archive.retrieval import validate_guid
 from pdata_sync.base.config import S3Config
 from pdata_sync.base.errors import ConfigError, describe
 from pdata_sync.base.local_files import UNCHANGED, NotReplaced, private_folder, write_new
-from pdata_sync.identity.keys import (
-    decode_name_from_metadata,
-    is_canonical_guid,
-    parse_key,
-    patient_prefix,
-)
+from pdata_sync.identity.keys import decode_name_from_metadata, parse_key, patient_prefix
+from pdata_sync.source.dicom_meta import file_sha256
 
 UNMAPPED = "unmapped"
 CSV_COLUMNS = ("path", "key", "sha256", "image_id", "name")
@@ -93,8 +90,9 @@ class _Object:
 
 
 def check_target(target: str | Path, pdata_root: str | Path) -> Path:
-    """The restore's folder, refused when it is the PDATA share or inside it (a restore
-    never writes to the source), or a symbolic link."""
+    """The restore's folder, refused when it is the PDATA share or inside it, also through
+    a link (a restore never writes to the source). A folder that is itself a link is
+    refused when it is opened (pdata_sync.base.local_files.private_folder)."""
     folder = Path(target)
     root = Path(pdata_root).resolve()
     resolved = folder.resolve()
@@ -141,11 +139,7 @@ def _sha256_of(path: Path) -> str | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         raise NotReplaced(f"{path.name} exists and is not a regular file: not replaced")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _download_checked(client: Any, bucket: str, obj: _Object, target: Path) -> tuple[str, int]:
@@ -160,10 +154,10 @@ def _download_checked(client: Any, bucket: str, obj: _Object, target: Path) -> t
             digest.update(chunk)
             fh.write(chunk)
             size += len(chunk)
-        if digest.hexdigest() != obj.sha256:
+        if digest.hexdigest() != obj.sha256:  # only objects with one come here
             raise _Damaged(
                 f"its bytes do not have the SHA-256 stored with it ({digest.hexdigest()[:12]}… "
-                f"against {obj.sha256[:12] if obj.sha256 else ''}…): not restored"
+                f"against {str(obj.sha256)[:12]}…): not restored"
             )
 
     return write_new(target, fill), size
@@ -203,10 +197,7 @@ def restore(
     """Write the clinic's archived images (only ``patient_guids``' when given) under ``to``,
     and a CSV of what is there (``restored-{UTC time}.csv``)."""
     target = private_folder(check_target(to, pdata_root))
-    guids = list(dict.fromkeys(patient_guids))
-    for guid in guids:
-        if not is_canonical_guid(guid):
-            raise ConfigError("restore: --patient-guid must be a lower-case UUID")
+    guids = [validate_guid(g) for g in dict.fromkeys(patient_guids)]
     prefixes = [patient_prefix(g) for g in guids] or ["images/"]
     listed: list[tuple[str, str, int]] = []
     for prefix in prefixes:
@@ -257,17 +248,10 @@ def restore(
         if waiting and locate is not None:
             located.update(locate([(o.image_id, o.guid) for o in waiting]))
         placed = dict(zip([o.key for o in waiting], pool.map(one, waiting), strict=True))
-    objects, results = [], []
-    for (key, _, _), outcome in zip(listed, outcomes, strict=True):
-        if isinstance(outcome, _Object):
-            outcome = placed[key]
-        if isinstance(outcome, _NotRead):
-            report.failed.append({"key": key, "reason": str(outcome)})
-            continue
-        objects.append(key)
-        results.append(outcome)
-    for key, result in zip(objects, results, strict=True):
-        if isinstance(result, NotReplaced | _Damaged):
+    for (key, _, _), result in zip(listed, outcomes, strict=True):
+        if isinstance(result, _Object):
+            result = placed[key]
+        if isinstance(result, NotReplaced | _Damaged | _NotRead):
             report.failed.append({"key": key, "reason": str(result)})
             continue
         if isinstance(result, Exception):

@@ -117,12 +117,23 @@ class ClinicImages:
         flow_run_id: str | None,
         at: Any,
     ) -> None:
+        self._write_events(conn, transition.name, changes, flow_run_id, at)
+
+    def _write_events(
+        self,
+        conn: sa.Connection,
+        name: str,
+        changes: Iterable[tuple[str, str | None, str | None]],
+        flow_run_id: str | None,
+        at: Any,
+    ) -> None:
+        """One ``image_events`` row per (key, state before, state after) in ``changes``."""
         rows = [
             {
                 "clinic_id": self.clinic_id,
                 "destination": self.destination,
                 "key": key,
-                "transition": transition.name,
+                "transition": name,
                 "from_state": before,
                 "to_state": after,
                 "flow_run_id": flow_run_id,
@@ -382,22 +393,9 @@ class ClinicImages:
         t = now()
         with self.db.begin() as conn:
             rows = self._current(conn, keys, images.c.key, images.c.state)
-            conn.execute(
-                sa.insert(image_events),
-                [
-                    {
-                        "clinic_id": self.clinic_id,
-                        "destination": self.destination,
-                        "key": key,
-                        "transition": f"legal_hold_{status.lower()}",
-                        "from_state": rows[key].state if key in rows else None,
-                        "to_state": rows[key].state if key in rows else None,
-                        "flow_run_id": flow_run_id,
-                        "at": t,
-                    }
-                    for key in dict.fromkeys(keys)
-                ],
-            )
+            states = [(k, rows[k].state if k in rows else None) for k in dict.fromkeys(keys)]
+            changes = [(key, state, state) for key, state in states]
+            self._write_events(conn, f"legal_hold_{status.lower()}", changes, flow_run_id, t)
 
     def retire(self, key: str, retired_to: str, reason: str, flow_run_id: str | None) -> None:
         """RETIRE: the object of ``key`` no longer belongs; it now lives at ``retired_to``

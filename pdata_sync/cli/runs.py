@@ -104,6 +104,15 @@ def cmd_hold(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _catalog_images(config: Any) -> Any:
+    """The clinic's rows in the worker's catalog (ClinicImages), read where the command runs;
+    the catalog's password may be in a Prefect block."""
+    with _loading_prefect():
+        from pdata_sync.tasks.credentials import run_context
+
+    return run_context(config).images()
+
+
 def cmd_inventory(args: argparse.Namespace) -> int:
     """The catalog's rows of the clinic as Parquet or CSV (pdata_sync.pipeline.inventory):
     read from the worker's catalog only, nothing asked of S3."""
@@ -112,11 +121,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         out = check_out(args.out)
-        with _loading_prefect():  # the catalog's password may be in a Prefect block
-            from pdata_sync.tasks.credentials import run_context
-
-        ctx = run_context(config)
-        rows = write_inventory(ctx.images(), out)
+        rows = write_inventory(_catalog_images(config), out)
     except ConfigError as exc:
         return refuse(str(exc))
     except NotReplaced as exc:
@@ -135,13 +140,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.patient_guid is not None:
             validate_guid(args.patient_guid)
-        with _loading_prefect():  # the catalog's password may be in a Prefect block
-            from pdata_sync.tasks.credentials import run_context
-
-        events = (
-            run_context(config)
-            .images()
-            .audit(key=args.key, flow_run_id=args.flow_run, patient_guid=args.patient_guid)
+        events = _catalog_images(config).audit(
+            key=args.key, flow_run_id=args.flow_run, patient_guid=args.patient_guid
         )
     except ConfigError as exc:
         return refuse(str(exc))

@@ -15,6 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from pdata_sync.base.clock import aware
 from pdata_sync.base.errors import ConfigError
 from pdata_sync.base.local_files import write_new
 from pdata_sync.catalog import INVENTORY_COLUMNS, ClinicImages
@@ -68,18 +69,12 @@ def write_inventory(images: ClinicImages, path: str | Path) -> int:
             ("retain_until", pa.date32()),
         ]
     )
-    table = pa.Table.from_pylist([_aware(row) for row in rows], schema=schema)
+    # SQLite hands timestamps back without a zone; the catalog writes UTC
+    aware_rows = [
+        {k: aware(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
+    ]
+    table = pa.Table.from_pylist(aware_rows, schema=schema)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     write_new(out, buffer.getvalue().to_pybytes())
     return len(rows)
-
-
-def _aware(row: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps as UTC (SQLite hands them back without a zone)."""
-    from datetime import UTC
-
-    return {
-        k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
-        for k, v in row.items()
-    }

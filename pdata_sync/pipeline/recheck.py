@@ -17,7 +17,6 @@ Pure of Prefect; reads the share and the catalog, writes only ``content_checked_
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import defaultdict
@@ -27,8 +26,8 @@ from pathlib import Path
 from pdata_sync.catalog import VERIFIED, CatalogRow, ClinicImages
 from pdata_sync.pipeline.uploader import each_in_threads
 from pdata_sync.source.changes import patient_of_path
+from pdata_sync.source.dicom_meta import file_sha256
 
-_CHUNK = 1024 * 1024
 SAME, CHANGED, MOVED_ON = "same", "changed", "moved on"
 
 
@@ -54,15 +53,6 @@ def slice_size(verified: int, rehash_days: int) -> int:
     """How many files one run re-hashes so each is re-hashed every ``rehash_days`` runs
     (nightly runs: days); 0 when the check is off."""
     return math.ceil(verified / rehash_days) if rehash_days > 0 and verified > 0 else 0
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MB pieces (hashlib releases the GIL for each)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verdict(root: Path, row: CatalogRow) -> tuple[str, int]:

@@ -228,6 +228,15 @@ def multipart_etag(md5_digests: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(md5_digests)).hexdigest()}-{len(md5_digests)}"
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MB pieces (hashlib releases the GIL for each)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_digests(path: str | Path, size: int, threshold: int, part_size: int) -> tuple[str, str]:
     """``(etag, sha256_hex)`` of ``path`` in one streaming read.
 

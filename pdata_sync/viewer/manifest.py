@@ -213,8 +213,10 @@ def build_manifest(items: list[Instance], patient_guid: str) -> dict[str, Any]:
         series["instances"].append(entry)
         if item.name and item.name not in series["_names"]:
             series["_names"].append(item.name)
-        if item.image_id is not None:
-            series["_order"] = min(item.image_id, series["_order"] or item.image_id)
+        if item.image_id is not None and (
+            series["_order"] is None or item.image_id < series["_order"]
+        ):
+            series["_order"] = item.image_id  # the series' first image
     out = []
     for study in sorted(
         studies.values(), key=lambda s: (s.get("StudyDate", ""), s["StudyInstanceUID"])
