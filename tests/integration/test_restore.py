@@ -114,18 +114,30 @@ def test_a_clinic_is_restored_byte_identical_from_s3_alone_and_resumes(make_site
     for row in rows:
         assert row["sha256"] == hashlib.sha256(expected[row["path"]]).hexdigest()
 
-    # resumable: a missing file is written, the rest skipped; other bytes are never replaced
-    first, second = sorted(expected)[:2]
+    # resumable: a missing file is written, the rest skipped; other bytes are never replaced;
+    # a body that is not what its stored SHA-256 says is never given the file's name
+    single = [r for r in rows if [x["path"] for x in rows].count(r["path"]) == 1]
+    first, second, third = sorted(r["path"] for r in single)[:3]
     (target / first).unlink()
     (target / second).write_bytes(b"someone else's file")
+    (target / third).unlink()
+    damaged = next(r["key"] for r in rows if r["path"] == third)
+    kept = client.head_object(Bucket="dental-images", Key=damaged)
+    client.put_object(Bucket="dental-images", Key=damaged, Body=b"not the archived bytes",
+                      Metadata=kept["Metadata"], ContentType=kept["ContentType"])  # fmt: skip
     code, report = site.cli("restore", "--to", str(target), config=fresh)
     assert code == 1, report
-    assert (report["written"], report["present"]) == (1, len(clinic.expected) - 2)
-    assert [f["reason"] for f in report["failed"]] == [
+    assert (report["written"], report["present"]) == (1, len(clinic.expected) - 3)
+    reasons = {f["key"]: f["reason"] for f in report["failed"]}
+    assert len(reasons) == 2
+    assert reasons.pop(damaged).startswith("its bytes do not have the SHA-256 stored with it")
+    assert list(reasons.values()) == [
         f"{Path(second).name} exists with other content: not replaced"
     ]
     assert (target / first).read_bytes() == expected[first]
     assert (target / second).read_bytes() == b"someone else's file"
+    assert not (target / third).exists()
+    assert not [p for p in (target / third).parent.iterdir() if p.name.startswith(".")]
 
 
 def test_a_folder_inside_pdata_is_refused(site):
