@@ -395,6 +395,7 @@ LONGEST_FIRST = (
     "test_fleet.py",  # 101 s
     "test_edges.py",  # ~90 s
     "test_prefect_deployments.py",  # ~90 s
+    "test_alerts.py",  # ~60 s, mostly waiting for a compressed "no completed sync"
     "test_catalog_trust.py",
     "test_research_export.py",
     "test_integrity.py",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pdata_sync.cli.alerts import cmd_deployments_alerts
 from pdata_sync.cli.runs import (
     cmd_audit,
     cmd_export,
@@ -198,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default="prefect.yaml")
     r.add_argument("--check", action="store_true", help="fail if the output is out of date")
     r.set_defaults(func=cmd_deployments_render)
+    a = dsub.add_parser(
+        "alerts",
+        help="apply the clinic files' alerts to the Prefect server as automations "
+        "(after `prefect deploy --all`)",
+    )
+    a.add_argument("--folder", default="deployments", help="folder of clinic files")
+    a.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete pdata-sync automations of clinics without a file in the folder",
+    )
+    a.set_defaults(func=cmd_deployments_alerts)
 
     p = sub.add_parser("blocks", help="store secrets in Prefect blocks")
     bsub = p.add_subparsers(dest="blocks_command", required=True)

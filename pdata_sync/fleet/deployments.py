@@ -27,6 +27,7 @@ from pydantic import (
 
 from pdata_sync.base.config import ClinicConfig, format_validation_error
 from pdata_sync.base.errors import ConfigError
+from pdata_sync.fleet.alerts import AlertsConfig
 
 SYNC_ENTRYPOINT = "pdata_sync/flows/sync.py:sync_clinic"
 RETRIEVE_ENTRYPOINT = "pdata_sync/flows/retrieve.py:retrieve_patient_images"
@@ -86,6 +87,12 @@ class ClinicDeployment(BaseModel):
     work_pool: str = DEFAULT_WORK_POOL
     work_queue: str | None = Field(None, description="Default: the clinic id.")
     description: str | None = None
+    alerts: AlertsConfig | None = Field(
+        None,
+        description="Notifications through a Prefect notification block when a run fails, "
+        "no sync completes for alert_after_hours, or the backfill stops shrinking; applied "
+        "by `pdata-sync deployments alerts` after `prefect deploy` (docs/operations.md).",
+    )
     config: ClinicConfig
 
     @field_validator("work_pool", "work_queue")
@@ -129,15 +136,20 @@ def load_deployment(path: Path) -> ClinicDeployment:
 
 def load_all(folder: Path) -> list[ClinicDeployment]:
     """Every ``*.yaml`` in ``folder`` (sorted), refusing duplicate clinic ids."""
-    deployments = [load_deployment(p) for p in sorted(folder.glob("*.yaml"))]
+    return [d for _, d in load_files(folder)]
+
+
+def load_files(folder: Path) -> list[tuple[Path, ClinicDeployment]]:
+    """:func:`load_all` with each clinic's file."""
+    files = [(p, load_deployment(p)) for p in sorted(folder.glob("*.yaml"))]
     seen: set[str] = set()
-    for d in deployments:
+    for _, d in files:
         if d.name in seen:
             raise ConfigError(f"{folder}: clinic_id {d.name!r} is used by two files")
         seen.add(d.name)
-    if not deployments:
+    if not files:
         raise ConfigError(f"{folder}: no clinic deployment files (*.yaml)")
-    return deployments
+    return files
 
 
 def _with_schedule(description: str, schedule: Schedule | None) -> str:

@@ -159,11 +159,27 @@ def _write_backfill(ctx: RunContext, summary: RunSummary) -> None:
     except Exception as exc:  # noqa: BLE001 - the table starts again; the run goes on
         ctx.log.warning("clinic %s: backfill table not read back: %s", ctx.clinic_id, exc)
         before = None
+    rows = backfill.grown(before.data if before else None, backfill.night(summary, now()))
     create_table_artifact(
         key=key,
-        table=backfill.grown(before.data if before else None, backfill.night(summary, now())),
+        table=rows,
         description=f"Sync runs of clinic {ctx.clinic_id}: uploaded, archived and left",
     )
+    runs = backfill.runs_not_shrinking(rows)
+    if runs >= backfill.STALLED_RUNS:
+        ctx.log.warning(
+            "clinic %s: the backlog has not shrunk for %d sync runs", ctx.clinic_id, runs
+        )
+        emit_event(
+            event=backfill.STALLED_EVENT,
+            resource={"prefect.resource.id": f"pdata-sync.clinic.{ctx.clinic_id}"},
+            payload={
+                "clinic_id": ctx.clinic_id,
+                "runs": runs,
+                "left": rows[-1]["left"],
+                "left_gb": rows[-1]["left GB"],
+            },
+        )
     create_progress_artifact(
         progress=backfill.percent_archived(summary),
         key=artifact_key("backfill", ctx.clinic_id),
@@ -269,7 +285,12 @@ def sync_clinic(config: ClinicConfig, full_run: bool = False, new_catalog: bool 
     if fatal:
         raise ConfigError(fatal.removeprefix("not attempted: "))
     if not summary.ok:
-        failures = [f"{len(result['failed'])} image(s) failed"] if result["failed"] else []
+        failures = []
+        if result["failed"]:
+            first = result["failed"][0]
+            failures.append(
+                f"{len(result['failed'])} image(s) failed, first {first['path']}: {first['reason']}"
+            )
         if orthanc_down is not None:
             failures.append(f"{orthanc_down.reason} (images in S3 only)")
         if result["orthanc"] is not None and result["orthanc"]["failed"]:

@@ -16,6 +16,10 @@ from typing import Any
 
 from pdata_sync.pipeline.report import RunSummary
 
+# the event a sync emits when the backlog has not shrunk for STALLED_RUNS runs in a row;
+# the clinic's "backfill stalled" automation turns it into a notification
+STALLED_EVENT = "pdata-sync.backfill.stalled"
+STALLED_RUNS = 3
 KEEP_NIGHTS = 120  # four months of nightly runs; older rows drop off the artifact
 COLUMNS = (
     "ended (UTC)",
@@ -107,3 +111,19 @@ def headline(summary: RunSummary) -> str:
         f"{archived} archived ({_percent(data)} %); {left}: about "
         f"{data['runs_left']} more night(s) at {rate['mbit_per_s']} Mbit/s"
     )
+
+
+def runs_not_shrinking(rows: list[dict[str, Any]]) -> int:
+    """How many of the last runs in a row left a backlog (``left``) no smaller than the run
+    before them, while there was one: 0 when the last run shrank it or left nothing. At
+    :data:`STALLED_RUNS` the sync emits :data:`STALLED_EVENT` (pdata_sync.fleet.alerts). A
+    run counts, not a calendar night: a clinic synced twice in a night moves it twice."""
+    count = 0
+    for before, after in zip(rows[-2::-1], rows[::-1], strict=False):
+        left, previous = after.get("left"), before.get("left")
+        if not isinstance(left, int) or not isinstance(previous, int):
+            break
+        if left <= 0 or left < previous:
+            break
+        count += 1
+    return count

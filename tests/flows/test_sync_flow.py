@@ -197,6 +197,11 @@ def test_a_nil_patient_guid_fails_that_patients_images_and_uploads_none(make_sit
     summary = state.result(raise_on_failure=False)
     failed = {f["path"]: f["reason"] for f in summary["failed"]}
     assert victims and all("nil patientGuid" in failed[p] for p in victims)
+    # the state's message, which the "run failed" alert quotes, names the first of them
+    first = summary["failed"][0]
+    assert state.message == (
+        f"{len(summary['failed'])} image(s) failed, first {first['path']}: {first['reason']}"
+    )
     unknown = "patients_card_id_unknown"  # as many as the clinic really has
     assert summary["skipped"].get(unknown, 0) == clinic.skipped.get(unknown, 0)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
