@@ -127,6 +127,16 @@ def run_hold(
     return _outcome(legal_hold(config=config, patient_guid=guid, on=on, return_state=True))
 
 
+def run_fleet_report(
+    days: int, out_dir: str | None
+) -> tuple[dict[str, Any] | None, BaseException | None]:
+    """Run the ``fleet-report`` flow against the Prefect server; return (report, error)."""
+    with _loading_prefect():
+        from pdata_sync.flows.fleet_report import fleet_report
+
+    return _outcome(fleet_report(days=days, out_dir=out_dir, return_state=True))
+
+
 def orthanc_line(counts: dict[str, Any]) -> str:
     """One line of what a sync did in Orthanc (its summary's ``orthanc`` counts)."""
     return (

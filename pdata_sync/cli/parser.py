@@ -8,6 +8,7 @@ from pdata_sync.cli.alerts import cmd_deployments_alerts
 from pdata_sync.cli.runs import (
     cmd_audit,
     cmd_export,
+    cmd_fleet_report,
     cmd_hold,
     cmd_inventory,
     cmd_probe,
@@ -80,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--off", action="store_true", help="clear the hold instead of setting it")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_hold)
+
+    p = sub.add_parser(
+        "fleet-report",
+        help="every clinic at a glance from the Prefect server's run history: a table, a "
+        "chart and a Parquet file",
+    )
+    p.add_argument("--days", type=int, default=30, help="the period the report covers")
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="folder for {date}.parquet and {date}.png (default: the state folder's reports/fleet)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_fleet_report)
 
     p = sub.add_parser("inventory", help="export the catalog's rows as Parquet or CSV")
     p.add_argument("--config", required=True, help="clinic config YAML file")

@@ -33,6 +33,7 @@ from pdata_sync.console import (
     _loading_prefect,
     refuse,
     run_export,
+    run_fleet_report,
     run_hold,
     run_restore,
     run_retrieve,
@@ -102,6 +103,21 @@ def cmd_hold(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_fleet_report(args: argparse.Namespace) -> int:
+    """The fleet report from the Prefect server's run history (flow ``fleet-report``)."""
+    if not 1 <= args.days <= 366:
+        return refuse("--days: 1 to 366")
+
+    def show(report: dict[str, Any]) -> None:
+        print(report["headline"])
+        print(f"  table: {report['parquet']}\n  chart: {report['chart']}")
+
+    _, code = run_and_print(
+        args, "fleet-report", lambda: run_fleet_report(args.days, args.out_dir), show
+    )
+    return EXIT_OK if code is None else code
 
 
 def _catalog_images(config: Any) -> Any:

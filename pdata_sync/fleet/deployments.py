@@ -32,6 +32,9 @@ from pdata_sync.fleet.alerts import AlertsConfig
 SYNC_ENTRYPOINT = "pdata_sync/flows/sync.py:sync_clinic"
 RETRIEVE_ENTRYPOINT = "pdata_sync/flows/retrieve.py:retrieve_patient_images"
 VERIFY_ENTRYPOINT = "pdata_sync/flows/verify.py:verify_clinic"
+FLEET_REPORT_ENTRYPOINT = "pdata_sync/flows/fleet_report.py:fleet_report"
+# the fleet report's daily run: after the clinics' nights (UTC; Europe's nights end by 05:00)
+FLEET_REPORT_SCHEDULE = {"cron": "0 6 * * *", "timezone": "UTC", "active": True}
 DEFAULT_WORK_POOL = "pdata-sync"
 FULL_RUN = {"full_run": True}  # the sync flow's parameter for a full reconcile
 HEADER = """\
@@ -238,6 +241,20 @@ def render(deployments: list[ClinicDeployment]) -> str:
             "work_pool": {"name": pools[0], "work_queue_name": "retrieval"},
             "enforce_parameter_schema": True,
             "schedules": [],
+        }
+    )
+    document["deployments"].append(
+        {
+            "name": "daily",
+            "description": "The fleet at a glance: every clinic's last success, images "
+            "archived, backlog, failures and last verify, from the run history (table, chart "
+            "and Parquet artifacts)",
+            "entrypoint": FLEET_REPORT_ENTRYPOINT,
+            "tags": ["pdata-sync", "fleet-report"],
+            "parameters": {},
+            "work_pool": {"name": pools[0], "work_queue_name": "reports"},
+            "enforce_parameter_schema": True,
+            "schedules": [dict(FLEET_REPORT_SCHEDULE)],
         }
     )
     return HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

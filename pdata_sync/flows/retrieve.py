@@ -3,10 +3,11 @@ patient's images knowing only the patientGuid (docs/product-rules.md §4)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -59,6 +60,24 @@ def previews_task(
     return write_previews(s3_client(s3), s3, patient_guid, previews_dir, client)
 
 
+def links_markdown(patient_guid: str, images: list[dict[str, Any]], expires: datetime) -> str:
+    """The run's links for a person in the UI: one per image, by image id and Sidexis name
+    (already safe to show), and when they stop working."""
+    lines = [
+        f"# Links to the images of patient {patient_guid}",
+        "",
+        f"Valid until **{expires:%Y-%m-%d %H:%M:%S} UTC**. Each link downloads one DICOM "
+        "file without any other credential: do not forward them.",
+        "",
+        "| image id | name | link |",
+        "|---|---|---|",
+    ]
+    for image in images:
+        name = str(image.get("name") or "").replace("|", "/").replace("[", "(").replace("]", ")")
+        lines.append(f"| {image.get('image_id')} | {name} | [download]({image['url']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def found_images_table(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The artifact's rows: what was found, never a URL (presigned URLs are bearer
     credentials) nor a local path."""
@@ -84,7 +103,9 @@ _S3 = Field(
 _PRESIGN = Field(
     None,
     description="Add a presigned GET URL per image, valid this many seconds (1 to 604800 "
-    "= 7 days). Empty: no URLs. URLs are in the run's result only, never in its artifacts.",
+    "= 7 days). Empty: no URLs. The links are listed in a markdown artifact of this run "
+    "(its Artifacts tab), where they work until they expire; anyone holding one can "
+    "download that image until then, so keep it short (e.g. 900).",
     json_schema_extra={"title": "Presigned URL lifetime (seconds)"},
 )
 _DOWNLOAD = Field(
@@ -184,9 +205,19 @@ def retrieve_patient_images(
             f"{'; downloaded on the worker' if download_dir is not None else ''}"
             f"{'; viewer manifest written on the worker' if manifest_path is not None else ''}"
             f"{'; previews written on the worker' if previews_dir is not None else ''}"
-            " (no URLs here: they are bearer credentials)"
+            " (no URLs in this table: presigned links are in the run's links artifact)"
         ),
     )
+    linked = [i for i in images if i.get("url")]
+    if presign_seconds is not None and linked:
+        # Not keyed: the links belong to this run only, not to a collection the UI lists.
+        # The run history keeps the artifact; the links in it stop working at `expires`.
+        expires = datetime.now(UTC) + timedelta(seconds=presign_seconds)
+        create_markdown_artifact(
+            markdown=links_markdown(patient_guid, linked, expires),
+            description=f"Presigned links to {len(linked)} image(s) of patient {patient_guid}, "
+            f"valid until {expires:%Y-%m-%d %H:%M} UTC",
+        )
     refused = [i for i in images if i.get("download_problem")]
     for image in refused:
         logger.warning("not downloaded: %s (%s)", image["key"], image["download_problem"])

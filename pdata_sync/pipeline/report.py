@@ -41,6 +41,14 @@ def _dedupe(problems: Iterable[Problem]) -> list[dict[str, str]]:
     return [{"path": path, "reason": reason} for path, reason in sorted(seen)]
 
 
+# reasons of the sync-summary table's rows that the fleet report reads (pdata_sync.fleet.report)
+BYTES = "bytes"
+IMAGES_AFTER = "images in S3 after the run"
+BYTES_AFTER = "bytes in S3 after the run"
+BACKLOG_IMAGES = "images not archived yet (failed included)"
+BACKLOG_BYTES = "bytes left at the window's end"
+
+
 @dataclass
 class OrthancCounts:
     """What became of the images in Orthanc (the second destination)."""
@@ -330,6 +338,7 @@ class RunSummary:
                 "count": self.patients_resolved,
             },
             {"outcome": "uploaded", "reason": "", "count": self.uploaded},
+            {"outcome": "uploaded", "reason": BYTES, "count": self.bytes_uploaded},
             {"outcome": "unchanged", "reason": "already in S3", "count": self.unchanged},
             {
                 "outcome": "unchanged",
@@ -387,6 +396,13 @@ class RunSummary:
                     "count": len(o.failed),
                 },
             ]
+        backlog = self.backlog()["backlog"]
+        rows += [
+            {"outcome": "archived", "reason": IMAGES_AFTER, "count": self.archived_images},
+            {"outcome": "archived", "reason": BYTES_AFTER, "count": self.archived_bytes},
+            {"outcome": "backlog", "reason": BACKLOG_IMAGES, "count": backlog["images"]},
+            {"outcome": "backlog", "reason": BACKLOG_BYTES, "count": backlog["bytes"]},
+        ]
         rows += [
             {"outcome": "skipped", "reason": r, "count": n} for r, n in sorted(self.skipped.items())
         ]

@@ -259,6 +259,17 @@ def test_retrieve_flow_lists_and_refuses_bad_guid_before_s3(make_site, s3):
     ]
     assert all(r["last_modified"] for r in rows)
     assert "X-Amz-Signature" not in json.dumps(rows) and "http" not in json.dumps(rows)
+    # the links are for the person who started the run, in an artifact of that run only
+    (links,) = [a for a in artifacts_of(state.state_details.flow_run_id) if a.type == "markdown"]
+    assert links.key is None and "valid until" in links.description
+    for image in presigned:
+        assert f"| {image['image_id']} | {image['name']} | [download]({image['url']}) |" in (
+            links.data
+        )
+    plain = retrieve_patient_images(patient_guid=guid, s3=config.s3, return_state=True)
+    assert not [
+        a for a in artifacts_of(plain.state_details.flow_run_id) if a.type == "markdown"
+    ]  # no presign asked, no links
 
     state = retrieve_patient_images(patient_guid="../x", s3=config.s3, return_state=True)
     assert state.is_failed()

@@ -27,4 +27,7 @@ def test_a_night_of_six_clinics_leaves_a_complete_history(tmp_path):
     assert report.objects_in_s3 == report.objects_expected > 6 * 20
     assert report.sample_identical == "6 of 6"
     assert report.database_mb > 1 and report.server_peak_rss_mb > 50
+    # the fleet report of that night: one row per clinic, each with the right counts
+    assert report.fleet_report_rows_right == "6 of 6"
+    assert report.fleet_report_headline.startswith("6 clinic(s); 0 without a Completed sync")
     assert report.ok

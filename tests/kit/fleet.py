@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -79,6 +82,9 @@ class NightReport:
     database_mb: float = 0.0
     night_wall_s: float = 0.0
     history_settled_s: float = 0.0  # after the last run ended, until every task run showed
+    fleet_report_rows_right: str = ""  # "6 of 6": clinics whose report row is right
+    fleet_report_headline: str = ""
+    fleet_report_chart: str = ""  # the PNG's path
     setup_s: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -90,6 +96,7 @@ class NightReport:
             and self.overlapping_runs == 0
             and self.task_runs_recorded == self.task_runs_expected
             and self.objects_in_s3 == self.objects_expected
+            and self.fleet_report_rows_right == f"{self.clinics} of {self.clinics}"
             and not self.problems
         )
 
@@ -129,6 +136,9 @@ class NightReport:
             ("night wall time (first due to last done)", f"{self.night_wall_s:.0f} s"),
             ("history complete after the last run", f"{self.history_settled_s:.0f} s"),
             ("set-up (generate, start, deploy)", f"{self.setup_s:.0f} s"),
+            ("fleet report: clinics' rows right", self.fleet_report_rows_right),
+            ("fleet report", self.fleet_report_headline),
+            ("fleet report chart", self.fleet_report_chart),
         ]
         width = max(len(r[0]) for r in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
@@ -481,4 +491,67 @@ def run_night(work: Path, params: FleetParams, log=print) -> NightReport:  # noq
         if same != checked:
             report.problems.append("an object in the sample differs from its source")
         report.database_mb = pg.scalar("SELECT pg_database_size('prefect')", "prefect") / 2**20
+        check_fleet_report(report, work / "reports", env, clinics, stored)
     return report
+
+
+def check_fleet_report(
+    report: NightReport,
+    out_dir: Path,
+    env: dict[str, str],
+    clinics: list[Manifest],
+    stored: dict[str, int],
+) -> None:
+    """The night as the fleet report tells it (``pdata-sync fleet-report``, the product's
+    command, against the night's server): one row per clinic, each with the clinic's
+    objects in S3 as archived and as uploaded in 7 days, nothing left or failed, the
+    generator's bad files as rejected, a Completed last sync."""
+    import pandas as pd
+
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "pdata-sync"), "fleet-report", "--json",
+         "--out-dir", str(out_dir)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if out.returncode != 0:
+        report.problems.append(f"fleet-report exited {out.returncode}: {out.stderr[-500:]}")
+        return
+    result = json.loads(out.stdout)
+    report.fleet_report_headline = result["headline"]
+    report.fleet_report_chart = result["chart"]
+    frame = pd.read_parquet(result["parquet"]).set_index("clinic_id")
+    right = 0
+    for clinic in clinics:
+        if clinic.clinic_id not in frame.index:
+            report.problems.append(f"fleet report: no row for {clinic.clinic_id}")
+            continue
+        row = frame.loc[clinic.clinic_id]
+        in_s3 = sum(f"/{clinic.clinic_id}_" in key for key in stored)
+        wrong = {
+            name: (row[name], want)
+            for name, want in (
+                ("images_archived", in_s3),
+                ("images_7d", in_s3),
+                ("backlog_images", 0),
+                ("failed", 0),
+                ("rejected", len(clinic.rejected_paths)),
+                ("syncs_failed_7d", 0),
+                ("last_sync_state", "COMPLETED"),
+            )
+            if row[name] != want
+        }
+        if pd.isna(row["hours_since_success"]) or row["bytes_archived"] <= 0:
+            wrong["last success / bytes"] = (row["hours_since_success"], row["bytes_archived"])
+        if wrong:
+            report.problems.append(f"fleet report, {clinic.clinic_id}: {wrong}")
+        else:
+            right += 1
+    if len(frame) != len(clinics):
+        report.problems.append(f"fleet report: {len(frame)} rows for {len(clinics)} clinics")
+    if not Path(result["chart"]).read_bytes().startswith(b"\x89PNG"):
+        report.problems.append("fleet report: the chart is not a PNG")
+    report.fleet_report_rows_right = f"{right} of {len(clinics)}"

@@ -42,6 +42,7 @@ def test_adding_a_clinic_is_one_new_file(tmp_path: Path):
         "clinic-001-verify",
         "clinic-003-verify",
         "retrieve",
+        "daily",  # fleet-report/daily
     ]
     audit = document["deployments"][4]
     assert audit["entrypoint"] == "pdata_sync/flows/verify.py:verify_clinic"
@@ -77,7 +78,7 @@ def test_a_full_schedule_is_a_second_schedule_with_full_run(tmp_path: Path):
     spec["schedule"] = {"cron": "30 1 * * 1-6", "timezone": "Europe/Berlin"}
     spec["full_schedule"] = {"cron": "30 1 * * 0", "timezone": "Europe/Berlin"}
     (folder / "clinic-001.yaml").write_text(yaml.safe_dump(spec))
-    (sync, _verify, _retrieve) = yaml.safe_load(render(load_all(folder)))["deployments"]
+    (sync, _verify, _retrieve, _report) = yaml.safe_load(render(load_all(folder)))["deployments"]
     assert sync["schedules"] == [
         {"cron": "30 1 * * 1-6", "timezone": "Europe/Berlin", "active": True},
         {
