@@ -4,11 +4,14 @@ patient's manifest, and Debian's chromium (headless, WebGL through SwiftShader, 
 Playwright) opens the printed URL. OHIF loads the manifest from the view server and the
 DICOM files from SeaweedFS by presigned URL (CORS set on the bucket for the viewer's
 origin); the viewport must show the patient's X-ray: the picture in it is the thumbnail
-pdata-sync drew of the same image, enlarged."""
+pdata-sync drew of the same image, enlarged. And Prefect's own UI in the same browser: a
+retrieval's presigned links, a sync's changes and the fleet report's chart on their
+artifact pages."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -215,3 +218,79 @@ def test_view_refuses_a_bucket_whose_cors_does_not_allow_the_viewer(tmp_path, se
     assert f"does not allow GET from http://127.0.0.1:{port} (CORS)" in out.stderr
     assert "docs/viewer.md" in out.stderr
     assert out.stdout == "", "no viewer URL is printed for a viewer that cannot work"
+
+
+def test_the_prefect_ui_hands_out_a_retrievals_links_and_shows_what_a_sync_changed(
+    make_site, seaweed, tmp_path
+):
+    """What the UI starts ends somewhere a person sees it, in Prefect's own UI in headless
+    chromium: a retrieval with presigned links leaves them as links on an artifact page,
+    and each one downloads its image; a sync's changes artifact lists the keys it uploaded;
+    the fleet report's chart is drawn on its artifact page."""
+    from playwright.sync_api import sync_playwright
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    from pdata_sync.demo.prefect_server import PrefectServer
+
+    site = make_site()
+    guid = site.clinic.expected[0]["patient_guid"]
+    with PrefectServer(tmp_path / "prefect-ui", ui=True) as server:
+        env = {**server.env(), **seaweed.env()}
+        synced = run_cli(["sync", "--config", str(site.config), "--json"], env)
+        assert synced.returncode == 0, synced.stderr[-2000:]
+        sync_run = json.loads(synced.stdout)["flow_run_id"]
+        args = ["retrieve", "--config", str(site.config), "--patient-guid", guid]
+        retrieved = run_cli([*args, "--presign", "900", "--json"], env)
+        assert retrieved.returncode == 0, retrieved.stderr[-2000:]
+        images = json.loads(retrieved.stdout)
+        report = run_cli(["fleet-report", "--out-dir", str(tmp_path / "reports"), "--json"], env)
+        assert report.returncode == 0, report.stderr[-2000:]
+
+        with SyncPrefectClient(server.api_url) as client:
+            (retrieval,) = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["retrieve-patient-images"]))
+            )
+
+            def artifacts(run_id):
+                return client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+                    )
+                )
+
+            (links,) = [a for a in artifacts(retrieval.id) if a.type == "markdown"]
+            (changes,) = [
+                a for a in artifacts(sync_run) if a.key and a.key.startswith("sync-changes-")
+            ]
+            (chart,) = [a for a in client.read_artifacts() if a.key == "fleet-report-chart"]
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{server.ui_url}/artifacts/artifact/{links.id}")
+            anchors = page.locator("a", has_text="download")
+            anchors.first.wait_for(timeout=60_000)
+            hrefs = [anchors.nth(i).get_attribute("href") for i in range(anchors.count())]
+            page.goto(f"{server.ui_url}/artifacts/artifact/{changes.id}")
+            first_key = sorted(e["key"] for e in images)[0]
+            page.get_by_text(first_key).first.wait_for(timeout=60_000)
+            changes_text = page.inner_text("body")
+            page.goto(f"{server.ui_url}/artifacts/artifact/{chart.id}")
+            drawn = page.locator("img[src^='data:image/png']").first
+            drawn.wait_for(timeout=60_000)
+            chart_width = drawn.evaluate("img => img.naturalWidth")
+            browser.close()
+
+    assert sorted(hrefs) == sorted(i["url"] for i in images)
+    for href in hrefs:  # each link on the page downloads its image, no credential needed
+        got = httpx.get(href, timeout=30)
+        assert got.status_code == 200 and got.content[128:132] == b"DICM"
+    assert all(image["key"] in changes_text for image in images)
+    assert "uploaded" in changes_text
+    assert chart_width > 500  # the PNG decoded in the page
