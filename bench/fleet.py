@@ -11,13 +11,17 @@ workers polling the pool, one SeaweedFS and one resolver, all on 127.0.0.1. Prin
 created by the scheduler, completed, failed, late, overlapping runs of one clinic (must be
 0), task runs recorded against expected (must be equal), objects in S3 against expected
 (must be equal, a sample byte-identical), the server's and PostgreSQL's peak RSS and CPU,
-the database size and the night's wall time. Exit 1 when the history is incomplete.
+the database size and the night's wall time. It ends with the fleet report of that night
+(`pdata-sync fleet-report` against the night's server), checks each clinic's row against
+S3, and copies its chart to bench/fleet-report.png. Exit 1 when the history or a row is
+wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +58,9 @@ def main() -> int:
     report = run_night(work, params, log=lambda line: print(line, file=sys.stderr))
     print(f"bench-fleet: {time.monotonic() - t0:.0f} s in all; work folder {work}", file=sys.stderr)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    if report.fleet_report_chart:
+        shutil.copyfile(report.fleet_report_chart, Path(__file__).with_name("fleet-report.png"))
+        print("bench-fleet: the report's chart is bench/fleet-report.png", file=sys.stderr)
     return 0 if report.ok else 1
 
 
