@@ -116,8 +116,9 @@ class ClinicImages:
         changes: Iterable[tuple[str, str | None, str | None]],
         flow_run_id: str | None,
         at: Any,
+        detail: str | None = None,
     ) -> None:
-        self._write_events(conn, transition.name, changes, flow_run_id, at)
+        self._write_events(conn, transition.name, changes, flow_run_id, at, detail)
 
     def _write_events(
         self,
@@ -126,8 +127,10 @@ class ClinicImages:
         changes: Iterable[tuple[str, str | None, str | None]],
         flow_run_id: str | None,
         at: Any,
+        detail: str | None = None,
     ) -> None:
-        """One ``image_events`` row per (key, state before, state after) in ``changes``."""
+        """One ``image_events`` row per (key, state before, state after) in ``changes``,
+        each with ``detail`` (what the event records beyond its states)."""
         rows = [
             {
                 "clinic_id": self.clinic_id,
@@ -138,6 +141,7 @@ class ClinicImages:
                 "to_state": after,
                 "flow_run_id": flow_run_id,
                 "at": at,
+                "detail": detail,
             }
             for key, before, after in changes
         ]
@@ -415,7 +419,9 @@ class ClinicImages:
                     updated_at=t,
                 )
             )
-            self._events(conn, RETIRE, [(key, rows[key].state, RETIRED)], flow_run_id, t)
+            # the row's retired_to is cleared if the file comes back; the event keeps it
+            moved = f"{retired_to} ({reason})"[:1500]
+            self._events(conn, RETIRE, [(key, rows[key].state, RETIRED)], flow_run_id, t, moved)
 
     def _listing(self, transition: Transition, keys: Sequence[str], run: str | None) -> None:
         if not keys:
@@ -654,8 +660,8 @@ class ClinicImages:
         patient_guid: str | None = None,
     ) -> list[dict[str, Any]]:
         """The recorded history of one key, of what one flow run did, or of one patient's
-        keys: every event (transition, states, run, time) oldest first, each with where the
-        row's object was retired to and why, when it was."""
+        keys: every event (transition, states, run, time, its own ``detail``: for a retire,
+        where the copy went and why) oldest first, with the row's image id."""
         query = (
             sa.select(
                 image_events.c.key,
@@ -664,9 +670,8 @@ class ClinicImages:
                 image_events.c.to_state,
                 image_events.c.flow_run_id,
                 image_events.c.at,
+                image_events.c.detail,
                 images.c.image_id,
-                images.c.retired_to,
-                images.c.retired_reason,
             )
             .select_from(
                 image_events.outerjoin(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "pdata_sync_catalog_version"
 # The newest migration; opening a catalog already at it skips Alembic (and its ~0.5 s import).
 # tests/integration/test_catalog.py checks it against the migration scripts.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # rows written before destinations were recorded (migration 0003): kept, never trusted
 LEGACY_DESTINATION = ""
@@ -133,6 +133,8 @@ image_events = sa.Table(
     sa.Column("to_state", sa.String(16), nullable=True),  # None: the row went
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("at", TS, nullable=False),
+    # what the event itself records beyond its states: for a retire, where the copy went
+    sa.Column("detail", sa.String(1500), nullable=True),
 )
 sa.Index(
     "ix_image_events_key", image_events.c.clinic_id, image_events.c.destination, image_events.c.key

@@ -147,6 +147,15 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def audit_line(event: dict[str, Any]) -> str:
+    """One event of ``pdata-sync audit`` as text; a retire's detail says where it went."""
+    moved = f"  -> {event['detail']}" if event.get("detail") else ""
+    return (
+        f"{event['at']}  {event['key']}  {event['transition']}: {event['from_state'] or '-'} -> "
+        f"{event['to_state'] or '-'}  run {event['flow_run_id'] or '-'}{moved}"
+    )
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """An object's recorded history (by key, by flow run or by patient) from the worker's
     catalog: every transition with its run and time; nothing asked of S3, no names."""
@@ -167,13 +176,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps({"clinic_id": config.clinic_id, "events": events}, indent=2))
         return EXIT_OK
     for e in events:
-        moved = (
-            f" -> {e['retired_to']} ({e['retired_reason']})" if e["to_state"] == "retired" else ""
-        )
-        print(
-            f"{e['at']}  {e['key']}  {e['transition']}: {e['from_state'] or '-'} -> "
-            f"{e['to_state'] or '-'}  run {e['flow_run_id'] or '-'}{moved}"
-        )
+        print(audit_line(e))
     if not events:
         print(f"clinic {config.clinic_id}: nothing recorded for that")
     return EXIT_OK

@@ -267,6 +267,59 @@ def test_the_state_uploaded_of_a_0007_catalog_is_accepted_after_the_upgrade(cata
         cat.close()
 
 
+def test_a_0009_catalogs_retire_events_get_the_place_their_row_still_names(catalog_db):
+    """Revision 0010 gives events their own detail. A row still retired names where its copy
+    went: its last retire event gets that; an earlier retire of the same key, and a retire
+    whose row came back since (its place was lost with 0009), stay without."""
+    old = Catalog.open(*catalog_db, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    back_key = KEY.replace("_7_", "_8_")
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0009")
+        for key, image_id, state, to, why in (
+            (KEY, 7, "retired", "retired/c1/T2/x", "the file is gone from PDATA"),
+            (back_key, 8, "verified", None, None),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO images (clinic_id, destination, key, image_id, patient_guid,"
+                    " rel_path, state, retired_to, retired_reason, updated_at) VALUES ('c1',"
+                    " :dest, :key, :id, :guid, 'P_1/0000_7.dcm', :state, :to, :why, :t)"
+                ),
+                {"dest": DEST, "key": key, "id": image_id, "guid": GUID, "state": state,
+                 "to": to, "why": why, "t": now()},
+            )  # fmt: skip
+        for key, transition in ((KEY, "retire"), (KEY, "begin_upload"), (KEY, "retire"),
+                                (back_key, "retire"), (back_key, "begin_upload")):  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "INSERT INTO image_events (clinic_id, destination, key, transition, at)"
+                    " VALUES ('c1', :dest, :key, :transition, :t)"
+                ),
+                {"dest": DEST, "key": key, "transition": transition, "t": now()},
+            )
+    old.close()
+
+    cat = Catalog.open(*catalog_db)
+    try:
+        assert cat.schema_revision() == HEAD_REVISION
+        with cat.engine.connect() as conn:
+            details = conn.execute(
+                sa.text("SELECT key, transition, detail FROM image_events ORDER BY id")
+            ).all()
+        assert [tuple(d) for d in details] == [
+            (KEY, "retire", None),
+            (KEY, "begin_upload", None),
+            (KEY, "retire", "retired/c1/T2/x (the file is gone from PDATA)"),
+            (back_key, "retire", None),
+            (back_key, "begin_upload", None),
+        ]
+    finally:
+        cat.close()
+
+
 KEY = f"images/{GUID}/c1_7_x.dcm"
 DEST = "http://127.0.0.1:8333/dental-images"
 
@@ -362,6 +415,10 @@ def test_a_retired_row_stays_for_the_record_and_can_come_back(catalog, imgs):
     assert [e["transition"] for e in imgs.events(KEY)] == [
         "begin_upload", "confirm", "retire", "begin_upload", "confirm"
     ]  # fmt: skip
+    # the audit still says where the retired copy went and why, after the row moved on
+    (retired,) = [e for e in imgs.audit(key=KEY) if e["transition"] == "retire"]
+    assert retired["detail"] == (f"retired/c1/20261201T000000Z/{KEY} (the file is gone from PDATA)")
+    assert [e["detail"] for e in imgs.audit(key=KEY) if e["transition"] != "retire"] == [None] * 4
 
 
 def test_states_move_forward_with_times_and_flow_run(catalog, imgs):

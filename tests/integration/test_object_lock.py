@@ -239,7 +239,7 @@ def test_every_version_is_locked_until_the_rule_date_and_survives_retirement_and
     code, audit = site.cli("audit", "--key", gone_key, config=config)
     assert code == 0, audit
     assert [e["transition"] for e in audit["events"]][-1] == "retire"
-    assert audit["events"][-1]["retired_to"] == copy
+    assert audit["events"][-1]["detail"] == f"{copy} (the file is gone from PDATA)"
     code, by_run = site.cli("audit", "--flow-run", summary["flow_run_id"], config=config)
     assert code == 0 and gone_key in {e["key"] for e in by_run["events"]}, by_run
     assert {e["flow_run_id"] for e in by_run["events"]} == {summary["flow_run_id"]}
