@@ -260,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         "started, until Ctrl-C (docs/operations.md)",
     )
     p.add_argument(
+        "--shell",
+        action="store_true",
+        help="after the demo run, keep its S3, resolver and Orthanc up and write their "
+        "environment to <workdir>/shell.env, so pdata-sync can be run by hand, until Ctrl-C",
+    )
+    p.add_argument(
         "--view",
         action="store_true",
         help="after a demo run: start its S3 server again and show the first demo patient's "

@@ -159,4 +159,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     from pdata_sync.demo.run import run_demo
 
-    return run_demo(workdir=args.workdir, fresh=args.fresh)
+    return run_demo(workdir=args.workdir, fresh=args.fresh, shell=args.shell)

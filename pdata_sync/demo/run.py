@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +25,8 @@ import yaml
 from pdata_sync.base.config import load_config
 from pdata_sync.demo.generate import Manifest, generate_clinic
 from pdata_sync.demo.orthanc_server import OrthancServer, orthanc_binary
-from pdata_sync.demo.resolver_server import ResolverServer
+from pdata_sync.demo.ports import SERVERS_FILE, remembered
+from pdata_sync.demo.resolver_server import RESOLVE_PATH, ResolverServer
 from pdata_sync.demo.seaweed import SeaweedS3
 
 BUCKET = "dental-images"
@@ -126,12 +129,19 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     guid = manifest.expected[0]["patient_guid"]
     if port == 0:
         port = free_port()  # known before serving: the bucket's CORS rule names it
-    with SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3:
+    kept = remembered(work, (*SeaweedS3.PORTS, "resolver"), pairs=SeaweedS3.PORTS)
+    ports, keys = kept["ports"], kept["s3_keys"]
+    with SeaweedS3(
+        work / "s3",
+        buckets=(BUCKET,),
+        ports={name: ports[name] for name in SeaweedS3.PORTS},
+        keys=(keys[0], keys[1]),
+    ) as s3:
         os.environ.update(s3.env())
         config_path = write_config(
             work / "clinic.yaml",
             manifest,
-            resolver_url="http://127.0.0.1:9/unused-by-view",
+            resolver_url=f"http://127.0.0.1:{ports['resolver']}{RESOLVE_PATH}",
             endpoint=s3.endpoint,
             state_dir=work / "state",
         )
@@ -139,6 +149,7 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
         return view(load_config(config_path), guid, 3600, port)
 
 
+SHELL_READY = "pdata-sync demo: shell ready"
 ORTHANC_PORT = 8042  # Orthanc's usual port, when free: the catalog knows Orthanc by its URL
 
 
@@ -154,16 +165,73 @@ def _orthanc(work: Path) -> Iterator[OrthancServer | None]:
         yield server
 
 
-def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end the demo, also where SIGINT was ignored at start
+    (a shell's background job), so its servers are stopped on the way out."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+SHELL_ENV = "shell.env"
+
+
+def shell_instructions(work: Path, env_file: Path, config_path: Path) -> str:
+    """What ``demo --shell`` prints: how to use the servers it keeps up from another
+    terminal. The keys are in the file (0600), not on the screen."""
+    return (
+        "\n=== the demo's servers stay up until Ctrl-C ===\n"
+        "In another terminal, in this folder:\n"
+        f"  set -a; . {env_file}; set +a\n"
+        f"  .venv/bin/pdata-sync sync --config {config_path}\n"
+        f"  .venv/bin/pdata-sync verify --config {config_path}\n"
+        f"  .venv/bin/pdata-sync audit --config {config_path} --patient-guid GUID\n"
+        f"The ports stay the same at the next start ({work / SERVERS_FILE}), so the catalog "
+        "keeps trusting what it recorded."
+    )
+
+
+def write_shell_env(work: Path, values: dict[str, str]) -> Path:
+    """``work/shell.env``: the demo servers' environment, owner-only, rewritten by the demo
+    itself only (never through a link)."""
+    path = work / SHELL_ENV
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("# pdata-sync demo --shell: the demo's S3 keys and servers (demo only)\n")
+        for name, value in values.items():
+            fh.write(f"{name}={shlex.quote(value)}\n")
+    return path
+
+
+def run_demo(workdir: str | Path = ".demo", fresh: bool = False, shell: bool = False) -> int:
+    """Sync the demo clinic and retrieve a patient. The servers come back on the ports
+    of the last start (``servers.json``). ``shell``: keep them up afterwards and write their
+    environment for commands run by hand, until Ctrl-C."""
     from pdata_sync.console import EXIT_FAILED, EXIT_OK, orthanc_line, run_retrieve, run_sync
 
     work = Path(workdir).resolve()
     manifest = load_or_generate(work, fresh)
     mapping = json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
+    kept = remembered(work, (*SeaweedS3.PORTS, "resolver"), pairs=SeaweedS3.PORTS)
+    ports, keys = kept["ports"], kept["s3_keys"]
 
     with (
-        ResolverServer(mapping) as resolver,
-        SeaweedS3(work / "s3", buckets=(BUCKET,)) as s3,
+        stop_on_signals(),
+        ResolverServer(mapping, port=ports["resolver"]) as resolver,
+        SeaweedS3(
+            work / "s3",
+            buckets=(BUCKET,),
+            ports={name: ports[name] for name in SeaweedS3.PORTS},
+            keys=(keys[0], keys[1]),
+        ) as s3,
         _orthanc(work) as orthanc,
     ):
         os.environ.update(s3.env())
@@ -213,4 +281,19 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False) -> int:
         )
         print(view_instructions(workdir, guid))
         orthanc_failed = in_orthanc is not None and in_orthanc["failed"]
-        return EXIT_OK if not summary["failed"] and not orthanc_failed else EXIT_FAILED
+        code = EXIT_OK if not summary["failed"] and not orthanc_failed else EXIT_FAILED
+        if shell:
+            values = dict(s3.env())
+            if orthanc is not None:
+                values["PDATA_SYNC_ORTHANC_PASSWORD"] = orthanc.password
+            for name in ("PREFECT_API_URL", "PREFECT_HOME"):
+                if os.environ.get(name):
+                    values[name] = os.environ[name]
+            env_file = write_shell_env(work, values)
+            print(shell_instructions(work, env_file, config_path), flush=True)
+            print(SHELL_READY, flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+            print("demo: servers stopped", file=sys.stderr)
+        return code

@@ -1,6 +1,8 @@
 """Run a real S3-compatible server (SeaweedFS ``weed mini``) on 127.0.0.1 for the demo and
-the tests. Every port is chosen free and bound to 127.0.0.1 only; credentials are random
-per start and never written anywhere but the server's own config in its data folder.
+the tests. Every port is bound to 127.0.0.1 only, chosen free unless given; credentials are
+random per start unless given (the demo keeps its own in its work folder, 0600, so a
+restarted demo has the same endpoint), and written nowhere else but the server's own
+config in its data folder.
 """
 
 from __future__ import annotations
@@ -9,32 +11,13 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pdata_sync.demo.ports import port_is_free
-
-GRPC_OFFSET = 10000  # weed listens on port + 10000 for gRPC
-
-
-def free_port_pair(taken: set[int]) -> int:
-    """A port p such that p and p + 10000 are free on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + GRPC_OFFSET > 65535 or port in taken or port + GRPC_OFFSET in taken:
-            port = 20000 + secrets.randbelow(25000)
-        if {port, port + GRPC_OFFSET} & taken:
-            continue
-        if port_is_free(port) and port_is_free(port + GRPC_OFFSET):
-            taken.update({port, port + GRPC_OFFSET})
-            return port
-    raise RuntimeError("no free port pair found on 127.0.0.1")
+from pdata_sync.demo.ports import free_port_pair
 
 
 def weed_binary() -> str:
@@ -52,11 +35,26 @@ class SeaweedS3:
     """``with SeaweedS3(dir) as s3:`` starts ``weed mini``; ``s3.endpoint``, ``s3.access_key``,
     ``s3.secret_key``, ``s3.client()``; stopped on exit."""
 
-    def __init__(self, data_dir: str | Path, *, buckets: tuple[str, ...] = ()):
+    PORTS = ("master", "volume", "filer", "s3", "admin")
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        buckets: tuple[str, ...] = (),
+        ports: dict[str, int] | None = None,
+        keys: tuple[str, str] | None = None,
+    ):
+        """``ports`` (all of :data:`PORTS`) and ``keys`` (access key, secret) to start as
+        before, e.g. the demo's, whose catalog knows its S3 by the endpoint; else free
+        ports and new random keys."""
         self.data_dir = Path(data_dir)
         self.buckets = buckets
+        self.wanted_ports = dict(ports) if ports else None
         self.access_key = "PDS" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(30)
+        if keys is not None:
+            self.access_key, self.secret_key = keys
         # a second identity that may read and list but not write, for access tests
         self.reader_key = "PDR" + secrets.token_hex(8).upper()
         self.reader_secret = secrets.token_urlsafe(30)
@@ -115,9 +113,8 @@ class SeaweedS3:
         with os.fdopen(fd, "w") as fh:
             json.dump(identity, fh)
         taken: set[int] = set()
-        ports = {
-            name: free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")
-        }
+        ports = self.wanted_ports or {name: free_port_pair(taken) for name in self.PORTS}
+        self.ports = ports
         self.port = ports["s3"]
         cmd = [
             weed_binary(),

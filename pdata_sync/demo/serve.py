@@ -11,13 +11,11 @@ everything it started, each by its own process id.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from pdata_sync.demo.prefect_server import (
     stop_processes,
 )
 from pdata_sync.demo.resolver_server import ResolverServer
-from pdata_sync.demo.run import BUCKET, load_or_generate, write_config
+from pdata_sync.demo.run import BUCKET, load_or_generate, stop_on_signals, write_config
 from pdata_sync.demo.seaweed import SeaweedS3
 from pdata_sync.fleet.deployments import load_all, render_to
 
@@ -93,28 +91,12 @@ def _ui_port(preferred: int) -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM end the demo, also where SIGINT was ignored at start
-    (a shell's background job)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def serve_demo(workdir: str | Path = ".demo", fresh: bool = False, port: int = 4200) -> int:
     work = Path(workdir).resolve()
     manifest = load_or_generate(work, fresh)
     mapping = json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
     workers: list[subprocess.Popen[bytes]] = []
-    with ExitStack() as stack, _stop_on_signals():
+    with ExitStack() as stack, stop_on_signals():
         try:
             resolver = stack.enter_context(ResolverServer(mapping))
             s3 = stack.enter_context(SeaweedS3(work / "s3", buckets=(BUCKET,)))

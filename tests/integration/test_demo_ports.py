@@ -1,5 +1,7 @@
-"""The demo's Orthanc keeps its port from one `make demo` to the next: the catalog knows an
-Orthanc by its URL, so a new port made the second demo send every image again."""
+"""The demo's servers keep their ports from one `make demo` to the next: the catalog knows
+an Orthanc by its URL and S3 by its endpoint, so a new port made the second demo trust
+nothing (and send every image to Orthanc again). And `demo --shell` keeps them up for
+commands run by hand."""
 
 import socket
 
@@ -29,3 +31,73 @@ def test_a_port_another_process_listens_on_is_not_taken():
         assert free_port(port, reuse=True) != port
     finally:
         server.close()
+
+
+def test_demo_shell_keeps_its_servers_on_the_same_ports_for_commands_run_by_hand(
+    tmp_path, prefect_server
+):
+    """`make demo`, then `pdata-sync demo --shell`: the second start finds its S3 on the
+    same endpoint with the same keys, so the catalog still vouches for what it recorded;
+    the servers stay up and the environment it wrote lets a person run `sync` by hand;
+    SIGTERM stops them all."""
+    import json
+    import os
+    import signal
+    import stat
+    import subprocess
+
+    from pdata_sync.demo.run import SHELL_READY
+    from tests.conftest import CLI, make_clinic, run_cli
+
+    work = tmp_path / "demo"
+    clinic = make_clinic(work / "clinic", clinic_id="demo-clinic", patients=9, large_files=0)
+    clinic.save(work / "clinic" / "manifest.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(prefect_server.env())
+    first = run_cli(["demo", "--workdir", str(work)], env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    servers = json.loads((work / "servers.json").read_text())
+    assert stat.S_IMODE((work / "servers.json").stat().st_mode) == 0o600
+
+    proc = subprocess.Popen(
+        [CLI, "demo", "--shell", "--workdir", str(work)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        printed = []
+        for line in proc.stdout:
+            printed.append(line)
+            if line.strip() == SHELL_READY:
+                break
+        out = "".join(printed)
+        assert SHELL_READY in out, out[-2000:] + proc.stderr.read()[-3000:]
+        assert json.loads((work / "servers.json").read_text()) == servers  # the same ports
+        summary = json.loads(out.split("=== sync summary ===", 1)[1].split("\nsync took")[0])
+        assert summary["uploaded"] == 0
+        # the catalog knew this S3 by its endpoint and still vouches for every image
+        assert summary["unchanged_by_catalog"] == summary["unchanged"] > 0
+        shell_env = work / "shell.env"
+        assert stat.S_IMODE(shell_env.stat().st_mode) == 0o600
+        assert f"set -a; . {shell_env}; set +a" in out
+        assert "AWS_SECRET_ACCESS_KEY" not in out  # the keys are in the file, not on screen
+        values = dict(
+            line.split("=", 1)
+            for line in shell_env.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        by_hand = run_cli(
+            ["sync", "--config", str(work / "clinic.yaml"), "--json"],
+            {**env, **{k: v.strip("'") for k, v in values.items()}},
+        )
+        assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+        assert json.loads(by_hand.stdout)["uploaded"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
+    assert leftovers.stdout.split() == [], "a demo server is still running"
