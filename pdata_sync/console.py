@@ -260,18 +260,57 @@ class _BriefKnownErrors(logging.Formatter):
             record.exc_info, record.exc_text = kept
 
 
+class _BriefTerminal(logging.Filter):
+    """The terminal without -v. Prefect's INFO lines (a temporary server starting, "Beginning
+    flow run", every task's state) are left to the run's log, where they stay: the status
+    line and the summary say what the run does. Prefect reports a run's exception three or
+    four times (task run failed, its state, the flow's exception, the flow's state); for
+    pdata-sync's own errors the command prints the message once itself. Only the terminal's
+    handlers get this filter; Prefect's API handler keeps every record for the run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, PdataSyncError):
+            return False
+        prefects = record.name == "prefect" or record.name.startswith("prefect.")
+        if prefects and record.levelno < logging.WARNING:
+            return False
+        text = record.getMessage()
+        if record.name.endswith("EventsWorker") and text.startswith("Still processing items"):
+            return False  # Prefect flushing its events at exit: nothing to act on
+        if record.levelno < logging.ERROR or not prefects:
+            return True
+        return not any(f"{name}:" in text or f"{name}(" in text for name in _OWN_ERROR_NAMES)
+
+
+def _own_error_names() -> tuple[str, ...]:
+    found, todo = set(), [PdataSyncError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return tuple(sorted(found))
+
+
+_OWN_ERROR_NAMES: tuple[str, ...] = ()
+
+
 def _brief_console_handlers() -> None:
+    """The terminal's handlers without -v: tracebacks of pdata-sync's errors left out
+    (:class:`_BriefKnownErrors`), and :class:`_BriefTerminal`'s filter."""
+    global _OWN_ERROR_NAMES
+    _OWN_ERROR_NAMES = _own_error_names()
     loggers = [logging.getLogger()] + [
         logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
         if name == "prefect" or name.startswith("prefect.")
     ]  # fmt: skip
     for logger in loggers:
         for handler in logger.handlers:
-            console = isinstance(handler, logging.StreamHandler) or type(handler).__name__ == (
-                "PrefectConsoleHandler"
-            )
+            prefects = type(handler).__name__ == "PrefectConsoleHandler"
+            console = prefects or isinstance(handler, logging.StreamHandler)
             if console and not isinstance(handler.formatter, _BriefKnownErrors):
                 handler.setFormatter(_BriefKnownErrors(handler.formatter))
+                handler.addFilter(_BriefTerminal())
 
 
 @contextlib.contextmanager

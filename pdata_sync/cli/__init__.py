@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # One line per HTTP request to the Prefect API drowns what matters.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # One line per HTTP request to the Prefect API drowns what matters; botocore says where
+    # it found credentials on every run.
+    for library in ("httpx", "botocore", "boto3"):
+        logging.getLogger(library).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     protect_logs()
     brief_known_errors(not args.verbose)  # a refusal is its line; -v shows the traceback
     try:
