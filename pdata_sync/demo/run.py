@@ -113,6 +113,20 @@ def allow_viewer_origin(client: Any, bucket: str, origin: str) -> None:
     )
 
 
+def demo_s3(work: Path) -> tuple[SeaweedS3, dict[str, int]]:
+    """The demo's S3 server (not started) on the ports and keys of its last start
+    (``servers.json``), and the demo's ports (the resolver's among them)."""
+    kept = remembered(work, (*SeaweedS3.PORTS, "resolver"), pairs=SeaweedS3.PORTS)
+    ports, keys = kept["ports"], kept["s3_keys"]
+    server = SeaweedS3(
+        work / "s3",
+        buckets=(BUCKET,),
+        ports={name: ports[name] for name in SeaweedS3.PORTS},
+        keys=(keys[0], keys[1]),
+    )
+    return server, ports
+
+
 def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     """Start the demo's S3 server on its stored data and run ``pdata-sync view`` for the
     demo's first patient until Ctrl-C. The demo must have run once (`make demo`)."""
@@ -129,14 +143,8 @@ def view_demo(workdir: str | Path = ".demo", port: int = VIEW_PORT) -> int:
     guid = manifest.expected[0]["patient_guid"]
     if port == 0:
         port = free_port()  # known before serving: the bucket's CORS rule names it
-    kept = remembered(work, (*SeaweedS3.PORTS, "resolver"), pairs=SeaweedS3.PORTS)
-    ports, keys = kept["ports"], kept["s3_keys"]
-    with SeaweedS3(
-        work / "s3",
-        buckets=(BUCKET,),
-        ports={name: ports[name] for name in SeaweedS3.PORTS},
-        keys=(keys[0], keys[1]),
-    ) as s3:
+    s3_server, ports = demo_s3(work)
+    with s3_server as s3:
         os.environ.update(s3.env())
         config_path = write_config(
             work / "clinic.yaml",
@@ -220,18 +228,12 @@ def run_demo(workdir: str | Path = ".demo", fresh: bool = False, shell: bool = F
     work = Path(workdir).resolve()
     manifest = load_or_generate(work, fresh)
     mapping = json.loads(Path(manifest.mapping_path).read_text(encoding="utf-8"))
-    kept = remembered(work, (*SeaweedS3.PORTS, "resolver"), pairs=SeaweedS3.PORTS)
-    ports, keys = kept["ports"], kept["s3_keys"]
+    s3_server, ports = demo_s3(work)
 
     with (
         stop_on_signals(),
         ResolverServer(mapping, port=ports["resolver"]) as resolver,
-        SeaweedS3(
-            work / "s3",
-            buckets=(BUCKET,),
-            ports={name: ports[name] for name in SeaweedS3.PORTS},
-            keys=(keys[0], keys[1]),
-        ) as s3,
+        s3_server as s3,
         _orthanc(work) as orthanc,
     ):
         os.environ.update(s3.env())
