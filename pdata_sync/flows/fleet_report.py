@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterEndTime,
 )
+from prefect.client.schemas.sorting import ArtifactSort, DeploymentSort, FlowRunSort
 
 from pdata_sync.base.local_files import NotReplaced, write_new
 from pdata_sync.fleet.report import (
@@ -86,6 +87,7 @@ def read_history(client: Any, since: datetime) -> tuple[set[str], list[RunRecord
         lambda offset: client.read_deployments(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["sync-clinic"])),
             deployment_filter=DeploymentFilter(),
+            sort=DeploymentSort.NAME_ASC,  # a stable order for paging
             limit=PAGE,
             offset=offset,
         )
@@ -95,11 +97,13 @@ def read_history(client: Any, since: datetime) -> tuple[set[str], list[RunRecord
         lambda offset: client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=list(FLOWS))),
             flow_run_filter=FlowRunFilter(end_time=FlowRunFilterEndTime(after_=since)),
+            sort=FlowRunSort.ID_DESC,
             limit=PAGE,
             offset=offset,
         )
     )
-    finished = [r for r in runs if r.end_time and r.state_type and r.flow_id in flows]
+    unique = {r.id: r for r in runs}  # a run that ended while paging may show up twice
+    finished = [r for r in unique.values() if r.end_time and r.state_type and r.flow_id in flows]
     sync_ids = [r.id for r in finished if flows[r.flow_id] == SYNC]
     counts: dict[Any, dict[tuple[str, str], int]] = {}
     for start in range(0, len(sync_ids), PAGE):
@@ -110,6 +114,7 @@ def read_history(client: Any, since: datetime) -> tuple[set[str], list[RunRecord
                     key=ArtifactFilterKey(like_="sync-summary-"),
                     flow_run_id=ArtifactFilterFlowRunId(any_=chunk),
                 ),
+                sort=ArtifactSort.ID_DESC,
                 limit=PAGE,
                 offset=offset,
             )
