@@ -187,7 +187,7 @@ def chart_png(
     import matplotlib.pyplot as plt
 
     n = max(len(fleet), 1)
-    height = min(max(3.0, 0.16 * n + 1.5), 40.0)
+    height = min(max(3.0, 0.12 * n + 1.5), 26.0)
     label_size = max(3.0, min(8.0, 400 / n))
     fig, (heat, bars) = plt.subplots(
         1, 2, figsize=(14, height), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained"
@@ -198,7 +198,7 @@ def chart_png(
     heat.set_yticks(range(len(data.index)), labels=list(data.index), fontsize=label_size)
     ticks = list(range(0, len(data.columns), max(1, len(data.columns) // 6)))
     heat.set_xticks(ticks, labels=[data.columns[i].strftime("%m-%d") for i in ticks])
-    fig.colorbar(image, ax=heat, label="images")
+    fig.colorbar(image, ax=heat, label="images", shrink=min(1.0, 6.0 / height))
 
     period_hours = days * 24.0
     hours = fleet.set_index("clinic_id")["hours_since_success"].astype(float)
@@ -215,6 +215,7 @@ def chart_png(
     bars.set_title("Clinics by hours since their last success")
     widest = max(period_hours if none.any() else 0, float(shown.max()) if len(shown) else 0)
     bars.set_xlim(0, max(widest, late_hours) * 1.15)
+    bars.set_ylim(-0.5, max(len(shown), 1) - 0.5)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
