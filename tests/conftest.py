@@ -277,7 +277,8 @@ def orthanc(tmp_path):
 def prefect_server(tmp_path_factory):
     from pdata_sync.demo.prefect_server import PrefectServer
 
-    with PrefectServer(tmp_path_factory.mktemp("prefect-home")) as server:
+    # with its UI: the browser tests read Prefect's own pages (the UI costs no start time)
+    with PrefectServer(tmp_path_factory.mktemp("prefect-home"), ui=True) as server:
         yield server
 
 

@@ -221,7 +221,7 @@ def test_view_refuses_a_bucket_whose_cors_does_not_allow_the_viewer(tmp_path, se
 
 
 def test_the_prefect_ui_hands_out_a_retrievals_links_and_shows_what_a_sync_changed(
-    make_site, seaweed, tmp_path
+    make_site, seaweed, prefect_server, tmp_path
 ):
     """What the UI starts ends somewhere a person sees it, in Prefect's own UI in headless
     chromium: a retrieval with presigned links leaves them as links on an artifact page,
@@ -234,58 +234,62 @@ def test_the_prefect_ui_hands_out_a_retrievals_links_and_shows_what_a_sync_chang
         ArtifactFilterFlowRunId,
         FlowFilter,
         FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterName,
     )
-
-    from pdata_sync.demo.prefect_server import PrefectServer
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 
     site = make_site()
     guid = site.clinic.expected[0]["patient_guid"]
-    with PrefectServer(tmp_path / "prefect-ui", ui=True) as server:
-        env = {**server.env(), **seaweed.env()}
-        synced = run_cli(["sync", "--config", str(site.config), "--json"], env)
-        assert synced.returncode == 0, synced.stderr[-2000:]
-        sync_run = json.loads(synced.stdout)["flow_run_id"]
-        args = ["retrieve", "--config", str(site.config), "--patient-guid", guid]
-        retrieved = run_cli([*args, "--presign", "900", "--json"], env)
-        assert retrieved.returncode == 0, retrieved.stderr[-2000:]
-        images = json.loads(retrieved.stdout)
-        report = run_cli(["fleet-report", "--out-dir", str(tmp_path / "reports"), "--json"], env)
-        assert report.returncode == 0, report.stderr[-2000:]
+    server = prefect_server  # the session's, with its UI
+    env = {**server.env(), **seaweed.env()}
+    synced = run_cli(["sync", "--config", str(site.config), "--json"], env)
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    sync_run = json.loads(synced.stdout)["flow_run_id"]
+    args = ["retrieve", "--config", str(site.config), "--patient-guid", guid]
+    retrieved = run_cli([*args, "--presign", "900", "--json"], env)
+    assert retrieved.returncode == 0, retrieved.stderr[-2000:]
+    images = json.loads(retrieved.stdout)
+    report = run_cli(["fleet-report", "--out-dir", str(tmp_path / "reports"), "--json"], env)
+    assert report.returncode == 0, report.stderr[-2000:]
 
-        with SyncPrefectClient(server.api_url) as client:
-            (retrieval,) = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["retrieve-patient-images"]))
+    with SyncPrefectClient(server.api_url) as client:
+        (retrieval,) = client.read_flow_runs(  # the newest of this patient's (by its name)
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrieve-patient-images"])),
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"retrieve-{guid[:8]}-")),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+
+        def artifacts(run_id):
+            return client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
             )
 
-            def artifacts(run_id):
-                return client.read_artifacts(
-                    artifact_filter=ArtifactFilter(
-                        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
-                    )
-                )
+        (links,) = [a for a in artifacts(retrieval.id) if a.type == "markdown"]
+        (changes,) = [a for a in artifacts(sync_run) if a.key and a.key.startswith("sync-changes-")]
+        chart = next(  # the newest version: other tests may have reported before
+            a
+            for a in client.read_artifacts(sort=ArtifactSort.CREATED_DESC)
+            if a.key == "fleet-report-chart"
+        )
 
-            (links,) = [a for a in artifacts(retrieval.id) if a.type == "markdown"]
-            (changes,) = [
-                a for a in artifacts(sync_run) if a.key and a.key.startswith("sync-changes-")
-            ]
-            (chart,) = [a for a in client.read_artifacts() if a.key == "fleet-report-chart"]
-
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{server.ui_url}/artifacts/artifact/{links.id}")
-            anchors = page.locator("a", has_text="download")
-            anchors.first.wait_for(timeout=60_000)
-            hrefs = [anchors.nth(i).get_attribute("href") for i in range(anchors.count())]
-            page.goto(f"{server.ui_url}/artifacts/artifact/{changes.id}")
-            first_key = sorted(e["key"] for e in images)[0]
-            page.get_by_text(first_key).first.wait_for(timeout=60_000)
-            changes_text = page.inner_text("body")
-            page.goto(f"{server.ui_url}/artifacts/artifact/{chart.id}")
-            drawn = page.locator("img[src^='data:image/png']").first
-            drawn.wait_for(timeout=60_000)
-            chart_width = drawn.evaluate("img => img.naturalWidth")
-            browser.close()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(f"{server.ui_url}/artifacts/artifact/{links.id}")
+        anchors = page.locator("a", has_text="download")
+        anchors.first.wait_for(timeout=60_000)
+        hrefs = [anchors.nth(i).get_attribute("href") for i in range(anchors.count())]
+        page.goto(f"{server.ui_url}/artifacts/artifact/{changes.id}")
+        first_key = sorted(e["key"] for e in images)[0]
+        page.get_by_text(first_key).first.wait_for(timeout=60_000)
+        changes_text = page.inner_text("body")
+        page.goto(f"{server.ui_url}/artifacts/artifact/{chart.id}")
+        drawn = page.locator("img[src^='data:image/png']").first
+        drawn.wait_for(timeout=60_000)
+        chart_width = drawn.evaluate("img => img.naturalWidth")
+        browser.close()
 
     assert sorted(hrefs) == sorted(i["url"] for i in images)
     for href in hrefs:  # each link on the page downloads its image, no credential needed
