@@ -32,6 +32,10 @@ def orthanc_binary() -> str | None:
     return shutil.which("Orthanc")
 
 
+class _PortTaken(Exception):
+    """Orthanc could not bind its HTTP port."""
+
+
 class OrthancServer:
     """``with OrthancServer(dir) as orthanc:`` ``orthanc.url``, ``.user``, ``.password``,
     ``.http()`` (an authenticated client); ``stop()`` and ``start()`` again keep the data
@@ -44,6 +48,7 @@ class OrthancServer:
         self.port = port  # 0: a free one
         self.proc: subprocess.Popen[bytes] | None = None
         self.proc_started = False  # a restart keeps the port (and the data)
+        self.proc_returncode: int | None = None
 
     @property
     def url(self) -> str:
@@ -53,6 +58,21 @@ class OrthancServer:
         return httpx.Client(base_url=self.url, auth=(self.user, self.password), timeout=30)
 
     def start(self, timeout: float = 30.0) -> OrthancServer:
+        """Start Orthanc and wait until it answers. A first start whose port another
+        process took between the check and Orthanc's bind (two demos at once) is tried
+        again on a free port rather than failing."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if attempt == 2 or self.proc_started_ok:
+                    raise RuntimeError(f"Orthanc: port {self.port} is in use") from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    proc_started_ok = False  # once it answered, a restart must keep its port
+
+    def _start(self, timeout: float) -> OrthancServer:
         binary = orthanc_binary()
         if binary is None:
             raise RuntimeError("Orthanc is not installed (Debian: apt-get install orthanc)")
@@ -81,6 +101,7 @@ class OrthancServer:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(config, fh)
         self._log = open(self.data_dir / "orthanc.log", "ab")  # noqa: SIM115 - closed in stop()
+        written_before = self._log.tell()
         self.proc = subprocess.Popen(
             [binary, str(path)],
             stdout=self._log,
@@ -93,9 +114,16 @@ class OrthancServer:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     log = self.data_dir / "orthanc.log"
-                    raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see {log}")
+                    self.stop()
+                    with open(log, "rb") as fh:  # what this start wrote
+                        fh.seek(written_before)
+                        said = fh.read().decode(errors="replace")
+                    if "already in use" in said:
+                        raise _PortTaken
+                    raise RuntimeError(f"Orthanc exited with {self.proc_returncode}; see {log}")
                 try:
                     if client.get("/system").status_code == 200:
+                        self.proc_started_ok = True
                         return self
                 except httpx.TransportError:
                     pass
@@ -104,6 +132,8 @@ class OrthancServer:
         raise RuntimeError(f"Orthanc did not answer within {timeout} s")
 
     def stop(self) -> None:
+        if self.proc is not None:
+            self.proc_returncode = self.proc.poll()
         stop_process(self.proc, timeout=10)
         self.proc = None
         if getattr(self, "_log", None) is not None:

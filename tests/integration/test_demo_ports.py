@@ -33,13 +33,12 @@ def test_a_port_another_process_listens_on_is_not_taken():
         server.close()
 
 
-def test_demo_shell_keeps_its_servers_on_the_same_ports_for_commands_run_by_hand(
-    tmp_path, prefect_server
-):
-    """`make demo`, then `pdata-sync demo --shell`: the second start finds its S3 on the
-    same endpoint with the same keys, so the catalog still vouches for what it recorded;
-    the servers stay up and the environment it wrote lets a person run `sync` by hand;
-    SIGTERM stops them all."""
+def test_demo_shell_keeps_its_servers_up_for_commands_run_by_hand(tmp_path, prefect_server):
+    """`pdata-sync demo --shell`: after the demo run the servers stay up, and the
+    environment it wrote (owner-only, keys not printed) lets a person run `sync` by hand,
+    which finds everything archived and vouched for; SIGTERM stops them all. (That a
+    restarted demo comes back on the same endpoint is checked by the viewer test, which
+    starts the demo twice.)"""
     import json
     import os
     import signal
@@ -54,11 +53,6 @@ def test_demo_shell_keeps_its_servers_on_the_same_ports_for_commands_run_by_hand
     clinic.save(work / "clinic" / "manifest.json")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(prefect_server.env())
-    first = run_cli(["demo", "--workdir", str(work)], env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    servers = json.loads((work / "servers.json").read_text())
-    assert stat.S_IMODE((work / "servers.json").stat().st_mode) == 0o600
-
     proc = subprocess.Popen(
         [CLI, "demo", "--shell", "--workdir", str(work)],
         env=env,
@@ -75,11 +69,9 @@ def test_demo_shell_keeps_its_servers_on_the_same_ports_for_commands_run_by_hand
                 break
         out = "".join(printed)
         assert SHELL_READY in out, out[-2000:] + proc.stderr.read()[-3000:]
-        assert json.loads((work / "servers.json").read_text()) == servers  # the same ports
         summary = json.loads(out.split("=== sync summary ===", 1)[1].split("\nsync took")[0])
-        assert summary["uploaded"] == 0
-        # the catalog knew this S3 by its endpoint and still vouches for every image
-        assert summary["unchanged_by_catalog"] == summary["unchanged"] > 0
+        assert summary["uploaded"] > 0
+        assert stat.S_IMODE((work / "servers.json").stat().st_mode) == 0o600
         shell_env = work / "shell.env"
         assert stat.S_IMODE(shell_env.stat().st_mode) == 0o600
         assert f"set -a; . {shell_env}; set +a" in out
@@ -94,7 +86,9 @@ def test_demo_shell_keeps_its_servers_on_the_same_ports_for_commands_run_by_hand
             {**env, **{k: v.strip("'") for k, v in values.items()}},
         )
         assert by_hand.returncode == 0, by_hand.stderr[-3000:]
-        assert json.loads(by_hand.stdout)["uploaded"] == 0
+        again = json.loads(by_hand.stdout)
+        assert again["uploaded"] == 0
+        assert again["unchanged_by_catalog"] == again["unchanged"] == summary["uploaded"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

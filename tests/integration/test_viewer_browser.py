@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import numpy as np
+import yaml
 from PIL import Image
 
 from pdata_sync.demo.generate import write_dicom
@@ -129,6 +130,8 @@ def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefec
     assert counts, demo.stdout[-2000:]
     assert int(counts[1]) + int(counts[2]) == len(clinic.expected)
     guid = clinic.expected[0]["patient_guid"]
+    servers = (work / "servers.json").read_text()
+    endpoint = yaml.safe_load((work / "clinic.yaml").read_text())["s3"]["endpoint_url"]
     assert f".venv/bin/pdata-sync demo --view --workdir {work}" in demo.stdout
     assert (
         f"pdata-sync view --config {work}/clinic.yaml --patient-guid {guid} --port 8765"
@@ -146,6 +149,11 @@ def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefec
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), url or proc.stderr.read()[-3000:]
+        # the restarted S3 is where the catalog knows it: same ports and keys, same
+        # endpoint in the clinic's config (the catalog's name for this S3 and bucket)
+        assert (work / "servers.json").read_text() == servers
+        config = yaml.safe_load((work / "clinic.yaml").read_text())
+        assert config["s3"]["endpoint_url"] == endpoint
         assert "/viewer/dicomjson?url=" in url
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         manifest = httpx.get(parse_qs(urlsplit(url).query)["url"][0], timeout=30).json()
