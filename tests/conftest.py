@@ -411,7 +411,6 @@ LONGEST_FIRST = (
     "test_failures.py",
     "test_retirement.py",
     "test_incremental.py",
-    "test_demo_ports.py",  # ~35 s: two demo starts
 )
 
 

@@ -10,6 +10,7 @@ periodic reminder may come again, saying no run restarted the clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,11 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pdata_sync.pipeline import backfill
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SILENT_SECONDS = 20  # alert_after_hours, compressed
+SILENT_SECONDS = 15  # alert_after_hours, compressed (Prefect allows 10 s at least)
 
 
 class Receiver:
@@ -70,12 +72,10 @@ def _prefect(args: list[str], env: dict[str, str], timeout: int = 180, check: bo
     return out
 
 
-def _deployment_run(name: str, params: dict | None, env: dict[str, str]) -> str:
-    args = ["deployment", "run", name]
-    if params is not None:
-        args += ["--params", json.dumps(params)]
-    out = _prefect(args, env)
-    return next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
+def _deployment_run(api, name: str, params: dict | None = None) -> str:
+    """A run of the deployment ``name`` (what `prefect deployment run` does), its id."""
+    deployment = api.read_deployment_by_name(name)
+    return str(api.create_flow_run_from_deployment(deployment.id, parameters=params).id)
 
 
 def _clinic_file(folder: Path, site, block: str, **config_changes) -> None:
@@ -102,6 +102,8 @@ def test_failed_silent_and_stalled_clinics_are_notified_exactly(
 ):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import ArtifactCreate, WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
@@ -134,8 +136,8 @@ def test_failed_silent_and_stalled_clinics_are_notified_exactly(
     _clinic_file(folder, stuck, block, pdata_root=str(tmp_path / "no-such-share"))
     assert run_cli(["deployments", "render", "--folder", str(folder), "--output",
                     str(tmp_path / "prefect.yaml")], env).returncode == 0  # fmt: skip
-    created = _prefect(["work-pool", "create", "pdata-sync", "--type", "process"], env, check=False)
-    assert created.returncode == 0 or "already exists" in created.stdout + created.stderr
+    with SyncPrefectClient(prefect_server.api_url) as api, contextlib.suppress(ObjectAlreadyExists):
+        api.create_work_pool(WorkPoolCreate(name="pdata-sync", type="process"))
     _prefect(["deploy", "--prefect-file", str(tmp_path / "prefect.yaml"),
               "--name", "alert-a", "--name", "alert-b"], env)  # fmt: skip
 
@@ -150,26 +152,29 @@ def test_failed_silent_and_stalled_clinics_are_notified_exactly(
             assert len(ours) == 6
 
             good = _deployment_run(
-                "sync-clinic/alert-a",
-                {"config": yaml.safe_load(quiet.config.read_text())},
-                env,
+                api, "sync-clinic/alert-a", {"config": yaml.safe_load(quiet.config.read_text())}
             )
             _prefect(["flow-run", "execute", good], env, check=False)
-            # three failing runs of the stuck clinic by hand: started from the CLI, not its
-            # deployment, so none of them alerts (nor does a stall before the third night)
-            for _ in range(3):
-                code, summary = stuck.sync()
-                assert code == 1 and {f["path"] for f in summary["failed"]} == stuck_images
-            failed = _deployment_run("sync-clinic/alert-b", None, env)
+            # the stuck clinic's three nights before, as its backfill table holds them
+            # (written through Prefect's API, read back by the next sync)
+            night = dict.fromkeys(backfill.COLUMNS, 0) | {"left": len(stuck_images)}
+            api.create_artifact(
+                ArtifactCreate(
+                    key="backfill-nights-alert-b", type="table", data=json.dumps([night] * 3)
+                )
+            )
+            failed = _deployment_run(api, "sync-clinic/alert-b")
             _prefect(["flow-run", "execute", failed], env, check=False)
-            crashed = _deployment_run("sync-clinic/alert-b", None, env)
+            crashed = _deployment_run(api, "sync-clinic/alert-b")
             api.set_flow_run_state(
                 crashed,
                 Crashed(message="Flow run infrastructure exited with non-zero status code -9."),
                 force=True,
             )
-            code, summary = stuck.sync()  # the fourth run in a row without progress
-            assert code == 1
+            # the fourth night without progress, a failing run by hand: started from the
+            # CLI, not the deployment, it raises no "run failed" alert, only the stall
+            code, summary = stuck.sync()
+            assert code == 1 and {f["path"] for f in summary["failed"]} == stuck_images
             runs = {run_id: api.read_flow_run(run_id) for run_id in (good, failed, crashed)}
             assert runs[good].state.is_completed(), runs[good].state
             assert runs[failed].state.is_failed(), runs[failed].state

@@ -110,9 +110,65 @@ def viewport_after_load(url: str, timeout: float = 90) -> tuple[np.ndarray, byte
     return pixels, page_shot, failed, text
 
 
+def demo_shell(work: Path, env: dict[str, str]) -> str:
+    """``pdata-sync demo --shell``: its output once its servers are up for commands by hand;
+    it checks that a sync by hand with the environment it wrote finds everything archived
+    and vouched for, then stops it with SIGTERM and checks it left no process."""
+    import json
+    import stat
+
+    from pdata_sync.demo.run import SHELL_READY
+
+    proc = subprocess.Popen(
+        [CLI, "demo", "--shell", "--workdir", str(work)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        printed = []
+        for line in proc.stdout:
+            printed.append(line)
+            if line.strip() == SHELL_READY:
+                break
+        out = "".join(printed)
+        assert SHELL_READY in out, out[-2000:] + proc.stderr.read()[-3000:]
+        summary = json.loads(out.split("=== sync summary ===", 1)[1].split("\nsync took")[0])
+        assert summary["uploaded"] > 0
+        assert stat.S_IMODE((work / "servers.json").stat().st_mode) == 0o600
+        shell_env = work / "shell.env"
+        assert stat.S_IMODE(shell_env.stat().st_mode) == 0o600
+        assert f"set -a; . {shell_env}; set +a" in out
+        assert "AWS_SECRET_ACCESS_KEY" not in out  # the keys are in the file, not on screen
+        values = dict(
+            line.split("=", 1)
+            for line in shell_env.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        by_hand = run_cli(
+            ["sync", "--config", str(work / "clinic.yaml"), "--json"],
+            {**env, **{k: v.strip("'") for k, v in values.items()}},
+        )
+        assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+        again = json.loads(by_hand.stdout)
+        assert again["uploaded"] == 0
+        assert again["unchanged_by_catalog"] == again["unchanged"] == summary["uploaded"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True)
+    assert leftovers.stdout.split() == [], "a demo server is still running"
+    return out
+
+
 def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefect_server):
-    """What the README promises: `make demo` prints how to view a patient; that command
-    serves OHIF, and a browser shows the patient's X-ray from S3."""
+    """What the README promises: the demo prints how to view a patient; that command
+    serves OHIF, and a browser shows the patient's X-ray from S3. The demo runs as
+    `demo --shell` (the demo, then its servers kept up for commands run by hand), and
+    `demo --view` restarts its S3 on the same endpoint."""
     assert Path(CHROMIUM).exists(), "chromium is installed by the set-up (.ci/bootstrap)"
     work = tmp_path / "demo"
     clinic = make_clinic(
@@ -121,21 +177,17 @@ def test_demo_view_shows_the_patients_xray_in_headless_chromium(tmp_path, prefec
     clinic.save(work / "clinic" / "manifest.json")  # the demo reuses a generated clinic
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(prefect_server.env())
-    demo = run_cli(["demo", "--workdir", str(work)], env)
-    assert demo.returncode == 0, demo.stderr[-3000:]
+    printed = demo_shell(work, env)
     # Orthanc is installed by the set-up: the demo stores every image there too
-    counts = re.search(
-        r"^Orthanc: stored (\d+), already stored (\d+), .* failed 0$", demo.stdout, re.M
-    )
-    assert counts, demo.stdout[-2000:]
+    counts = re.search(r"^Orthanc: stored (\d+), already stored (\d+), .* failed 0$", printed, re.M)
+    assert counts, printed[-2000:]
     assert int(counts[1]) + int(counts[2]) == len(clinic.expected)
     guid = clinic.expected[0]["patient_guid"]
     servers = (work / "servers.json").read_text()
     endpoint = yaml.safe_load((work / "clinic.yaml").read_text())["s3"]["endpoint_url"]
-    assert f".venv/bin/pdata-sync demo --view --workdir {work}" in demo.stdout
+    assert f".venv/bin/pdata-sync demo --view --workdir {work}" in printed
     assert (
-        f"pdata-sync view --config {work}/clinic.yaml --patient-guid {guid} --port 8765"
-        in demo.stdout
+        f"pdata-sync view --config {work}/clinic.yaml --patient-guid {guid} --port 8765" in printed
     )
 
     proc = subprocess.Popen(
