@@ -411,6 +411,9 @@ LONGEST_FIRST = (
     "test_failures.py",
     "test_retirement.py",
     "test_incremental.py",
+    "test_catalog_model.py",  # ~25-37 s, one test
+    "test_encryption.py",
+    "test_restore.py",
 )
 
 

@@ -72,6 +72,18 @@ def wanted_automations(client: Any, folder: Path) -> tuple[set[str], dict[str, d
     return clinics, wanted
 
 
+PAGE = 200  # the API's largest page: 200 clinics have 600 automations
+
+
+def _all_automations(client: Any) -> list[Any]:
+    found: list[Any] = []
+    while True:
+        page = client.read_automations(limit=PAGE, offset=len(found))
+        found.extend(page)
+        if len(page) < PAGE:
+            return found
+
+
 def apply(client: Any, folder: Path, prune: bool) -> dict[str, list[str]]:
     """Make the server's automations of ours what ``folder`` asks for; the names changed."""
     from prefect.events.schemas.automations import AutomationCore
@@ -82,7 +94,7 @@ def apply(client: Any, folder: Path, prune: bool) -> dict[str, list[str]]:
     models = {name: AutomationCore.model_validate(spec) for name, spec in wanted.items()}
     done: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
     existing = {}
-    for automation in client.read_automations():
+    for automation in _all_automations(client):
         clinic = owner(automation.name)
         if clinic is None:
             continue  # not ours

@@ -1,5 +1,5 @@
-"""The flows under prefect_test_harness, with S3 on the session's SeaweedFS and the resolver
-as a real HTTP server, both on 127.0.0.1."""
+"""The flows in this process against the session's Prefect server, with S3 on the session's
+SeaweedFS and the resolver as a real HTTP server, all on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from tests.support.prefect_runs import at_least, wait_for_task_runs
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
+def harness(prefect_server):
+    """The flows run in this process against the session's Prefect server (which this
+    worker starts anyway): a harness server of its own cost 20-25 s to start."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         yield
 
 

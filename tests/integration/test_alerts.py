@@ -244,3 +244,34 @@ def test_failed_silent_and_stalled_clinics_are_notified_exactly(
     everything = json.dumps(got)
     for value in [*quiet.clinic.phi, *stuck.clinic.phi, card]:
         assert value not in everything
+
+
+def test_prune_pages_through_hundreds_of_automations(prefect_server, tmp_path):
+    """200 clinics have 600 automations, three pages of Prefect's API: `--prune` removes
+    those of clinics without a file however many there are, and leaves foreign ones."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.events.schemas.automations import AutomationCore
+
+    from pdata_sync.fleet.alerts import automation_names
+
+    spec = {
+        "trigger": {"type": "event", "posture": "Reactive", "expect": ["x.y"], "threshold": 1},
+        "actions": [{"type": "do-nothing"}],
+    }
+    gone = [automation_names(f"gone-{i:03d}")["failed"] for i in range(205)]
+    with SyncPrefectClient(prefect_server.api_url) as api:
+        for name in [*gone, "someone else's automation"]:
+            api.create_automation(AutomationCore.model_validate({"name": name, **spec}))
+        folder = tmp_path / "deployments"
+        folder.mkdir()
+        document = yaml.safe_load((REPO / "deployments" / "clinic-002.yaml").read_text())
+        (folder / "clinic-002.yaml").write_text(yaml.safe_dump(document))  # no alerts
+        out = run_cli(["deployments", "alerts", "--folder", str(folder), "--prune"],
+                      prefect_server.env())  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.splitlines()) == sorted(f"deleted: {n}" for n in gone)
+        left = [a.name for a in api.read_automations(limit=200)]
+        assert "someone else's automation" in left and not set(gone) & set(left)
+        for automation in api.read_automations(limit=200):
+            if automation.name == "someone else's automation":
+                api.delete_automation(automation.id)
