@@ -31,6 +31,10 @@ def weed_binary() -> str:
     return found
 
 
+class _PortTaken(Exception):
+    """weed could not bind one of its ports."""
+
+
 class SeaweedS3:
     """``with SeaweedS3(dir) as s3:`` starts ``weed mini``; ``s3.endpoint``, ``s3.access_key``,
     ``s3.secret_key``, ``s3.client()``; stopped on exit."""
@@ -112,8 +116,27 @@ class SeaweedS3:
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(identity, fh)
-        taken: set[int] = set()
-        ports = self.wanted_ports or {name: free_port_pair(taken) for name in self.PORTS}
+        wanted = self.wanted_ports
+        for attempt in range(3):
+            taken: set[int] = set()
+            ports = wanted or {name: free_port_pair(taken) for name in self.PORTS}
+            try:
+                self._launch(config_path, ports, timeout)
+                break
+            except _PortTaken:
+                # a port was free when chosen and taken before weed bound it (another
+                # server starting at the same moment): new ports, rather than failing
+                if attempt == 2:
+                    raise RuntimeError("SeaweedFS: its ports kept being taken") from None
+                wanted = None
+        client = self.client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in self.buckets:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
+        return self
+
+    def _launch(self, config_path: Path, ports: dict[str, int], timeout: float) -> None:
         self.ports = ports
         self.port = ports["s3"]
         cmd = [
@@ -134,7 +157,9 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
         ]
-        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - lives as long as proc
+        log_path = self.data_dir / "weed.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - lives as long as proc
+        written_before = log.tell()
         self.proc = subprocess.Popen(
             cmd,
             stdout=log,
@@ -143,13 +168,17 @@ class SeaweedS3:
             start_new_session=True,
         )
         log.close()
-        self._wait_ready(timeout)
-        client = self.client()
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        for bucket in self.buckets:
-            if bucket not in existing:
-                client.create_bucket(Bucket=bucket)
-        return self
+        try:
+            self._wait_ready(timeout)
+        except RuntimeError:
+            with open(log_path, "rb") as fh:  # what this start wrote
+                fh.seek(written_before)
+                said = fh.read().decode(errors="replace")
+            # weed's own check ("is not available"), or a bind that lost the race after it
+            if "address already in use" in said or "is not available on" in said:
+                self.stop()
+                raise _PortTaken from None
+            raise
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

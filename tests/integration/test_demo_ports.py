@@ -30,3 +30,21 @@ def test_a_port_another_process_listens_on_is_not_taken():
         assert free_port(port, reuse=True) != port
     finally:
         server.close()
+
+
+def test_s3_whose_port_was_taken_before_it_bound_starts_on_other_ports(tmp_path):
+    """Ports are chosen free, then bound by weed a moment later; another server starting
+    at that moment can take one (a whole suite worker once lost its S3 that way). The
+    start tries again on new ports instead of failing."""
+    from pdata_sync.demo.ports import free_port_pair
+    from pdata_sync.demo.seaweed import SeaweedS3
+
+    taken: set[int] = set()
+    ports = {name: free_port_pair(taken) for name in SeaweedS3.PORTS}
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", ports["s3"]))
+        thief.listen()
+        with SeaweedS3(tmp_path / "s3", buckets=("a-bucket",), ports=ports) as s3:
+            assert s3.port != ports["s3"]
+            names = [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
+            assert names == ["a-bucket"]
