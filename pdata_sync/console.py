@@ -268,6 +268,10 @@ class _BriefTerminal(logging.Filter):
     pdata-sync's own errors the command prints the message once itself. Only the terminal's
     handlers get this filter; Prefect's API handler keeps every record for the run's log."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.own_errors = _own_error_names()
+
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, PdataSyncError):
@@ -280,7 +284,7 @@ class _BriefTerminal(logging.Filter):
             return False  # Prefect flushing its events at exit: nothing to act on
         if record.levelno < logging.ERROR or not prefects:
             return True
-        return not any(f"{name}:" in text or f"{name}(" in text for name in _OWN_ERROR_NAMES)
+        return not any(f"{name}:" in text or f"{name}(" in text for name in self.own_errors)
 
 
 def _own_error_names() -> tuple[str, ...]:
@@ -292,14 +296,9 @@ def _own_error_names() -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-_OWN_ERROR_NAMES: tuple[str, ...] = ()
-
-
 def _brief_console_handlers() -> None:
     """The terminal's handlers without -v: tracebacks of pdata-sync's errors left out
     (:class:`_BriefKnownErrors`), and :class:`_BriefTerminal`'s filter."""
-    global _OWN_ERROR_NAMES
-    _OWN_ERROR_NAMES = _own_error_names()
     loggers = [logging.getLogger()] + [
         logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
         if name == "prefect" or name.startswith("prefect.")

@@ -72,29 +72,21 @@ def wanted_automations(client: Any, folder: Path) -> tuple[set[str], dict[str, d
     return clinics, wanted
 
 
-PAGE = 200  # the API's largest page: 200 clinics have 600 automations
-
-
-def _all_automations(client: Any) -> list[Any]:
-    found: list[Any] = []
-    while True:
-        page = client.read_automations(limit=PAGE, offset=len(found))
-        found.extend(page)
-        if len(page) < PAGE:
-            return found
-
-
 def apply(client: Any, folder: Path, prune: bool) -> dict[str, list[str]]:
     """Make the server's automations of ours what ``folder`` asks for; the names changed."""
+    from prefect.client.schemas.sorting import AutomationSort
     from prefect.events.schemas.automations import AutomationCore
 
     from pdata_sync.fleet.alerts import owner
+    from pdata_sync.tasks.api_pages import all_pages
 
     clinics, wanted = wanted_automations(client, folder)
     models = {name: AutomationCore.model_validate(spec) for name, spec in wanted.items()}
     done: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
     existing = {}
-    for automation in _all_automations(client):
+    # every page (200 clinics have 600 automations), in a stable order for paging
+    by_name = AutomationSort.NAME_ASC
+    for automation in all_pages(lambda **page: client.read_automations(sort=by_name, **page)):
         clinic = owner(automation.name)
         if clinic is None:
             continue  # not ours

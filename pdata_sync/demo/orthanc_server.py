@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from pdata_sync.demo.ports import free_port
+from pdata_sync.demo.ports import free_port, written_since
 from pdata_sync.demo.prefect_server import stop_process
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
@@ -115,10 +115,7 @@ class OrthancServer:
                 if self.proc.poll() is not None:
                     log = self.data_dir / "orthanc.log"
                     self.stop()
-                    with open(log, "rb") as fh:  # what this start wrote
-                        fh.seek(written_before)
-                        said = fh.read().decode(errors="replace")
-                    if "already in use" in said:
+                    if "already in use" in written_since(log, written_before):
                         raise _PortTaken
                     raise RuntimeError(f"Orthanc exited with {self.proc_returncode}; see {log}")
                 try:

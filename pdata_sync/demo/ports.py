@@ -31,6 +31,14 @@ def free_port(preferred: int = 0, reuse: bool = False) -> int:
         return int(s.getsockname()[1])
 
 
+def written_since(log: Path, offset: int) -> str:
+    """What a server wrote to its (appended) log from ``offset`` on: this start's lines,
+    to tell a port another process took from any other failure."""
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
+
+
 GRPC_OFFSET = 10000  # weed listens on port + GRPC_OFFSET for gRPC
 
 

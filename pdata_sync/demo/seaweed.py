@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pdata_sync.demo.ports import free_port_pair
+from pdata_sync.demo.ports import free_port_pair, written_since
 
 
 def weed_binary() -> str:
@@ -171,9 +171,7 @@ class SeaweedS3:
         try:
             self._wait_ready(timeout)
         except RuntimeError:
-            with open(log_path, "rb") as fh:  # what this start wrote
-                fh.seek(written_before)
-                said = fh.read().decode(errors="replace")
+            said = written_since(log_path, written_before)
             # weed's own check ("is not available"), or a bind that lost the race after it
             if "address already in use" in said or "is not available on" in said:
                 self.stop()

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pdata_sync.pipeline.backfill import STALLED_EVENT, STALLED_RUNS
+from pdata_sync.pipeline.naming import clinic_resource
 
 PREFIX = "pdata-sync"
 # Prefect refuses a proactive trigger's window under 10 s; real clinics use hours
@@ -183,7 +184,7 @@ def automations(
                 "type": "event",
                 "posture": "Reactive",
                 "expect": [STALLED_EVENT],
-                "match": {"prefect.resource.id": f"pdata-sync.clinic.{clinic_id}"},
+                "match": {"prefect.resource.id": clinic_resource(clinic_id)},
                 "threshold": 1,
                 "within": 0,
             },

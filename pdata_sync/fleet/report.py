@@ -16,6 +16,7 @@ period has a row of empty values: the row that most needs reading.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -75,8 +76,14 @@ class RunRecord:
 
 
 def summary_counts(rows: Any) -> dict[tuple[str, str], int]:
-    """A ``sync-summary`` table artifact's rows as {(outcome, reason): count}; rows of any
-    other shape are left out (the artifact is read back from a server, not trusted)."""
+    """A ``sync-summary`` table artifact's rows (as Prefect returns them: JSON text, or the
+    list) as {(outcome, reason): count}; rows of any other shape are left out (the artifact
+    is read back from a server, not trusted)."""
+    if isinstance(rows, str):
+        try:
+            rows = json.loads(rows)
+        except ValueError:
+            rows = None
     counts: dict[tuple[str, str], int] = {}
     for row in rows if isinstance(rows, list) else []:
         if not isinstance(row, dict):

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,25 +49,14 @@ from pdata_sync.fleet.report import (
     summary_counts,
     table_rows,
 )
+from pdata_sync.pipeline.context import default_state_dir
+from pdata_sync.tasks.api_pages import PAGE, all_pages
 
 FLOWS = {"sync-clinic": SYNC, "verify-clinic": VERIFY}
-PAGE = 200  # the API's largest page
 
 
 def default_out_dir() -> Path:
-    state = os.environ.get("PDATA_SYNC_STATE_DIR") or str(
-        Path.home() / ".local" / "state" / "pdata-sync"
-    )
-    return Path(state) / "reports" / "fleet"
-
-
-def _pages(read: Any) -> list[Any]:
-    found: list[Any] = []
-    while True:
-        page = read(offset=len(found))
-        found.extend(page)
-        if len(page) < PAGE:
-            return found
+    return default_state_dir() / "reports" / "fleet"
 
 
 def _clinic_of(parameters: dict[str, Any]) -> str | None:
@@ -83,23 +70,21 @@ def read_history(client: Any, since: datetime) -> tuple[set[str], list[RunRecord
     ``since``, each sync with its summary counts."""
     flows = {f.id: FLOWS[f.name] for f in client.read_flows(
         flow_filter=FlowFilter(name=FlowFilterName(any_=list(FLOWS))))}  # fmt: skip
-    deployments = _pages(
-        lambda offset: client.read_deployments(
+    deployments = all_pages(
+        lambda **page: client.read_deployments(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["sync-clinic"])),
             deployment_filter=DeploymentFilter(),
             sort=DeploymentSort.NAME_ASC,  # a stable order for paging
-            limit=PAGE,
-            offset=offset,
+            **page,
         )
     )
     clinics = {c for d in deployments if (c := _clinic_of(d.parameters or {}))}
-    runs = _pages(
-        lambda offset: client.read_flow_runs(
+    runs = all_pages(
+        lambda **page: client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=list(FLOWS))),
             flow_run_filter=FlowRunFilter(end_time=FlowRunFilterEndTime(after_=since)),
             sort=FlowRunSort.ID_DESC,
-            limit=PAGE,
-            offset=offset,
+            **page,
         )
     )
     unique = {r.id: r for r in runs}  # a run that ended while paging may show up twice
@@ -108,24 +93,17 @@ def read_history(client: Any, since: datetime) -> tuple[set[str], list[RunRecord
     counts: dict[Any, dict[tuple[str, str], int]] = {}
     for start in range(0, len(sync_ids), PAGE):
         chunk = sync_ids[start : start + PAGE]
-        for artifact in _pages(
-            lambda offset, chunk=chunk: client.read_artifacts(
+        for artifact in all_pages(
+            lambda chunk=chunk, **page: client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     key=ArtifactFilterKey(like_="sync-summary-"),
                     flow_run_id=ArtifactFilterFlowRunId(any_=chunk),
                 ),
                 sort=ArtifactSort.ID_DESC,
-                limit=PAGE,
-                offset=offset,
+                **page,
             )
         ):
-            data = artifact.data
-            if isinstance(data, str):
-                try:
-                    data = json.loads(data)
-                except ValueError:
-                    data = None
-            counts[artifact.flow_run_id] = summary_counts(data)
+            counts[artifact.flow_run_id] = summary_counts(artifact.data)
     records = []
     for run in finished:
         clinic = _clinic_of(run.parameters or {})

@@ -32,7 +32,7 @@ from pdata_sync.base.logsafety import protect_logs
 from pdata_sync.catalog import now
 from pdata_sync.pipeline import backfill
 from pdata_sync.pipeline.context import RunContext
-from pdata_sync.pipeline.naming import run_name
+from pdata_sync.pipeline.naming import clinic_resource, run_name
 from pdata_sync.pipeline.report import BOOKKEEPING_TASKS as BOOKKEEPING_TASKS  # tests read it
 from pdata_sync.pipeline.report import RunSummary
 from pdata_sync.pipeline.runs import run_sync
@@ -100,7 +100,7 @@ def emit_archived(clinic_id: str, report: Any) -> None:
     counts as payload. patientGuids only: no names, no CardIds."""
     emit_event(
         event=ARCHIVED_EVENT,
-        resource={"prefect.resource.id": f"pdata-sync.clinic.{clinic_id}"},
+        resource={"prefect.resource.id": clinic_resource(clinic_id)},
         related=[
             {
                 "prefect.resource.id": f"pdata-sync.patient.{guid}",
@@ -172,7 +172,7 @@ def _write_backfill(ctx: RunContext, summary: RunSummary) -> None:
         )
         emit_event(
             event=backfill.STALLED_EVENT,
-            resource={"prefect.resource.id": f"pdata-sync.clinic.{ctx.clinic_id}"},
+            resource={"prefect.resource.id": clinic_resource(ctx.clinic_id)},
             payload={
                 "clinic_id": ctx.clinic_id,
                 "runs": runs,

@@ -84,6 +84,12 @@ def state_dir(config: ClinicConfig) -> Path:
     """Where this worker keeps state between runs (the catalog, the resolver cache)."""
     if config.transfer.state_dir:
         return Path(config.transfer.state_dir)
+    return default_state_dir()
+
+
+def default_state_dir() -> Path:
+    """The worker's state folder when a config names none: PDATA_SYNC_STATE_DIR, else
+    ~/.local/state/pdata-sync."""
     if os.environ.get(STATE_DIR_ENV):
         return Path(os.environ[STATE_DIR_ENV])
     return Path.home() / ".local" / "state" / "pdata-sync"

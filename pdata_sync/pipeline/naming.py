@@ -33,3 +33,9 @@ def batch_task_name(index: int, total: int, kind: str = "upload") -> str:
     ``kind`` names what the batches do (``export``)."""
     width = max(2, len(str(total)))
     return f"{kind}-batch-{index:0{width}d}-of-{total:0{width}d}"
+
+
+def clinic_resource(clinic_id: str) -> str:
+    """The Prefect event resource id of a clinic: the sync's events name it, and the
+    clinic's automations match it (pdata_sync.fleet.alerts)."""
+    return f"pdata-sync.clinic.{clinic_id}"

@@ -4,6 +4,7 @@ from Prefect; the flow itself runs against a real server after the fleet night
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -93,4 +94,5 @@ def test_summary_rows_read_back_from_a_server_are_not_trusted():
         {"outcome": "failed", "reason": "a", "count": True},
     ]
     assert summary_counts(rows) == {("uploaded", ""): 5}
+    assert summary_counts(json.dumps(rows)) == {("uploaded", ""): 5}  # as Prefect returns it
     assert summary_counts("not a table") == {}
